@@ -1,0 +1,353 @@
+//! # claudeflare-bench
+//!
+//! ```sh
+//! cargo run --release -p claudeflare-bench              # the full run (about a minute)
+//! cargo run -p claudeflare-bench -- --smoke             # a 2-second check that it still works
+//! ```
+//!
+//! Starts, each in its own process on loopback: a zero-latency mock upstream (JSON, and SSE of 20
+//! events 5 ms apart), a bare hyper reverse proxy (the floor of one proxy hop), and
+//! `claudeflare-server` with 3 API-key accounts recording every request to SQLite. Then measures
+//! direct / bare proxy / claudeflare, alternating between them round by round so machine noise
+//! hits all three alike:
+//!
+//! - latency p50, p90, p99 at 1 connection, and what each proxy adds over direct;
+//! - requests per second at 32 connections;
+//! - for a stream: time to first byte, total time, and how far each event's arrival drifts from
+//!   its arrival on a direct connection;
+//! - claudeflare's peak resident memory, and its dropped records.
+//!
+//! Prints a table and the ratios against the budget, and writes them as JSON
+//! (`target/claudeflare-bench.json`, or `--json PATH`). It asserts nothing: CI runs `--smoke`.
+
+mod load;
+mod targets;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::process::Command;
+
+/// How much to measure.
+struct Plan {
+    latency_rounds: usize,
+    latency_per_round: usize,
+    throughput_rounds: usize,
+    throughput_round: Duration,
+    connections: usize,
+    streams: usize,
+}
+
+const FULL: Plan = Plan {
+    latency_rounds: 10,
+    latency_per_round: 500,
+    throughput_rounds: 3,
+    throughput_round: Duration::from_secs(3),
+    connections: 32,
+    streams: 30,
+};
+
+const SMOKE: Plan = Plan {
+    latency_rounds: 2,
+    latency_per_round: 50,
+    throughput_rounds: 1,
+    throughput_round: Duration::from_millis(300),
+    connections: 32,
+    streams: 2,
+};
+
+struct Target {
+    name: &'static str,
+    address: SocketAddr,
+    latency: Histogram<u64>,
+    rps: Vec<f64>,
+    first_byte: Vec<Duration>,
+    total: Vec<Duration>,
+    events: Vec<Vec<Duration>>,
+    requests: u64,
+}
+
+impl Target {
+    fn new(name: &'static str, address: SocketAddr) -> Self {
+        Self {
+            name,
+            address,
+            latency: Histogram::new(3).expect("a histogram"),
+            rps: Vec::new(),
+            first_byte: Vec::new(),
+            total: Vec::new(),
+            events: Vec::new(),
+            requests: 0,
+        }
+    }
+
+    fn p(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64
+    }
+
+    fn median_rps(&self) -> f64 {
+        median(&self.rps)
+    }
+
+    /// When event `i` arrives after the first, the median over the streams.
+    fn event_offsets(&self) -> Vec<f64> {
+        let count = self.events.iter().map(Vec::len).min().unwrap_or(0);
+        (0..count)
+            .map(|i| {
+                median(
+                    &self
+                        .events
+                        .iter()
+                        .map(|e| e[i].as_secs_f64() * 1000.0)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn ms(durations: &[Duration]) -> f64 {
+    median(
+        &durations
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Peak and current resident memory of a process, in MiB (Linux).
+fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+async fn stats(address: SocketAddr) -> serde_json::Value {
+    let client = claudeflare_testkit::TestClient::new(format!("http://{address}"));
+    client.get("/api/stats").await.json()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    match args.get(1).map(String::as_str) {
+        Some("mock") => runtime.block_on(targets::run_mock()),
+        Some("bare") => {
+            runtime.block_on(targets::run_bare(args.get(2).cloned().unwrap_or_default()))
+        }
+        _ => runtime.block_on(run(&args[1..])),
+    }
+}
+
+async fn run(args: &[String]) {
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+    };
+    let plan = if smoke { &SMOKE } else { &FULL };
+    let server = targets::server_binary(value("--server"));
+    let me = std::env::current_exe().expect("the benchmark's own path");
+    let folder = tempfile::tempdir().expect("a temporary folder");
+
+    let mock = targets::start({
+        let mut command = Command::new(&me);
+        command.arg("mock");
+        command
+    })
+    .await;
+    let bare = targets::start({
+        let mut command = Command::new(&me);
+        command.args(["bare", &format!("http://{}", mock.address)]);
+        command
+    })
+    .await;
+    let claudeflare = targets::start_claudeflare(&server, mock.address, folder.path()).await;
+    let mut all = [
+        Target::new("direct", mock.address),
+        Target::new("bare proxy", bare.address),
+        Target::new("claudeflare", claudeflare.address),
+    ];
+    println!(
+        "measuring {} (direct), {} (bare proxy), {} (claudeflare)…",
+        mock.address, bare.address, claudeflare.address
+    );
+
+    for target in &mut all {
+        let mut warm = Histogram::new(3).expect("a histogram");
+        load::latency(target.address, 200, &mut warm).await;
+        target.requests += 200;
+    }
+    for _ in 0..plan.latency_rounds {
+        for target in &mut all {
+            load::latency(target.address, plan.latency_per_round, &mut target.latency).await;
+            target.requests += plan.latency_per_round as u64;
+        }
+    }
+    for _ in 0..plan.throughput_rounds {
+        for target in &mut all {
+            let done =
+                load::throughput(target.address, plan.connections, plan.throughput_round).await;
+            target.requests += done;
+            target
+                .rps
+                .push(done as f64 / plan.throughput_round.as_secs_f64());
+        }
+    }
+    for _ in 0..plan.streams {
+        for target in &mut all {
+            let streamed = load::stream(target.address).await;
+            target.requests += 1;
+            target.first_byte.push(streamed.first_byte);
+            target.total.push(streamed.total);
+            target.events.push(streamed.events);
+        }
+    }
+    // Let the record writer catch up before reading the stats.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stats = stats(claudeflare.address).await;
+    let (peak_mib, rss_mib) = claudeflare.child.id().map(memory).unwrap_or_default();
+    report(&all, &stats, peak_mib, rss_mib, smoke, value("--json"));
+}
+
+fn report(
+    all: &[Target],
+    stats: &serde_json::Value,
+    peak_mib: f64,
+    rss_mib: f64,
+    smoke: bool,
+    json_path: Option<PathBuf>,
+) {
+    let [direct, bare, claudeflare] = all else {
+        return;
+    };
+    let added = |t: &Target| t.p(0.5) - direct.p(0.5);
+    let direct_events = direct.event_offsets();
+    let drift = |t: &Target| {
+        t.event_offsets()
+            .iter()
+            .zip(&direct_events)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    };
+    println!();
+    println!(
+        "{:<12} {:>8} {:>8} {:>8} {:>10} {:>9} {:>9} {:>10} {:>9}",
+        "target",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "added µs",
+        "rps@32",
+        "ttfb ms",
+        "stream ms",
+        "drift ms"
+    );
+    for t in all {
+        println!(
+            "{:<12} {:>8.0} {:>8.0} {:>8.0} {:>10.0} {:>9.0} {:>9.2} {:>10.2} {:>9.2}",
+            t.name,
+            t.p(0.5),
+            t.p(0.9),
+            t.p(0.99),
+            added(t),
+            t.median_rps(),
+            ms(&t.first_byte),
+            ms(&t.total),
+            drift(t)
+        );
+    }
+    let dropped = stats["dropped_records"].as_u64().unwrap_or(u64::MAX);
+    let recorded = stats["total_requests"].as_u64().unwrap_or(0);
+    let latency_ratio = added(claudeflare) / added(bare).max(1.0);
+    let throughput_ratio = claudeflare.median_rps() / bare.median_rps().max(1.0);
+    let checks = [
+        (
+            "added p50 vs bare proxy",
+            format!("{latency_ratio:.2}x"),
+            "≤ 2x",
+            latency_ratio <= 2.0,
+        ),
+        (
+            "throughput vs bare proxy",
+            format!("{:.0}%", throughput_ratio * 100.0),
+            "≥ 70%",
+            throughput_ratio >= 0.7,
+        ),
+        (
+            "peak RSS",
+            format!("{peak_mib:.1} MiB"),
+            "< 50 MiB",
+            peak_mib < 50.0,
+        ),
+        (
+            "dropped records",
+            format!(
+                "{dropped} ({recorded} of {} recorded)",
+                claudeflare.requests
+            ),
+            "0",
+            dropped == 0 && recorded == claudeflare.requests,
+        ),
+        (
+            "stream event drift",
+            format!("{:.2} ms", drift(claudeflare)),
+            "≤ 1 ms",
+            drift(claudeflare) <= 1.0,
+        ),
+    ];
+    println!();
+    for (what, value, target, ok) in &checks {
+        println!(
+            "{:<26} {:>24}   target {:<9} {}",
+            what,
+            value,
+            target,
+            if *ok { "ok" } else { "MISSED" }
+        );
+    }
+    if smoke {
+        println!("\n(smoke run: too short for the figures to mean anything)");
+    }
+    let json = json!({
+        "smoke": smoke,
+        "targets": all.iter().map(|t| json!({
+            "name": t.name,
+            "latency_us": {"p50": t.p(0.5), "p90": t.p(0.9), "p99": t.p(0.99), "added_p50": added(t)},
+            "rps_32": t.median_rps(),
+            "stream": {"first_byte_ms": ms(&t.first_byte), "total_ms": ms(&t.total), "drift_ms": drift(t)},
+        })).collect::<Vec<_>>(),
+        "claudeflare": {"peak_rss_mib": peak_mib, "rss_mib": rss_mib, "dropped_records": dropped, "recorded": recorded, "sent": claudeflare.requests},
+        "ratios": {"added_p50_vs_bare": latency_ratio, "throughput_vs_bare": throughput_ratio},
+        "checks": checks.iter().map(|(what, value, target, ok)| json!({"check": what, "value": value, "target": target, "ok": ok})).collect::<Vec<_>>(),
+    });
+    let path = json_path.unwrap_or_else(|| PathBuf::from("target/claudeflare-bench.json"));
+    match std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    ) {
+        Ok(()) => println!("\nwrote {}", path.display()),
+        Err(error) => eprintln!("could not write {}: {error}", path.display()),
+    }
+}

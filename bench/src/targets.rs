@@ -1,0 +1,264 @@
+//! What the benchmark measures: a zero-latency mock upstream, a bare hyper reverse proxy (the
+//! floor of "one proxy hop"), and the real `claudeflare-server`, each in a process of its own.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use claudeflare_testkit::sse::{ChunkedBody, StreamObserver};
+use http::{Request, Response, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+/// Chunks of the spaced stream, and the pause between them.
+pub const STREAM_CHUNKS: usize = 20;
+/// Pause between the chunks of the spaced stream.
+pub const STREAM_GAP: Duration = Duration::from_millis(5);
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A non-streaming answer with usage, like Anthropic's.
+const MESSAGE: &str = r#"{"id":"msg_bench","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":3,"cache_read_input_tokens":0,"cache_creation_input_tokens":0}}"#;
+
+struct NoObserver;
+
+impl StreamObserver for NoObserver {
+    fn finished(&self, _completed: bool) {}
+}
+
+/// One complete SSE event per chunk: message_start, deltas, message_delta, message_stop.
+fn stream_chunks() -> Vec<Bytes> {
+    let mut chunks = vec![Bytes::from_static(
+        b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-20250514\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n",
+    )];
+    for i in 0..STREAM_CHUNKS - 3 {
+        chunks.push(Bytes::from(format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"chunk {i} \"}}}}\n\n"
+        )));
+    }
+    chunks.push(Bytes::from_static(
+        b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":40}}\n\n",
+    ));
+    chunks.push(Bytes::from_static(
+        b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    ));
+    chunks
+}
+
+async fn mock(request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let streaming = body.windows(13).any(|w| w == b"\"stream\":true");
+    let response = if streaming {
+        let body = ChunkedBody::new(stream_chunks(), STREAM_GAP, None, Arc::new(NoObserver));
+        Response::builder()
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .body(body.boxed())
+    } else {
+        Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("request-id", "req_bench")
+            .body(
+                Full::new(Bytes::from_static(MESSAGE.as_bytes()))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+    };
+    // The builder only fails on invalid header values, and these are constants.
+    Ok(response.expect("a valid response"))
+}
+
+/// Accept connections forever, serving each with `service`.
+async fn serve<S, F>(listener: TcpListener, service: S)
+where
+    S: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        tokio::spawn(async move {
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service_fn(service))
+                .await;
+        });
+    }
+}
+
+async fn announce(listener: &TcpListener) {
+    // The parent reads the address from the first line.
+    if let Ok(address) = listener.local_addr() {
+        println!("listening on http://{address}");
+    }
+}
+
+/// Run the mock upstream (a child process).
+pub async fn run_mock() {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the mock");
+    announce(&listener).await;
+    serve(listener, mock).await;
+}
+
+/// Run the bare reverse proxy to `upstream` (a child process): what any proxy must do at least.
+pub async fn run_bare(upstream: String) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the bare proxy");
+    announce(&listener).await;
+    let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+    serve(listener, move |mut request: Request<Incoming>| {
+        let client = client.clone();
+        let upstream = upstream.clone();
+        async move {
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            *request.uri_mut() = format!("{upstream}{path}")
+                .parse()
+                .expect("a valid upstream URI");
+            request.headers_mut().remove(header::HOST);
+            let response = match client.request(request).await {
+                Ok(response) => response.map(|b| b.map_err(std::io::Error::other).boxed()),
+                Err(_) => Response::builder()
+                    .status(502)
+                    .body(
+                        Full::new(Bytes::new())
+                            .map_err(|never| match never {})
+                            .boxed(),
+                    )
+                    .expect("a valid response"),
+            };
+            Ok(response)
+        }
+    })
+    .await;
+}
+
+/// A child process serving HTTP; killed when dropped.
+pub struct Process {
+    /// The child.
+    pub child: Child,
+    /// Its address.
+    pub address: SocketAddr,
+}
+
+/// Start `command` and wait for its `listening on http://…` line (on stdout or stderr).
+pub async fn start(mut command: Command) -> Process {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("start a benchmark process");
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<String>(8);
+    for reader in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(reader).lines();
+            // Keep draining, so a chatty child never blocks on a full pipe.
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(at) = line.find("listening on http://") {
+                    let address = line[at + "listening on http://".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = sender.send(address).await;
+                }
+            }
+        });
+    }
+    let address = tokio::time::timeout(Duration::from_secs(30), receiver.recv())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|a| a.parse().ok())
+        .expect("the process announced its address");
+    Process { child, address }
+}
+
+/// The `claudeflare-server` binary beside this one, built first through cargo when run by it.
+pub fn server_binary(explicit: Option<PathBuf>) -> PathBuf {
+    if let Some(path) = explicit {
+        return path;
+    }
+    let exe = std::env::current_exe().expect("the benchmark's own path");
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "-p", "claudeflare-server"]);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building claudeflare-server failed");
+    }
+    let path = dir.join("claudeflare-server");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --release -p claudeflare-server`",
+        path.display()
+    );
+    path
+}
+
+/// Start claudeflare-server with three API-key accounts, recording to SQLite, against `upstream`.
+pub async fn start_claudeflare(binary: &Path, upstream: SocketAddr, folder: &Path) -> Process {
+    let env = |command: &mut Command| {
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CLAUDEFLARE_CONFIG_PATH", folder.join("claudeflare.json"))
+            .env("CLAUDEFLARE_UPSTREAM_URL", format!("http://{upstream}"))
+            .env("NO_COLOR", "1");
+    };
+    for (name, key) in [
+        ("one", "sk-ant-api03-bench-1"),
+        ("two", "sk-ant-api03-bench-2"),
+        ("three", "sk-ant-api03-bench-3"),
+    ] {
+        let mut add = Command::new(binary);
+        env(&mut add);
+        let status = add
+            .args(["add", name, "--api-key", key])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .expect("run add");
+        assert!(status.success(), "adding an account failed");
+    }
+    let mut serve = Command::new(binary);
+    env(&mut serve);
+    serve.env("PORT", "0");
+    start(serve).await
+}

@@ -1,0 +1,109 @@
+//! How long the dashboard takes to render with 100,000 requests in the history.
+//!
+//! ```sh
+//! cargo bench -p claudeflare-server --bench dashboard
+//! ```
+//!
+//! Seeds a temporary SQLite database with 100,000 requests spread over the last 7 days (three
+//! accounts, three models, some failures), then renders the page (every query plus the markup)
+//! 50 times and prints the median and the slowest. The target is 50 ms.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use claudeflare_server::app::AppState;
+use claudeflare_server::background::UsageMap;
+use claudeflare_server::config::{Config, Overrides};
+use claudeflare_server::dashboard;
+use claudeflare_server::db::{self, requests};
+use claudeflare_server::metrics::Metrics;
+use claudeflare_tower::record::{RequestRecord, Usage};
+use claudeflare_tower::strategy::{Session, StrategyHandle};
+use claudeflare_tower::{Account, AccountPool, Setting};
+
+const REQUESTS: usize = 100_000;
+const RUNS: usize = 50;
+
+fn record(i: usize) -> RequestRecord {
+    let accounts = ["work", "home", "spare"];
+    let models = [
+        "claude-sonnet-4-20250514",
+        "claude-opus-4-1-20250805",
+        "claude-3-5-haiku-20241022",
+    ];
+    let failed = i % 17 == 0;
+    RequestRecord {
+        id: format!("bench-{i:08}"),
+        timestamp: Utc::now() - TimeDelta::seconds((i as i64 * 7 * 86_400) / REQUESTS as i64),
+        method: "POST".into(),
+        path: "/v1/messages".into(),
+        account_id: None,
+        account: Some(accounts[i % 3].into()),
+        status: Some(if failed { 529 } else { 200 }),
+        success: !failed,
+        error: failed.then(|| "upstream answered 529".into()),
+        response_time_ms: 200 + (i % 900) as u64,
+        first_byte_ms: Some(150),
+        upstream_ms: Some(190),
+        overhead_us: Some(40),
+        failover_attempts: u32::from(failed),
+        model: Some(models[i % 3].into()),
+        stream: i % 2 == 0,
+        usage: Usage {
+            input_tokens: 1200,
+            output_tokens: 300,
+            cache_read_input_tokens: 20_000,
+            cache_creation_input_tokens: 100,
+        },
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
+        let db = db::open(&url).await.expect("the database");
+        let seeding = Instant::now();
+        for chunk in (0..REQUESTS).collect::<Vec<_>>().chunks(5000) {
+            let batch: Vec<_> = chunk.iter().map(|&i| (record(i), 0.01)).collect();
+            requests::insert_batch(&db, &batch).await.expect("seeding");
+        }
+        println!("seeded {REQUESTS} requests in {:.1} s", seeding.elapsed().as_secs_f64());
+
+        let pool = AccountPool::new(["work", "home", "spare"].iter().map(|n| Account::api_key(*n, "k")).collect());
+        let state = AppState {
+            db,
+            pool,
+            strategy: StrategyHandle::new(Box::new(Session::default())),
+            config: Setting::new(Config::default()),
+            config_path: Arc::new(dir.path().join("claudeflare.json")),
+            overrides: Setting::new(Overrides::default()),
+            metrics: Arc::new(Metrics::new()),
+            dropped: Arc::new(AtomicU64::new(0)),
+            usage: Arc::new(UsageMap::default()),
+        };
+        let mut times: Vec<Duration> = Vec::with_capacity(RUNS);
+        let mut size = 0;
+        for _ in 0..RUNS {
+            let start = Instant::now();
+            let data = dashboard::gather(&state, Default::default()).await.expect("the page's data");
+            let html = dashboard::render(&data);
+            times.push(start.elapsed());
+            size = html.len();
+        }
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "dashboard with {REQUESTS} requests: median {:.2} ms, slowest {:.2} ms over {RUNS} renders ({} KiB of HTML); target 50 ms",
+            ms(times[RUNS / 2]),
+            ms(times[RUNS - 1]),
+            size / 1024
+        );
+    });
+}

@@ -1,0 +1,265 @@
+//! Handlers of the JSON API. Errors are `{"error": "…"}` with 400, 404 or 500.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use claudeflare_tower::strategy::{self, STRATEGY_NAMES};
+use claudeflare_tower::{AccountStatus, Mode, Tier};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::config;
+use crate::db::{DbError, accounts, requests, rollups};
+
+/// An API error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 500.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::UnknownAccount(_) => ApiError::NotFound(error.to_string()),
+            other => {
+                tracing::error!(error = %other, "API request failed");
+                ApiError::Internal(other.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+/// Parse a JSON body, with an `{"error"}` answer instead of axum's plain-text rejection.
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// `GET /health`.
+pub async fn health(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "accounts": state.pool.len(),
+        "strategy": state.strategy.get().name(),
+    }))
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /api/stats`.
+pub async fn stats(State(state): State<AppState>) -> ApiResult {
+    let totals = rollups::totals(&state.db, None).await?;
+    let now = Utc::now();
+    let active = state
+        .pool
+        .snapshot()
+        .iter()
+        .filter(|a| a.status(now) == AccountStatus::Active)
+        .count();
+    let success_rate = if totals.total_requests == 0 {
+        0.0
+    } else {
+        (totals.successful_requests as f64 * 10_000.0 / totals.total_requests as f64).round()
+            / 100.0
+    };
+    Ok(Json(json!({
+        "total_requests": totals.total_requests,
+        "successful_requests": totals.successful_requests,
+        "success_rate": success_rate,
+        "active_accounts": active,
+        "avg_response_time_ms": (totals.avg_response_time_ms * 10.0).round() / 10.0,
+        "input_tokens": totals.input_tokens,
+        "output_tokens": totals.output_tokens,
+        "cache_read_input_tokens": totals.cache_read_input_tokens,
+        "cache_creation_input_tokens": totals.cache_creation_input_tokens,
+        "total_cost_usd": totals.total_cost_usd,
+        "dropped_records": state.dropped.load(std::sync::atomic::Ordering::Relaxed),
+    })))
+}
+
+/// `GET /api/accounts`: each account with `usage` (subscription usage; null when unknown).
+pub async fn accounts(State(state): State<AppState>) -> Json<Value> {
+    let views = state.pool.views(Utc::now());
+    let list: Vec<Value> = views
+        .into_iter()
+        .map(|view| {
+            let usage = state.usage.get(&view.id);
+            let mut value = json!(view);
+            value["usage"] = json!(usage);
+            value
+        })
+        .collect();
+    Json(Value::Array(list))
+}
+
+/// `GET /api/requests?limit=N`: newest first, 50 by default, at most 1000.
+pub async fn requests(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult {
+    let mut limit = 50;
+    for (key, value) in query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+    {
+        if key == "limit" {
+            limit = value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "limit must be a whole number from 1 to 1000, not `{value}`"
+                    ))
+                })?
+                .min(1000);
+        }
+    }
+    Ok(Json(json!(
+        requests::newest(&state.db, limit, &requests::Filter::default()).await?
+    )))
+}
+
+/// `GET /api/config`: the effective settings (none of them secret).
+pub async fn config(State(state): State<AppState>) -> Json<Value> {
+    Json(json!(*state.config.get()))
+}
+
+/// `GET /api/config/strategy`.
+pub async fn strategy(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "strategy": state.strategy.get().name() }))
+}
+
+/// `GET /api/strategies`.
+pub async fn strategies() -> Json<Value> {
+    Json(json!(STRATEGY_NAMES))
+}
+
+#[derive(serde::Deserialize)]
+struct StrategyBody {
+    strategy: String,
+}
+
+/// `POST /api/config/strategy`: switch now, and write the choice to the config file.
+pub async fn set_strategy(State(state): State<AppState>, bytes: Bytes) -> ApiResult {
+    let StrategyBody { strategy: name } = body(&bytes)?;
+    let mut config = (*state.config.get()).clone();
+    let chosen = strategy::by_name(&name, config.session_duration())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let path = state.config_path.as_ref().clone();
+    let written =
+        tokio::task::spawn_blocking(move || config::write_key(&path, "lb_strategy", json!(name)))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    written.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let name = chosen.name().to_owned();
+    config.lb_strategy = name.clone();
+    state.config.set(config);
+    let mut overrides = (*state.overrides.get()).clone();
+    overrides.lb_strategy = Some(name.clone());
+    state.overrides.set(overrides);
+    state.strategy.set(chosen);
+    let mut answer = json!({ "strategy": name });
+    if name != "session" && state.pool.snapshot().iter().any(|a| a.mode() == Mode::Max) {
+        let warning = "subscription accounts are best served by the session strategy: prompt caching is per account, and switching accounts on every request looks unlike a normal user to Anthropic";
+        tracing::warn!(strategy = %name, "{warning}");
+        answer["warning"] = json!(warning);
+    }
+    tracing::info!(strategy = %name, "strategy changed through the API");
+    Ok(Json(answer))
+}
+
+#[derive(serde::Deserialize)]
+struct TierBody {
+    tier: Value,
+}
+
+/// `POST /api/accounts/{id}/tier`.
+pub async fn set_tier(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    let TierBody { tier } = body(&bytes)?;
+    let tier = tier
+        .as_u64()
+        .and_then(|t| u8::try_from(t).ok())
+        .and_then(|t| Tier::try_from(t).ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("invalid tier {tier}: expected one of 1, 5, 20"))
+        })?;
+    let model = accounts::find(&state.db, &id).await?;
+    accounts::set_tier(&state.db, &model.id, tier).await?;
+    if let Some(entry) = state.pool.get(&model.id) {
+        entry.set_tier(tier);
+    }
+    Ok(Json(
+        json!({ "id": model.id, "name": model.name, "tier": tier }),
+    ))
+}
+
+async fn set_paused(state: &AppState, id: &str, paused: bool) -> ApiResult {
+    let model = accounts::find(&state.db, id).await?;
+    accounts::set_paused(&state.db, &model.id, paused).await?;
+    if let Some(entry) = state.pool.get(&model.id) {
+        entry.set_paused(paused);
+    }
+    Ok(Json(
+        json!({ "id": model.id, "name": model.name, "paused": paused }),
+    ))
+}
+
+/// `POST /api/accounts/{id}/pause`.
+pub async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    set_paused(&state, &id, true).await
+}
+
+/// `POST /api/accounts/{id}/resume`.
+pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    set_paused(&state, &id, false).await
+}
+
+/// Unknown paths: `{"error"}` under `/api`, Anthropic's envelope under `/v1`, plain 404 elsewhere.
+pub async fn not_found(uri: Uri) -> Response {
+    let path = uri.path();
+    if path.starts_with("/v1") {
+        return claudeflare_tower::error::error_response(
+            StatusCode::NOT_FOUND,
+            &format!("no route for {path}"),
+        )
+        .into_response();
+    }
+    ApiError::NotFound(format!("no route for {path}")).into_response()
+}

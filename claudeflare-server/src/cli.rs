@@ -1,0 +1,117 @@
+//! Command-line interface (clap).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use claudeflare_tower::{Mode, Tier};
+
+/// claudeflare: a load balancer for Claude accounts.
+///
+/// Run without a command to start the server. Commands that change accounts work while the
+/// server runs; it picks changes up within 2 seconds.
+#[derive(Debug, Parser)]
+#[command(name = "claudeflare-server", version, about, long_about)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy, API and dashboard.
+    Serve {
+        /// Port to listen on (overrides `port` / PORT).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Address to listen on (overrides `host` / HOST).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Add an account through OAuth (prints a URL to open, then asks for the code), or from an
+    /// existing console API key with --api-key.
+    Add {
+        /// A unique name for the account.
+        name: String,
+        /// max (Claude Pro/Max subscription) or console (API key).
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// Relative capacity: 1 (Pro, API key), 5 (Max 5x) or 20 (Max 20x).
+        #[arg(long, value_parser = parse_tier)]
+        tier: Option<Tier>,
+        /// Use this console API key instead of the OAuth flow.
+        #[arg(long)]
+        api_key: Option<String>,
+    },
+    /// List accounts.
+    List {
+        /// As JSON (the objects of /api/accounts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an account.
+    Remove {
+        /// The account's name (or id).
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Take an account out of rotation.
+    Pause {
+        /// The account's name (or id).
+        name: String,
+    },
+    /// Put a paused account back into rotation.
+    Resume {
+        /// The account's name (or id).
+        name: String,
+    },
+    /// Change an account's tier.
+    SetTier {
+        /// The account's name (or id).
+        name: String,
+        /// 1, 5 or 20.
+        #[arg(value_parser = parse_tier)]
+        tier: Tier,
+    },
+    /// Zero every account's request counters.
+    ResetStats,
+    /// Delete the request history.
+    ClearHistory,
+    /// Sign an account in again (after its refresh token was refused, or the secret key was
+    /// lost), keeping its id, tier, counters and history.
+    Reauth {
+        /// The account's name (or id).
+        name: String,
+        /// For a console account: use this API key instead of the OAuth flow.
+        #[arg(long)]
+        api_key: Option<String>,
+    },
+    /// Refresh the OAuth tokens of subscription accounts now (all, or the one named).
+    Refresh {
+        /// The account's name (or id).
+        name: Option<String>,
+    },
+}
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// A Claude Pro/Max subscription, through OAuth.
+    Max,
+    /// A console account: an API key.
+    Console,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Max => Mode::Max,
+            ModeArg::Console => Mode::Console,
+        }
+    }
+}
+
+fn parse_tier(value: &str) -> Result<Tier, String> {
+    value.parse::<Tier>().map_err(|e| e.to_string())
+}

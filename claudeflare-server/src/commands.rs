@@ -1,0 +1,409 @@
+//! The account commands of the CLI. They work on the database directly, also while the server
+//! runs (it picks changes up within 2 seconds).
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::{Context as _, bail};
+use chrono::{SecondsFormat, Utc};
+use claudeflare_tower::auth::RefreshError;
+use claudeflare_tower::{Account, AccountStatus, AccountView, Credentials, Mode, Tier};
+use sea_orm::DatabaseConnection;
+
+use crate::cli::ModeArg;
+use crate::config::{self, Config};
+use crate::db::{self, accounts, requests};
+use crate::oauth;
+use crate::secrets::Cipher;
+
+/// What the commands work with: the server's database, its secret key and configuration.
+pub struct Context {
+    db: DatabaseConnection,
+    cipher: Cipher,
+    config: Config,
+}
+
+/// Open the database the server uses.
+pub async fn open() -> anyhow::Result<Context> {
+    let path = config::config_path();
+    config::ensure_file(&path)?;
+    let config = config::load(&path, &config::Overrides::default())?;
+    let db = db::open(&config::database_url(&path)).await?;
+    let cipher = Cipher::load(config::config_folder(&path))?;
+    accounts::seal_plaintext(&db, &cipher).await?;
+    Ok(Context { db, cipher, config })
+}
+
+fn on_terminal() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// The mode: given, or asked on a terminal.
+fn choose_mode(mode: Option<ModeArg>) -> anyhow::Result<Mode> {
+    if let Some(mode) = mode {
+        return Ok(mode.into());
+    }
+    if !on_terminal() {
+        bail!(
+            "no terminal to ask on: pass --mode max (Claude Pro/Max subscription) or --mode console"
+        );
+    }
+    let choice = dialoguer::Select::new()
+        .with_prompt("Account type")
+        .items(&[
+            "max: a Claude Pro/Max subscription",
+            "console: an Anthropic Console account (API key)",
+        ])
+        .default(0)
+        .interact()?;
+    Ok(if choice == 0 {
+        Mode::Max
+    } else {
+        Mode::Console
+    })
+}
+
+/// The tier: given, 1 for console accounts, or asked on a terminal.
+fn choose_tier(tier: Option<Tier>, mode: Mode) -> anyhow::Result<Tier> {
+    if let Some(tier) = tier {
+        return Ok(tier);
+    }
+    if mode == Mode::Console {
+        return Ok(Tier::One);
+    }
+    if !on_terminal() {
+        bail!("no terminal to ask on: pass --tier 1 (Pro), 5 (Max 5x) or 20 (Max 20x)");
+    }
+    let choice = dialoguer::Select::new()
+        .with_prompt("Subscription")
+        .items(&["Pro (tier 1)", "Max 5x (tier 5)", "Max 20x (tier 20)"])
+        .default(0)
+        .interact()?;
+    Ok([Tier::One, Tier::Five, Tier::Twenty][choice])
+}
+
+/// Run the OAuth flow: print the URL, read `CODE#STATE`, exchange it. Console accounts then get
+/// an API key created for them.
+async fn authorize(config: &Config, mode: Mode) -> anyhow::Result<Credentials> {
+    let flow = oauth::start(config, mode == Mode::Max)?;
+    println!("Open this URL in a browser and sign in to authorize claudeflare:");
+    println!("{}", flow.url);
+    if on_terminal() && webbrowser::open(&flow.url).is_ok() {
+        println!("(opened in your browser)");
+    }
+    print!("Paste the authorization code: ");
+    std::io::stdout().flush()?;
+    let mut pasted = String::new();
+    let read = std::io::stdin()
+        .lock()
+        .read_line(&mut pasted)
+        .context("cannot read the authorization code")?;
+    if read == 0 || pasted.trim().is_empty() {
+        bail!("no authorization code was given");
+    }
+    let tokens = oauth::exchange(config, flow, &pasted).await?;
+    Ok(match mode {
+        Mode::Max => Credentials::OAuth(tokens),
+        Mode::Console => {
+            Credentials::ApiKey(oauth::create_api_key(config, &tokens.access_token).await?)
+        }
+    })
+}
+
+/// A console key given on the command line.
+fn given_key(api_key: &str) -> anyhow::Result<Credentials> {
+    let api_key = api_key.trim();
+    if api_key.is_empty() {
+        bail!("--api-key must not be empty");
+    }
+    Ok(Credentials::ApiKey(api_key.to_owned().into()))
+}
+
+/// `add NAME [--mode] [--tier] [--api-key KEY]`.
+pub async fn add(
+    name: &str,
+    mode: Option<ModeArg>,
+    tier: Option<Tier>,
+    api_key: Option<String>,
+) -> anyhow::Result<()> {
+    let name = name.trim();
+    if name.is_empty() {
+        bail!("the account name must not be empty");
+    }
+    if api_key.is_some() && mode.map(Mode::from) == Some(Mode::Max) {
+        bail!("--api-key makes a console account; --mode max needs the OAuth flow");
+    }
+    let context = open().await?;
+    // Before any sign-in, so a taken name does not waste one.
+    if accounts::find(&context.db, name).await.is_ok() {
+        bail!("an account named `{name}` already exists");
+    }
+    let (mode, tier, credentials) = match api_key {
+        Some(key) => (
+            Mode::Console,
+            choose_tier(tier, Mode::Console)?,
+            given_key(&key)?,
+        ),
+        None => {
+            let mode = choose_mode(mode)?;
+            let tier = choose_tier(tier, mode)?;
+            (mode, tier, authorize(&context.config, mode).await?)
+        }
+    };
+    let account = Account::new(name, mode, credentials).with_tier(tier);
+    accounts::insert(&context.db, &context.cipher, &account).await?;
+    let kind = if mode == Mode::Max {
+        "subscription"
+    } else {
+        "console"
+    };
+    println!("Added {kind} account `{name}` (tier {tier}).");
+    Ok(())
+}
+
+/// `reauth NAME [--api-key KEY]`: new credentials, same account.
+pub async fn reauth(name: &str, api_key: Option<String>) -> anyhow::Result<()> {
+    let context = open().await?;
+    let model = accounts::find(&context.db, name).await?;
+    let mode: Mode = model
+        .mode
+        .parse()
+        .map_err(|_| anyhow::anyhow!("account `{}` has an unknown mode", model.name))?;
+    let credentials = match api_key {
+        Some(key) if mode == Mode::Console => given_key(&key)?,
+        Some(_) => bail!(
+            "`{}` is a subscription account: re-authenticate it through OAuth, without --api-key",
+            model.name
+        ),
+        None => authorize(&context.config, mode).await?,
+    };
+    accounts::set_credentials(&context.db, &context.cipher, &model.id, &credentials).await?;
+    println!("Re-authenticated `{}`; it is back in rotation.", model.name);
+    Ok(())
+}
+
+/// `refresh [NAME]`: refresh subscription tokens now, coordinated with running servers.
+pub async fn refresh(name: Option<&str>) -> anyhow::Result<()> {
+    let context = open().await?;
+    let models = match name {
+        Some(name) => vec![accounts::find(&context.db, name).await?],
+        None => accounts::all(&context.db)
+            .await?
+            .into_iter()
+            .filter(|m| m.mode == "max")
+            .collect(),
+    };
+    if models.is_empty() {
+        println!("No subscription accounts.");
+        return Ok(());
+    }
+    let mut failed = 0;
+    for model in models {
+        let Credentials::OAuth(tokens) = accounts::to_account(&model, &context.cipher)?.credentials
+        else {
+            bail!(
+                "`{}` is a console account: it has no token to refresh",
+                model.name
+            );
+        };
+        let result = oauth::coordinated_refresh(
+            &context.db,
+            &context.cipher,
+            &context.config,
+            &model.id,
+            &tokens.refresh_token,
+        )
+        .await;
+        match result {
+            Ok(pair) => {
+                let until = pair.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true);
+                println!("Refreshed `{}`: valid until {until}.", model.name);
+            }
+            Err(error) => {
+                failed += 1;
+                eprintln!("error: refreshing `{}` failed: {error}", model.name);
+                if let RefreshError::Rejected(_) = error {
+                    accounts::mark_needs_reauth(&context.db, &model.id).await?;
+                    eprintln!(
+                        "run `claudeflare-server reauth {}` to sign in again",
+                        model.name
+                    );
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} refresh(es) failed");
+    }
+    Ok(())
+}
+
+fn status_text(view: &AccountView) -> String {
+    match view.status {
+        AccountStatus::Active => "active".into(),
+        AccountStatus::Paused => "paused".into(),
+        AccountStatus::NeedsReauth => "needs re-auth".into(),
+        AccountStatus::RateLimited => match view.rate_limited_until {
+            Some(until) => format!(
+                "rate-limited until {}",
+                until.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ),
+            None => "rate-limited".into(),
+        },
+    }
+}
+
+fn usage_text(usage: Option<&oauth::Usage>) -> String {
+    let percent = |window: &Option<oauth::Window>| {
+        window
+            .as_ref()
+            .and_then(|w| w.utilization)
+            .map_or_else(|| "?".to_owned(), |u| format!("{u:.0}%"))
+    };
+    usage.map_or_else(
+        || "-".into(),
+        |u| format!("{} / {}", percent(&u.five_hour), percent(&u.seven_day)),
+    )
+}
+
+/// `list [--json]`.
+pub async fn list(json: bool) -> anyhow::Result<()> {
+    let context = open().await?;
+    let now = Utc::now();
+    let models = accounts::all(&context.db).await?;
+    let mut rows = Vec::new();
+    for model in &models {
+        let view = accounts::view(model, &context.cipher, now)?;
+        let usage: Option<oauth::Usage> = model
+            .usage
+            .as_deref()
+            .and_then(|u| serde_json::from_str(u).ok());
+        rows.push((view, usage));
+    }
+    if json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(view, usage)| {
+                let mut value = serde_json::json!(view);
+                value["usage"] = serde_json::json!(usage);
+                value
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("No accounts. Add one with `claudeflare-server add NAME`.");
+        return Ok(());
+    }
+    let header = [
+        "NAME",
+        "MODE",
+        "TIER",
+        "STATUS",
+        "REQUESTS",
+        "TOKEN EXPIRES",
+        "USAGE 5H / 7D",
+    ]
+    .map(String::from);
+    let table: Vec<[String; 7]> = rows
+        .iter()
+        .map(|(v, usage)| {
+            [
+                v.name.clone(),
+                v.mode.to_string(),
+                v.tier.to_string(),
+                status_text(v),
+                v.request_count.to_string(),
+                v.token_expires_at.map_or_else(
+                    || "-".into(),
+                    |t| t.to_rfc3339_opts(SecondsFormat::Secs, true),
+                ),
+                usage_text(usage.as_ref()),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &table {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&table) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+    Ok(())
+}
+
+/// `remove NAME [--yes]`: asks on a terminal; refuses without one unless --yes.
+pub async fn remove(name: &str, yes: bool) -> anyhow::Result<()> {
+    let Context { db, .. } = open().await?;
+    let account = accounts::find(&db, name).await?;
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "refusing to remove `{}` without confirmation: pass --yes",
+                account.name
+            );
+        }
+        print!(
+            "Remove account `{}`? Its request history is kept. [y/N] ",
+            account.name
+        );
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .context("cannot read the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("Kept `{}`.", account.name);
+            return Ok(());
+        }
+    }
+    accounts::remove(&db, &account.id).await?;
+    println!("Removed `{}`.", account.name);
+    Ok(())
+}
+
+/// `pause NAME` / `resume NAME`.
+pub async fn set_paused(name: &str, paused: bool) -> anyhow::Result<()> {
+    let Context { db, .. } = open().await?;
+    let account = accounts::find(&db, name).await?;
+    accounts::set_paused(&db, &account.id, paused).await?;
+    println!(
+        "{} `{}`.",
+        if paused { "Paused" } else { "Resumed" },
+        account.name
+    );
+    Ok(())
+}
+
+/// `set-tier NAME TIER`.
+pub async fn set_tier(name: &str, tier: Tier) -> anyhow::Result<()> {
+    let Context { db, .. } = open().await?;
+    let account = accounts::find(&db, name).await?;
+    accounts::set_tier(&db, &account.id, tier).await?;
+    println!("`{}` is now tier {tier}.", account.name);
+    Ok(())
+}
+
+/// `reset-stats`.
+pub async fn reset_stats() -> anyhow::Result<()> {
+    let Context { db, .. } = open().await?;
+    let count = accounts::reset_counters(&db).await?;
+    println!("Reset the counters of {count} account(s).");
+    Ok(())
+}
+
+/// `clear-history`.
+pub async fn clear_history() -> anyhow::Result<()> {
+    let Context { db, .. } = open().await?;
+    let count = requests::clear(&db).await?;
+    println!("Deleted {count} request(s) from the history.");
+    Ok(())
+}

@@ -1,0 +1,391 @@
+//! Configuration: defaults < JSON file < environment < CLI flags (figment), the file's location,
+//! and atomic write-back of changes made through the API.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use claudeflare_tower::failover::RetryConfig;
+use claudeflare_tower::strategy::{self, STRATEGY_NAMES};
+use figment::Figment;
+use figment::providers::{Env, Format, Json, Serialized};
+use serde::{Deserialize, Serialize};
+
+use crate::pricing::Price;
+
+/// Every setting, with the names of the contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Port to listen on (0: any free port).
+    pub port: u16,
+    /// Address to listen on.
+    pub host: String,
+    /// Load-balancing strategy.
+    pub lb_strategy: String,
+    /// Length of a sticky session.
+    pub session_duration_ms: u64,
+    /// Retries per account.
+    pub retry_attempts: u32,
+    /// First retry delay.
+    pub retry_delay_ms: u64,
+    /// Delay multiplier per retry.
+    pub retry_backoff: f64,
+    /// OAuth client id.
+    pub client_id: String,
+    /// DEBUG, INFO, WARN or ERROR.
+    pub log_level: String,
+    /// pretty or json.
+    pub log_format: String,
+    /// Where requests go.
+    pub upstream_url: String,
+    /// OAuth token endpoint.
+    pub oauth_token_url: String,
+    /// OAuth authorize URL for Pro/Max.
+    pub oauth_authorize_url_max: String,
+    /// OAuth authorize URL for console.
+    pub oauth_authorize_url_console: String,
+    /// OAuth redirect URI.
+    pub oauth_redirect_uri: String,
+    /// Creates an API key for console OAuth accounts.
+    pub create_api_key_url: String,
+    /// Largest request body accepted.
+    pub max_request_body_bytes: usize,
+    /// Days of request history kept.
+    pub request_retention_days: u32,
+    /// Subscription usage endpoint.
+    pub oauth_usage_url: String,
+    /// How often subscription usage is fetched, in seconds; 0 turns it off.
+    pub usage_poll_interval_seconds: u64,
+    /// Price overrides (USD per million tokens) by model-name prefix.
+    pub pricing: BTreeMap<String, Price>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            port: 8080,
+            host: "127.0.0.1".into(),
+            lb_strategy: "session".into(),
+            session_duration_ms: 5 * 3600 * 1000,
+            retry_attempts: 3,
+            retry_delay_ms: 1000,
+            retry_backoff: 2.0,
+            client_id: claudeflare_tower::oauth::DEFAULT_CLIENT_ID.into(),
+            log_level: "INFO".into(),
+            log_format: "pretty".into(),
+            upstream_url: claudeflare_tower::DEFAULT_UPSTREAM_URL.into(),
+            oauth_token_url: claudeflare_tower::oauth::DEFAULT_TOKEN_URL.into(),
+            oauth_authorize_url_max: "https://claude.ai/oauth/authorize".into(),
+            oauth_authorize_url_console: "https://console.anthropic.com/oauth/authorize".into(),
+            oauth_redirect_uri: "https://console.anthropic.com/oauth/code/callback".into(),
+            create_api_key_url: "https://api.anthropic.com/api/oauth/claude_cli/create_api_key"
+                .into(),
+            max_request_body_bytes: claudeflare_tower::buffer::DEFAULT_BODY_LIMIT,
+            request_retention_days: 30,
+            oauth_usage_url: "https://api.anthropic.com/api/oauth/usage".into(),
+            usage_poll_interval_seconds: 300,
+            pricing: BTreeMap::new(),
+        }
+    }
+}
+
+/// File keys, which are also `CLAUDEFLARE_<KEY>` in the environment.
+const KEYS: [&str; 21] = [
+    "port",
+    "host",
+    "lb_strategy",
+    "session_duration_ms",
+    "retry_attempts",
+    "retry_delay_ms",
+    "retry_backoff",
+    "client_id",
+    "log_level",
+    "log_format",
+    "upstream_url",
+    "oauth_token_url",
+    "oauth_authorize_url_max",
+    "oauth_authorize_url_console",
+    "oauth_redirect_uri",
+    "create_api_key_url",
+    "max_request_body_bytes",
+    "request_retention_days",
+    "oauth_usage_url",
+    "usage_poll_interval_seconds",
+    "pricing",
+];
+
+/// Environment names without the prefix, kept from the original tool.
+pub const SEED_ENV: [&str; 10] = [
+    "PORT",
+    "HOST",
+    "LB_STRATEGY",
+    "SESSION_DURATION_MS",
+    "RETRY_ATTEMPTS",
+    "RETRY_DELAY_MS",
+    "RETRY_BACKOFF",
+    "CLIENT_ID",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+];
+
+/// Settings given on the command line (highest precedence).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `--host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Chosen through the API while running: it holds over the environment until the next start
+    /// (the file has it too, by then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lb_strategy: Option<String>,
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but is not valid.
+    #[error("configuration error: {0}")]
+    Invalid(String),
+    /// The file could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Where the configuration file is: `$CLAUDEFLARE_CONFIG_PATH`, else the platform's config folder.
+pub fn config_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("CLAUDEFLARE_CONFIG_PATH").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    config_dir().join("claudeflare").join("claudeflare.json")
+}
+
+fn config_dir() -> PathBuf {
+    if cfg!(windows) {
+        if let Some(dir) = std::env::var_os("LOCALAPPDATA") {
+            return PathBuf::from(dir);
+        }
+    }
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .unwrap_or_default();
+    PathBuf::from(home).join(".config")
+}
+
+/// The folder of the configuration file (where the key file lives too).
+pub fn config_folder(config_path: &Path) -> &Path {
+    config_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."))
+}
+
+/// The database URL: `$DATABASE_URL`, else `$CLAUDEFLARE_DB_PATH`, else `claude-accounts.db`
+/// beside the config file.
+pub fn database_url(config_path: &Path) -> String {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.is_empty() {
+            return url;
+        }
+    }
+    let path = std::env::var_os("CLAUDEFLARE_DB_PATH")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| config_folder(config_path).join("claude-accounts.db"));
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// Create the config file with defaults if it is missing (folder 0700, file 0600).
+pub fn ensure_file(path: &Path) -> Result<(), ConfigError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let json = serde_json::to_string_pretty(&file_defaults()).unwrap_or_default();
+    write_atomically(path, &json)
+}
+
+/// What a new config file holds: the defaults, without the empty pricing table.
+fn file_defaults() -> serde_json::Value {
+    let mut value = serde_json::to_value(Config::default()).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("pricing");
+    }
+    value
+}
+
+/// Load the configuration from `path`, the environment and `overrides`.
+pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        action: "cannot read the configuration file",
+        path: path.to_owned(),
+        source,
+    })?;
+    // Check the JSON first: figment's error for a syntax error is less precise.
+    if let Err(error) = serde_json::from_str::<serde_json::Value>(&text) {
+        return Err(ConfigError::Invalid(format!(
+            "{} is not valid JSON: {error}",
+            path.display()
+        )));
+    }
+    let seed = Env::raw()
+        .filter(|key| {
+            SEED_ENV
+                .iter()
+                .any(|seed| key.as_str().eq_ignore_ascii_case(seed))
+        })
+        .map(|key| key.as_str().to_ascii_lowercase().into());
+    let prefixed = Env::prefixed("CLAUDEFLARE_")
+        .filter(|key| KEYS.iter().any(|k| key.as_str().eq_ignore_ascii_case(k)));
+    let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        .merge(Json::file_exact(path))
+        .merge(seed)
+        .merge(prefixed)
+        .merge(Serialized::defaults(overrides))
+        .extract()
+        .map_err(|error| ConfigError::Invalid(format!("in {}: {error}", path.display())))?;
+    config
+        .validate()
+        .map_err(|problem| ConfigError::Invalid(format!("in {}: {problem}", path.display())))?;
+    Ok(config)
+}
+
+impl Config {
+    /// Check values serde cannot: names from a list, URLs, ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        if !STRATEGY_NAMES.contains(&self.lb_strategy.as_str()) {
+            return Err(format!(
+                "lb_strategy `{}` is not one of {}",
+                self.lb_strategy,
+                STRATEGY_NAMES.join(", ")
+            ));
+        }
+        if crate::logging::level(&self.log_level).is_none() {
+            return Err(format!(
+                "log_level `{}` is not one of DEBUG, INFO, WARN, ERROR",
+                self.log_level
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "pretty" | "json") {
+            return Err(format!(
+                "log_format `{}` is not one of pretty, json",
+                self.log_format
+            ));
+        }
+        if !self.retry_backoff.is_finite() || self.retry_backoff < 1.0 {
+            return Err(format!(
+                "retry_backoff must be a number of at least 1, not {}",
+                self.retry_backoff
+            ));
+        }
+        if self.session_duration_ms == 0 {
+            return Err("session_duration_ms must be more than 0".into());
+        }
+        for (key, url) in [
+            ("upstream_url", &self.upstream_url),
+            ("oauth_token_url", &self.oauth_token_url),
+            ("oauth_authorize_url_max", &self.oauth_authorize_url_max),
+            (
+                "oauth_authorize_url_console",
+                &self.oauth_authorize_url_console,
+            ),
+            ("oauth_redirect_uri", &self.oauth_redirect_uri),
+            ("create_api_key_url", &self.create_api_key_url),
+            ("oauth_usage_url", &self.oauth_usage_url),
+        ] {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|e| format!("{key} `{url}` is not a URL: {e}"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(format!("{key} `{url}` must be an http:// or https:// URL"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The retry policy these settings describe.
+    pub fn retry(&self) -> RetryConfig {
+        RetryConfig {
+            attempts: self.retry_attempts,
+            delay: Duration::from_millis(self.retry_delay_ms),
+            backoff: self.retry_backoff,
+        }
+    }
+
+    /// The session length.
+    pub fn session_duration(&self) -> TimeDelta {
+        TimeDelta::milliseconds(i64::try_from(self.session_duration_ms).unwrap_or(i64::MAX))
+    }
+
+    /// The strategy these settings name.
+    pub fn strategy(&self) -> Box<dyn strategy::Strategy> {
+        strategy::by_name(&self.lb_strategy, self.session_duration())
+            .unwrap_or_else(|_| Box::new(strategy::Session::new(self.session_duration())))
+    }
+
+    /// `upstream_url` as a URI (validated at load).
+    pub fn upstream_uri(&self) -> http::Uri {
+        self.upstream_url
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static(claudeflare_tower::DEFAULT_UPSTREAM_URL))
+    }
+}
+
+/// Set `key` to `value` in the config file, keeping everything else as it is.
+pub fn write_key(path: &Path, key: &str, value: serde_json::Value) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        action: "cannot read the configuration file",
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ConfigError::Invalid(format!("{} is not valid JSON: {e}", path.display())))?;
+    let Some(map) = json.as_object_mut() else {
+        return Err(ConfigError::Invalid(format!(
+            "{} does not hold a JSON object",
+            path.display()
+        )));
+    };
+    map.insert(key.to_owned(), value);
+    let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+    write_atomically(path, &text)
+}
+
+/// Write through a temporary file in the same folder and a rename, so a reader never sees half a
+/// file. The folder is created 0700 and the file 0600.
+pub fn write_atomically(path: &Path, contents: &str) -> Result<(), ConfigError> {
+    let io = |action: &'static str| {
+        move |source| ConfigError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    crate::fsutil::create_private_dir(dir).map_err(io("cannot create the folder of"))?;
+    let temp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("config"),
+        std::process::id()
+    ));
+    crate::fsutil::write_private(&temp, contents.as_bytes()).map_err(io("cannot write"))?;
+    std::fs::rename(&temp, path).map_err(io("cannot replace"))
+}

@@ -1,0 +1,426 @@
+//! Accounts in the database: what the CLI, the API and the running server read and change.
+
+use chrono::{DateTime, Utc};
+use claudeflare_tower::{Account, Credentials, LiveState, Mode, OAuthTokens, Tier};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    SqlErr,
+};
+use secrecy::ExposeSecret;
+
+use super::DbError;
+use super::entities::account::{ActiveModel, Column, Entity, Model};
+use crate::secrets::Cipher;
+
+/// Every account, oldest first (the pool's fallback order).
+pub async fn all(db: &impl ConnectionTrait) -> Result<Vec<Model>, DbError> {
+    Ok(Entity::find()
+        .order_by_asc(Column::CreatedAt)
+        .order_by_asc(Column::Name)
+        .all(db)
+        .await?)
+}
+
+/// The account with this id, or else this name.
+pub async fn find(db: &impl ConnectionTrait, id_or_name: &str) -> Result<Model, DbError> {
+    let found = Entity::find()
+        .filter(Column::Id.eq(id_or_name).or(Column::Name.eq(id_or_name)))
+        .all(db)
+        .await?;
+    let by_id = found.iter().find(|m| m.id == id_or_name).cloned();
+    by_id
+        .or_else(|| found.into_iter().next())
+        .ok_or_else(|| DbError::UnknownAccount(id_or_name.to_owned()))
+}
+
+/// Store a new account; its name must be free.
+pub async fn insert(
+    db: &impl ConnectionTrait,
+    cipher: &Cipher,
+    account: &Account,
+) -> Result<(), DbError> {
+    let (api_key, access_token, refresh_token, expires_at) =
+        credential_columns(cipher, &account.credentials);
+    let live = &account.live;
+    let model = ActiveModel {
+        id: Set(account.id.clone()),
+        name: Set(account.name.clone()),
+        provider: Set("anthropic".into()),
+        mode: Set(account.mode.as_str().into()),
+        tier: Set(i32::from(account.tier.weight())),
+        paused: Set(account.paused),
+        api_key: Set(api_key),
+        access_token: Set(access_token),
+        refresh_token: Set(refresh_token),
+        token_expires_at: Set(expires_at),
+        created_at: Set(account.created_at),
+        version: Set(0),
+        counters_epoch: Set(0),
+        rate_limited_until: Set(live.rate_limited_until),
+        rate_limit_status: Set(live.rate_limit_status.clone()),
+        rate_limit_reset: Set(live.rate_limit_reset),
+        utilization_5h: Set(live.utilization_5h),
+        utilization_7d: Set(live.utilization_7d),
+        session_start: Set(live.session_start),
+        session_request_count: Set(count(live.session_request_count)),
+        request_count: Set(count(live.request_count)),
+        total_requests: Set(count(live.total_requests)),
+        last_used: Set(live.last_used),
+        needs_reauth: Set(live.needs_reauth),
+        token_version: Set(0),
+        refresh_lease_until: Set(None),
+        usage: Set(None),
+    };
+    match model.insert(db).await {
+        Ok(_) => Ok(()),
+        Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            Err(DbError::DuplicateName(account.name.clone()))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+type CredentialColumns = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+);
+
+fn credential_columns(cipher: &Cipher, credentials: &Credentials) -> CredentialColumns {
+    match credentials {
+        Credentials::ApiKey(key) => (Some(cipher.encrypt(key.expose_secret())), None, None, None),
+        Credentials::OAuth(tokens) => (
+            None,
+            Some(cipher.encrypt(tokens.access_token.expose_secret())),
+            Some(cipher.encrypt(tokens.refresh_token.expose_secret())),
+            Some(tokens.expires_at),
+        ),
+    }
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn uncount(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// The balancer's view of a stored account, with its secrets decrypted.
+pub fn to_account(model: &Model, cipher: &Cipher) -> Result<Account, DbError> {
+    let mut account = shell(model)?;
+    let corrupt = |what| DbError::Corrupt {
+        account: model.name.clone(),
+        what,
+    };
+    let open = |value: &Option<String>, what| {
+        let stored = value.as_deref().ok_or_else(|| corrupt(what))?;
+        cipher
+            .decrypt(stored)
+            .map_err(|_| DbError::Undecryptable(model.name.clone()))
+    };
+    account.credentials = match account.mode {
+        Mode::Console => Credentials::ApiKey(open(&model.api_key, "API key")?.into()),
+        Mode::Max => Credentials::OAuth(OAuthTokens {
+            access_token: open(&model.access_token, "access token")?.into(),
+            refresh_token: open(&model.refresh_token, "refresh token")?.into(),
+            expires_at: model
+                .token_expires_at
+                .ok_or_else(|| corrupt("token expiry"))?,
+        }),
+    };
+    Ok(account)
+}
+
+/// A stored account with empty credentials: enough for views, which show no secret.
+fn shell(model: &Model) -> Result<Account, DbError> {
+    let corrupt = |what| DbError::Corrupt {
+        account: model.name.clone(),
+        what,
+    };
+    let mode: Mode = model.mode.parse().map_err(|_| corrupt("mode"))?;
+    let tier = u8::try_from(model.tier)
+        .ok()
+        .and_then(|t| Tier::try_from(t).ok())
+        .ok_or_else(|| corrupt("tier"))?;
+    let credentials = match mode {
+        Mode::Console => Credentials::ApiKey(String::new().into()),
+        Mode::Max => Credentials::OAuth(OAuthTokens {
+            access_token: String::new().into(),
+            refresh_token: String::new().into(),
+            expires_at: model.token_expires_at.unwrap_or(model.created_at),
+        }),
+    };
+    Ok(Account {
+        id: model.id.clone(),
+        name: model.name.clone(),
+        mode,
+        tier,
+        paused: model.paused,
+        credentials,
+        created_at: model.created_at,
+        live: LiveState {
+            rate_limited_until: model.rate_limited_until,
+            rate_limit_status: model.rate_limit_status.clone(),
+            rate_limit_reset: model.rate_limit_reset,
+            utilization_5h: model.utilization_5h,
+            utilization_7d: model.utilization_7d,
+            session_start: model.session_start,
+            session_request_count: uncount(model.session_request_count),
+            request_count: uncount(model.request_count),
+            total_requests: uncount(model.total_requests),
+            last_used: model.last_used,
+            needs_reauth: model.needs_reauth,
+        },
+    })
+}
+
+/// `Ok` when a row was changed, else the account does not exist.
+fn changed(rows_affected: u64, id: &str) -> Result<(), DbError> {
+    if rows_affected == 0 {
+        return Err(DbError::UnknownAccount(id.to_owned()));
+    }
+    Ok(())
+}
+
+/// Remove an account (its request history stays).
+pub async fn remove(db: &impl ConnectionTrait, id: &str) -> Result<(), DbError> {
+    let result = Entity::delete_by_id(id.to_owned()).exec(db).await?;
+    changed(result.rows_affected, id)
+}
+
+/// Change a user setting of an account and bump its version, so running servers pick it up.
+async fn change(
+    db: &impl ConnectionTrait,
+    id: &str,
+    column: Column,
+    value: Expr,
+) -> Result<(), DbError> {
+    let result = Entity::update_many()
+        .col_expr(column, value)
+        .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+        .filter(Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    changed(result.rows_affected, id)
+}
+
+/// Pause or resume.
+pub async fn set_paused(db: &impl ConnectionTrait, id: &str, paused: bool) -> Result<(), DbError> {
+    change(db, id, Column::Paused, Expr::value(paused)).await
+}
+
+/// Change the tier.
+pub async fn set_tier(db: &impl ConnectionTrait, id: &str, tier: Tier) -> Result<(), DbError> {
+    change(db, id, Column::Tier, Expr::value(i32::from(tier.weight()))).await
+}
+
+/// Zero every account's counters (`reset-stats`).
+pub async fn reset_counters(db: &impl ConnectionTrait) -> Result<u64, DbError> {
+    let result = Entity::update_many()
+        .col_expr(Column::RequestCount, Expr::value(0i64))
+        .col_expr(Column::SessionRequestCount, Expr::value(0i64))
+        .col_expr(
+            Column::CountersEpoch,
+            Expr::col(Column::CountersEpoch).add(1),
+        )
+        .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}
+
+/// Write the live state the server keeps, unless a counter reset happened since `epoch` (the
+/// server adopts the reset first). Returns whether the row was written.
+pub async fn save_live(
+    db: &impl ConnectionTrait,
+    id: &str,
+    epoch: i64,
+    live: &LiveState,
+) -> Result<bool, DbError> {
+    let result = Entity::update_many()
+        .col_expr(
+            Column::RateLimitedUntil,
+            Expr::value(live.rate_limited_until),
+        )
+        .col_expr(
+            Column::RateLimitStatus,
+            Expr::value(live.rate_limit_status.clone()),
+        )
+        .col_expr(Column::RateLimitReset, Expr::value(live.rate_limit_reset))
+        .col_expr(Column::Utilization5h, Expr::value(live.utilization_5h))
+        .col_expr(Column::Utilization7d, Expr::value(live.utilization_7d))
+        .col_expr(Column::SessionStart, Expr::value(live.session_start))
+        .col_expr(
+            Column::SessionRequestCount,
+            Expr::value(count(live.session_request_count)),
+        )
+        .col_expr(Column::RequestCount, Expr::value(count(live.request_count)))
+        .col_expr(
+            Column::TotalRequests,
+            Expr::value(count(live.total_requests)),
+        )
+        .col_expr(Column::LastUsed, Expr::value(live.last_used))
+        .col_expr(Column::NeedsReauth, Expr::value(live.needs_reauth))
+        .filter(Column::Id.eq(id))
+        .filter(Column::CountersEpoch.eq(epoch))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected > 0)
+}
+
+/// Store refreshed OAuth tokens (bumping the token version, releasing the refresh lease).
+pub async fn save_tokens(
+    db: &impl ConnectionTrait,
+    cipher: &Cipher,
+    id: &str,
+    tokens: &OAuthTokens,
+) -> Result<(), DbError> {
+    store_credentials(db, cipher, id, &Credentials::OAuth(tokens.clone()), false).await
+}
+
+/// Replace an account's credentials after re-authentication: it leaves `needs_reauth`, keeps its
+/// id, tier, counters and history, and running servers pick the change up.
+pub async fn set_credentials(
+    db: &impl ConnectionTrait,
+    cipher: &Cipher,
+    id: &str,
+    credentials: &Credentials,
+) -> Result<(), DbError> {
+    store_credentials(db, cipher, id, credentials, true).await
+}
+
+/// Write `credentials` (encrypted), bump the token version and release the refresh lease; with
+/// `announce`, bump the account's version too, so running servers reload it.
+async fn store_credentials(
+    db: &impl ConnectionTrait,
+    cipher: &Cipher,
+    id: &str,
+    credentials: &Credentials,
+    announce: bool,
+) -> Result<(), DbError> {
+    let (api_key, access_token, refresh_token, expires_at) =
+        credential_columns(cipher, credentials);
+    let mode = match credentials {
+        Credentials::ApiKey(_) => Mode::Console,
+        Credentials::OAuth(_) => Mode::Max,
+    };
+    let mut update = Entity::update_many()
+        .col_expr(Column::Mode, Expr::value(mode.as_str()))
+        .col_expr(Column::ApiKey, Expr::value(api_key))
+        .col_expr(Column::AccessToken, Expr::value(access_token))
+        .col_expr(Column::RefreshToken, Expr::value(refresh_token))
+        .col_expr(Column::TokenExpiresAt, Expr::value(expires_at))
+        .col_expr(Column::NeedsReauth, Expr::value(false))
+        .col_expr(Column::TokenVersion, Expr::col(Column::TokenVersion).add(1))
+        .col_expr(
+            Column::RefreshLeaseUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        );
+    if announce {
+        update = update.col_expr(Column::Version, Expr::col(Column::Version).add(1));
+    }
+    let result = update.filter(Column::Id.eq(id)).exec(db).await?;
+    changed(result.rows_affected, id)
+}
+
+/// Take the refresh lease of an account until `until`, unless another process holds it.
+pub async fn take_refresh_lease(
+    db: &impl ConnectionTrait,
+    id: &str,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    let result = Entity::update_many()
+        .col_expr(Column::RefreshLeaseUntil, Expr::value(until))
+        .filter(Column::Id.eq(id))
+        .filter(
+            Column::RefreshLeaseUntil
+                .is_null()
+                .or(Column::RefreshLeaseUntil.lt(now)),
+        )
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected > 0)
+}
+
+/// Give the refresh lease back without new tokens.
+pub async fn release_refresh_lease(db: &impl ConnectionTrait, id: &str) -> Result<(), DbError> {
+    Entity::update_many()
+        .col_expr(
+            Column::RefreshLeaseUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .filter(Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Take an account out of rotation until it is re-authenticated.
+pub async fn mark_needs_reauth(db: &impl ConnectionTrait, id: &str) -> Result<(), DbError> {
+    change(db, id, Column::NeedsReauth, Expr::value(true)).await
+}
+
+/// Store the last subscription usage fetched (JSON).
+pub async fn save_usage(db: &impl ConnectionTrait, id: &str, usage: &str) -> Result<(), DbError> {
+    Entity::update_many()
+        .col_expr(Column::Usage, Expr::value(usage.to_owned()))
+        .filter(Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Encrypt secrets still stored in plain text (written before encryption, or by hand).
+pub async fn seal_plaintext(db: &impl ConnectionTrait, cipher: &Cipher) -> Result<(), DbError> {
+    for model in all(db).await? {
+        let plain = [&model.api_key, &model.access_token, &model.refresh_token]
+            .iter()
+            .any(|v| v.as_deref().is_some_and(|v| !v.starts_with("enc:")));
+        if !plain {
+            continue;
+        }
+        let seal = |v: &Option<String>| {
+            v.as_deref().map(|v| {
+                if v.starts_with("enc:") {
+                    v.to_owned()
+                } else {
+                    cipher.encrypt(v)
+                }
+            })
+        };
+        Entity::update_many()
+            .col_expr(Column::ApiKey, Expr::value(seal(&model.api_key)))
+            .col_expr(Column::AccessToken, Expr::value(seal(&model.access_token)))
+            .col_expr(
+                Column::RefreshToken,
+                Expr::value(seal(&model.refresh_token)),
+            )
+            .filter(Column::Id.eq(&model.id))
+            .exec(db)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The version and counter epoch of a stored account.
+pub fn versions(model: &Model) -> (i64, i64) {
+    (model.version, model.counters_epoch)
+}
+
+/// The view `list` shows of a stored account; one whose secrets cannot be decrypted shows as
+/// needing re-authentication.
+pub fn view(
+    model: &Model,
+    cipher: &Cipher,
+    now: DateTime<Utc>,
+) -> Result<claudeflare_tower::AccountView, DbError> {
+    let mut account = shell(model)?;
+    if matches!(to_account(model, cipher), Err(DbError::Undecryptable(_))) {
+        account.live.needs_reauth = true;
+    }
+    Ok(claudeflare_tower::AccountEntry::new(account).view(now))
+}

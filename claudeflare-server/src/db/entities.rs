@@ -1,0 +1,134 @@
+//! Table models (see the `migrations` crate for the schema).
+
+/// `accounts`: identity, credentials and live state of each account.
+pub mod account {
+    use sea_orm::entity::prelude::*;
+
+    /// One account.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "accounts")]
+    pub struct Model {
+        /// Stable id.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// Unique name.
+        #[sea_orm(unique)]
+        pub name: String,
+        /// "anthropic".
+        pub provider: String,
+        /// "max" or "console".
+        pub mode: String,
+        /// 1, 5 or 20.
+        pub tier: i32,
+        /// Paused by the user.
+        pub paused: bool,
+        /// Console API key.
+        pub api_key: Option<String>,
+        /// OAuth access token.
+        pub access_token: Option<String>,
+        /// OAuth refresh token.
+        pub refresh_token: Option<String>,
+        /// Access token expiry.
+        pub token_expires_at: Option<DateTimeUtc>,
+        /// Added at.
+        pub created_at: DateTimeUtc,
+        /// Bumped by every change from the CLI or API, so running servers pick it up.
+        pub version: i64,
+        /// Bumped by `reset-stats`, so a running server zeroes its counters too.
+        pub counters_epoch: i64,
+        /// Out of rotation until.
+        pub rate_limited_until: Option<DateTimeUtc>,
+        /// Last unified status.
+        pub rate_limit_status: Option<String>,
+        /// Last unified reset.
+        pub rate_limit_reset: Option<DateTimeUtc>,
+        /// Last 5-hour utilization.
+        pub utilization_5h: Option<f64>,
+        /// Last 7-day utilization.
+        pub utilization_7d: Option<f64>,
+        /// Sticky session start.
+        pub session_start: Option<DateTimeUtc>,
+        /// Requests in the session.
+        pub session_request_count: i64,
+        /// Requests since the last reset.
+        pub request_count: i64,
+        /// Lifetime requests.
+        pub total_requests: i64,
+        /// Last request.
+        pub last_used: Option<DateTimeUtc>,
+        /// Refresh failed definitively.
+        pub needs_reauth: bool,
+        /// Bumped by every change of the tokens.
+        pub token_version: i64,
+        /// A process is refreshing the tokens until then.
+        pub refresh_lease_until: Option<DateTimeUtc>,
+        /// The last subscription usage fetched (JSON).
+        pub usage: Option<String>,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `requests`: the request history.
+pub mod request {
+    use sea_orm::entity::prelude::*;
+
+    /// One client request, serialised as the request object of `/api/requests`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, serde::Serialize)]
+    #[sea_orm(table_name = "requests")]
+    pub struct Model {
+        /// claudeflare's request id.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// Arrival.
+        pub timestamp: DateTimeUtc,
+        /// Method.
+        pub method: String,
+        /// Path and query.
+        pub path: String,
+        /// Serving account id.
+        #[serde(skip)]
+        pub account_id: Option<String>,
+        /// Serving account name.
+        #[serde(rename = "account")]
+        pub account_name: Option<String>,
+        /// Status sent.
+        pub status: Option<i32>,
+        /// Succeeded.
+        pub success: bool,
+        /// Error.
+        pub error: Option<String>,
+        /// Total time.
+        pub response_time_ms: i64,
+        /// Time to first byte.
+        pub first_byte_ms: Option<i64>,
+        /// Time the upstream took to answer.
+        pub upstream_ms: Option<i64>,
+        /// Account switches.
+        pub failover_attempts: i32,
+        /// Model.
+        pub model: Option<String>,
+        /// Streaming request.
+        pub stream: bool,
+        /// Input tokens.
+        pub input_tokens: i64,
+        /// Output tokens.
+        pub output_tokens: i64,
+        /// Cache reads.
+        pub cache_read_input_tokens: i64,
+        /// Cache writes.
+        pub cache_creation_input_tokens: i64,
+        /// Estimated cost.
+        pub cost_usd: f64,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

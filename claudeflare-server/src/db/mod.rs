@@ -1,0 +1,156 @@
+//! Persistence with sea-orm: SQLite by default, PostgreSQL for several instances.
+
+pub mod accounts;
+pub mod entities;
+pub mod requests;
+pub mod rollups;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm_migration::MigratorTrait;
+
+/// Why the database cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Connecting failed.
+    #[error("cannot open the database {url}: {source}")]
+    Connect {
+        /// The URL, without any password.
+        url: String,
+        /// The error.
+        source: DbErr,
+    },
+    /// Migrations failed.
+    #[error("cannot migrate the database {url}: {source}")]
+    Migrate {
+        /// The URL, without any password.
+        url: String,
+        /// The error.
+        source: DbErr,
+    },
+    /// The SQLite file's folder could not be made.
+    #[error("cannot create {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] DbErr),
+    /// No account with that id or name.
+    #[error("no account named `{0}`")]
+    UnknownAccount(String),
+    /// The name is taken.
+    #[error("an account named `{0}` already exists")]
+    DuplicateName(String),
+    /// A secret cannot be decrypted with the current key.
+    #[error(
+        "cannot decrypt the credentials of account `{0}`: the secret key is not the one they were stored with; restore that key (CLAUDEFLARE_SECRET_KEY or secret.key), or run `claudeflare-server reauth {0}`"
+    )]
+    Undecryptable(String),
+    /// A stored value is not valid.
+    #[error("account `{account}` holds an invalid {what}")]
+    Corrupt {
+        /// Account name.
+        account: String,
+        /// What is wrong.
+        what: &'static str,
+    },
+}
+
+/// `url` with any password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The file of a `sqlite://` URL.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+/// Connect and run the migrations. A new SQLite file is created 0600 in a 0700 folder, in WAL mode.
+pub async fn open(url: &str) -> Result<DatabaseConnection, DbError> {
+    let shown = redact(url);
+    if let Some(path) = sqlite_path(url) {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::fsutil::create_private_dir(dir).map_err(|source| DbError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        if !path.exists() {
+            crate::fsutil::write_private(&path, b"").map_err(|source| DbError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    let sqlite = sqlite_path(url).is_some() || url.starts_with("sqlite:");
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        // SQLite writes one transaction at a time anyway; fewer connections, less memory.
+        .max_connections(if sqlite { 4 } else { 8 })
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false)
+        // On every pooled connection: WAL, and fsync at checkpoints rather than at every commit
+        // (a crash can lose the last records, never corrupt the file).
+        .map_sqlx_sqlite_opts(|sqlite| {
+            sqlite
+                .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .statement_cache_capacity(16)
+        });
+    let db = Database::connect(options)
+        .await
+        .map_err(|source| DbError::Connect {
+            url: shown.clone(),
+            source,
+        })?;
+    migrations::Migrator::up(&db, None)
+        .await
+        .map_err(|source| DbError::Migrate { url: shown, source })?;
+    Ok(db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact("sqlite:///tmp/x.db?mode=rwc"),
+            "sqlite:///tmp/x.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///tmp/x.db?mode=rwc"),
+            Some(PathBuf::from("/tmp/x.db"))
+        );
+        assert_eq!(sqlite_path("postgres://h/db"), None);
+    }
+}

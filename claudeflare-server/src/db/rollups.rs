@@ -1,0 +1,246 @@
+//! Hourly rollups of the request history: written with each batch of records (same transaction),
+//! read by `/api/stats` and the dashboard, so neither aggregates the whole history.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use claudeflare_tower::record::RequestRecord;
+use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
+use serde::Serialize;
+
+use super::DbError;
+
+/// The rollup key of an instant: `YYYY-MM-DDTHH` in UTC.
+pub fn hour_key(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H").to_string()
+}
+
+#[derive(Default)]
+struct Sums {
+    requests: i64,
+    successes: i64,
+    response_time_ms: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cache_read: i64,
+    cache_creation: i64,
+    cost: f64,
+}
+
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Numbered placeholders for PostgreSQL, `?` for SQLite.
+fn placeholders(backend: DbBackend, count: usize) -> Vec<String> {
+    (1..=count)
+        .map(|i| {
+            if backend == DbBackend::Postgres {
+                format!("${i}")
+            } else {
+                "?".to_owned()
+            }
+        })
+        .collect()
+}
+
+/// Add a batch of finished requests (with their costs) to the rollups.
+pub async fn add(db: &impl ConnectionTrait, batch: &[(RequestRecord, f64)]) -> Result<(), DbError> {
+    let mut sums: BTreeMap<(String, String, String), Sums> = BTreeMap::new();
+    for (record, cost) in batch {
+        let key = (
+            hour_key(record.timestamp),
+            record.account.clone().unwrap_or_default(),
+            record.model.clone().unwrap_or_default(),
+        );
+        let sum = sums.entry(key).or_default();
+        sum.requests += 1;
+        sum.successes += i64::from(record.success);
+        sum.response_time_ms += int(record.response_time_ms);
+        sum.input_tokens += int(record.usage.input_tokens);
+        sum.output_tokens += int(record.usage.output_tokens);
+        sum.cache_read += int(record.usage.cache_read_input_tokens);
+        sum.cache_creation += int(record.usage.cache_creation_input_tokens);
+        sum.cost += cost;
+    }
+    let backend = db.get_database_backend();
+    let p = placeholders(backend, 11);
+    let sql = format!(
+        "INSERT INTO request_rollups (hour, account, model, requests, successes, response_time_ms, input_tokens, \
+         output_tokens, cache_read_input_tokens, cache_creation_input_tokens, cost_usd) \
+         VALUES ({}) ON CONFLICT (hour, account, model) DO UPDATE SET \
+         requests = request_rollups.requests + excluded.requests, \
+         successes = request_rollups.successes + excluded.successes, \
+         response_time_ms = request_rollups.response_time_ms + excluded.response_time_ms, \
+         input_tokens = request_rollups.input_tokens + excluded.input_tokens, \
+         output_tokens = request_rollups.output_tokens + excluded.output_tokens, \
+         cache_read_input_tokens = request_rollups.cache_read_input_tokens + excluded.cache_read_input_tokens, \
+         cache_creation_input_tokens = request_rollups.cache_creation_input_tokens + excluded.cache_creation_input_tokens, \
+         cost_usd = request_rollups.cost_usd + excluded.cost_usd",
+        p.join(", ")
+    );
+    for ((hour, account, model), sum) in sums {
+        let values: Vec<Value> = vec![
+            hour.into(),
+            account.into(),
+            model.into(),
+            sum.requests.into(),
+            sum.successes.into(),
+            sum.response_time_ms.into(),
+            sum.input_tokens.into(),
+            sum.output_tokens.into(),
+            sum.cache_read.into(),
+            sum.cache_creation.into(),
+            sum.cost.into(),
+        ];
+        db.execute_raw(Statement::from_sql_and_values(backend, &sql, values))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Totals over a span of the history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Totals {
+    /// Requests.
+    pub total_requests: i64,
+    /// Successful requests.
+    pub successful_requests: i64,
+    /// Mean total time.
+    pub avg_response_time_ms: f64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cache reads.
+    pub cache_read_input_tokens: i64,
+    /// Cache writes.
+    pub cache_creation_input_tokens: i64,
+    /// Estimated cost.
+    pub total_cost_usd: f64,
+}
+
+impl Totals {
+    /// Success rate in percent (0 with no requests).
+    pub fn success_rate(&self) -> f64 {
+        if self.total_requests == 0 {
+            return 0.0;
+        }
+        self.successful_requests as f64 * 100.0 / self.total_requests as f64
+    }
+}
+
+const SUMS: &str = "CAST(COALESCE(SUM(requests), 0) AS BIGINT) AS requests, \
+    CAST(COALESCE(SUM(successes), 0) AS BIGINT) AS successes, \
+    CAST(COALESCE(SUM(response_time_ms), 0) AS BIGINT) AS response_time_ms, \
+    CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, \
+    CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens, \
+    CAST(COALESCE(SUM(cache_read_input_tokens), 0) AS BIGINT) AS cache_read, \
+    CAST(COALESCE(SUM(cache_creation_input_tokens), 0) AS BIGINT) AS cache_creation, \
+    CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) AS cost";
+
+fn totals_of(row: &sea_orm::QueryResult) -> Result<Totals, DbError> {
+    let requests: i64 = row.try_get("", "requests")?;
+    let response_time: i64 = row.try_get("", "response_time_ms")?;
+    Ok(Totals {
+        total_requests: requests,
+        successful_requests: row.try_get("", "successes")?,
+        avg_response_time_ms: if requests == 0 {
+            0.0
+        } else {
+            response_time as f64 / requests as f64
+        },
+        input_tokens: row.try_get("", "input_tokens")?,
+        output_tokens: row.try_get("", "output_tokens")?,
+        cache_read_input_tokens: row.try_get("", "cache_read")?,
+        cache_creation_input_tokens: row.try_get("", "cache_creation")?,
+        total_cost_usd: row.try_get("", "cost")?,
+    })
+}
+
+/// Totals of the hours from `since` on (all of the history when `None`).
+pub async fn totals(
+    db: &impl ConnectionTrait,
+    since: Option<DateTime<Utc>>,
+) -> Result<Totals, DbError> {
+    let backend = db.get_database_backend();
+    let statement = match since {
+        Some(since) => Statement::from_sql_and_values(
+            backend,
+            format!(
+                "SELECT {SUMS} FROM request_rollups WHERE hour >= {}",
+                placeholders(backend, 1)[0]
+            ),
+            [hour_key(since).into()],
+        ),
+        None => Statement::from_string(backend, format!("SELECT {SUMS} FROM request_rollups")),
+    };
+    match db.query_one_raw(statement).await? {
+        Some(row) => totals_of(&row),
+        None => Ok(Totals::default()),
+    }
+}
+
+/// How to group a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// `YYYY-MM-DDTHH`.
+    Hour,
+    /// `YYYY-MM-DD`.
+    Day,
+    /// Account name ('' for none).
+    Account,
+    /// Model ('' for unknown).
+    Model,
+}
+
+/// Totals grouped `by`, over the hours from `since` on, ordered by key.
+pub async fn series(
+    db: &impl ConnectionTrait,
+    since: DateTime<Utc>,
+    by: By,
+) -> Result<Vec<(String, Totals)>, DbError> {
+    let key = match by {
+        By::Hour => "hour",
+        By::Day => "substr(hour, 1, 10)",
+        By::Account => "account",
+        By::Model => "model",
+    };
+    let backend = db.get_database_backend();
+    let sql = format!(
+        "SELECT {key} AS k, {SUMS} FROM request_rollups WHERE hour >= {} GROUP BY {key} ORDER BY {key}",
+        placeholders(backend, 1)[0]
+    );
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [hour_key(since).into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get::<String>("", "k")?, totals_of(row)?)))
+        .collect()
+}
+
+/// Delete the hours before `before`.
+pub async fn trim(db: &impl ConnectionTrait, before: DateTime<Utc>) -> Result<(), DbError> {
+    let backend = db.get_database_backend();
+    let sql = format!(
+        "DELETE FROM request_rollups WHERE hour < {}",
+        placeholders(backend, 1)[0]
+    );
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql,
+        [hour_key(before).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Delete every rollup.
+pub async fn clear(db: &impl ConnectionTrait) -> Result<(), DbError> {
+    db.execute_unprepared("DELETE FROM request_rollups").await?;
+    Ok(())
+}

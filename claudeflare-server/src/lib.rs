@@ -1,0 +1,21 @@
+//! The claudeflare reference server as a library: what `claudeflare-server` is made of (proxy
+//! app, API, dashboard, CLI commands, configuration, persistence). The binary is `main.rs`.
+
+pub mod api;
+pub mod app;
+pub mod background;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod dashboard;
+pub mod db;
+pub mod fsutil;
+pub mod logging;
+pub mod metrics;
+pub mod oauth;
+pub mod pricing;
+pub mod recorder;
+pub mod refresher;
+pub mod secrets;
+pub mod serve;
+pub mod store;

@@ -1,0 +1,140 @@
+//! `GET /metrics`: Prometheus text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a finished request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Serving account ("none" when no account served it).
+    pub account: String,
+    /// Status sent to the client ("none" when the client left first).
+    pub status: String,
+}
+
+/// An account.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabel {
+    /// Account name.
+    pub account: String,
+}
+
+/// A refresh result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// "ok", "rejected" or "failed".
+    pub result: String,
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by account and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Upstream time to response headers.
+    pub upstream_latency: Histogram,
+    /// claudeflare's own time per request (total to headers minus upstream and backoff).
+    pub overhead: Histogram,
+    /// Moves to another account.
+    pub failovers: Counter,
+    /// Accounts rate-limited.
+    pub rate_limits: Family<AccountLabel, Counter>,
+    /// Token refreshes by result.
+    pub token_refreshes: Family<ResultLabel, Counter>,
+    /// Request records that could not be stored.
+    pub dropped_records: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Register every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("claudeflare");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Client requests by serving account and status",
+            requests.clone(),
+        );
+        // 1 ms to ~65 s.
+        let upstream_latency = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "upstream_latency_seconds",
+            "Upstream time to response headers",
+            upstream_latency.clone(),
+        );
+        // 10 µs to ~160 ms.
+        let overhead = Histogram::new(exponential_buckets(0.000_01, 2.0, 15));
+        registry.register(
+            "overhead_seconds",
+            "claudeflare's own time per request, upstream and backoff excluded",
+            overhead.clone(),
+        );
+        let failovers = Counter::default();
+        registry.register(
+            "failovers",
+            "Requests moved to another account",
+            failovers.clone(),
+        );
+        let rate_limits = Family::<AccountLabel, Counter>::default();
+        registry.register(
+            "rate_limit_events",
+            "Accounts marked rate-limited",
+            rate_limits.clone(),
+        );
+        let token_refreshes = Family::<ResultLabel, Counter>::default();
+        for result in ["ok", "rejected", "failed"] {
+            // Present from the start, so a dashboard shows 0 rather than no data.
+            let _ = token_refreshes.get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            });
+        }
+        registry.register(
+            "token_refreshes",
+            "OAuth token refreshes by result",
+            token_refreshes.clone(),
+        );
+        let dropped_records = Counter::default();
+        registry.register(
+            "dropped_records",
+            "Request records that could not be stored",
+            dropped_records.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            upstream_latency,
+            overhead,
+            failovers,
+            rate_limits,
+            token_refreshes,
+            dropped_records,
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(%error, "could not encode metrics");
+        }
+        out
+    }
+
+    /// Count a refresh result.
+    pub fn refresh(&self, result: &str) {
+        self.token_refreshes
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+}

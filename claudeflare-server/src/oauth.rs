@@ -1,0 +1,466 @@
+//! Anthropic's OAuth: the PKCE authorization flow of `add` and `reauth`, the console API-key
+//! creation, the subscription usage endpoint, and token refresh coordinated across processes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, TimeDelta, Utc};
+use claudeflare_tower::auth::{RefreshError, TokenPair};
+use claudeflare_tower::oauth::HttpRefresher;
+use claudeflare_tower::upstream::{DEFAULT_CONNECT_TIMEOUT, http_client};
+use claudeflare_tower::{BoxError, OAuthTokens};
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use oauth2::basic::BasicClient;
+use oauth2::{
+    AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
+};
+use sea_orm::DatabaseConnection;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::db::{DbError, accounts};
+use crate::secrets::Cipher;
+
+/// The scopes Claude Code asks for.
+const SCOPES: [&str; 3] = ["org:create_api_key", "user:profile", "user:inference"];
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one process may hold the refresh lease.
+const LEASE: TimeDelta = TimeDelta::seconds(30);
+
+/// What went wrong talking to Anthropic's OAuth endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// A URL of the configuration is not usable.
+    #[error("{0} is not a valid URL")]
+    Url(&'static str),
+    /// The pasted text is not `CODE#STATE`.
+    #[error("the authorization code must look like CODE#STATE (copy the whole code from the page)")]
+    Malformed,
+    /// The state does not match the one issued.
+    #[error(
+        "the pasted code belongs to another authorization attempt (its state does not match); start again"
+    )]
+    StateMismatch,
+    /// The server refused.
+    #[error("{what} failed: {detail}")]
+    Refused {
+        /// Which call.
+        what: &'static str,
+        /// Status and error.
+        detail: String,
+    },
+    /// No answer.
+    #[error("{what} failed: {source}")]
+    Network {
+        /// Which call.
+        what: &'static str,
+        /// The error.
+        source: BoxError,
+    },
+}
+
+/// One authorization attempt: the URL to open, and what checks the answer.
+pub struct Flow {
+    /// Open this in a browser.
+    pub url: String,
+    state: CsrfToken,
+    verifier: PkceCodeVerifier,
+}
+
+/// Start a PKCE authorization for a subscription (`max`) or a console account.
+pub fn start(config: &Config, max: bool) -> Result<Flow, OAuthError> {
+    let authorize = if max {
+        &config.oauth_authorize_url_max
+    } else {
+        &config.oauth_authorize_url_console
+    };
+    let client = BasicClient::new(ClientId::new(config.client_id.clone()))
+        .set_auth_uri(
+            AuthUrl::new(authorize.clone()).map_err(|_| OAuthError::Url("the authorize URL"))?,
+        )
+        .set_redirect_uri(
+            RedirectUrl::new(config.oauth_redirect_uri.clone())
+                .map_err(|_| OAuthError::Url("oauth_redirect_uri"))?,
+        );
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, state) = client
+        .authorize_url(CsrfToken::new_random)
+        .add_extra_param("code", "true")
+        .add_scopes(SCOPES.iter().map(|s| Scope::new((*s).to_owned())))
+        .set_pkce_challenge(challenge)
+        .url();
+    Ok(Flow {
+        url: url.to_string(),
+        state,
+        verifier,
+    })
+}
+
+#[derive(Deserialize)]
+struct Grant {
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_in: Option<i64>,
+}
+
+/// Exchange the pasted `CODE#STATE` for tokens (JSON body, as Anthropic's endpoint wants).
+pub async fn exchange(
+    config: &Config,
+    flow: Flow,
+    pasted: &str,
+) -> Result<OAuthTokens, OAuthError> {
+    let (code, state) = pasted.trim().split_once('#').ok_or(OAuthError::Malformed)?;
+    if code.is_empty() {
+        return Err(OAuthError::Malformed);
+    }
+    if state != flow.state.secret() {
+        return Err(OAuthError::StateMismatch);
+    }
+    let body = json!({
+        "grant_type": "authorization_code",
+        "code": code,
+        "state": state,
+        "client_id": config.client_id,
+        "redirect_uri": config.oauth_redirect_uri,
+        "code_verifier": flow.verifier.secret(),
+    });
+    let what = "the token exchange";
+    let (status, bytes) = send(
+        what,
+        Method::POST,
+        &config.oauth_token_url,
+        None,
+        "application/json",
+        body.to_string(),
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(refused(what, status, &bytes));
+    }
+    let grant: Grant = serde_json::from_slice(&bytes).map_err(|e| OAuthError::Refused {
+        what,
+        detail: format!("unreadable answer: {e}"),
+    })?;
+    let refresh_token = grant.refresh_token.ok_or_else(|| OAuthError::Refused {
+        what,
+        detail: "no refresh token in the answer".into(),
+    })?;
+    Ok(OAuthTokens {
+        access_token: grant.access_token.into(),
+        refresh_token: refresh_token.into(),
+        expires_at: Utc::now() + TimeDelta::seconds(grant.expires_in.unwrap_or(8 * 3600)),
+    })
+}
+
+/// Create an API key for a console account authorized through OAuth.
+pub async fn create_api_key(
+    config: &Config,
+    access_token: &SecretString,
+) -> Result<SecretString, OAuthError> {
+    #[derive(Deserialize)]
+    struct Created {
+        raw_key: String,
+    }
+    let what = "creating the API key";
+    let bearer = format!("Bearer {}", access_token.expose_secret());
+    let (status, bytes) = send(
+        what,
+        Method::POST,
+        &config.create_api_key_url,
+        Some(&bearer),
+        "application/x-www-form-urlencoded",
+        String::new(),
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(refused(what, status, &bytes));
+    }
+    let created: Created = serde_json::from_slice(&bytes).map_err(|e| OAuthError::Refused {
+        what,
+        detail: format!("unreadable answer: {e}"),
+    })?;
+    Ok(created.raw_key.into())
+}
+
+/// One window of subscription usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// Percent used (0–100).
+    pub utilization: Option<f64>,
+    /// When the window resets.
+    pub resets_at: Option<DateTime<Utc>>,
+}
+
+/// Subscription usage, as `/api/accounts` shows it under `usage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// The 5-hour window.
+    pub five_hour: Option<Window>,
+    /// The 7-day window.
+    pub seven_day: Option<Window>,
+    /// When it was fetched.
+    #[serde(default = "Utc::now")]
+    pub fetched_at: DateTime<Utc>,
+}
+
+/// Fetch subscription usage with the account's `authorization` header.
+pub async fn fetch_usage(
+    config: &Config,
+    authorization: &HeaderValue,
+) -> Result<Usage, OAuthError> {
+    let what = "fetching usage";
+    let bearer = authorization.to_str().map_err(|_| OAuthError::Refused {
+        what,
+        detail: "unusable token".into(),
+    })?;
+    let (status, bytes) = send(
+        what,
+        Method::GET,
+        &config.oauth_usage_url,
+        Some(bearer),
+        "application/json",
+        String::new(),
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(refused(what, status, &bytes));
+    }
+    let mut usage: Usage = serde_json::from_slice(&bytes).map_err(|e| OAuthError::Refused {
+        what,
+        detail: format!("unreadable answer: {e}"),
+    })?;
+    usage.fetched_at = Utc::now();
+    Ok(usage)
+}
+
+/// The status and OAuth error of a refusal, never its whole body (which could echo input).
+fn refused(what: &'static str, status: StatusCode, bytes: &Bytes) -> OAuthError {
+    #[derive(Deserialize, Default)]
+    struct Body {
+        error: Option<serde_json::Value>,
+        error_description: Option<String>,
+    }
+    let body: Body = serde_json::from_slice(bytes).unwrap_or_default();
+    let code = match body.error {
+        Some(serde_json::Value::String(code)) => code,
+        Some(serde_json::Value::Object(map)) => map
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        _ => String::new(),
+    };
+    let detail = [
+        status.to_string(),
+        code,
+        body.error_description.unwrap_or_default(),
+    ]
+    .into_iter()
+    .filter(|part| !part.is_empty())
+    .collect::<Vec<_>>()
+    .join(": ");
+    OAuthError::Refused { what, detail }
+}
+
+async fn send(
+    what: &'static str,
+    method: Method,
+    url: &str,
+    authorization: Option<&str>,
+    content_type: &str,
+    body: String,
+) -> Result<(StatusCode, Bytes), OAuthError> {
+    let uri: http::Uri = url.parse().map_err(|_| OAuthError::Url(what))?;
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::ACCEPT, "application/json")
+        .header("anthropic-beta", claudeflare_tower::auth::OAUTH_BETA);
+    if let Some(authorization) = authorization {
+        let mut value = HeaderValue::from_str(authorization).map_err(|e| OAuthError::Network {
+            what,
+            source: e.into(),
+        })?;
+        value.set_sensitive(true);
+        request = request.header(header::AUTHORIZATION, value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| OAuthError::Network {
+            what,
+            source: e.into(),
+        })?;
+    let exchange = async {
+        let response = http_client(DEFAULT_CONNECT_TIMEOUT)
+            .request(request)
+            .await
+            .map_err(|e| OAuthError::Network {
+                what,
+                source: e.into(),
+            })?;
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), 1024 * 1024)
+            .collect()
+            .await
+            .map_err(|source| OAuthError::Network { what, source })?
+            .to_bytes();
+        Ok((status, bytes))
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| OAuthError::Network {
+            what,
+            source: "no answer within 30 s".into(),
+        })?
+}
+
+/// Refresh the tokens of account `id`, coordinated through the database with every other
+/// process (servers, the CLI) using it:
+///
+/// - tokens someone else already rotated past `presented` are adopted, not refreshed again;
+/// - only the holder of the refresh lease calls the token endpoint; the others wait for its
+///   tokens;
+/// - the rotated pair is stored before it is returned (and so before it is used);
+/// - a rejected refresh token is only fatal if the database still holds that very token.
+pub async fn coordinated_refresh(
+    db: &DatabaseConnection,
+    cipher: &Cipher,
+    config: &Config,
+    id: &str,
+    presented: &SecretString,
+) -> Result<TokenPair, RefreshError> {
+    let temporary = |e: DbError| RefreshError::Temporary(e.into());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(45);
+    loop {
+        let stored = stored_tokens(db, cipher, id).await.map_err(temporary)?;
+        if stored.refresh_token.expose_secret() != presented.expose_secret()
+            && stored.expires_at > Utc::now() + TimeDelta::minutes(1)
+        {
+            tracing::info!(account = id, "using tokens another process refreshed");
+            return Ok(pair(stored));
+        }
+        let now = Utc::now();
+        if accounts::take_refresh_lease(db, id, now, now + LEASE)
+            .await
+            .map_err(temporary)?
+        {
+            let token_url = config
+                .oauth_token_url
+                .parse()
+                .map_err(|e| RefreshError::Temporary(format!("oauth_token_url: {e}").into()))?;
+            let result = HttpRefresher::new(token_url, config.client_id.clone())
+                .refresh_token(&stored.refresh_token)
+                .await;
+            return match result {
+                Ok(new) => {
+                    let tokens = OAuthTokens {
+                        access_token: new.access_token,
+                        refresh_token: new.refresh_token.unwrap_or(stored.refresh_token),
+                        expires_at: new.expires_at,
+                    };
+                    accounts::save_tokens(db, cipher, id, &tokens)
+                        .await
+                        .map_err(temporary)?;
+                    Ok(pair(tokens))
+                }
+                Err(error) => {
+                    let _ = accounts::release_refresh_lease(db, id).await;
+                    if let RefreshError::Rejected(_) = error {
+                        // Lost a race we could not see? Then the database has a newer token.
+                        let now_stored = stored_tokens(db, cipher, id).await.map_err(temporary)?;
+                        if now_stored.refresh_token.expose_secret()
+                            != stored.refresh_token.expose_secret()
+                        {
+                            return Ok(pair(now_stored));
+                        }
+                    }
+                    Err(error)
+                }
+            };
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(RefreshError::Temporary(
+                "another process holds the refresh lease".into(),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn pair(tokens: OAuthTokens) -> TokenPair {
+    TokenPair {
+        access_token: tokens.access_token,
+        refresh_token: Some(tokens.refresh_token),
+        expires_at: tokens.expires_at,
+    }
+}
+
+async fn stored_tokens(
+    db: &DatabaseConnection,
+    cipher: &Cipher,
+    id: &str,
+) -> Result<OAuthTokens, DbError> {
+    let model = accounts::find(db, id).await?;
+    match accounts::to_account(&model, cipher)?.credentials {
+        claudeflare_tower::Credentials::OAuth(tokens) => Ok(tokens),
+        claudeflare_tower::Credentials::ApiKey(_) => Err(DbError::Corrupt {
+            account: model.name,
+            what: "mode (not a subscription)",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_authorize_url_carries_pkce_and_a_random_state() {
+        let config = Config::default();
+        let flow = start(&config, true).unwrap();
+        let url = oauth2::url::Url::parse(&flow.url).unwrap();
+        assert!(flow.url.starts_with("https://claude.ai/oauth/authorize?"));
+        let query: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(query["code"], "true");
+        assert_eq!(query["client_id"], config.client_id);
+        assert_eq!(query["response_type"], "code");
+        assert_eq!(query["redirect_uri"], config.oauth_redirect_uri);
+        assert_eq!(
+            query["scope"],
+            "org:create_api_key user:profile user:inference"
+        );
+        assert_eq!(query["code_challenge_method"], "S256");
+        assert_eq!(query["state"], *flow.state.secret());
+        assert_ne!(
+            query["state"],
+            *flow.verifier.secret(),
+            "the state is not the verifier"
+        );
+        let other = start(&config, false).unwrap();
+        assert!(
+            other
+                .url
+                .starts_with("https://console.anthropic.com/oauth/authorize?")
+        );
+        assert_ne!(other.state.secret(), flow.state.secret());
+    }
+
+    #[tokio::test]
+    async fn a_foreign_or_malformed_code_is_refused_before_any_request() {
+        let config = Config::default();
+        let flow = start(&config, true).unwrap();
+        assert!(matches!(
+            exchange(&config, flow, "code#not-the-state").await,
+            Err(OAuthError::StateMismatch)
+        ));
+        let flow = start(&config, true).unwrap();
+        assert!(matches!(
+            exchange(&config, flow, "no-hash-here").await,
+            Err(OAuthError::Malformed)
+        ));
+    }
+}

@@ -1,0 +1,250 @@
+//! `claudeflare-server serve`: the proxy, API and dashboard, until SIGINT or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use claudeflare_tower::strategy::StrategyHandle;
+use claudeflare_tower::{Balancer, Setting};
+use tokio::sync::watch;
+
+use crate::app::{self, AppState};
+use crate::background::{self, UsageMap};
+use crate::config::{self, Config, Overrides};
+use crate::db;
+use crate::logging::{self, LogHandle};
+use crate::metrics::Metrics;
+use crate::pricing::Pricing;
+use crate::recorder::{self, ServerRecorder};
+use crate::refresher::ServerRefresher;
+use crate::secrets::Cipher;
+use crate::store::{self, DbStore, Skipped, Versions};
+
+/// How long in-flight requests (streams included) may take to finish after a shutdown signal.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// The settings that follow the configuration file while running.
+struct Live {
+    config: Setting<Config>,
+    strategy: StrategyHandle,
+    retry: Setting<claudeflare_tower::failover::RetryConfig>,
+    upstream: Setting<http::Uri>,
+    body_limit: Setting<usize>,
+    pricing: Setting<Pricing>,
+    log: LogHandle,
+}
+
+impl Live {
+    fn apply(&self, new: Config) {
+        let old = self.config.get();
+        if new.lb_strategy != old.lb_strategy || new.session_duration_ms != old.session_duration_ms
+        {
+            self.strategy.set(new.strategy());
+        }
+        self.retry.set(new.retry());
+        self.upstream.set(new.upstream_uri());
+        self.body_limit.set(new.max_request_body_bytes);
+        self.pricing.set(Pricing::new(new.pricing.clone()));
+        if new.log_level != old.log_level {
+            self.log.set_level(&new.log_level);
+        }
+        if new.port != old.port || new.host != old.host || new.log_format != old.log_format {
+            tracing::warn!("host, port and log_format take effect at the next start");
+        }
+        self.config.set(new);
+        tracing::info!("configuration reloaded");
+    }
+}
+
+/// Run the server.
+pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
+    let overrides = Setting::new(overrides);
+    let path = config::config_path();
+    config::ensure_file(&path)?;
+    let config = config::load(&path, &overrides.get())?;
+    let (log, _flush) = logging::init(&config.log_level, &config.log_format);
+    let url = config::database_url(&path);
+    let db = db::open(&url).await?;
+    tracing::info!(config = %path.display(), database = %db::redact(&url), "starting");
+    let cipher = Cipher::load(config::config_folder(&path))?;
+    db::accounts::seal_plaintext(&db, &cipher).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let versions = Arc::new(Versions::default());
+    let store = Arc::new(DbStore::new(Arc::clone(&metrics)));
+    let skipped = Arc::new(Skipped::default());
+    let pool = store::load_pool(&db, &cipher, Arc::clone(&store), &versions, &skipped).await?;
+    let usage = Arc::new(UsageMap::default());
+    usage.load(&db::accounts::all(&db).await?);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let live = Live {
+        config: Setting::new(config.clone()),
+        strategy: StrategyHandle::new(config.strategy()),
+        retry: Setting::new(config.retry()),
+        upstream: Setting::new(config.upstream_uri()),
+        body_limit: Setting::new(config.max_request_body_bytes),
+        pricing: Setting::new(Pricing::new(config.pricing.clone())),
+        log,
+    };
+    let (recorder, queue) = ServerRecorder::new(
+        live.pricing.clone(),
+        Arc::clone(&metrics),
+        Arc::clone(&dropped),
+    );
+    let refresher: Arc<dyn claudeflare_tower::auth::TokenRefresher> =
+        Arc::new(ServerRefresher::new(
+            db.clone(),
+            cipher.clone(),
+            live.config.clone(),
+            Arc::clone(&metrics),
+        ));
+    let balancer = Balancer::new(pool.clone())
+        .strategy(live.strategy.clone())
+        .recorder(Arc::new(recorder))
+        .refresher(Arc::clone(&refresher))
+        .retry(live.retry.clone())
+        .upstream_url(live.upstream.clone())
+        .body_limit(live.body_limit.clone())
+        .build();
+
+    let (stop, stopped) = watch::channel(false);
+    let tasks = [
+        tokio::spawn(recorder::write_records(
+            db.clone(),
+            queue,
+            Arc::clone(&dropped),
+            Arc::clone(&metrics),
+            stopped.clone(),
+        )),
+        tokio::spawn(store::write_live_states(
+            db.clone(),
+            store,
+            Arc::clone(&versions),
+            stopped.clone(),
+        )),
+        tokio::spawn(store::sync(
+            db.clone(),
+            cipher,
+            pool.clone(),
+            versions,
+            skipped,
+            stopped.clone(),
+        )),
+        tokio::spawn(background::refresh_ahead(
+            pool.clone(),
+            refresher,
+            stopped.clone(),
+        )),
+        tokio::spawn(background::poll_usage(
+            db.clone(),
+            pool.clone(),
+            live.config.clone(),
+            Arc::clone(&usage),
+            stopped.clone(),
+        )),
+        tokio::spawn(recorder::trim_history(
+            db.clone(),
+            live.config.clone(),
+            stopped.clone(),
+        )),
+    ];
+    let state = AppState {
+        db,
+        pool: pool.clone(),
+        strategy: live.strategy.clone(),
+        config: live.config.clone(),
+        config_path: Arc::new(path.clone()),
+        overrides: overrides.clone(),
+        metrics,
+        dropped,
+        usage,
+    };
+    let watcher = tokio::spawn(watch_config(path.clone(), overrides, live, stopped.clone()));
+
+    let address = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(accounts = pool.len(), strategy = %config.lb_strategy, "listening on http://{local}");
+
+    let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
+    let server =
+        axum::serve(listener, app::router(state, balancer)).with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new connections; waiting for requests in flight");
+            let _ = signalled_tx.send(());
+        });
+    tokio::select! {
+        result = server.into_future() => result.context("the server failed")?,
+        () = async { let _ = signalled.await; tokio::time::sleep(GRACE).await } => {
+            tracing::warn!(seconds = GRACE.as_secs(), "requests still running after the grace period were cut");
+        }
+    }
+    let _ = stop.send(true);
+    watcher.abort();
+    for task in tasks {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Reload the configuration when its file changes (checked every 500 ms); a file that does not
+/// load keeps the previous settings.
+async fn watch_config(
+    path: PathBuf,
+    overrides: Setting<Overrides>,
+    live: Live,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut seen = stamp(&path);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = stamp(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match config::load(&path, &overrides.get()) {
+            Ok(new) if new != *live.config.get() => live.apply(new),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, "the configuration file changed but cannot be used; keeping the previous settings")
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Keeping the pool and the database in step.
+//!
+//! - Live state changes (rate-limit marks, sessions, counters) reach the database through
+//!   [`DbStore`], which the request path only hands them to; a task writes them a few times a
+//!   second.
+//! - Changes made by the CLI or the API (new, removed, paused, re-tiered accounts, counter resets)
+//!   reach the pool through [`sync`], which reads the accounts every second.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use claudeflare_tower::{AccountEntry, AccountPool, LiveState, StateStore};
+use sea_orm::DatabaseConnection;
+use tokio::sync::{Notify, watch};
+
+use crate::db::{DbError, accounts};
+use crate::metrics::{AccountLabel, Metrics};
+use crate::secrets::Cipher;
+
+/// The version and counter epoch of each account as this process last saw them.
+#[derive(Debug, Default)]
+pub struct Versions(Mutex<HashMap<String, (i64, i64)>>);
+
+impl Versions {
+    fn get(&self, id: &str) -> Option<(i64, i64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .copied()
+    }
+
+    fn set(&self, id: &str, versions: (i64, i64)) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_owned(), versions);
+    }
+
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|id, _| keep(id));
+    }
+}
+
+/// Collects live-state changes for the writer task.
+pub struct DbStore {
+    dirty: Mutex<HashMap<String, LiveState>>,
+    wake: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl DbStore {
+    /// A store reporting rate limits to `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            dirty: Mutex::default(),
+            wake: Notify::new(),
+            metrics,
+        }
+    }
+
+    fn take(&self) -> HashMap<String, LiveState> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl StateStore for DbStore {
+    fn save(&self, account_id: &str, state: &LiveState) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(account_id.to_owned(), state.clone());
+        self.wake.notify_one();
+    }
+
+    fn rate_limited(&self, account: &AccountEntry, _until: DateTime<Utc>) {
+        self.metrics
+            .rate_limits
+            .get_or_create(&AccountLabel {
+                account: account.name().to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Write live-state changes, at most every 200 ms, until `stop`; then write what is left,
+/// including changes that arrived while the last batch was being written.
+pub async fn write_live_states(
+    db: DatabaseConnection,
+    store: Arc<DbStore>,
+    versions: Arc<Versions>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            () = store.wake.notified() => false,
+            _ = stop.changed() => true,
+        };
+        write_dirty(&db, &store, &versions).await;
+        let stopping = stopping
+            || *stop.borrow()
+            || tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(200)) => false,
+                _ = stop.changed() => true,
+            };
+        if stopping {
+            write_dirty(&db, &store, &versions).await;
+            return;
+        }
+    }
+}
+
+async fn write_dirty(db: &DatabaseConnection, store: &DbStore, versions: &Versions) {
+    for (id, state) in store.take() {
+        let Some((_, epoch)) = versions.get(&id) else {
+            tracing::debug!(account = %id, "account state not stored: the account is not loaded");
+            continue;
+        };
+        // A failed write is retried with the next change of this account.
+        match accounts::save_live(db, &id, epoch, &state).await {
+            Ok(written) => tracing::debug!(account = %id, written, "stored account state"),
+            Err(error) => tracing::error!(%error, "could not store account state"),
+        }
+    }
+}
+
+/// Accounts left out of the pool because of an error, each reported once.
+#[derive(Debug, Default)]
+pub struct Skipped(Mutex<HashMap<String, String>>);
+
+impl Skipped {
+    fn report(&self, id: &str, error: &DbError) {
+        let message = error.to_string();
+        let mut skipped = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if skipped.get(id) != Some(&message) {
+            tracing::error!(error = %message, "this account is out of rotation");
+            skipped.insert(id.to_owned(), message);
+        }
+    }
+
+    fn clear(&self, id: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+}
+
+/// Load every stored account into a new pool.
+pub async fn load_pool(
+    db: &DatabaseConnection,
+    cipher: &Cipher,
+    store: Arc<DbStore>,
+    versions: &Versions,
+    skipped: &Skipped,
+) -> Result<AccountPool, DbError> {
+    let mut list = Vec::new();
+    for model in accounts::all(db).await? {
+        match accounts::to_account(&model, cipher) {
+            Ok(account) => {
+                versions.set(&model.id, accounts::versions(&model));
+                list.push(account);
+            }
+            Err(error) => skipped.report(&model.id, &error),
+        }
+    }
+    Ok(AccountPool::with_store(list, store))
+}
+
+/// Bring the pool in line with the database once.
+pub async fn sync_once(
+    db: &DatabaseConnection,
+    cipher: &Cipher,
+    pool: &AccountPool,
+    versions: &Versions,
+    skipped: &Skipped,
+) -> Result<(), DbError> {
+    let models = accounts::all(db).await?;
+    for model in &models {
+        let seen = accounts::versions(model);
+        let known = versions.get(&model.id);
+        if known == Some(seen) && pool.get(&model.id).is_some() {
+            continue;
+        }
+        let account = match accounts::to_account(model, cipher) {
+            Ok(account) => account,
+            Err(error) => {
+                skipped.report(&model.id, &error);
+                continue;
+            }
+        };
+        skipped.clear(&model.id);
+        let existed = pool.get(&model.id).is_some();
+        let entry = pool.upsert(account);
+        if existed && known.is_some_and(|(_, epoch)| epoch != seen.1) {
+            entry.reset_counters();
+        }
+        versions.set(&model.id, seen);
+        if existed {
+            tracing::info!(account = entry.name(), "account settings changed");
+        } else {
+            tracing::info!(account = entry.name(), mode = %entry.mode(), "account added");
+        }
+        pool.persist(&entry);
+    }
+    for entry in pool.snapshot().iter() {
+        if !models.iter().any(|m| m.id == entry.id()) {
+            pool.remove(entry.id());
+            tracing::info!(account = entry.name(), "account removed");
+        }
+    }
+    versions.retain(|id| models.iter().any(|m| m.id == id));
+    Ok(())
+}
+
+/// Keep syncing every second until `stop`.
+pub async fn sync(
+    db: DatabaseConnection,
+    cipher: Cipher,
+    pool: AccountPool,
+    versions: Arc<Versions>,
+    skipped: Arc<Skipped>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(error) = sync_once(&db, &cipher, &pool, &versions, &skipped).await {
+            tracing::error!(%error, "could not read accounts from the database");
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Every HTTP API endpoint of the contract, with its errors, against the real binary.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use common::{Env, key};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_answers_with_the_contracts_shapes() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a", "b"]);
+    let server = env.start();
+    assert_eq!(server.message(false).await.status, 200);
+
+    assert_eq!(
+        server.json("/health").await,
+        json!({"status": "ok", "accounts": 2, "strategy": "session"})
+    );
+
+    let accounts = server.json("/api/accounts").await;
+    let a = &accounts[0];
+    for field in [
+        "id",
+        "name",
+        "provider",
+        "mode",
+        "tier",
+        "paused",
+        "status",
+        "rate_limited_until",
+        "rate_limit_status",
+        "session_start",
+        "session_request_count",
+        "request_count",
+        "total_requests",
+        "last_used",
+        "token_expires_at",
+        "created_at",
+    ] {
+        assert!(
+            a.get(field).is_some(),
+            "account object lacks `{field}`: {a}"
+        );
+    }
+    assert_eq!(
+        (
+            a["name"].as_str(),
+            a["provider"].as_str(),
+            a["mode"].as_str()
+        ),
+        (Some("a"), Some("anthropic"), Some("console"))
+    );
+    assert_eq!(a["status"], "active");
+    assert!(
+        !accounts.to_string().contains("SECRET"),
+        "no key in /api/accounts"
+    );
+
+    assert!(
+        common::eventually(std::time::Duration::from_secs(3), || async {
+            server.json("/api/requests").await.as_array().unwrap().len() == 1
+        })
+        .await,
+        "the record is stored"
+    );
+    let requests = server.json("/api/requests").await;
+    let r = &requests[0];
+    for field in [
+        "id",
+        "timestamp",
+        "method",
+        "path",
+        "account",
+        "status",
+        "success",
+        "error",
+        "response_time_ms",
+        "failover_attempts",
+        "model",
+        "stream",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "cost_usd",
+    ] {
+        assert!(
+            r.get(field).is_some(),
+            "request object lacks `{field}`: {r}"
+        );
+    }
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["account"], "a");
+
+    let stats = server.json("/api/stats").await;
+    for field in [
+        "total_requests",
+        "successful_requests",
+        "success_rate",
+        "active_accounts",
+        "avg_response_time_ms",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "total_cost_usd",
+        "dropped_records",
+    ] {
+        assert!(stats.get(field).is_some(), "stats lack `{field}`: {stats}");
+    }
+    assert_eq!(stats["success_rate"], 100.0);
+    assert_eq!(stats["active_accounts"], 2);
+    assert_eq!(stats["dropped_records"], 0);
+
+    let config = server.json("/api/config").await;
+    assert_eq!(config["lb_strategy"], "session");
+    assert_eq!(config["retry_delay_ms"], 20);
+    assert_eq!(
+        server.json("/api/strategies").await,
+        json!([
+            "session",
+            "least-requests",
+            "round-robin",
+            "weighted",
+            "weighted-round-robin"
+        ])
+    );
+    assert_eq!(
+        server.json("/api/config/strategy").await,
+        json!({"strategy": "session"})
+    );
+
+    let metrics = server.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    for (name, kind) in [
+        ("requests", "counter"),
+        ("upstream_latency_seconds", "histogram"),
+        ("overhead_seconds", "histogram"),
+        ("failovers", "counter"),
+        ("token_refreshes", "counter"),
+        ("dropped_records", "counter"),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE claudeflare_{name} {kind}")),
+            "metrics lack {name}:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("claudeflare_overhead_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"claudeflare_requests_total{account="a",status="200"} 1"#),
+        "{text}"
+    );
+    let dashboard = server.get("/dashboard").await;
+    assert_eq!(dashboard.status, 200);
+    assert!(dashboard.text().contains("<td>a</td>"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_json_errors() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    let server = env.start();
+    let error = |response: &claudeflare_testkit::TestResponse| {
+        response.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    for query in ["limit=abc", "limit=0", "limit=-5"] {
+        let response = server.get(&format!("/api/requests?{query}")).await;
+        assert_eq!(response.status, 400, "{query}");
+        assert!(
+            error(&response).contains("limit"),
+            "{query}: {}",
+            response.text()
+        );
+    }
+    assert_eq!(
+        server.get("/api/requests?limit=5000").await.status,
+        200,
+        "clamped to 1000"
+    );
+
+    let response = server
+        .post("/api/config/strategy", r#"{"strategy": "random"}"#)
+        .await;
+    assert_eq!(response.status, 400);
+    assert!(
+        error(&response).contains("least-requests"),
+        "lists the valid names: {}",
+        response.text()
+    );
+    let response = server.post("/api/config/strategy", "{not json").await;
+    assert_eq!(response.status, 400);
+    assert!(error(&response).starts_with("invalid JSON body"));
+
+    let response = server.post("/api/accounts/a/tier", r#"{"tier": 3}"#).await;
+    assert_eq!(response.status, 400);
+    assert!(error(&response).contains("1, 5, 20"));
+    assert_eq!(
+        server
+            .post("/api/accounts/a/tier", r#"{"tier": "five"}"#)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(server.post("/api/accounts/a/tier", "").await.status, 400);
+    let response = server
+        .post("/api/accounts/nobody/tier", r#"{"tier": 5}"#)
+        .await;
+    assert_eq!(response.status, 404);
+    assert_eq!(error(&response), "no account named `nobody`");
+    assert_eq!(
+        server.post("/api/accounts/nobody/pause", "").await.status,
+        404
+    );
+    assert_eq!(
+        server.post("/api/accounts/nobody/resume", "").await.status,
+        404
+    );
+    let response = server.get("/api/nothing").await;
+    assert_eq!(response.status, 404);
+    assert!(error(&response).contains("/api/nothing"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tier_pause_and_resume_through_the_api() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a", "b"]);
+    let server = env.start();
+    let response = server.post("/api/accounts/b/tier", r#"{"tier": 20}"#).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(server.account("b").await["tier"], 20);
+    let id = server.account("a").await["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        server
+            .post(&format!("/api/accounts/{id}/pause"), "")
+            .await
+            .status,
+        200,
+        "by id too"
+    );
+    assert_eq!(server.account("a").await["status"], "paused");
+    let response = server.message(false).await;
+    assert_eq!(
+        response.header("x-claudeflare-account"),
+        Some("b"),
+        "a paused account gets no traffic"
+    );
+    assert_eq!(server.post("/api/accounts/a/resume", "").await.status, 200);
+    assert_eq!(server.account("a").await["paused"], false);
+    // The CLI sees the same database.
+    let listed: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
+    assert_eq!(listed[1]["tier"], 20);
+    assert!(!server.log().contains(&key("a")));
+}

@@ -1,0 +1,678 @@
+//! Accounts: what they are (name, mode, tier, credentials) and their live state.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use http::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// How an account authenticates to Anthropic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A Claude Pro/Max subscription: OAuth bearer token plus the `oauth-2025-04-20` beta flag.
+    Max,
+    /// A console API key, sent as `x-api-key`.
+    Console,
+}
+
+impl Mode {
+    /// The name used in the API and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Max => "max",
+            Mode::Console => "console",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "max" => Ok(Mode::Max),
+            "console" => Ok(Mode::Console),
+            _ => Err(InvalidValue::new("mode", s, "max, console")),
+        }
+    }
+}
+
+/// Relative capacity of an account: Pro = 1, Max 5x = 5, Max 20x = 20.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum Tier {
+    /// Pro, or an API key of ordinary capacity.
+    One,
+    /// Max 5x.
+    Five,
+    /// Max 20x.
+    Twenty,
+}
+
+impl Tier {
+    /// The multiplier (1, 5 or 20).
+    pub fn weight(self) -> u8 {
+        match self {
+            Tier::One => 1,
+            Tier::Five => 5,
+            Tier::Twenty => 20,
+        }
+    }
+}
+
+impl TryFrom<u8> for Tier {
+    type Error = InvalidValue;
+
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        match value {
+            1 => Ok(Tier::One),
+            5 => Ok(Tier::Five),
+            20 => Ok(Tier::Twenty),
+            other => Err(InvalidValue::new("tier", &other.to_string(), "1, 5, 20")),
+        }
+    }
+}
+
+impl From<Tier> for u8 {
+    fn from(tier: Tier) -> u8 {
+        tier.weight()
+    }
+}
+
+impl FromStr for Tier {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<u8>()
+            .map_err(|_| InvalidValue::new("tier", s, "1, 5, 20"))
+            .and_then(Tier::try_from)
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.weight())
+    }
+}
+
+/// A value that is not one of the accepted ones, e.g. tier 3.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid {what} `{value}`: expected one of {expected}")]
+pub struct InvalidValue {
+    what: &'static str,
+    value: String,
+    expected: &'static str,
+}
+
+impl InvalidValue {
+    fn new(what: &'static str, value: &str, expected: &'static str) -> Self {
+        Self {
+            what,
+            value: value.to_owned(),
+            expected,
+        }
+    }
+}
+
+/// The secret an account authenticates with. `Debug` never shows the secret.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// A console API key (`sk-ant-api03-…`).
+    ApiKey(SecretString),
+    /// OAuth tokens of a subscription.
+    OAuth(OAuthTokens),
+}
+
+/// An OAuth token pair and the access token's expiry.
+#[derive(Debug, Clone)]
+pub struct OAuthTokens {
+    /// The bearer token (`sk-ant-oat01-…`).
+    pub access_token: SecretString,
+    /// The refresh token; it rotates on every refresh.
+    pub refresh_token: SecretString,
+    /// When the access token stops working.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What an account is, as configured and stored.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// Stable identifier.
+    pub id: String,
+    /// Unique, human-chosen name.
+    pub name: String,
+    /// Subscription (OAuth) or API key.
+    pub mode: Mode,
+    /// Relative capacity.
+    pub tier: Tier,
+    /// Taken out of rotation by the user.
+    pub paused: bool,
+    /// The secret.
+    pub credentials: Credentials,
+    /// When the account was added.
+    pub created_at: DateTime<Utc>,
+    /// Live state to resume from (after a restart); default for a new account.
+    pub live: LiveState,
+}
+
+impl Account {
+    /// A console account using `api_key`, tier 1, with a fresh id.
+    pub fn api_key(name: impl Into<String>, api_key: impl Into<String>) -> Self {
+        Self::new(
+            name,
+            Mode::Console,
+            Credentials::ApiKey(SecretString::from(api_key.into())),
+        )
+    }
+
+    /// An account with a fresh id, tier 1, not paused.
+    pub fn new(name: impl Into<String>, mode: Mode, credentials: Credentials) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.into(),
+            mode,
+            tier: Tier::One,
+            paused: false,
+            credentials,
+            created_at: Utc::now(),
+            live: LiveState::default(),
+        }
+    }
+
+    /// Set the tier.
+    pub fn with_tier(mut self, tier: Tier) -> Self {
+        self.tier = tier;
+        self
+    }
+}
+
+/// The part of an account's state that changes with traffic and must survive a restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveState {
+    /// Out of rotation until then.
+    pub rate_limited_until: Option<DateTime<Utc>>,
+    /// The last `anthropic-ratelimit-unified-status` seen.
+    pub rate_limit_status: Option<String>,
+    /// The last unified reset time seen.
+    pub rate_limit_reset: Option<DateTime<Utc>>,
+    /// Last 5-hour window utilization seen (0–1 as sent by Anthropic).
+    pub utilization_5h: Option<f64>,
+    /// Last 7-day window utilization seen.
+    pub utilization_7d: Option<f64>,
+    /// Start of the current sticky session, if any.
+    pub session_start: Option<DateTime<Utc>>,
+    /// Requests served in the current session.
+    pub session_request_count: u64,
+    /// Requests since the counters were last reset.
+    pub request_count: u64,
+    /// Requests over the account's lifetime.
+    pub total_requests: u64,
+    /// Time of the last request.
+    pub last_used: Option<DateTime<Utc>>,
+    /// Refresh failed definitively: the user must authenticate again.
+    pub needs_reauth: bool,
+}
+
+/// What `/api/accounts` and `list` show for an account. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccountView {
+    /// Stable identifier.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Always "anthropic".
+    pub provider: &'static str,
+    /// "max" or "console".
+    pub mode: Mode,
+    /// 1, 5 or 20.
+    pub tier: Tier,
+    /// Paused by the user.
+    pub paused: bool,
+    /// "active", "paused", "rate_limited" or "needs_reauth".
+    pub status: AccountStatus,
+    /// Out of rotation until then.
+    pub rate_limited_until: Option<DateTime<Utc>>,
+    /// Last unified status seen.
+    pub rate_limit_status: Option<String>,
+    /// Start of the sticky session.
+    pub session_start: Option<DateTime<Utc>>,
+    /// Requests in the session.
+    pub session_request_count: u64,
+    /// Requests since the last counter reset.
+    pub request_count: u64,
+    /// Lifetime requests.
+    pub total_requests: u64,
+    /// Last request.
+    pub last_used: Option<DateTime<Utc>>,
+    /// Access token expiry (max accounts).
+    pub token_expires_at: Option<DateTime<Utc>>,
+    /// When it was added.
+    pub created_at: DateTime<Utc>,
+    /// Last 5-hour utilization seen in the rate-limit headers.
+    pub utilization_5h: Option<f64>,
+    /// Last 7-day utilization seen in the rate-limit headers.
+    pub utilization_7d: Option<f64>,
+}
+
+/// Whether an account takes traffic, and if not why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    /// In rotation.
+    Active,
+    /// Paused by the user.
+    Paused,
+    /// Limited until `rate_limited_until`.
+    RateLimited,
+    /// Refresh failed definitively.
+    NeedsReauth,
+}
+
+/// An account in the pool: fixed identity plus mutable state behind a short-lived lock.
+///
+/// The lock is a `std::sync::Mutex` held for a few field reads or writes and never across an
+/// `.await`.
+pub struct AccountEntry {
+    id: Arc<str>,
+    name: Arc<str>,
+    mode: Mode,
+    created_at: DateTime<Utc>,
+    state: Mutex<State>,
+    /// Serialises token refreshes of this account (single flight).
+    pub(crate) refresh_lock: tokio::sync::Mutex<()>,
+}
+
+pub(crate) struct State {
+    pub(crate) tier: Tier,
+    pub(crate) paused: bool,
+    pub(crate) credentials: Credentials,
+    /// The ready-made credential header, so the hot path does not format it per request.
+    pub(crate) auth_header: Option<HeaderValue>,
+    /// Bumped on every credential change, so a 401 for an old token does not void a new one.
+    pub(crate) token_generation: u64,
+    pub(crate) token_rejected: bool,
+    pub(crate) live: LiveState,
+}
+
+impl fmt::Debug for AccountEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountEntry")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+fn auth_header(credentials: &Credentials) -> Option<HeaderValue> {
+    let mut value = match credentials {
+        Credentials::ApiKey(key) => HeaderValue::from_str(key.expose_secret()).ok()?,
+        Credentials::OAuth(tokens) => {
+            HeaderValue::try_from(format!("Bearer {}", tokens.access_token.expose_secret())).ok()?
+        }
+    };
+    value.set_sensitive(true);
+    Some(value)
+}
+
+impl AccountEntry {
+    /// Wrap an account for the pool.
+    pub fn new(account: Account) -> Self {
+        let auth_header = auth_header(&account.credentials);
+        Self {
+            id: account.id.into(),
+            name: account.name.into(),
+            mode: account.mode,
+            created_at: account.created_at,
+            state: Mutex::new(State {
+                tier: account.tier,
+                paused: account.paused,
+                credentials: account.credentials,
+                auth_header,
+                token_generation: 0,
+                token_rejected: false,
+                live: account.live,
+            }),
+            refresh_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Stable identifier.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Shared name, cheap to clone into records.
+    pub fn name_arc(&self) -> Arc<str> {
+        Arc::clone(&self.name)
+    }
+
+    /// Subscription or API key.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain data behind, still consistent field by
+        // field, so carrying on with it is better than taking the account down.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tier.
+    pub fn tier(&self) -> Tier {
+        self.lock().tier
+    }
+
+    /// Change the tier.
+    pub fn set_tier(&self, tier: Tier) {
+        self.lock().tier = tier;
+    }
+
+    /// Paused by the user.
+    pub fn paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Pause or resume.
+    pub fn set_paused(&self, paused: bool) {
+        self.lock().paused = paused;
+    }
+
+    /// Requests since the counters were last reset (without copying the whole live state).
+    pub fn request_count(&self) -> u64 {
+        self.lock().live.request_count
+    }
+
+    /// Whether the user must authenticate it again.
+    pub fn needs_reauth(&self) -> bool {
+        self.lock().live.needs_reauth
+    }
+
+    /// A copy of the live state.
+    pub fn live(&self) -> LiveState {
+        self.lock().live.clone()
+    }
+
+    /// Whether it can take a request at `now`.
+    pub fn is_available(&self, now: DateTime<Utc>) -> bool {
+        let state = self.lock();
+        !state.paused && !state.live.needs_reauth && !limited_at(&state.live, now)
+    }
+
+    /// When its rate limit ends, if it is limited at `now`.
+    pub fn limited_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let state = self.lock();
+        state.live.rate_limited_until.filter(|until| *until > now)
+    }
+
+    /// Its status at `now`.
+    pub fn status(&self, now: DateTime<Utc>) -> AccountStatus {
+        status_of(&self.lock(), now)
+    }
+
+    /// The serialisable view, without secrets.
+    pub fn view(&self, now: DateTime<Utc>) -> AccountView {
+        let state = self.lock();
+        let live = &state.live;
+        AccountView {
+            id: self.id.to_string(),
+            name: self.name.to_string(),
+            provider: "anthropic",
+            mode: self.mode,
+            tier: state.tier,
+            paused: state.paused,
+            status: status_of(&state, now),
+            rate_limited_until: live.rate_limited_until.filter(|until| *until > now),
+            rate_limit_status: live.rate_limit_status.clone(),
+            session_start: live.session_start,
+            session_request_count: live.session_request_count,
+            request_count: live.request_count,
+            total_requests: live.total_requests,
+            last_used: live.last_used,
+            token_expires_at: match &state.credentials {
+                Credentials::OAuth(tokens) => Some(tokens.expires_at),
+                Credentials::ApiKey(_) => None,
+            },
+            created_at: self.created_at,
+            utilization_5h: live.utilization_5h,
+            utilization_7d: live.utilization_7d,
+        }
+    }
+
+    /// Start of the sticky session if it is still open at `now`.
+    pub fn session_open(&self, now: DateTime<Utc>, duration: TimeDelta) -> Option<DateTime<Utc>> {
+        self.lock()
+            .live
+            .session_start
+            .filter(|start| *start <= now && now - *start < duration)
+    }
+
+    /// Open a new sticky session at `now`.
+    pub fn start_session(&self, now: DateTime<Utc>) {
+        let mut state = self.lock();
+        state.live.session_start = Some(now);
+        state.live.session_request_count = 0;
+    }
+
+    /// Take it out of rotation until `until`.
+    pub fn mark_rate_limited(&self, until: DateTime<Utc>) {
+        self.lock().live.rate_limited_until = Some(until);
+    }
+
+    /// Mark that the user must authenticate it again.
+    pub fn mark_needs_reauth(&self) {
+        self.lock().live.needs_reauth = true;
+    }
+
+    /// Zero the request counters (`reset-stats`).
+    pub fn reset_counters(&self) {
+        let mut state = self.lock();
+        state.live.request_count = 0;
+        state.live.session_request_count = 0;
+    }
+
+    /// Replace the credentials (after a refresh or re-authentication); clears `needs_reauth`.
+    pub fn set_credentials(&self, credentials: Credentials) {
+        let mut state = self.lock();
+        state.auth_header = auth_header(&credentials);
+        state.credentials = credentials;
+        state.token_generation += 1;
+        state.token_rejected = false;
+        state.live.needs_reauth = false;
+    }
+
+    /// Update identity-independent fields from a stored account (the server reloading its
+    /// database), keeping live state that only this process knows when the stored one is older.
+    pub fn update_from(&self, account: &Account) {
+        let mut state = self.lock();
+        state.tier = account.tier;
+        state.paused = account.paused;
+        if !same_credentials(&state.credentials, &account.credentials) {
+            state.auth_header = auth_header(&account.credentials);
+            state.credentials = account.credentials.clone();
+            state.token_generation += 1;
+            state.token_rejected = false;
+        }
+        state.live.needs_reauth = account.live.needs_reauth;
+    }
+
+    /// Account name and mode, for logs and the token refresher.
+    pub fn info(&self) -> AccountInfo {
+        AccountInfo {
+            id: self.id.to_string(),
+            name: self.name.to_string(),
+            mode: self.mode,
+        }
+    }
+
+    /// The credential header and its generation, if the credential is usable at `now` with
+    /// `margin` to spare.
+    pub(crate) fn usable_credential(
+        &self,
+        now: DateTime<Utc>,
+        margin: TimeDelta,
+    ) -> Option<(HeaderValue, u64)> {
+        let state = self.lock();
+        if state.token_rejected {
+            return None;
+        }
+        if let Credentials::OAuth(tokens) = &state.credentials {
+            if tokens.expires_at - margin <= now {
+                return None;
+            }
+        }
+        state
+            .auth_header
+            .clone()
+            .map(|header| (header, state.token_generation))
+    }
+
+    /// The credential header (`x-api-key` value or `Bearer …`), marked sensitive, for calls of
+    /// your own on the account's behalf (the usage endpoint, say). `None` once it was refused.
+    pub fn credential_header(&self) -> Option<HeaderValue> {
+        let state = self.lock();
+        if state.token_rejected {
+            return None;
+        }
+        state.auth_header.clone()
+    }
+
+    /// Upstream answered 401 to the credential of `generation`: do not use it again.
+    pub(crate) fn reject_credential(&self, generation: u64) {
+        let mut state = self.lock();
+        if state.token_generation == generation {
+            state.token_rejected = true;
+        }
+    }
+
+    pub(crate) fn refresh_token(&self) -> Option<SecretString> {
+        match &self.lock().credentials {
+            Credentials::OAuth(tokens) => Some(tokens.refresh_token.clone()),
+            Credentials::ApiKey(_) => None,
+        }
+    }
+}
+
+fn same_credentials(a: &Credentials, b: &Credentials) -> bool {
+    match (a, b) {
+        (Credentials::ApiKey(a), Credentials::ApiKey(b)) => a.expose_secret() == b.expose_secret(),
+        (Credentials::OAuth(a), Credentials::OAuth(b)) => {
+            a.access_token.expose_secret() == b.access_token.expose_secret()
+                && a.refresh_token.expose_secret() == b.refresh_token.expose_secret()
+                && a.expires_at == b.expires_at
+        }
+        _ => false,
+    }
+}
+
+fn limited_at(live: &LiveState, now: DateTime<Utc>) -> bool {
+    live.rate_limited_until.is_some_and(|until| until > now)
+}
+
+fn status_of(state: &State, now: DateTime<Utc>) -> AccountStatus {
+    if state.live.needs_reauth {
+        AccountStatus::NeedsReauth
+    } else if state.paused {
+        AccountStatus::Paused
+    } else if limited_at(&state.live, now) {
+        AccountStatus::RateLimited
+    } else {
+        AccountStatus::Active
+    }
+}
+
+/// Identity of an account, without secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountInfo {
+    /// Stable identifier.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Subscription or API key.
+    pub mode: Mode,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_accepts_only_1_5_20() {
+        assert_eq!("5".parse::<Tier>().unwrap(), Tier::Five);
+        assert_eq!(Tier::try_from(20).unwrap(), Tier::Twenty);
+        let err = "3".parse::<Tier>().unwrap_err().to_string();
+        assert_eq!(err, "invalid tier `3`: expected one of 1, 5, 20");
+        assert!("x".parse::<Tier>().is_err());
+        assert!("console".parse::<Mode>().is_ok());
+        assert!("pro".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn status_prefers_reauth_then_pause_then_limit() {
+        let now = Utc::now();
+        let entry = AccountEntry::new(Account::api_key("a", "sk-secret"));
+        assert_eq!(entry.status(now), AccountStatus::Active);
+        entry.mark_rate_limited(now + TimeDelta::seconds(30));
+        assert_eq!(entry.status(now), AccountStatus::RateLimited);
+        assert_eq!(
+            entry.status(now + TimeDelta::seconds(31)),
+            AccountStatus::Active
+        );
+        entry.set_paused(true);
+        assert_eq!(entry.status(now), AccountStatus::Paused);
+        entry.mark_needs_reauth();
+        assert_eq!(entry.status(now), AccountStatus::NeedsReauth);
+        assert!(!entry.is_available(now + TimeDelta::hours(1)));
+    }
+
+    #[test]
+    fn debug_and_view_never_show_the_secret() {
+        let entry = AccountEntry::new(Account::api_key("a", "sk-ant-api03-topsecret"));
+        let view = serde_json::to_string(&entry.view(Utc::now())).unwrap();
+        assert!(!view.contains("topsecret"), "{view}");
+        let debug = format!("{entry:?} {:?}", entry.lock().credentials);
+        assert!(!debug.contains("topsecret"), "{debug}");
+        let (header, _) = entry
+            .usable_credential(Utc::now(), TimeDelta::zero())
+            .unwrap();
+        assert!(header.is_sensitive());
+    }
+
+    #[test]
+    fn a_401_for_an_old_token_does_not_void_a_new_one() {
+        let now = Utc::now();
+        let tokens = |access: &str| {
+            Credentials::OAuth(OAuthTokens {
+                access_token: access.to_owned().into(),
+                refresh_token: "rt".to_owned().into(),
+                expires_at: now + TimeDelta::hours(8),
+            })
+        };
+        let entry = AccountEntry::new(Account::new("m", Mode::Max, tokens("old")));
+        let (_, old_generation) = entry.usable_credential(now, TimeDelta::zero()).unwrap();
+        entry.set_credentials(tokens("new"));
+        entry.reject_credential(old_generation);
+        assert!(entry.usable_credential(now, TimeDelta::zero()).is_some());
+        let (_, generation) = entry.usable_credential(now, TimeDelta::zero()).unwrap();
+        entry.reject_credential(generation);
+        assert!(entry.usable_credential(now, TimeDelta::zero()).is_none());
+        // Expiring within the margin counts as unusable.
+        entry.set_credentials(tokens("newer"));
+        assert!(entry.usable_credential(now, TimeDelta::hours(9)).is_none());
+    }
+}

@@ -1,0 +1,191 @@
+//! The `Buffer` layer: reads the request body once into memory, so `Failover` can send it again,
+//! and notes the model and stream flag for `Record`.
+//!
+//! A body over the limit is refused with 413 in Anthropic's envelope before anything is sent
+//! upstream (at once when `content-length` says so).
+//!
+//! ```
+//! use claudeflare_tower::buffer::BufferLayer;
+//! let layer = BufferLayer::new(32 * 1024 * 1024);
+//! ```
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Deserialize;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::body::ProxyBody;
+use crate::error::error_response;
+use crate::ext::RequestMeta;
+use crate::setting::Setting;
+use crate::{BoxError, BoxFuture};
+
+/// Anthropic's own request size limit, the default.
+pub const DEFAULT_BODY_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Buffers request bodies up to a limit. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct BufferLayer {
+    limit: Setting<usize>,
+}
+
+impl BufferLayer {
+    /// Bodies up to `limit` bytes; a [`Setting`] lets it change while serving.
+    pub fn new(limit: impl Into<Setting<usize>>) -> Self {
+        Self {
+            limit: limit.into(),
+        }
+    }
+}
+
+impl Default for BufferLayer {
+    fn default() -> Self {
+        Self::new(DEFAULT_BODY_LIMIT)
+    }
+}
+
+impl<S> Layer<S> for BufferLayer {
+    type Service = Buffer<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Buffer {
+            inner,
+            limit: self.limit.clone(),
+        }
+    }
+}
+
+/// The service of [`BufferLayer`].
+#[derive(Debug, Clone)]
+pub struct Buffer<S> {
+    inner: S,
+    limit: Setting<usize>,
+}
+
+#[derive(Deserialize)]
+struct WireMeta {
+    model: Option<String>,
+    stream: Option<bool>,
+}
+
+fn read_meta(body: &[u8]) -> RequestMeta {
+    match serde_json::from_slice::<WireMeta>(body) {
+        Ok(meta) => RequestMeta {
+            model: meta.model,
+            stream: meta.stream.unwrap_or(false),
+        },
+        Err(_) => RequestMeta::default(),
+    }
+}
+
+impl<S, B> Service<Request<B>> for Buffer<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ProxyBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is checked on the inner service once the body is in, in `call`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let limit = *self.limit.get();
+        Box::pin(async move {
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|len| len > limit as u64) {
+                return Ok(too_large(limit));
+            }
+            let (parts, body) = req.into_parts();
+            let bytes = match Limited::new(body, limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                    return Ok(too_large(limit));
+                }
+                Err(error) => {
+                    let message = format!("could not read the request body: {error}");
+                    return Ok(error_response(StatusCode::BAD_REQUEST, &message));
+                }
+            };
+            let meta = read_meta(&bytes);
+            let mut req = Request::from_parts(parts, Full::new(bytes));
+            req.extensions_mut().insert(meta.clone());
+            let mut response = inner.oneshot(req).await?;
+            response.extensions_mut().insert(meta);
+            Ok(response)
+        })
+    }
+}
+
+fn too_large(limit: usize) -> Response<ProxyBody> {
+    let message = format!("request body is larger than the limit of {limit} bytes");
+    error_response(StatusCode::PAYLOAD_TOO_LARGE, &message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_is_read_from_json() {
+        let meta =
+            read_meta(br#"{"model":"claude-opus-4-1","max_tokens":5,"stream":true,"messages":[]}"#);
+        assert_eq!(
+            meta,
+            RequestMeta {
+                model: Some("claude-opus-4-1".into()),
+                stream: true
+            }
+        );
+        assert_eq!(read_meta(b""), RequestMeta::default());
+        assert_eq!(read_meta(b"not json"), RequestMeta::default());
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_get_413() {
+        let echo = tower::service_fn(|req: Request<Full<Bytes>>| async move {
+            let bytes = req.into_body().collect().await.unwrap().to_bytes();
+            Ok::<_, Infallible>(Response::new(ProxyBody::full(bytes)))
+        });
+        let service = BufferLayer::new(10).layer(echo);
+        let response = service
+            .clone()
+            .oneshot(Request::new(Full::new(Bytes::from("0123456789"))))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "0123456789"
+        );
+        let response = service
+            .clone()
+            .oneshot(Request::new(Full::new(Bytes::from("0123456789a"))))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 413);
+        let declared = Request::builder()
+            .header("content-length", "999")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(service.oneshot(declared).await.unwrap().status(), 413);
+    }
+}

@@ -1,0 +1,57 @@
+//! Responses claudeflare makes itself, in Anthropic's error envelope so SDKs show them cleanly.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::ProxyBody;
+
+/// The `error.type` of Anthropic's envelope for a status claudeflare answers with.
+fn error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 | 503 => "overloaded_error",
+        504 => "timeout_error",
+        _ => "api_error",
+    }
+}
+
+/// The JSON of an Anthropic error envelope whose message starts with `claudeflare: `.
+pub fn envelope_json(kind: &str, message: &str) -> String {
+    serde_json::json!({
+        "type": "error",
+        "error": { "type": kind, "message": format!("claudeflare: {message}") },
+    })
+    .to_string()
+}
+
+/// An error response with `status` and Anthropic's envelope around `message`.
+pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(envelope_json(error_type(status), message)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn envelope_is_anthropic_shaped_and_escaped() {
+        let response = error_response(StatusCode::PAYLOAD_TOO_LARGE, "body \"too\" large");
+        assert_eq!(response.status(), 413);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["type"], "error");
+        assert_eq!(json["error"]["type"], "request_too_large");
+        assert_eq!(json["error"]["message"], "claudeflare: body \"too\" large");
+    }
+}

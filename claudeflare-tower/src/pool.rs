@@ -1,0 +1,236 @@
+//! The account pool: every account and its live state, read on the request path without a
+//! database and without holding a lock across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+
+use crate::account::{Account, AccountEntry, AccountView, LiveState};
+
+/// Receives account state that must survive a restart (rate-limit marks, sessions, counters,
+/// re-auth flags). Called on the request path, so it must not block: queue the change and write
+/// it elsewhere. The server implements it with its database; [`MemoryStore`] keeps it in memory.
+pub trait StateStore: Send + Sync + 'static {
+    /// The live state of `account_id` changed to `state`.
+    fn save(&self, account_id: &str, state: &LiveState);
+
+    /// `account` was rate-limited until `until` (already part of the next `save`); for metrics
+    /// and alerts.
+    fn rate_limited(&self, account: &AccountEntry, until: DateTime<Utc>) {
+        let _ = (account, until);
+    }
+}
+
+/// A [`StateStore`] that keeps the latest state of each account in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    states: Mutex<HashMap<String, LiveState>>,
+}
+
+impl MemoryStore {
+    /// The last state saved for `account_id`.
+    pub fn get(&self, account_id: &str) -> Option<LiveState> {
+        let states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        states.get(account_id).cloned()
+    }
+}
+
+impl StateStore for MemoryStore {
+    fn save(&self, account_id: &str, state: &LiveState) {
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        states.insert(account_id.to_owned(), state.clone());
+    }
+}
+
+/// The accounts the balancer can use. Cheap to clone; clones share the same accounts.
+///
+/// Reads take a lock-free snapshot (`arc-swap`); adding or removing accounts swaps in a new
+/// list, so requests in flight keep the list they started with.
+#[derive(Clone)]
+pub struct AccountPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    accounts: ArcSwap<Vec<Arc<AccountEntry>>>,
+    store: Option<Arc<dyn StateStore>>,
+}
+
+impl std::fmt::Debug for AccountPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.snapshot().iter()).finish()
+    }
+}
+
+impl Default for AccountPool {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+impl AccountPool {
+    /// A pool of `accounts`, in this order (the order strategies fall back to).
+    pub fn new(accounts: Vec<Account>) -> Self {
+        Self::build(accounts, None)
+    }
+
+    /// A pool whose live-state changes are handed to `store`.
+    pub fn with_store(accounts: Vec<Account>, store: Arc<dyn StateStore>) -> Self {
+        Self::build(accounts, Some(store))
+    }
+
+    fn build(accounts: Vec<Account>, store: Option<Arc<dyn StateStore>>) -> Self {
+        let entries = accounts
+            .into_iter()
+            .map(|account| Arc::new(AccountEntry::new(account)))
+            .collect();
+        Self {
+            inner: Arc::new(PoolInner {
+                accounts: ArcSwap::from_pointee(entries),
+                store,
+            }),
+        }
+    }
+
+    /// The accounts as of now.
+    pub fn snapshot(&self) -> Arc<Vec<Arc<AccountEntry>>> {
+        self.inner.accounts.load_full()
+    }
+
+    /// Number of accounts.
+    pub fn len(&self) -> usize {
+        self.inner.accounts.load().len()
+    }
+
+    /// Whether the pool has no account.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The account with this id, or else this name.
+    pub fn get(&self, id_or_name: &str) -> Option<Arc<AccountEntry>> {
+        let accounts = self.inner.accounts.load();
+        let by_id = accounts.iter().find(|a| a.id() == id_or_name);
+        by_id
+            .or_else(|| accounts.iter().find(|a| a.name() == id_or_name))
+            .cloned()
+    }
+
+    /// Add an account, or update the one with the same id (tier, pause, credentials).
+    pub fn upsert(&self, account: Account) -> Arc<AccountEntry> {
+        if let Some(existing) = self.get_by_id(&account.id) {
+            existing.update_from(&account);
+            return existing;
+        }
+        let entry = Arc::new(AccountEntry::new(account));
+        self.inner.accounts.rcu(|accounts| {
+            let mut next = Vec::clone(accounts);
+            next.push(Arc::clone(&entry));
+            next
+        });
+        entry
+    }
+
+    /// Remove the account with this id; returns whether there was one.
+    pub fn remove(&self, id: &str) -> bool {
+        let mut removed = false;
+        self.inner.accounts.rcu(|accounts| {
+            let next: Vec<_> = accounts.iter().filter(|a| a.id() != id).cloned().collect();
+            removed = next.len() != accounts.len();
+            next
+        });
+        removed
+    }
+
+    fn get_by_id(&self, id: &str) -> Option<Arc<AccountEntry>> {
+        self.inner
+            .accounts
+            .load()
+            .iter()
+            .find(|a| a.id() == id)
+            .cloned()
+    }
+
+    /// Views of every account, for an API.
+    pub fn views(&self, now: DateTime<Utc>) -> Vec<AccountView> {
+        self.snapshot().iter().map(|a| a.view(now)).collect()
+    }
+
+    /// The earliest time at which a rate-limited account becomes available again.
+    pub fn earliest_reset(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.snapshot()
+            .iter()
+            .filter(|a| !a.paused() && !a.needs_reauth())
+            .filter_map(|a| a.limited_until(now))
+            .min()
+    }
+
+    /// Tell the store that `account` was rate-limited until `until`.
+    pub fn rate_limited(&self, account: &AccountEntry, until: DateTime<Utc>) {
+        if let Some(store) = &self.inner.store {
+            store.rate_limited(account, until);
+        }
+    }
+
+    /// Hand the live state of `account` to the store, if there is one.
+    pub fn persist(&self, account: &AccountEntry) {
+        if let Some(store) = &self.inner.store {
+            store.save(account.id(), &account.live());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::Tier;
+    use chrono::TimeDelta;
+
+    #[test]
+    fn upsert_updates_in_place_and_remove_drops() {
+        let pool = AccountPool::new(vec![Account::api_key("a", "k1")]);
+        let a = pool.get("a").unwrap();
+        a.start_session(Utc::now());
+        let mut changed = Account::api_key("a", "k1").with_tier(Tier::Five);
+        changed.id = a.id().to_owned();
+        let same = pool.upsert(changed);
+        assert!(Arc::ptr_eq(&a, &same), "an update keeps the live entry");
+        assert_eq!(a.tier(), Tier::Five);
+        assert!(a.live().session_start.is_some(), "live state survives");
+        pool.upsert(Account::api_key("b", "k2"));
+        assert_eq!(pool.len(), 2);
+        assert!(pool.get(a.id()).is_some());
+        assert!(pool.remove(a.id()));
+        assert!(!pool.remove(a.id()));
+        assert_eq!(pool.len(), 1);
+        assert!(pool.get("a").is_none());
+    }
+
+    #[test]
+    fn earliest_reset_ignores_paused_accounts() {
+        let now = Utc::now();
+        let pool = AccountPool::new(vec![Account::api_key("a", "k"), Account::api_key("b", "k")]);
+        assert_eq!(pool.earliest_reset(now), None);
+        pool.get("a")
+            .unwrap()
+            .mark_rate_limited(now + TimeDelta::seconds(50));
+        pool.get("b")
+            .unwrap()
+            .mark_rate_limited(now + TimeDelta::seconds(20));
+        assert_eq!(pool.earliest_reset(now), Some(now + TimeDelta::seconds(20)));
+        pool.get("b").unwrap().set_paused(true);
+        assert_eq!(pool.earliest_reset(now), Some(now + TimeDelta::seconds(50)));
+    }
+
+    #[test]
+    fn memory_store_keeps_the_latest_state() {
+        let store = Arc::new(MemoryStore::default());
+        let pool = AccountPool::with_store(vec![Account::api_key("a", "k")], store.clone());
+        let a = pool.get("a").unwrap();
+        a.mark_rate_limited(Utc::now());
+        pool.persist(&a);
+        assert!(store.get(a.id()).unwrap().rate_limited_until.is_some());
+    }
+}

@@ -1,0 +1,292 @@
+//! Reading Anthropic's rate-limit headers.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use http::HeaderMap;
+
+/// The longest reset claudeflare believes; anything further is capped to this.
+pub const MAX_RESET: TimeDelta = TimeDelta::hours(24);
+/// How long an account is benched when a limited response names no usable reset.
+pub const DEFAULT_COOLDOWN: TimeDelta = TimeDelta::seconds(60);
+
+/// Unified statuses that mean the account cannot take requests now.
+const LIMITED_STATUSES: [&str; 4] = ["rejected", "rate_limited", "blocked", "payment_required"];
+
+/// What the rate-limit headers of one response say. Malformed values are ignored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimitInfo {
+    /// `anthropic-ratelimit-unified-status`.
+    pub unified_status: Option<String>,
+    /// `anthropic-ratelimit-unified-reset` (epoch seconds).
+    pub unified_reset: Option<DateTime<Utc>>,
+    /// `anthropic-ratelimit-unified-5h-utilization`.
+    pub utilization_5h: Option<f64>,
+    /// `anthropic-ratelimit-unified-7d-utilization`.
+    pub utilization_7d: Option<f64>,
+    /// `anthropic-ratelimit-unified-overage-disabled-reason`.
+    pub overage_disabled_reason: Option<String>,
+    /// `retry-after`, in seconds or as an HTTP date.
+    pub retry_after: Option<DateTime<Utc>>,
+    /// `x-ratelimit-reset` (epoch seconds), sent by older proxies.
+    pub x_ratelimit_reset: Option<DateTime<Utc>>,
+    /// The latest `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-reset` whose
+    /// `remaining` is 0 (the binding standard limit), or else the latest of them.
+    pub standard_reset: Option<DateTime<Utc>>,
+}
+
+fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)?
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn epoch_seconds(value: &str) -> Option<DateTime<Utc>> {
+    let seconds: f64 = value.parse().ok()?;
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e11 {
+        return None;
+    }
+    DateTime::from_timestamp_millis((seconds * 1000.0) as i64)
+}
+
+fn retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if let Ok(seconds) = value.parse::<u64>() {
+        let seconds = i64::try_from(seconds)
+            .ok()?
+            .min(MAX_RESET.num_seconds() + 1);
+        return Some(now + TimeDelta::seconds(seconds));
+    }
+    DateTime::parse_from_rfc2822(value)
+        .ok()
+        .map(|date| date.with_timezone(&Utc))
+}
+
+impl RateLimitInfo {
+    /// Parse the headers of a response received at `now`.
+    pub fn from_headers(headers: &HeaderMap, now: DateTime<Utc>) -> Self {
+        const STANDARD: [(&str, &str); 4] = [
+            (
+                "anthropic-ratelimit-requests-reset",
+                "anthropic-ratelimit-requests-remaining",
+            ),
+            (
+                "anthropic-ratelimit-tokens-reset",
+                "anthropic-ratelimit-tokens-remaining",
+            ),
+            (
+                "anthropic-ratelimit-input-tokens-reset",
+                "anthropic-ratelimit-input-tokens-remaining",
+            ),
+            (
+                "anthropic-ratelimit-output-tokens-reset",
+                "anthropic-ratelimit-output-tokens-remaining",
+            ),
+        ];
+        let mut binding = None;
+        let mut latest = None;
+        for (reset_name, remaining_name) in STANDARD {
+            let reset = text(headers, reset_name)
+                .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+                .map(|d| d.with_timezone(&Utc));
+            let Some(reset) = reset else { continue };
+            latest = latest.max(Some(reset));
+            let remaining = text(headers, remaining_name);
+            if remaining.and_then(|r| r.parse::<u64>().ok()) == Some(0) {
+                binding = binding.max(Some(reset));
+            }
+        }
+        Self {
+            unified_status: text(headers, "anthropic-ratelimit-unified-status").map(str::to_owned),
+            unified_reset: text(headers, "anthropic-ratelimit-unified-reset")
+                .and_then(epoch_seconds),
+            utilization_5h: text(headers, "anthropic-ratelimit-unified-5h-utilization")
+                .and_then(|v| v.parse().ok())
+                .filter(|v: &f64| v.is_finite()),
+            utilization_7d: text(headers, "anthropic-ratelimit-unified-7d-utilization")
+                .and_then(|v| v.parse().ok())
+                .filter(|v: &f64| v.is_finite()),
+            overage_disabled_reason: text(
+                headers,
+                "anthropic-ratelimit-unified-overage-disabled-reason",
+            )
+            .map(str::to_owned),
+            retry_after: text(headers, "retry-after").and_then(|v| retry_after(v, now)),
+            x_ratelimit_reset: text(headers, "x-ratelimit-reset").and_then(epoch_seconds),
+            standard_reset: binding.or(latest),
+        }
+    }
+
+    /// Whether any rate-limit header was present.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether the unified status says the account is limited.
+    pub fn status_is_limited(&self) -> bool {
+        self.unified_status
+            .as_deref()
+            .is_some_and(|s| LIMITED_STATUSES.contains(&s))
+    }
+
+    /// Until when a limited account should rest: the first usable reset in the future, capped
+    /// at 24 h; 60 s when none is given.
+    pub fn limited_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        [
+            self.unified_reset,
+            self.retry_after,
+            self.x_ratelimit_reset,
+            self.standard_reset,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|reset| *reset > now)
+        .map_or(now + DEFAULT_COOLDOWN, |reset| reset.min(now + MAX_RESET))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn limited_until_table() {
+        let now = DateTime::from_timestamp(1_750_000_000, 0).unwrap();
+        let in_secs = |s: i64| now + TimeDelta::seconds(s);
+        let epoch = |s: i64| (1_750_000_000 + s).to_string();
+        type Case = (&'static str, Vec<(&'static str, String)>, DateTime<Utc>);
+        let cases: Vec<Case> = vec![
+            ("nothing: default cooldown", vec![], in_secs(60)),
+            (
+                "unified reset",
+                vec![("anthropic-ratelimit-unified-reset", epoch(3600))],
+                in_secs(3600),
+            ),
+            (
+                "unified reset wins over retry-after",
+                vec![
+                    ("anthropic-ratelimit-unified-reset", epoch(100)),
+                    ("retry-after", "5".into()),
+                ],
+                in_secs(100),
+            ),
+            (
+                "retry-after seconds",
+                vec![("retry-after", "30".into())],
+                in_secs(30),
+            ),
+            (
+                "retry-after http date",
+                vec![("retry-after", "Sun, 15 Jun 2025 15:07:20 GMT".into())],
+                DateTime::parse_from_rfc2822("Sun, 15 Jun 2025 15:07:20 GMT")
+                    .unwrap()
+                    .with_timezone(&Utc),
+            ),
+            (
+                "x-ratelimit-reset",
+                vec![("x-ratelimit-reset", epoch(90))],
+                in_secs(90),
+            ),
+            (
+                "capped at 24 h",
+                vec![("anthropic-ratelimit-unified-reset", epoch(3 * 86_400))],
+                in_secs(86_400),
+            ),
+            (
+                "huge retry-after capped",
+                vec![("retry-after", "99999999999999999999".into())],
+                in_secs(60),
+            ),
+            (
+                "past reset: next usable",
+                vec![
+                    ("anthropic-ratelimit-unified-reset", epoch(-10)),
+                    ("retry-after", "7".into()),
+                ],
+                in_secs(7),
+            ),
+            (
+                "malformed values ignored",
+                vec![
+                    ("anthropic-ratelimit-unified-reset", "soon".into()),
+                    ("retry-after", "-3".into()),
+                    ("x-ratelimit-reset", "NaN".into()),
+                ],
+                in_secs(60),
+            ),
+            (
+                "standard binding reset",
+                vec![
+                    ("anthropic-ratelimit-requests-remaining", "10".into()),
+                    (
+                        "anthropic-ratelimit-requests-reset",
+                        "2025-06-15T15:10:00Z".into(),
+                    ),
+                    ("anthropic-ratelimit-tokens-remaining", "0".into()),
+                    (
+                        "anthropic-ratelimit-tokens-reset",
+                        "2025-06-15T15:08:00Z".into(),
+                    ),
+                ],
+                DateTime::parse_from_rfc3339("2025-06-15T15:08:00Z")
+                    .unwrap()
+                    .with_timezone(&Utc),
+            ),
+        ];
+        for (name, pairs, expected) in cases {
+            let pairs: Vec<(&'static str, &str)> =
+                pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let info = RateLimitInfo::from_headers(&headers(&pairs), now);
+            assert_eq!(info.limited_until(now), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn unified_fields_are_read() {
+        let now = Utc::now();
+        let info = RateLimitInfo::from_headers(
+            &headers(&[
+                ("anthropic-ratelimit-unified-status", "allowed_warning"),
+                ("anthropic-ratelimit-unified-5h-utilization", "0.92"),
+                ("anthropic-ratelimit-unified-7d-utilization", "bogus"),
+                (
+                    "anthropic-ratelimit-unified-overage-disabled-reason",
+                    "out_of_credits",
+                ),
+            ]),
+            now,
+        );
+        assert_eq!(info.unified_status.as_deref(), Some("allowed_warning"));
+        assert!(!info.status_is_limited());
+        assert_eq!(info.utilization_5h, Some(0.92));
+        assert_eq!(info.utilization_7d, None);
+        assert_eq!(
+            info.overage_disabled_reason.as_deref(),
+            Some("out_of_credits")
+        );
+        for limited in ["rejected", "rate_limited", "blocked", "payment_required"] {
+            let info = RateLimitInfo::from_headers(
+                &headers(&[("anthropic-ratelimit-unified-status", limited)]),
+                now,
+            );
+            assert!(info.status_is_limited(), "{limited}");
+        }
+        for fine in ["allowed", "queueing_soft", "queueing_hard"] {
+            let info = RateLimitInfo::from_headers(
+                &headers(&[("anthropic-ratelimit-unified-status", fine)]),
+                now,
+            );
+            assert!(!info.status_is_limited(), "{fine}");
+        }
+        assert!(RateLimitInfo::from_headers(&HeaderMap::new(), now).is_empty());
+    }
+}

@@ -1,0 +1,523 @@
+//! Reading token usage from a response as it streams by, without holding any byte back.
+//!
+//! For SSE, input and cache counts come from `message_start` and the final `output_tokens` from
+//! the last `message_delta`; an `event: error` is remembered. Only the lines of those events are
+//! copied (and only when a line spans chunks); the bulk of a stream, the content deltas, is
+//! skipped with `memchr`. A JSON body is collected (up to a cap) and read at its end.
+
+use serde::{Deserialize, Serialize};
+
+/// Token counts of one response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    pub cache_read_input_tokens: u64,
+    /// Input tokens written to the prompt cache.
+    pub cache_creation_input_tokens: u64,
+}
+
+/// An `event: error` seen inside a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamError {
+    /// `error.type`, e.g. `overloaded_error`.
+    pub kind: String,
+    /// `error.message`.
+    pub message: String,
+}
+
+/// Lines longer than this are never needed (usage events are small) and are skipped.
+const MAX_LINE: usize = 256 * 1024;
+/// A non-streaming body larger than this is passed through without reading its usage.
+const MAX_JSON: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// No `event:` line yet in this event.
+    Unnamed,
+    /// An event whose data holds usage or an error.
+    Wanted,
+    /// Any other event (`content_block_delta`, `ping`, …).
+    Other,
+}
+
+/// Incremental SSE parser that keeps only usage, model and errors.
+#[derive(Debug)]
+pub struct SseTap {
+    event: Event,
+    /// A line that started in an earlier chunk.
+    partial: Vec<u8>,
+    /// The rest of the current line is not needed.
+    skipping: bool,
+    /// `data:` of the current wanted event.
+    data: Vec<u8>,
+    /// The last complete line was blank (or nothing came yet): an error frame can follow cleanly.
+    at_boundary: bool,
+    usage: Usage,
+    model: Option<String>,
+    error: Option<StreamError>,
+}
+
+impl Default for SseTap {
+    fn default() -> Self {
+        Self {
+            event: Event::Unnamed,
+            partial: Vec::new(),
+            skipping: false,
+            data: Vec::new(),
+            at_boundary: true,
+            usage: Usage::default(),
+            model: None,
+            error: None,
+        }
+    }
+}
+
+fn wanted_event(name: &[u8]) -> bool {
+    matches!(name, b"message_start" | b"message_delta" | b"error")
+}
+
+fn field<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let rest = line.strip_prefix(name)?.strip_prefix(b":")?;
+    Some(rest.strip_prefix(b" ").unwrap_or(rest))
+}
+
+/// Whether a `data:` payload of an unnamed event is one of the wanted types.
+fn wanted_data(data: &[u8]) -> bool {
+    [
+        &b"{\"type\":\"message_start\""[..],
+        b"{\"type\":\"message_delta\"",
+        b"{\"type\":\"error\"",
+    ]
+    .iter()
+    .any(|prefix| data.starts_with(prefix) || prefix.starts_with(data))
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    fn merge_into(&self, usage: &mut Usage) {
+        let set = |slot: &mut u64, value: Option<u64>| {
+            if let Some(value) = value {
+                *slot = value;
+            }
+        };
+        set(&mut usage.input_tokens, self.input_tokens);
+        set(&mut usage.output_tokens, self.output_tokens);
+        set(
+            &mut usage.cache_read_input_tokens,
+            self.cache_read_input_tokens,
+        );
+        set(
+            &mut usage.cache_creation_input_tokens,
+            self.cache_creation_input_tokens,
+        );
+    }
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    model: Option<String>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    message: Option<WireMessage>,
+    usage: Option<WireUsage>,
+    error: Option<WireError>,
+}
+
+impl SseTap {
+    /// Feed the next chunk of the stream.
+    pub fn feed(&mut self, mut chunk: &[u8]) {
+        while let Some(end) = memchr::memchr(b'\n', chunk) {
+            let (head, rest) = chunk.split_at(end);
+            chunk = &rest[1..];
+            if self.skipping {
+                self.skipping = false;
+                self.at_boundary = false;
+            } else if self.partial.is_empty() {
+                self.line(head);
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(head);
+                self.line(&line);
+                line.clear();
+                self.partial = line;
+            }
+        }
+        if !chunk.is_empty() && !self.skipping {
+            self.partial.extend_from_slice(chunk);
+            if !self.partial_may_be_wanted() {
+                self.partial.clear();
+                self.skipping = true;
+            }
+        }
+    }
+
+    /// Decide as early as possible whether an unfinished line can matter, so a long content
+    /// delta split over many chunks is never accumulated.
+    fn partial_may_be_wanted(&self) -> bool {
+        let line = self.partial.as_slice();
+        if line.len() > MAX_LINE {
+            return false;
+        }
+        if b"event:".starts_with(line) || b"data:".starts_with(line) {
+            return true;
+        }
+        if line.starts_with(b"event:") {
+            return true;
+        }
+        match (field(line, b"data"), self.event) {
+            (Some(_), Event::Wanted) => true,
+            (Some(data), Event::Unnamed) => wanted_data(data),
+            _ => false,
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            self.dispatch();
+            self.at_boundary = true;
+            return;
+        }
+        self.at_boundary = false;
+        if let Some(name) = field(line, b"event") {
+            self.event = if wanted_event(name) {
+                Event::Wanted
+            } else {
+                Event::Other
+            };
+        } else if let Some(data) = field(line, b"data") {
+            let wanted = match self.event {
+                Event::Wanted => true,
+                Event::Unnamed => wanted_data(data),
+                Event::Other => false,
+            };
+            if wanted && data.len() <= MAX_LINE {
+                if !self.data.is_empty() {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(data);
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        self.event = Event::Unnamed;
+        if self.data.is_empty() {
+            return;
+        }
+        if let Ok(event) = serde_json::from_slice::<WireEvent>(&self.data) {
+            match event.kind.as_str() {
+                "message_start" => {
+                    if let Some(message) = event.message {
+                        if let Some(usage) = &message.usage {
+                            usage.merge_into(&mut self.usage);
+                        }
+                        self.model = message.model.or(self.model.take());
+                    }
+                }
+                "message_delta" => {
+                    if let Some(usage) = &event.usage {
+                        usage.merge_into(&mut self.usage);
+                    }
+                }
+                "error" => {
+                    let error = event.error;
+                    self.error = Some(StreamError {
+                        kind: error
+                            .as_ref()
+                            .and_then(|e| e.kind.clone())
+                            .unwrap_or_else(|| "error".into()),
+                        message: error.and_then(|e| e.message).unwrap_or_default(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        self.data.clear();
+    }
+
+    /// The stream ended: dispatch an event that lacked its final blank line.
+    pub fn finish(&mut self) {
+        if !self.partial.is_empty() && !self.skipping {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line);
+        }
+        self.dispatch();
+    }
+
+    /// Tokens seen so far.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// The model named in `message_start`.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// An `event: error` seen in the stream.
+    pub fn error(&self) -> Option<&StreamError> {
+        self.error.as_ref()
+    }
+
+    /// Whether the bytes so far end at an event boundary (so a frame can be appended cleanly).
+    pub fn at_boundary(&self) -> bool {
+        self.at_boundary && self.partial.is_empty() && !self.skipping
+    }
+}
+
+/// Collects a JSON body to read its `usage` and `model` at the end.
+#[derive(Debug, Default)]
+pub struct JsonTap {
+    body: Vec<u8>,
+    overflow: bool,
+}
+
+#[derive(Deserialize)]
+struct WireBody {
+    model: Option<String>,
+    usage: Option<WireUsage>,
+    error: Option<WireError>,
+}
+
+/// What a finished JSON body said.
+#[derive(Debug, Default, PartialEq)]
+pub struct JsonSummary {
+    /// Its usage.
+    pub usage: Usage,
+    /// Its model.
+    pub model: Option<String>,
+    /// `error.message` of an error envelope.
+    pub error: Option<String>,
+}
+
+impl JsonTap {
+    /// Feed the next chunk.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        if self.body.len() + chunk.len() > MAX_JSON {
+            self.overflow = true;
+            self.body = Vec::new();
+            return;
+        }
+        self.body.extend_from_slice(chunk);
+    }
+
+    /// Read the collected body.
+    pub fn finish(&mut self) -> JsonSummary {
+        let body = std::mem::take(&mut self.body);
+        let Ok(parsed) = serde_json::from_slice::<WireBody>(&body) else {
+            return JsonSummary::default();
+        };
+        let mut usage = Usage::default();
+        if let Some(wire) = &parsed.usage {
+            wire.merge_into(&mut usage);
+        }
+        JsonSummary {
+            usage,
+            model: parsed.model,
+            error: parsed.error.and_then(|e| e.message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const STREAM: &str = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-20250514\",\"content\":[],\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":7,\"cache_read_input_tokens\":1000,\"output_tokens\":1}}}\n",
+        "\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n",
+        "\n",
+        "event: ping\n",
+        "data: {\"type\": \"ping\"}\n",
+        "\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Grüße, 世界 🌍! event: message_delta\"}}\n",
+        "\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":0}\n",
+        "\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":42}}\n",
+        "\n",
+        "event: message_stop\n",
+        "data: {\"type\":\"message_stop\"}\n",
+        "\n",
+    );
+
+    const EXPECTED: Usage = Usage {
+        input_tokens: 25,
+        output_tokens: 42,
+        cache_read_input_tokens: 1000,
+        cache_creation_input_tokens: 7,
+    };
+
+    fn run(chunks: &[&[u8]]) -> SseTap {
+        let mut tap = SseTap::default();
+        for chunk in chunks {
+            tap.feed(chunk);
+        }
+        tap.finish();
+        tap
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_usage() {
+        let bytes = STREAM.as_bytes();
+        for split in 0..=bytes.len() {
+            let tap = run(&[&bytes[..split], &bytes[split..]]);
+            assert_eq!(tap.usage(), EXPECTED, "split at {split}");
+            assert_eq!(
+                tap.model(),
+                Some("claude-sonnet-4-20250514"),
+                "split at {split}"
+            );
+        }
+        // And every byte on its own, then every pair of split points in a prefix.
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(run(&singles).usage(), EXPECTED);
+        for a in (0..bytes.len()).step_by(7) {
+            for b in (a..bytes.len()).step_by(13) {
+                let tap = run(&[&bytes[..a], &bytes[a..b], &bytes[b..]]);
+                assert_eq!(tap.usage(), EXPECTED, "splits at {a},{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn crlf_line_ends() {
+        let crlf = STREAM.replace('\n', "\r\n");
+        let bytes = crlf.as_bytes();
+        for split in 0..=bytes.len() {
+            assert_eq!(
+                run(&[&bytes[..split], &bytes[split..]]).usage(),
+                EXPECTED,
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_without_message_delta_keeps_start_counts() {
+        let cut = STREAM.find("\nevent: message_delta").unwrap() + 1;
+        let tap = run(&[&STREAM.as_bytes()[..cut]]);
+        assert_eq!(
+            tap.usage(),
+            Usage {
+                output_tokens: 1,
+                ..EXPECTED
+            },
+            "output_tokens stays at message_start's value"
+        );
+        assert!(tap.at_boundary());
+    }
+
+    #[test]
+    fn unnamed_events_and_missing_final_blank_line() {
+        let stream = "data: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":3}}}\n\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}";
+        let tap = run(&[stream.as_bytes()]);
+        assert_eq!(tap.usage().input_tokens, 3);
+        assert_eq!(tap.usage().output_tokens, 9);
+    }
+
+    #[test]
+    fn error_event_is_kept() {
+        let stream = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+        let tap = run(&[stream.as_bytes()]);
+        assert_eq!(
+            tap.error(),
+            Some(&StreamError {
+                kind: "overloaded_error".into(),
+                message: "Overloaded".into()
+            })
+        );
+    }
+
+    #[test]
+    fn boundary_tracking() {
+        let mut tap = SseTap::default();
+        assert!(tap.at_boundary());
+        tap.feed(b"event: ping\ndata: {}");
+        assert!(!tap.at_boundary());
+        tap.feed(b"\n");
+        assert!(!tap.at_boundary());
+        tap.feed(b"\n");
+        assert!(tap.at_boundary());
+        tap.feed(
+            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":\"long",
+        );
+        assert!(!tap.at_boundary(), "inside a skipped line");
+    }
+
+    #[test]
+    fn long_content_lines_are_not_accumulated() {
+        let mut tap = SseTap::default();
+        tap.feed(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"x\":\"");
+        for _ in 0..1000 {
+            tap.feed(&[b'a'; 1024]);
+        }
+        assert!(tap.partial.capacity() < 4096, "skipped, not buffered");
+        tap.feed(b"\"}\n\n");
+        tap.finish();
+        assert_eq!(tap.usage(), Usage::default());
+    }
+
+    #[test]
+    fn garbage_is_harmless() {
+        let tap = run(&[b"data: {not json\n\n\xff\xfe\n\nevent: message_delta\ndata: [1,2]\n\n"]);
+        assert_eq!(tap.usage(), Usage::default());
+        assert!(tap.error().is_none());
+    }
+
+    #[test]
+    fn json_body_usage() {
+        let mut tap = JsonTap::default();
+        let body = br#"{"id":"msg_1","model":"claude-3-5-haiku-20241022","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":10,"output_tokens":5,"cache_read_input_tokens":2,"cache_creation_input_tokens":0}}"#;
+        for chunk in body.chunks(17) {
+            tap.feed(chunk);
+        }
+        let summary = tap.finish();
+        assert_eq!(summary.model.as_deref(), Some("claude-3-5-haiku-20241022"));
+        assert_eq!(
+            summary.usage,
+            Usage {
+                input_tokens: 10,
+                output_tokens: 5,
+                cache_read_input_tokens: 2,
+                cache_creation_input_tokens: 0
+            }
+        );
+        let mut tap = JsonTap::default();
+        tap.feed(br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#);
+        assert_eq!(tap.finish().error.as_deref(), Some("bad"));
+    }
+}

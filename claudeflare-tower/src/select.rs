@@ -1,0 +1,157 @@
+//! The `Select` layer: asks the [`Strategy`](crate::strategy::Strategy) for the accounts a
+//! request may use and puts them, in order, in the request's [`Candidates`] extension.
+//!
+//! When no account is available it answers 503 itself, in Anthropic's envelope, with
+//! `retry-after` set to the seconds until the earliest rate limit ends.
+//!
+//! ```
+//! use claudeflare_tower::{AccountPool, select::SelectLayer, strategy::{Session, StrategyHandle}};
+//! let strategy: StrategyHandle = StrategyHandle::new(Box::new(Session::default()));
+//! let layer = SelectLayer::new(AccountPool::default(), strategy);
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use chrono::Utc;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::body::ProxyBody;
+use crate::error::error_response;
+use crate::ext::Candidates;
+use crate::pool::AccountPool;
+use crate::strategy::StrategyHandle;
+
+/// Chooses candidate accounts. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct SelectLayer {
+    pool: AccountPool,
+    strategy: StrategyHandle,
+}
+
+impl SelectLayer {
+    /// Candidates from `pool`, ordered by `strategy`.
+    pub fn new(pool: AccountPool, strategy: StrategyHandle) -> Self {
+        Self { pool, strategy }
+    }
+}
+
+impl<S> Layer<S> for SelectLayer {
+    type Service = Select<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Select {
+            inner,
+            pool: self.pool.clone(),
+            strategy: self.strategy.clone(),
+        }
+    }
+}
+
+/// The service of [`SelectLayer`].
+#[derive(Debug, Clone)]
+pub struct Select<S> {
+    inner: S,
+    pool: AccountPool,
+    strategy: StrategyHandle,
+}
+
+impl<S, B> Service<Request<B>> for Select<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let now = Utc::now();
+        let accounts = self.pool.snapshot();
+        let candidates = self.strategy.get().select(&accounts, now);
+        if candidates.is_empty() {
+            return ResponseFuture {
+                kind: Kind::NoAccount {
+                    response: Some(self.no_account(accounts.len())),
+                },
+            };
+        }
+        req.extensions_mut().insert(Candidates(candidates));
+        ResponseFuture {
+            kind: Kind::Inner {
+                future: self.inner.call(req),
+            },
+        }
+    }
+}
+
+impl<S> Select<S> {
+    fn no_account(&self, total: usize) -> Response<ProxyBody> {
+        let now = Utc::now();
+        if total == 0 {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no accounts are configured",
+            );
+        }
+        let reset = self.pool.earliest_reset(now);
+        let message = match reset {
+            Some(reset) => format!(
+                "no account is available: all {total} are paused, rate-limited or need re-authentication; the first rate limit ends at {}",
+                reset.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            None => {
+                format!("no account is available: all {total} are paused or need re-authentication")
+            }
+        };
+        let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, &message);
+        if let Some(reset) = reset {
+            // Round up, so a client that waits this long finds the account free.
+            let millis = u64::try_from((reset - now).num_milliseconds()).unwrap_or(0);
+            let seconds = millis.div_ceil(1000).max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+pin_project! {
+    /// Future of [`Select`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Inner { #[pin] future: F },
+        NoAccount { response: Option<Response<ProxyBody>> },
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, E>>,
+{
+    type Output = Result<Response<ProxyBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future } => future.poll(cx),
+            KindProj::NoAccount { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => panic!("select::ResponseFuture polled after completion"),
+            },
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! [`Balancer`]: the standard stack assembled in one call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Uri;
+use tower::ServiceBuilder;
+
+use crate::auth::{Auth, AuthLayer, TokenRefresher};
+use crate::buffer::{Buffer, BufferLayer, DEFAULT_BODY_LIMIT};
+use crate::failover::{Failover, FailoverLayer, RetryConfig};
+use crate::pool::AccountPool;
+use crate::ratelimit::{RateLimit, RateLimitLayer};
+use crate::record::{NoopRecorder, Record, RecordLayer, Recorder};
+use crate::select::{Select, SelectLayer};
+use crate::setting::Setting;
+use crate::strategy::{Session, StrategyHandle};
+use crate::upstream::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, Upstream};
+
+/// Anthropic's API.
+pub const DEFAULT_UPSTREAM_URL: &str = "https://api.anthropic.com";
+
+/// The whole balancer as one service: `Record → Buffer → Select → Failover → Auth → RateLimit →
+/// Upstream`. Accepts `http::Request<B>` for any body, never fails (errors are responses in
+/// Anthropic's envelope), and streams responses.
+pub type BalancerService = Record<Buffer<Select<Failover<Auth<RateLimit<Upstream>>>>>>;
+
+/// Builds a [`BalancerService`]. Every setting that can change while serving is a [`Setting`]
+/// you can keep a clone of.
+///
+/// ```no_run
+/// use claudeflare_tower::{Account, AccountPool, Balancer};
+/// let pool = AccountPool::new(vec![Account::api_key("work", "sk-ant-api03-…")]);
+/// let service = Balancer::new(pool).build();
+/// ```
+#[must_use]
+pub struct Balancer {
+    pool: AccountPool,
+    strategy: StrategyHandle,
+    recorder: Arc<dyn Recorder>,
+    refresher: Option<Arc<dyn TokenRefresher>>,
+    retry: Setting<RetryConfig>,
+    upstream_url: Setting<Uri>,
+    body_limit: Setting<usize>,
+    connect_timeout: Duration,
+    first_byte_timeout: Duration,
+}
+
+impl Balancer {
+    /// A balancer over `pool` with the defaults: session strategy, no recording, Anthropic's
+    /// API, 3 retries from 1 s doubling, 32 MiB bodies.
+    pub fn new(pool: AccountPool) -> Self {
+        Self {
+            pool,
+            strategy: StrategyHandle::new(Box::new(Session::default())),
+            recorder: Arc::new(NoopRecorder),
+            refresher: None,
+            retry: Setting::default(),
+            upstream_url: Setting::new(Uri::from_static(DEFAULT_UPSTREAM_URL)),
+            body_limit: Setting::new(DEFAULT_BODY_LIMIT),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+        }
+    }
+
+    /// The strategy (switchable later through the handle).
+    pub fn strategy(mut self, strategy: StrategyHandle) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Where request records go.
+    pub fn recorder(mut self, recorder: Arc<dyn Recorder>) -> Self {
+        self.recorder = recorder;
+        self
+    }
+
+    /// How subscription tokens are refreshed.
+    pub fn refresher(mut self, refresher: Arc<dyn TokenRefresher>) -> Self {
+        self.refresher = Some(refresher);
+        self
+    }
+
+    /// Retries per account.
+    pub fn retry(mut self, retry: impl Into<Setting<RetryConfig>>) -> Self {
+        self.retry = retry.into();
+        self
+    }
+
+    /// Where requests go (a mock in tests).
+    pub fn upstream_url(mut self, url: impl Into<Setting<Uri>>) -> Self {
+        self.upstream_url = url.into();
+        self
+    }
+
+    /// Largest request body accepted.
+    pub fn body_limit(mut self, limit: impl Into<Setting<usize>>) -> Self {
+        self.body_limit = limit.into();
+        self
+    }
+
+    /// Upstream connect and first-byte timeouts.
+    pub fn timeouts(mut self, connect: Duration, first_byte: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.first_byte_timeout = first_byte;
+        self
+    }
+
+    /// The service.
+    pub fn build(self) -> BalancerService {
+        let mut auth = AuthLayer::new(self.pool.clone());
+        if let Some(refresher) = self.refresher {
+            auth = auth.with_refresher(refresher);
+        }
+        ServiceBuilder::new()
+            .layer(RecordLayer::new(self.recorder))
+            .layer(BufferLayer::new(self.body_limit))
+            .layer(SelectLayer::new(self.pool.clone(), self.strategy))
+            .layer(FailoverLayer::new(self.retry))
+            .layer(auth)
+            .layer(RateLimitLayer::new(self.pool))
+            .service(Upstream::with_timeouts(
+                self.upstream_url,
+                self.connect_timeout,
+                self.first_byte_timeout,
+            ))
+    }
+}

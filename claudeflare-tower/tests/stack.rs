@@ -1,0 +1,745 @@
+//! The whole balancer stack, served by axum, against the mock Anthropic upstream.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{TimeDelta, Utc};
+use claudeflare_testkit::{
+    CACHE_CREATION_TOKENS, CACHE_READ_TOKENS, INPUT_TOKENS, MockUpstream, OUTPUT_TOKENS, Reply,
+    TestClient, message_json, sse,
+};
+use claudeflare_tower::auth::TokenPair;
+use claudeflare_tower::auth::{RefreshError, TokenRefresher};
+use claudeflare_tower::failover::RetryConfig;
+use claudeflare_tower::oauth::HttpRefresher;
+use claudeflare_tower::record::{MemoryRecorder, RequestRecord};
+use claudeflare_tower::strategy::{RoundRobin, StrategyHandle};
+use claudeflare_tower::{
+    Account, AccountInfo, AccountPool, AccountStatus, Balancer, BoxFuture, Credentials, Mode,
+    OAuthTokens,
+};
+use http::Method;
+use http_body_util::BodyExt;
+use serde_json::json;
+
+const MODEL: &str = "claude-sonnet-4-20250514";
+
+struct Harness {
+    mock: MockUpstream,
+    pool: AccountPool,
+    recorder: Arc<MemoryRecorder>,
+    client: TestClient,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Harness {
+    async fn start(
+        accounts: Vec<Account>,
+        configure: impl FnOnce(Balancer, &MockUpstream) -> Balancer,
+    ) -> Self {
+        let mock = MockUpstream::start().await;
+        Self::with_mock(mock, accounts, configure).await
+    }
+
+    async fn with_mock(
+        mock: MockUpstream,
+        accounts: Vec<Account>,
+        configure: impl FnOnce(Balancer, &MockUpstream) -> Balancer,
+    ) -> Self {
+        let pool = AccountPool::new(accounts);
+        let recorder = Arc::new(MemoryRecorder::default());
+        let balancer = Balancer::new(pool.clone())
+            .upstream_url(mock.url().parse::<http::Uri>().unwrap())
+            .recorder(recorder.clone())
+            .retry(RetryConfig {
+                attempts: 3,
+                delay: Duration::from_millis(20),
+                backoff: 2.0,
+            });
+        let service = configure(balancer, &mock).build();
+        let app = axum::Router::new().route_service("/v1/{*rest}", service);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TestClient::new(format!("http://{}", listener.local_addr().unwrap()));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            mock,
+            pool,
+            recorder,
+            client,
+            server,
+        }
+    }
+
+    /// API-key accounts named `names`, each with the key `key-NAME`, and default settings.
+    async fn keys(names: &[&str]) -> Self {
+        let accounts = names
+            .iter()
+            .map(|n| Account::api_key(*n, format!("key-{n}")))
+            .collect();
+        Self::start(accounts, |b, _| b).await
+    }
+
+    /// The accounts (keys) the mock saw, in order.
+    fn tried(&self) -> Vec<String> {
+        self.mock
+            .requests()
+            .iter()
+            .map(|r| r.account.clone().unwrap())
+            .collect()
+    }
+
+    /// A streaming message request, its body left to read.
+    async fn open_stream(&self) -> http::Response<hyper::body::Incoming> {
+        let body = request_body(true).to_string();
+        let headers = [("content-type", "application/json")];
+        self.client
+            .open(Method::POST, "/v1/messages", &headers, body)
+            .await
+    }
+
+    async fn message(&self, stream: bool) -> claudeflare_testkit::TestResponse {
+        self.client
+            .post_json("/v1/messages", &request_body(stream), &[])
+            .await
+    }
+
+    async fn records(&self, count: usize) -> Vec<RequestRecord> {
+        let records = self.recorder.wait_for(count, Duration::from_secs(5)).await;
+        assert_eq!(records.len(), count, "{records:#?}");
+        records
+    }
+}
+
+fn request_body(stream: bool) -> serde_json::Value {
+    json!({"model": MODEL, "max_tokens": 64, "stream": stream, "messages": [{"role": "user", "content": "héllo 🌍"}]})
+}
+
+fn oauth_account(name: &str, tokens: (String, String), expires_in: TimeDelta) -> Account {
+    Account::new(
+        name,
+        Mode::Max,
+        Credentials::OAuth(OAuthTokens {
+            access_token: tokens.0.into(),
+            refresh_token: tokens.1.into(),
+            expires_at: Utc::now() + expires_in,
+        }),
+    )
+}
+
+fn expected_usage(record: &RequestRecord) {
+    assert_eq!(record.usage.input_tokens, INPUT_TOKENS);
+    assert_eq!(record.usage.output_tokens, OUTPUT_TOKENS);
+    assert_eq!(record.usage.cache_read_input_tokens, CACHE_READ_TOKENS);
+    assert_eq!(
+        record.usage.cache_creation_input_tokens,
+        CACHE_CREATION_TOKENS
+    );
+}
+
+#[tokio::test]
+async fn non_streaming_passes_through_byte_for_byte_with_the_accounts_key() {
+    let h = Harness::start(
+        vec![Account::api_key("a", "sk-ant-api03-account-a")],
+        |b, _| b,
+    )
+    .await;
+    let sent = request_body(false).to_string();
+    let response = h
+        .client
+        .send(
+            Method::POST,
+            "/v1/messages?beta=true",
+            &[
+                ("content-type", "application/json"),
+                ("anthropic-version", "2023-06-01"),
+                ("anthropic-beta", "prompt-caching-2024-07-31"),
+                ("x-stainless-lang", "js"),
+                ("x-api-key", "client-secret-key"),
+                ("authorization", "Bearer client-secret-token"),
+                ("connection", "keep-alive"),
+            ],
+            sent.clone(),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.body, message_json(MODEL).to_string().as_bytes());
+    assert_eq!(response.header("x-claudeflare-account"), Some("a"));
+    assert_eq!(response.header("request-id"), Some("req_mock_0"));
+    let request_id = response
+        .header("x-claudeflare-request-id")
+        .unwrap()
+        .to_owned();
+
+    let received = h.mock.requests();
+    assert_eq!(received.len(), 1);
+    let upstream = &received[0];
+    assert_eq!(upstream.path, "/v1/messages?beta=true");
+    assert_eq!(upstream.body, sent.as_bytes());
+    assert_eq!(upstream.headers["x-api-key"], "sk-ant-api03-account-a");
+    assert!(upstream.headers.get("authorization").is_none());
+    assert_eq!(upstream.headers["anthropic-version"], "2023-06-01");
+    assert_eq!(
+        upstream.headers["anthropic-beta"],
+        "prompt-caching-2024-07-31"
+    );
+    assert_eq!(upstream.headers["x-stainless-lang"], "js");
+    for value in upstream.headers.values() {
+        let value = value.to_str().unwrap_or_default();
+        assert!(
+            !value.contains("client-secret"),
+            "client credential leaked upstream: {value}"
+        );
+    }
+
+    let record = &h.records(1).await[0];
+    assert_eq!(record.id, request_id);
+    assert_eq!(record.account.as_deref(), Some("a"));
+    assert_eq!(record.status, Some(200));
+    assert!(record.success);
+    assert_eq!(record.model.as_deref(), Some(MODEL));
+    assert!(!record.stream);
+    assert_eq!(record.failover_attempts, 0);
+    assert!(
+        record.upstream_ms.is_some() && record.overhead_us.is_some(),
+        "{record:?}"
+    );
+    expected_usage(record);
+}
+
+#[tokio::test]
+async fn streaming_passes_through_byte_for_byte_and_usage_is_read() {
+    let h = Harness::keys(&["a"]).await;
+    let response = h.open_stream().await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    let mut frames = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            received.extend_from_slice(&data);
+            frames += 1;
+        }
+    }
+    assert_eq!(received, sse::message_stream(MODEL));
+    assert!(
+        frames > 1,
+        "the stream arrived in pieces, not buffered whole"
+    );
+    let record = &h.records(1).await[0];
+    assert!(record.stream && record.success, "{record:?}");
+    assert!(record.first_byte_ms.is_some());
+    expected_usage(record);
+}
+
+#[tokio::test]
+async fn subscription_accounts_send_bearer_and_the_oauth_beta_flag() {
+    let mock = MockUpstream::start().await;
+    let tokens = mock.oauth_account("m");
+    let h = Harness::with_mock(
+        mock,
+        vec![oauth_account("m", tokens, TimeDelta::hours(8))],
+        |b, _| b,
+    )
+    .await;
+    let response = h
+        .client
+        .post_json(
+            "/v1/messages",
+            &request_body(false),
+            &[
+                ("x-api-key", "client-key"),
+                ("anthropic-beta", "tools-2024-04-04"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let upstream = &h.mock.requests()[0];
+    assert_eq!(upstream.headers["authorization"], "Bearer sk-ant-oat01-m-0");
+    assert_eq!(
+        upstream.headers["anthropic-beta"],
+        "tools-2024-04-04,oauth-2025-04-20"
+    );
+    assert!(upstream.headers.get("x-api-key").is_none());
+}
+
+#[tokio::test]
+async fn a_429_fails_over_for_plain_and_streaming_requests() {
+    let h = Harness::keys(&["a", "b", "c"]).await;
+    h.mock.script("key-a", [Reply::rate_limited(3600)]);
+    h.mock
+        .script("key-b", [Reply::Message, Reply::rate_limited(60)]);
+
+    let response = h.message(false).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-claudeflare-account"), Some("b"));
+    let until = h
+        .pool
+        .get("a")
+        .unwrap()
+        .limited_until(Utc::now())
+        .expect("a is benched");
+    let expected = Utc::now() + TimeDelta::seconds(3600);
+    assert!(
+        (until - expected).num_seconds().abs() <= 2,
+        "{until} vs {expected}"
+    );
+
+    // The session moved to b; b is limited in turn, and a stream fails over to c intact.
+    let response = h.message(true).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-claudeflare-account"), Some("c"));
+    assert_eq!(response.body, sse::message_stream(MODEL));
+
+    let records = h.records(2).await;
+    assert_eq!(
+        (records[0].failover_attempts, records[0].account.as_deref()),
+        (1, Some("b"))
+    );
+    assert_eq!(
+        (records[1].failover_attempts, records[1].account.as_deref()),
+        (1, Some("c"))
+    );
+    expected_usage(&records[1]);
+    let tried = h.tried();
+    assert_eq!(tried, ["key-a", "key-b", "key-b", "key-c"]);
+    assert_eq!(
+        h.pool.get("a").unwrap().status(Utc::now()),
+        AccountStatus::RateLimited
+    );
+}
+
+#[tokio::test]
+async fn server_errors_and_529_are_retried_with_backoff_then_fail_over() {
+    let h = Harness::keys(&["a", "b"]).await;
+    h.mock
+        .script("key-a", [Reply::status(500), Reply::status(529)]);
+    let response = h.message(false).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-claudeflare-account"), Some("a"));
+    let times: Vec<_> = h.mock.requests().iter().map(|r| r.at).collect();
+    assert_eq!(times.len(), 3);
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(20),
+        "first retry after the delay"
+    );
+    assert!(
+        times[2] - times[1] >= Duration::from_millis(40),
+        "second retry after twice the delay"
+    );
+
+    // Four failures in a row (the try and 3 retries) move the request to b.
+    h.mock.script(
+        "key-a",
+        [
+            Reply::status(503),
+            Reply::status(529),
+            Reply::status(500),
+            Reply::status(502),
+        ],
+    );
+    let response = h.message(false).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-claudeflare-account"), Some("b"));
+    assert_eq!(h.mock.requests().len(), 3 + 5);
+    assert!(
+        h.pool.get("a").unwrap().is_available(Utc::now()),
+        "server errors do not bench an account"
+    );
+}
+
+#[tokio::test]
+async fn no_available_account_is_a_503_with_retry_after() {
+    let h = Harness::keys(&["a", "b"]).await;
+    h.pool.get("a").unwrap().set_paused(true);
+    h.pool
+        .get("b")
+        .unwrap()
+        .mark_rate_limited(Utc::now() + TimeDelta::seconds(90));
+    let response = h.message(false).await;
+    assert_eq!(response.status, 503);
+    let retry_after: u64 = response.header("retry-after").unwrap().parse().unwrap();
+    assert!((89..=90).contains(&retry_after), "{retry_after}");
+    let body = response.json();
+    assert_eq!(body["type"], "error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("claudeflare: no account is available")
+    );
+    assert!(h.mock.requests().is_empty());
+    assert_eq!(h.records(1).await[0].status, Some(503));
+}
+
+/// Counts persisted tokens, to prove the new pair is stored before it is used.
+struct Persisting {
+    inner: HttpRefresher,
+    persisted: Mutex<Vec<(String, String)>>,
+}
+
+impl TokenRefresher for Persisting {
+    fn refresh<'a>(
+        &'a self,
+        account: &'a AccountInfo,
+        token: &'a secrecy::SecretString,
+    ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
+        self.inner.refresh(account, token)
+    }
+
+    fn persist<'a>(
+        &'a self,
+        _account: &'a AccountInfo,
+        tokens: &'a OAuthTokens,
+    ) -> BoxFuture<'a, Result<(), claudeflare_tower::BoxError>> {
+        use secrecy::ExposeSecret;
+        let pair = (
+            tokens.access_token.expose_secret().to_owned(),
+            tokens.refresh_token.expose_secret().to_owned(),
+        );
+        self.persisted.lock().unwrap().push(pair);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn persisting(mock: &MockUpstream) -> Arc<Persisting> {
+    Arc::new(Persisting {
+        inner: HttpRefresher::new(mock.token_url().parse().unwrap(), "test-client"),
+        persisted: Mutex::default(),
+    })
+}
+
+#[tokio::test]
+async fn twenty_requests_on_an_expired_token_cause_one_refresh() {
+    let mock = MockUpstream::start().await;
+    let tokens = mock.oauth_account("m");
+    mock.expire_access_token("m");
+    mock.set_token_delay(Duration::from_millis(200));
+    let refresher = persisting(&mock);
+    let account = oauth_account("m", tokens, TimeDelta::minutes(-1));
+    let r = refresher.clone();
+    let h = Harness::with_mock(mock, vec![account], move |b, _| b.refresher(r)).await;
+
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let client = h.client.clone();
+        set.spawn(async move {
+            client
+                .post_json("/v1/messages", &request_body(false), &[])
+                .await
+                .status
+        });
+    }
+    while let Some(status) = set.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let grants = h.mock.grants();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0].grant_type, "refresh_token");
+    assert_eq!(grants[0].body["refresh_token"], "sk-ant-ort01-m-0");
+    assert_eq!(grants[0].body["client_id"], "test-client");
+    let (access, refresh) = h.mock.tokens("m").unwrap();
+    assert_eq!(
+        *refresher.persisted.lock().unwrap(),
+        [(access.clone(), refresh)],
+        "the rotated pair was persisted once"
+    );
+    let requests = h.mock.requests();
+    assert_eq!(requests.len(), 20);
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.headers["authorization"] == format!("Bearer {access}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_401_refreshes_the_token_and_retries_once() {
+    let mock = MockUpstream::start().await;
+    let tokens = mock.oauth_account("m");
+    let refresher = persisting(&mock);
+    let r = refresher.clone();
+    let h = Harness::with_mock(
+        mock,
+        vec![oauth_account("m", tokens, TimeDelta::hours(8))],
+        move |b, _| b.refresher(r),
+    )
+    .await;
+    h.mock.expire_access_token("m");
+    let response = h.message(false).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(h.mock.grants().len(), 1);
+    let auth: Vec<_> = h
+        .mock
+        .requests()
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(auth, ["Bearer sk-ant-oat01-m-0", "Bearer sk-ant-oat01-m-1"]);
+    assert_eq!(h.records(1).await[0].failover_attempts, 0);
+}
+
+#[tokio::test]
+async fn invalid_grant_takes_the_account_out_of_rotation() {
+    let mock = MockUpstream::start().await;
+    let tokens = mock.oauth_account("m");
+    mock.revoke("m");
+    let refresher = persisting(&mock);
+    let accounts = vec![
+        oauth_account("m", tokens, TimeDelta::minutes(-5)),
+        Account::api_key("a", "key-a"),
+    ];
+    let r = refresher.clone();
+    let h = Harness::with_mock(mock, accounts, move |b, _| b.refresher(r)).await;
+    let response = h.message(false).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-claudeflare-account"), Some("a"));
+    assert_eq!(
+        h.pool.get("m").unwrap().status(Utc::now()),
+        AccountStatus::NeedsReauth
+    );
+    let response = h.message(false).await;
+    assert_eq!(response.header("x-claudeflare-account"), Some("a"));
+    assert_eq!(
+        h.mock.grants().len(),
+        1,
+        "no second refresh of a dead token"
+    );
+    assert!(refresher.persisted.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_broken_stream_ends_with_an_sse_error_event_and_is_recorded() {
+    let h = Harness::keys(&["a"]).await;
+    h.mock.script(
+        "key-a",
+        [Reply::Stream {
+            delay: Duration::ZERO,
+            fail_after: Some(10),
+            chunk_size: None,
+        }],
+    );
+    let response = h.message(true).await;
+    assert_eq!(response.status, 200);
+    let text = response.text();
+    let full = String::from_utf8_lossy(&sse::message_stream(MODEL)).into_owned();
+    let sent: usize = sse::odd_chunks(full.as_bytes())
+        .iter()
+        .take(10)
+        .map(Bytes::len)
+        .sum();
+    assert!(
+        text.starts_with(&full[..sent]),
+        "what arrived before the break is passed on unchanged"
+    );
+    let tail = text.rsplit("event: error\ndata: ").next().unwrap();
+    let event: serde_json::Value = serde_json::from_str(tail.trim_end()).unwrap();
+    assert_eq!(event["type"], "error");
+    assert_eq!(event["error"]["type"], "api_error");
+    assert!(
+        event["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("claudeflare: upstream stream failed")
+    );
+    assert!(text.ends_with("\n\n"));
+    let record = &h.records(1).await[0];
+    assert!(!record.success);
+    assert!(
+        record
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("upstream stream failed"),
+        "{record:?}"
+    );
+    assert_eq!(
+        h.mock.requests().len(),
+        1,
+        "nothing is retried once bytes went out"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_upstream_request() {
+    let h = Harness::keys(&["a"]).await;
+    h.mock.script(
+        "key-a",
+        [Reply::Stream {
+            delay: Duration::from_millis(30),
+            fail_after: None,
+            chunk_size: Some(16),
+        }],
+    );
+    let response = h.open_stream().await;
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    drop(body);
+
+    let record = &h.records(1).await[0];
+    assert_eq!(
+        record.error.as_deref(),
+        Some("client disconnected before the response ended")
+    );
+    assert!(!record.success);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.mock.cancelled_streams() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.mock.cancelled_streams(), 1, "the upstream stream was cut");
+    assert_eq!(h.mock.completed_streams(), 0);
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_before_the_upstream() {
+    let h = Harness::start(vec![Account::api_key("a", "key-a")], |b, _| {
+        b.body_limit(1024)
+    })
+    .await;
+    let big = json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(2000)}]});
+    let response = h.client.post_json("/v1/messages", &big, &[]).await;
+    assert_eq!(response.status, 413);
+    assert_eq!(response.json()["error"]["type"], "request_too_large");
+    assert!(h.mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_silent_upstream_is_a_504() {
+    let h = Harness::start(vec![Account::api_key("a", "key-a")], |b, _| {
+        b.timeouts(Duration::from_secs(1), Duration::from_millis(200))
+    })
+    .await;
+    h.mock.script("key-a", [Reply::Stall]);
+    let response = h.message(false).await;
+    assert_eq!(response.status, 504);
+    assert!(
+        response.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer")
+    );
+    assert_eq!(h.mock.requests().len(), 1, "a timeout is not retried");
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_after_retries() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url: http::Uri = format!("http://{}", closed.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    drop(closed);
+    let h = Harness::start(vec![Account::api_key("a", "key-a")], move |b, _| {
+        b.upstream_url(url)
+    })
+    .await;
+    let response = h.message(false).await;
+    assert_eq!(response.status, 502);
+    let message = response.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.starts_with("claudeflare: the upstream could not be reached"),
+        "{message}"
+    );
+    let record = &h.records(1).await[0];
+    assert_eq!(record.status, Some(502));
+    assert_eq!(record.account.as_deref(), Some("a"));
+}
+
+#[tokio::test]
+async fn the_strategy_can_be_switched_while_serving() {
+    let strategy = StrategyHandle::new(Box::new(claudeflare_tower::strategy::Session::default()));
+    let handle = strategy.clone();
+    let h = Harness::start(
+        vec![
+            Account::api_key("a", "key-a"),
+            Account::api_key("b", "key-b"),
+        ],
+        move |b, _| b.strategy(strategy),
+    )
+    .await;
+    let served_by = || async {
+        h.message(false)
+            .await
+            .header("x-claudeflare-account")
+            .unwrap()
+            .to_owned()
+    };
+    let mut served = vec![served_by().await, served_by().await];
+    handle.set(Box::new(RoundRobin::default()));
+    served.extend([served_by().await, served_by().await]);
+    assert_eq!(served, ["a", "a", "a", "b"]);
+}
+
+#[tokio::test]
+async fn a_529_on_a_streaming_request_is_retried_like_any_other() {
+    let h = Harness::keys(&["a", "b"]).await;
+    h.mock.script("key-a", [Reply::status(529)]);
+    let response = h.message(true).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, sse::message_stream(MODEL));
+    let tried = h.tried();
+    assert_eq!(
+        tried,
+        ["key-a", "key-a"],
+        "retried on the same account after the backoff delay"
+    );
+}
+
+#[tokio::test]
+async fn a_client_gone_before_the_response_is_recorded() {
+    let h = Harness::keys(&["a"]).await;
+    h.mock.script("key-a", [Reply::Stall]);
+    let waited = tokio::time::timeout(Duration::from_millis(300), h.message(false)).await;
+    assert!(waited.is_err(), "the upstream never answered");
+    let record = &h.records(1).await[0];
+    assert_eq!(
+        record.error.as_deref(),
+        Some("client disconnected before the response started")
+    );
+    assert_eq!(record.status, None);
+}
+
+#[tokio::test]
+async fn a_temporary_refresh_failure_is_retried_and_does_not_bench_the_account() {
+    let mock = MockUpstream::start().await;
+    let tokens = mock.oauth_account("m");
+    mock.fail_token_endpoint(1);
+    let refresher = persisting(&mock);
+    let r = refresher.clone();
+    let h = Harness::with_mock(
+        mock,
+        vec![oauth_account("m", tokens, TimeDelta::minutes(-1))],
+        move |b, _| b.refresher(r),
+    )
+    .await;
+    let response = h.message(false).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let grants = h.mock.grants();
+    assert_eq!(
+        grants.len(),
+        2,
+        "a 503, then a retry after the backoff delay: {grants:?}"
+    );
+    assert!(!grants[0].accepted && grants[1].accepted);
+    assert_eq!(
+        h.pool.get("m").unwrap().status(Utc::now()),
+        AccountStatus::Active
+    );
+}

@@ -1,0 +1,22 @@
+//! Database migrations of claudeflare-server. The same migrations run on SQLite (the embedded
+//! default) and PostgreSQL; the server applies them at start.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_init;
+mod m20261121_000002_token_coordination;
+mod m20261121_000003_request_rollups;
+
+/// Every migration, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261121_000001_init::Migration),
+            Box::new(m20261121_000002_token_coordination::Migration),
+            Box::new(m20261121_000003_request_rollups::Migration),
+        ]
+    }
+}

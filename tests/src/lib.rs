@@ -1,0 +1,16 @@
+//! Test support shared by claudeflare's test suites: a mock Anthropic upstream that speaks real
+//! SSE (in odd-sized chunks), answers with the errors and rate-limit headers Anthropic sends,
+//! runs the OAuth token endpoint with refresh-token rotation, and logs everything it received;
+//! and a small HTTP client.
+//!
+//! Everything listens on 127.0.0.1 with an ephemeral port and stops when dropped.
+
+mod client;
+mod mock;
+pub mod sse;
+
+pub use client::{TestClient, TestResponse};
+pub use mock::{
+    CACHE_CREATION_TOKENS, CACHE_READ_TOKENS, Grant, INPUT_TOKENS, MockUpstream, OUTPUT_TOKENS,
+    Received, Reply, message_json,
+};
