@@ -368,16 +368,55 @@ async fn browser(profile: &std::path::Path) -> Option<(Driver, fantoccini::Clien
     panic!("chromedriver did not start: {last:?}");
 }
 
+/// The visible text of the first element `css` matches, read in one script so that the 5-second
+/// refresh cannot replace the element between finding it and reading it.
+async fn text_of(client: &fantoccini::Client, css: &str) -> Option<String> {
+    let value = client
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+            vec![json!(css)],
+        )
+        .await
+        .unwrap();
+    value.as_str().map(str::to_owned)
+}
+
+/// Runs `act` on the element `css` finds; again when the refresh replaced the element in between
+/// (a stale element fails before the browser acts, so nothing happens twice).
+async fn on_element<F, Fut>(client: &fantoccini::Client, css: &str, act: F)
+where
+    F: Fn(fantoccini::elements::Element) -> Fut,
+    Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+{
+    let mut last = None;
+    for _ in 0..100 {
+        match client.find(fantoccini::Locator::Css(css)).await {
+            Ok(element) => match act(element).await {
+                Ok(()) => return,
+                Err(error) => last = Some(error),
+            },
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("could not act on {css}: {last:?}");
+}
+
+async fn click(client: &fantoccini::Client, css: &str) {
+    on_element(client, css, |element| async move { element.click().await }).await;
+}
+
+async fn choose(client: &fantoccini::Client, css: &str, value: &str) {
+    on_element(client, css, |element| async move {
+        element.select_by_value(value).await
+    })
+    .await;
+}
+
 async fn wait_for_toast(client: &fantoccini::Client, expected: &str) -> String {
     let mut seen = String::new();
     for _ in 0..100 {
-        seen = client
-            .find(fantoccini::Locator::Id("toast"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        seen = text_of(client, "#toast").await.unwrap_or_default();
         if seen.contains(expected) {
             return seen;
         }
@@ -400,26 +439,22 @@ async fn the_dashboard_works_in_a_real_browser() {
     let Some((_driver, client)) = browser(&env.dir.path().join("chromium")).await else {
         return;
     };
-    use fantoccini::Locator::{Css, Id};
     client
         .goto(&format!("{}/dashboard", server.url))
         .await
         .unwrap();
-    assert_eq!(
-        client.find(Css("h1")).await.unwrap().text().await.unwrap(),
-        "◆ claudeflare"
-    );
-    let names: Vec<String> = {
-        let mut names = Vec::new();
-        for cell in client
-            .find_all(Css("#accounts tbody tr td:first-child strong"))
+    assert_eq!(text_of(&client, "h1").await.unwrap(), "◆ claudeflare");
+    let names: Vec<String> = serde_json::from_value(
+        client
+            .execute(
+                "return [...document.querySelectorAll('#accounts tbody tr td:first-child strong')]\
+                 .map(e => e.innerText)",
+                vec![],
+            )
             .await
-            .unwrap()
-        {
-            names.push(cell.text().await.unwrap());
-        }
-        names
-    };
+            .unwrap(),
+    )
+    .unwrap();
     assert!(
         names.contains(&"work".to_owned()) && names.contains(&EVIL.to_owned()),
         "{names:?}"
@@ -433,13 +468,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     screenshot(&client, "dashboard-light").await;
 
     // The strategy selector switches it live, through the API.
-    client
-        .find(Id("strategy"))
-        .await
-        .unwrap()
-        .select_by_value("round-robin")
-        .await
-        .unwrap();
+    choose(&client, "#strategy", "round-robin").await;
     let said = wait_for_toast(&client, "Strategy is now round-robin").await;
     assert!(
         said.contains("prompt caching"),
@@ -455,13 +484,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         .as_str()
         .unwrap()
         .to_owned();
-    client
-        .find(Css(&format!("select[data-tier='{home_id}']")))
-        .await
-        .unwrap()
-        .select_by_value("20")
-        .await
-        .unwrap();
+    choose(&client, &format!("select[data-tier='{home_id}']"), "20").await;
     wait_for_toast(&client, "home is now tier 20").await;
     assert_eq!(server.account("home").await["tier"], 20);
 
@@ -483,28 +506,19 @@ async fn the_dashboard_works_in_a_real_browser() {
         .execute("window.__marker = 'kept'", vec![])
         .await
         .unwrap();
-    client
-        .find(Css(&format!(
-            "button[data-action=pause][data-account='{home_id}']"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &client,
+        &format!("button[data-action=pause][data-account='{home_id}']"),
+    )
+    .await;
     wait_for_toast(&client, "home paused").await;
     assert_eq!(server.account("home").await["status"], "paused");
-    let resume = format!("button[data-action=resume][data-account='{home_id}']");
-    let mut found = false;
-    for _ in 0..100 {
-        if let Ok(button) = client.find(Css(&resume)).await {
-            button.click().await.unwrap();
-            found = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(found, "the row turned into a Resume button");
+    // The row turned into a Resume button.
+    click(
+        &client,
+        &format!("button[data-action=resume][data-account='{home_id}']"),
+    )
+    .await;
     wait_for_toast(&client, "home resumed").await;
     assert_eq!(server.account("home").await["status"], "active");
     assert_eq!(
@@ -520,13 +534,9 @@ async fn the_dashboard_works_in_a_real_browser() {
     env.ok(&["resume", "spare"]);
     let mut shown = false;
     for _ in 0..100 {
-        let row = client
-            .find(Css("tr[data-account='spare']"))
+        let row = text_of(&client, "tr[data-account='spare']")
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+            .expect("the row of spare");
         if row.contains("active") {
             shown = true;
             break;
