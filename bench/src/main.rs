@@ -342,7 +342,7 @@ fn report(
         "ratios": {"added_p50_vs_bare": latency_ratio, "throughput_vs_bare": throughput_ratio},
         "checks": checks.iter().map(|(what, value, target, ok)| json!({"check": what, "value": value, "target": target, "ok": ok})).collect::<Vec<_>>(),
     });
-    let path = json_path.unwrap_or_else(|| PathBuf::from("target/claudeflare-bench.json"));
+    let path = json_path.unwrap_or_else(default_json_path);
     match std::fs::write(
         &path,
         serde_json::to_string_pretty(&json).unwrap_or_default(),
@@ -350,4 +350,12 @@ fn report(
         Ok(()) => println!("\nwrote {}", path.display()),
         Err(error) => eprintln!("could not write {}: {error}", path.display()),
     }
+}
+
+/// `claudeflare-bench.json` in the cargo target folder this benchmark was built in.
+fn default_json_path() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("claudeflare-bench.json")))
+        .unwrap_or_else(|| PathBuf::from("claudeflare-bench.json"))
 }

@@ -168,7 +168,7 @@ pub async fn start(mut command: Command) -> Process {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut child = command.spawn().expect("start a benchmark process");
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<String>(8);
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<SocketAddr>(8);
     for reader in [
         child
             .stdout
@@ -187,12 +187,7 @@ pub async fn start(mut command: Command) -> Process {
             let mut lines = BufReader::new(reader).lines();
             // Keep draining, so a chatty child never blocks on a full pipe.
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(at) = line.find("listening on http://") {
-                    let address = line[at + "listening on http://".len()..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
+                if let Some(address) = announced(&line) {
                     let _ = sender.send(address).await;
                 }
             }
@@ -202,7 +197,6 @@ pub async fn start(mut command: Command) -> Process {
         .await
         .ok()
         .flatten()
-        .and_then(|a| a.parse().ok())
         .expect("the process announced its address");
     Process { child, address }
 }
@@ -257,8 +251,40 @@ pub async fn start_claudeflare(binary: &Path, upstream: SocketAddr, folder: &Pat
             .expect("run add");
         assert!(status.success(), "adding an account failed");
     }
+    // The server's log (one line per request) goes to a file, as it would in a deployment: read
+    // through a pipe, it would make this process, the load generator, busier during
+    // claudeflare's rounds than during the others'.
+    let log_path = folder.join("claudeflare.log");
+    let log = std::fs::File::create(&log_path).expect("create the server's log file");
     let mut serve = Command::new(binary);
     env(&mut serve);
-    serve.env("PORT", "0");
-    start(serve).await
+    serve
+        .env("PORT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
+    let child = serve.spawn().expect("start claudeflare-server");
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(address) = announced(&text) {
+            return Process { child, address };
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "claudeflare-server did not start; its log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The address in a `listening on http://…` line of `text`.
+fn announced(text: &str) -> Option<SocketAddr> {
+    let at = text.find("listening on http://")?;
+    text[at + "listening on http://".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

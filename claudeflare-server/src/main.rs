@@ -16,6 +16,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// its arenas): under a burst of requests this halves peak resident memory, for a few more
 /// `madvise` calls.
 fn return_freed_memory_promptly() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     /// `mi_option_purge_delay` in mimalloc's headers (the same index in v2 and v3).
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: `mi_option_set` only stores an integer in mimalloc's option table; the index is a

@@ -102,14 +102,14 @@ fn log(record: &RequestRecord, cost: f64) {
     let ms = record.response_time_ms;
     match &record.error {
         Some(error) => tracing::error!(
-            method = %record.method, path = %record.path, account, status, ms, tokens_in, tokens_out, error = %error,
+            method = %record.method, path = %record.path, account = %account, status, ms, tokens_in, tokens_out, error = %error,
             "request failed"
         ),
         None if !record.success => tracing::error!(
-            method = %record.method, path = %record.path, account, status, ms, "request failed"
+            method = %record.method, path = %record.path, account = %account, status, ms, "request failed"
         ),
         None => tracing::info!(
-            method = %record.method, path = %record.path, account, status, ms, tokens_in, tokens_out, cost_usd = cost,
+            method = %record.method, path = %record.path, account = %account, status, ms, tokens_in, tokens_out, cost_usd = cost,
             "request"
         ),
     }
@@ -141,7 +141,7 @@ pub async fn write_records(
             }
         }
         let count = batch.len();
-        if let Err(error) = requests::insert_batch(&db, &std::mem::take(&mut batch)).await {
+        if let Err(error) = requests::insert_batch(&db, std::mem::take(&mut batch)).await {
             dropped.fetch_add(count as u64, Ordering::Relaxed);
             metrics.dropped_records.inc_by(count as u64);
             tracing::error!(%error, count, "could not store request records");

@@ -261,11 +261,8 @@ async fn invalid_grant_needs_reauth_and_reauth_restores_the_same_account() {
         response.text()
     );
     assert_eq!(server.account("m").await["status"], "needs_reauth");
-    assert!(
-        server.log().contains("claudeflare-server reauth m"),
-        "the log says what to run:\n{}",
-        server.log()
-    );
+    // The log says what to run.
+    server.wait_log("claudeflare-server reauth m").await;
     assert!(
         eventually(Duration::from_secs(3), || async {
             env.ok(&["list"]).contains("needs re-auth")

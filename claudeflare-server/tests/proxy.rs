@@ -102,7 +102,7 @@ async fn failover_and_limits_show_in_the_api_and_metrics_and_no_secret_is_logged
         })
         .await
     );
-    let log = server.log();
+    let log = server.wait_log("request method=POST").await;
     assert!(log.contains("DEBUG"), "the log is at DEBUG: {log}");
     assert!(log.contains("retrying"));
     assert!(!log.contains("SECRET"), "a key leaked into the log:\n{log}");

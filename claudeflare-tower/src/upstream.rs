@@ -117,6 +117,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none of them: look once before removing anything.
+    let any = headers
+        .keys()
+        .any(|name| *name == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(name));
+    if !any {
+        return;
+    }
     // Headers the `connection` header names are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -133,11 +140,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// `base` joined with the path and query of `uri`.
 fn join(base: &Uri, uri: &Uri) -> Result<Uri, UpstreamError> {
-    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let prefix = base.path().trim_end_matches('/');
-    let (Some(scheme), Some(authority)) = (base.scheme_str(), base.authority()) else {
+    let (Some(scheme), Some(authority)) = (base.scheme(), base.authority()) else {
         return Err(UpstreamError::InvalidUri(base.to_string()));
     };
+    let prefix = base.path().trim_end_matches('/');
+    if prefix.is_empty() {
+        // The usual case (`https://api.anthropic.com`): reuse the parsed parts, no new parsing.
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        return Uri::from_parts(parts)
+            .map_err(|e: http::uri::InvalidUriParts| UpstreamError::InvalidUri(e.to_string()));
+    }
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
     format!("{scheme}://{authority}{prefix}{path}")
         .parse()
         .map_err(|e: http::uri::InvalidUri| UpstreamError::InvalidUri(e.to_string()))

@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 mod m20261121_000001_init;
 mod m20261121_000002_token_coordination;
 mod m20261121_000003_request_rollups;
+mod m20261122_000004_drop_unused_request_index;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_init::Migration),
             Box::new(m20261121_000002_token_coordination::Migration),
             Box::new(m20261121_000003_request_rollups::Migration),
+            Box::new(m20261122_000004_drop_unused_request_index::Migration),
         ]
     }
 }

@@ -46,12 +46,13 @@ fn placeholders(backend: DbBackend, count: usize) -> Vec<String> {
 
 /// Add a batch of finished requests (with their costs) to the rollups.
 pub async fn add(db: &impl ConnectionTrait, batch: &[(RequestRecord, f64)]) -> Result<(), DbError> {
-    let mut sums: BTreeMap<(String, String, String), Sums> = BTreeMap::new();
+    // Keyed by the hour's number and borrowed names: nothing is formatted or copied per record.
+    let mut sums: BTreeMap<(i64, &str, &str), Sums> = BTreeMap::new();
     for (record, cost) in batch {
         let key = (
-            hour_key(record.timestamp),
-            record.account.clone().unwrap_or_default(),
-            record.model.clone().unwrap_or_default(),
+            record.timestamp.timestamp().div_euclid(3600),
+            record.account.as_deref().unwrap_or_default(),
+            record.model.as_deref().unwrap_or_default(),
         );
         let sum = sums.entry(key).or_default();
         sum.requests += 1;
@@ -80,8 +81,9 @@ pub async fn add(db: &impl ConnectionTrait, batch: &[(RequestRecord, f64)]) -> R
         p.join(", ")
     );
     for ((hour, account, model), sum) in sums {
+        let hour = DateTime::from_timestamp(hour * 3600, 0).unwrap_or_default();
         let values: Vec<Value> = vec![
-            hour.into(),
+            hour_key(hour).into(),
             account.into(),
             model.into(),
             sum.requests.into(),

@@ -356,6 +356,23 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once it contains `needle` (lines reach it a few milliseconds after they are
+    /// logged); fails the test with the log after 5 seconds.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Send SIGTERM and wait for the exit (at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let status = Command::new("kill")

@@ -33,13 +33,52 @@ pub struct RateLimitInfo {
     pub standard_reset: Option<DateTime<Utc>>,
 }
 
-fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)?
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
+/// The rate-limit headers' values, found in one pass over a response's headers (a response carries
+/// a dozen of them, and looking each up by name would hash every name again).
+#[derive(Default)]
+struct Seen<'a> {
+    unified_status: Option<&'a str>,
+    unified_reset: Option<&'a str>,
+    utilization_5h: Option<&'a str>,
+    utilization_7d: Option<&'a str>,
+    overage_disabled_reason: Option<&'a str>,
+    retry_after: Option<&'a str>,
+    x_ratelimit_reset: Option<&'a str>,
+    /// Reset and remaining of requests, tokens, input tokens and output tokens.
+    standard: [(Option<&'a str>, Option<&'a str>); 4],
+}
+
+impl<'a> Seen<'a> {
+    fn read(headers: &'a HeaderMap) -> Self {
+        let mut seen = Self::default();
+        for (name, value) in headers {
+            let name = name.as_str();
+            let slot = match name.strip_prefix("anthropic-ratelimit-") {
+                Some("unified-status") => &mut seen.unified_status,
+                Some("unified-reset") => &mut seen.unified_reset,
+                Some("unified-5h-utilization") => &mut seen.utilization_5h,
+                Some("unified-7d-utilization") => &mut seen.utilization_7d,
+                Some("unified-overage-disabled-reason") => &mut seen.overage_disabled_reason,
+                Some("requests-reset") => &mut seen.standard[0].0,
+                Some("requests-remaining") => &mut seen.standard[0].1,
+                Some("tokens-reset") => &mut seen.standard[1].0,
+                Some("tokens-remaining") => &mut seen.standard[1].1,
+                Some("input-tokens-reset") => &mut seen.standard[2].0,
+                Some("input-tokens-remaining") => &mut seen.standard[2].1,
+                Some("output-tokens-reset") => &mut seen.standard[3].0,
+                Some("output-tokens-remaining") => &mut seen.standard[3].1,
+                Some(_) => continue,
+                None if name == "retry-after" => &mut seen.retry_after,
+                None if name == "x-ratelimit-reset" => &mut seen.x_ratelimit_reset,
+                None => continue,
+            };
+            // The first usable value of a repeated header counts.
+            if slot.is_none() {
+                *slot = value.to_str().ok().map(str::trim).filter(|s| !s.is_empty());
+            }
+        }
+        seen
+    }
 }
 
 fn epoch_seconds(value: &str) -> Option<DateTime<Utc>> {
@@ -65,54 +104,31 @@ fn retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
 impl RateLimitInfo {
     /// Parse the headers of a response received at `now`.
     pub fn from_headers(headers: &HeaderMap, now: DateTime<Utc>) -> Self {
-        const STANDARD: [(&str, &str); 4] = [
-            (
-                "anthropic-ratelimit-requests-reset",
-                "anthropic-ratelimit-requests-remaining",
-            ),
-            (
-                "anthropic-ratelimit-tokens-reset",
-                "anthropic-ratelimit-tokens-remaining",
-            ),
-            (
-                "anthropic-ratelimit-input-tokens-reset",
-                "anthropic-ratelimit-input-tokens-remaining",
-            ),
-            (
-                "anthropic-ratelimit-output-tokens-reset",
-                "anthropic-ratelimit-output-tokens-remaining",
-            ),
-        ];
+        let seen = Seen::read(headers);
         let mut binding = None;
         let mut latest = None;
-        for (reset_name, remaining_name) in STANDARD {
-            let reset = text(headers, reset_name)
+        for (reset, remaining) in seen.standard {
+            let reset = reset
                 .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
                 .map(|d| d.with_timezone(&Utc));
             let Some(reset) = reset else { continue };
             latest = latest.max(Some(reset));
-            let remaining = text(headers, remaining_name);
             if remaining.and_then(|r| r.parse::<u64>().ok()) == Some(0) {
                 binding = binding.max(Some(reset));
             }
         }
+        let utilization = |v: Option<&str>| {
+            v.and_then(|v| v.parse().ok())
+                .filter(|v: &f64| v.is_finite())
+        };
         Self {
-            unified_status: text(headers, "anthropic-ratelimit-unified-status").map(str::to_owned),
-            unified_reset: text(headers, "anthropic-ratelimit-unified-reset")
-                .and_then(epoch_seconds),
-            utilization_5h: text(headers, "anthropic-ratelimit-unified-5h-utilization")
-                .and_then(|v| v.parse().ok())
-                .filter(|v: &f64| v.is_finite()),
-            utilization_7d: text(headers, "anthropic-ratelimit-unified-7d-utilization")
-                .and_then(|v| v.parse().ok())
-                .filter(|v: &f64| v.is_finite()),
-            overage_disabled_reason: text(
-                headers,
-                "anthropic-ratelimit-unified-overage-disabled-reason",
-            )
-            .map(str::to_owned),
-            retry_after: text(headers, "retry-after").and_then(|v| retry_after(v, now)),
-            x_ratelimit_reset: text(headers, "x-ratelimit-reset").and_then(epoch_seconds),
+            unified_status: seen.unified_status.map(str::to_owned),
+            unified_reset: seen.unified_reset.and_then(epoch_seconds),
+            utilization_5h: utilization(seen.utilization_5h),
+            utilization_7d: utilization(seen.utilization_7d),
+            overage_disabled_reason: seen.overage_disabled_reason.map(str::to_owned),
+            retry_after: seen.retry_after.and_then(|v| retry_after(v, now)),
+            x_ratelimit_reset: seen.x_ratelimit_reset.and_then(epoch_seconds),
             standard_reset: binding.or(latest),
         }
     }
