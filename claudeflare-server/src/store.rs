@@ -71,10 +71,16 @@ impl DbStore {
 
 impl StateStore for DbStore {
     fn save(&self, account_id: &str, state: &LiveState) {
-        self.dirty
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(account_id.to_owned(), state.clone());
+        let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        // Called for every response: overwrite a state still waiting to be written rather than
+        // allocating a new key each time.
+        match dirty.get_mut(account_id) {
+            Some(waiting) => waiting.clone_from(state),
+            None => {
+                dirty.insert(account_id.to_owned(), state.clone());
+            }
+        }
+        drop(dirty);
         self.wake.notify_one();
     }
 

@@ -148,14 +148,15 @@ enum Failure {
     NeedsReauth(BoxError),
 }
 
-async fn run<S, B>(inner: S, retry: &RetryConfig, req: Request<B>) -> Response<ProxyBody>
+async fn run<S, B>(inner: S, retry: &RetryConfig, mut req: Request<B>) -> Response<ProxyBody>
 where
     S: Service<Request<B>, Response = Response<ProxyBody>> + Clone,
     S::Error: Into<BoxError>,
     B: Clone,
 {
-    let candidates = match req.extensions().get::<Candidates>() {
-        Some(candidates) if !candidates.0.is_empty() => candidates.0.clone(),
+    // Taken out, so the attempts below do not copy the list along with the other extensions.
+    let candidates = match req.extensions_mut().remove::<Candidates>() {
+        Some(candidates) if !candidates.0.is_empty() => candidates.0,
         _ => {
             let message = "no account was selected for this request";
             return error_response(StatusCode::SERVICE_UNAVAILABLE, message);
