@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use claudeflare_tower::strategy::StrategyHandle;
 use claudeflare_tower::{Balancer, Setting};
 use tokio::sync::watch;
@@ -170,6 +171,13 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(accounts = pool.len(), strategy = %config.lb_strategy, "listening on http://{local}");
 
+    // No Nagle delay: a streamed event goes out at once, not when the previous one is acknowledged
+    // (up to 40 ms later on a real network with delayed acknowledgements).
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY on a connection");
+        }
+    });
     let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
     let server =
         axum::serve(listener, app::router(state, balancer)).with_graceful_shutdown(async move {
