@@ -8,7 +8,7 @@ pub mod rollups;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
 /// Why the database cannot be used.
@@ -130,6 +130,24 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, DbError> {
         .await
         .map_err(|source| DbError::Migrate { url: shown, source })?;
     Ok(db)
+}
+
+/// A counter as a database integer (saturating).
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Numbered placeholders for PostgreSQL, `?` for SQLite.
+fn placeholders(backend: DbBackend, count: usize) -> Vec<String> {
+    (1..=count)
+        .map(|i| {
+            if backend == DbBackend::Postgres {
+                format!("${i}")
+            } else {
+                "?".to_owned()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

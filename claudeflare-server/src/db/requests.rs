@@ -9,11 +9,7 @@ use sea_orm::{
 };
 
 use super::entities::request::{Column, Entity, Model};
-use super::{DbError, rollups};
-
-fn int(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
+use super::{DbError, int, placeholders, rollups};
 
 /// The columns of a row, in the order of [`values`].
 const COLUMNS: [Column; 20] = [
@@ -71,27 +67,15 @@ fn values(record: RequestRecord, cost_usd: f64) -> [Value; 20] {
 /// `INSERT INTO requests (…) VALUES (…), …` for `rows` rows, with the backend's placeholders.
 fn insert_sql(backend: DbBackend, rows: usize) -> String {
     let columns: Vec<&str> = COLUMNS.iter().map(|c| c.as_str()).collect();
-    let mut sql = format!("INSERT INTO requests ({}) VALUES ", columns.join(", "));
-    let mut next = 1;
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for column in 0..COLUMNS.len() {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            if backend == DbBackend::Postgres {
-                sql.push_str(&format!("${next}"));
-            } else {
-                sql.push('?');
-            }
-            next += 1;
-        }
-        sql.push(')');
-    }
-    sql
+    let rows: Vec<String> = placeholders(backend, rows * COLUMNS.len())
+        .chunks(COLUMNS.len())
+        .map(|row| format!("({})", row.join(", ")))
+        .collect();
+    format!(
+        "INSERT INTO requests ({}) VALUES {}",
+        columns.join(", "),
+        rows.join(", ")
+    )
 }
 
 /// Insert a batch of finished requests (with their costs) and update the rollups, in one

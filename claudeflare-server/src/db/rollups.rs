@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use claudeflare_tower::record::RequestRecord;
-use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
+use sea_orm::{ConnectionTrait, Statement, Value};
 use serde::Serialize;
 
-use super::DbError;
+use super::{DbError, int, placeholders};
 
 /// The rollup key of an instant: `YYYY-MM-DDTHH` in UTC.
 pub fn hour_key(at: DateTime<Utc>) -> String {
@@ -25,23 +25,6 @@ struct Sums {
     cache_read: i64,
     cache_creation: i64,
     cost: f64,
-}
-
-fn int(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// Numbered placeholders for PostgreSQL, `?` for SQLite.
-fn placeholders(backend: DbBackend, count: usize) -> Vec<String> {
-    (1..=count)
-        .map(|i| {
-            if backend == DbBackend::Postgres {
-                format!("${i}")
-            } else {
-                "?".to_owned()
-            }
-        })
-        .collect()
 }
 
 /// Add a batch of finished requests (with their costs) to the rollups.
