@@ -68,6 +68,17 @@ struct Target {
     total: Vec<Duration>,
     events: Vec<Vec<Duration>>,
     requests: u64,
+    /// Per throughput round: CPU time per request of the proxy itself, and of all the
+    /// benchmark's processes together, in µs; and the machine's idle share.
+    cpu: Vec<Cpu>,
+}
+
+/// CPU use during one throughput round, per request.
+#[derive(Clone, Copy)]
+struct Cpu {
+    proxy_us: f64,
+    all_us: f64,
+    idle: f64,
 }
 
 impl Target {
@@ -81,6 +92,7 @@ impl Target {
             total: Vec::new(),
             events: Vec::new(),
             requests: 0,
+            cpu: Vec::new(),
         }
     }
 
@@ -90,6 +102,16 @@ impl Target {
 
     fn median_rps(&self) -> f64 {
         median(&self.rps)
+    }
+
+    /// The median CPU use per request over the throughput rounds, field by field.
+    fn cpu_median(&self) -> Cpu {
+        let of = |field: fn(&Cpu) -> f64| median(&self.cpu.iter().map(field).collect::<Vec<_>>());
+        Cpu {
+            proxy_us: of(|c| c.proxy_us),
+            all_us: of(|c| c.all_us),
+            idle: of(|c| c.idle),
+        }
     }
 
     /// When event `i` arrives after the first, the median over the streams.
@@ -136,6 +158,71 @@ fn memory(pid: u32) -> (f64, f64) {
             .map_or(0.0, |kb| kb / 1024.0)
     };
     (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// CPU time a process has used so far, in µs (Linux: utime + stime in `/proc/<pid>/stat`).
+fn cpu_time(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses: utime and stime are the 12th
+    // and 13th of them, in clock ticks (USER_HZ, 100 per second on Linux).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<f64>().ok())
+        .sum();
+    ticks * 10_000.0
+}
+
+/// The machine's busy and idle time so far, in clock ticks (`/proc/stat`).
+fn machine_time() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    (ticks.iter().sum::<f64>() - idle, idle)
+}
+
+/// CPU counters of the benchmark's processes and the machine, to take a difference of.
+struct CpuCounters {
+    pids: Vec<u32>,
+    proxy: Option<u32>,
+    processes: f64,
+    proxy_us: f64,
+    machine: (f64, f64),
+}
+
+impl CpuCounters {
+    fn read(pids: &[u32], proxy: Option<u32>) -> Self {
+        Self {
+            pids: pids.to_vec(),
+            proxy,
+            processes: pids.iter().copied().map(cpu_time).sum(),
+            proxy_us: proxy.map_or(0.0, cpu_time),
+            machine: machine_time(),
+        }
+    }
+
+    /// Use since `self`, per request of `requests`.
+    fn since(&self, requests: u64) -> Cpu {
+        let now = Self::read(&self.pids, self.proxy);
+        let per = |used: f64| used / requests.max(1) as f64;
+        let busy = now.machine.0 - self.machine.0;
+        let idle = now.machine.1 - self.machine.1;
+        Cpu {
+            proxy_us: per(now.proxy_us - self.proxy_us),
+            all_us: per(now.processes - self.processes),
+            idle: idle / (busy + idle).max(1.0),
+        }
+    }
 }
 
 async fn stats(address: SocketAddr) -> serde_json::Value {
@@ -205,10 +292,18 @@ async fn run(args: &[String]) {
             target.requests += plan.latency_per_round as u64;
         }
     }
+    let pids: Vec<u32> = [&mock.child, &bare.child, &claudeflare.child]
+        .iter()
+        .filter_map(|child| child.id())
+        .chain([std::process::id()])
+        .collect();
+    let proxies = [None, bare.child.id(), claudeflare.child.id()];
     for _ in 0..plan.throughput_rounds {
-        for target in &mut all {
+        for (target, proxy) in all.iter_mut().zip(proxies) {
+            let counters = CpuCounters::read(&pids, proxy);
             let done =
                 load::throughput(target.address, plan.connections, plan.throughput_round).await;
+            target.cpu.push(counters.since(done));
             target.requests += done;
             target
                 .rps
@@ -278,6 +373,21 @@ fn report(
             drift(t)
         );
     }
+    println!();
+    println!(
+        "{:<12} {:>14} {:>16} {:>13}",
+        "at 32 conns", "proxy CPU µs", "all procs CPU µs", "machine idle"
+    );
+    for t in all {
+        let cpu = t.cpu_median();
+        println!(
+            "{:<12} {:>14.1} {:>16.1} {:>12.0}%",
+            t.name,
+            cpu.proxy_us,
+            cpu.all_us,
+            cpu.idle * 100.0
+        );
+    }
     let dropped = stats["dropped_records"].as_u64().unwrap_or(u64::MAX);
     let recorded = stats["total_requests"].as_u64().unwrap_or(0);
     let latency_ratio = added(claudeflare) / added(bare).max(1.0);
@@ -345,6 +455,8 @@ fn report(
             "name": t.name,
             "latency_us": {"p50": t.p(0.5), "p90": t.p(0.9), "p99": t.p(0.99), "added_p50": added(t)},
             "rps_32": t.median_rps(),
+            "cpu_per_request_us": {"proxy": t.cpu_median().proxy_us, "all_processes": t.cpu_median().all_us},
+            "machine_idle": t.cpu_median().idle,
             "stream": {"first_byte_ms": ms(&t.first_byte), "total_ms": ms(&t.total), "drift_ms": drift(t)},
         })).collect::<Vec<_>>(),
         "claudeflare": {"peak_rss_mib": peak_mib, "rss_mib": rss_mib, "dropped_records": dropped, "recorded": recorded, "sent": claudeflare.requests},

@@ -1,13 +1,19 @@
 //! Logging with tracing: LOG_LEVEL and LOG_FORMAT, changeable while running.
 
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::field::MakeExt;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -185,21 +191,11 @@ pub fn init(log_level: &str, format: &str) -> (LogHandle, LogFlush) {
             .try_init()
     } else {
         let ansi = io::IsTerminal::is_terminal(&io::stderr());
-        // `name=value`, without the styling the default field formatter wraps around each name:
-        // a third of the cost of the per-request line.
-        let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-            if field.name() == "message" {
-                write!(writer, "{value:?}")
-            } else {
-                write!(writer, "{field}={value:?}")
-            }
-        })
-        .delimited(" ");
         registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_ansi(ansi)
-                    .fmt_fields(fields)
+                    .event_format(Pretty { ansi })
+                    .fmt_fields(Fields)
                     .with_writer(writer),
             )
             .try_init()
@@ -212,6 +208,165 @@ pub fn init(log_level: &str, format: &str) -> (LogHandle, LogFlush) {
             flush,
         ),
         Err(_) => (LogHandle { reload: None }, flush),
+    }
+}
+
+/// The pretty format, the same as tracing-subscriber's default:
+/// `2026-11-22T03:07:11.494926Z  INFO target: message name=value …`, with the level coloured on a
+/// terminal. Written directly rather than through the general formatter: a busy server writes
+/// one such line per request, and this makes it about three times cheaper.
+struct Pretty {
+    ansi: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for Pretty
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        write_timestamp(&mut writer, SystemTime::now())?;
+        let level = match *meta.level() {
+            Level::ERROR => ("ERROR", "\x1b[31m"),
+            Level::WARN => (" WARN", "\x1b[33m"),
+            Level::INFO => (" INFO", "\x1b[32m"),
+            Level::DEBUG => ("DEBUG", "\x1b[34m"),
+            Level::TRACE => ("TRACE", "\x1b[35m"),
+        };
+        if self.ansi {
+            writer.write_str(level.1)?;
+            writer.write_str(level.0)?;
+            writer.write_str("\x1b[0m ")?;
+        } else {
+            writer.write_str(level.0)?;
+            writer.write_char(' ')?;
+        }
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                writer.write_str(span.name())?;
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>() {
+                    if !fields.is_empty() {
+                        write!(writer, "{{{fields}}}")?;
+                    }
+                }
+                writer.write_char(':')?;
+            }
+            writer.write_char(' ')?;
+        }
+        writer.write_str(meta.target())?;
+        writer.write_str(": ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_char('\n')
+    }
+}
+
+/// `2026-11-22T03:07:11.494926Z ` (UTC, microseconds). The part up to the seconds is formatted
+/// once per second per thread.
+fn write_timestamp(writer: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = since_epoch.as_secs();
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != seconds {
+            let at = chrono::DateTime::from_timestamp(i64::try_from(seconds).unwrap_or(0), 0)
+                .unwrap_or_default();
+            text.clear();
+            write!(text, "{}", at.format("%Y-%m-%dT%H:%M:%S"))?;
+            *cached = seconds;
+        }
+        writer.write_str(text)
+    })?;
+    // Six digits with their leading zeros: those of 1,000,000 + µs, without the 1.
+    let mut micros = itoa::Buffer::new();
+    let micros = micros.format(1_000_000 + since_epoch.subsec_micros());
+    writer.write_char('.')?;
+    writer.write_str(micros.get(1..).unwrap_or(micros))?;
+    writer.write_str("Z ")
+}
+
+/// Fields as `name=value` separated by spaces, the message first and bare. Strings and
+/// `%`-values are written as they are, numbers without the formatting machinery.
+struct Fields;
+
+impl<'writer> FormatFields<'writer> for Fields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = FieldWriter {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct FieldWriter<'writer> {
+    writer: Writer<'writer>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl FieldWriter<'_> {
+    /// Writes the separator and `name=`, then the value with `value`, unless a write failed.
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = (|| {
+            if !std::mem::take(&mut self.first) {
+                self.writer.write_char(' ')?;
+            }
+            if field.name() != "message" {
+                self.writer.write_str(field.name())?;
+                self.writer.write_char('=')?;
+            }
+            value(&mut self.writer)
+        })();
+    }
+}
+
+impl Visit for FieldWriter<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, |w| w.write_str(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if value.is_finite() {
+            self.field(field, |w| {
+                w.write_str(ryu::Buffer::new().format_finite(value))
+            });
+        } else {
+            self.field(field, |w| write!(w, "{value:?}"));
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.field(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, |w| write!(w, "{value:?}"));
     }
 }
 
@@ -245,6 +400,45 @@ mod tests {
             BatchWriter(Arc::clone(&shared)),
             LogFlush(Some((shared, thread))),
         )
+    }
+
+    #[test]
+    fn pretty_lines_look_like_the_default_format() {
+        let mut text = String::new();
+        let at = UNIX_EPOCH + Duration::from_micros(1_779_411_723_000_042);
+        write_timestamp(&mut Writer::new(&mut text), at).unwrap();
+        assert_eq!(text, "2026-05-22T01:02:03.000042Z ");
+
+        let sink = Sink::default();
+        let make = {
+            let sink = sink.clone();
+            move || sink.clone()
+        };
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .event_format(Pretty { ansi: false })
+                .fmt_fields(Fields)
+                .with_writer(make),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let account = "work";
+            tracing::info!(method = %"POST", account = %account, status = 200u16, ms = 12u64, delta = -3i64, cost_usd = 8.1e-5, stream = false, "request");
+            tracing::warn!(error = %io::Error::other("no route"), "failing over to {}", "b");
+        });
+        let written = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = written.lines().collect();
+        assert_eq!(lines.len(), 2, "{written}");
+        // The timestamp, as above, then the rest.
+        let rest = |line: &str| line.split_once("Z ").unwrap().1.to_owned();
+        assert_eq!(
+            rest(lines[0]),
+            " INFO claudeflare_server::logging::tests: request method=POST account=work status=200 ms=12 delta=-3 cost_usd=0.000081 stream=false"
+        );
+        assert_eq!(
+            rest(lines[1]),
+            " WARN claudeflare_server::logging::tests: failing over to b error=no route"
+        );
+        assert_eq!(lines[0].find('Z'), Some(26), "{}", lines[0]);
     }
 
     #[test]

@@ -93,6 +93,10 @@ impl Recorder for ServerRecorder {
 }
 
 fn log(record: &RequestRecord, cost: f64) {
+    // Plain `&str` values, not `%`: they are written as they are, without the formatting
+    // machinery (this line is written once per request).
+    let method = record.method.as_str();
+    let path = record.path.as_str();
     let account = record.account.as_deref().unwrap_or("-");
     let status = record.status.unwrap_or_default();
     let tokens_in = record.usage.input_tokens
@@ -102,14 +106,28 @@ fn log(record: &RequestRecord, cost: f64) {
     let ms = record.response_time_ms;
     match &record.error {
         Some(error) => tracing::error!(
-            method = %record.method, path = %record.path, account = %account, status, ms, tokens_in, tokens_out, error = %error,
+            method,
+            path,
+            account,
+            status,
+            ms,
+            tokens_in,
+            tokens_out,
+            error = error.as_str(),
             "request failed"
         ),
-        None if !record.success => tracing::error!(
-            method = %record.method, path = %record.path, account = %account, status, ms, "request failed"
-        ),
+        None if !record.success => {
+            tracing::error!(method, path, account, status, ms, "request failed")
+        }
         None => tracing::info!(
-            method = %record.method, path = %record.path, account = %account, status, ms, tokens_in, tokens_out, cost_usd = cost,
+            method,
+            path,
+            account,
+            status,
+            ms,
+            tokens_in,
+            tokens_out,
+            cost_usd = cost,
             "request"
         ),
     }

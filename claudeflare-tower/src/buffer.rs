@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
-use serde::Deserialize;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::ProxyBody;
@@ -67,20 +66,17 @@ pub struct Buffer<S> {
     limit: Setting<usize>,
 }
 
-#[derive(Deserialize)]
-struct WireMeta {
-    model: Option<String>,
-    stream: Option<bool>,
-}
-
+/// The request's top-level `model` and `stream`, the rest (the conversation) skipped.
 fn read_meta(body: &[u8]) -> RequestMeta {
-    match serde_json::from_slice::<WireMeta>(body) {
-        Ok(meta) => RequestMeta {
-            model: meta.model,
-            stream: meta.stream.unwrap_or(false),
-        },
-        Err(_) => RequestMeta::default(),
-    }
+    let mut meta = RequestMeta::default();
+    let whole = crate::json::top_level(body, &["model", "stream"], |key, value| {
+        if key == 0 {
+            meta.model = crate::json::string(value);
+        } else {
+            meta.stream = value == b"true";
+        }
+    });
+    whole.map_or_else(RequestMeta::default, |()| meta)
 }
 
 impl<S, B> Service<Request<B>> for Buffer<S>

@@ -38,6 +38,7 @@ pub mod buffer;
 pub mod error;
 pub mod ext;
 pub mod failover;
+mod json;
 pub mod oauth;
 pub mod pool;
 pub mod ratelimit;

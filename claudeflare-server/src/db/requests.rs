@@ -3,15 +3,18 @@
 
 use chrono::{DateTime, Utc};
 use claudeflare_tower::record::RequestRecord;
+use std::sync::{Arc, OnceLock};
+
+use sea_orm::sqlx::{self, Arguments, Encode, IntoArguments, Type};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IdenStatic, QueryFilter, QueryOrder,
-    QuerySelect, Statement, TransactionSession, TransactionTrait, Value,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, IdenStatic,
+    QueryFilter, QueryOrder, QuerySelect, RuntimeErr,
 };
 
 use super::entities::request::{Column, Entity, Model};
 use super::{DbError, int, placeholders, rollups};
 
-/// The columns of a row, in the order of [`values`].
+/// The columns of a row, in the order [`write`] binds them.
 const COLUMNS: [Column; 20] = [
     Column::Id,
     Column::Timestamp,
@@ -35,84 +38,162 @@ const COLUMNS: [Column; 20] = [
     Column::CostUsd,
 ];
 
-/// The row of a finished request, with its estimated cost, in the order of [`COLUMNS`]. Takes the
-/// record, so its strings move into the statement instead of being copied.
-fn values(record: RequestRecord, cost_usd: f64) -> [Value; 20] {
-    [
-        record.id.into(),
-        record.timestamp.into(),
-        record.method.into(),
-        record.path.into(),
-        record.account_id.into(),
-        record.account.into(),
-        record.status.map(i32::from).into(),
-        record.success.into(),
-        record.error.into(),
-        int(record.response_time_ms).into(),
-        record.first_byte_ms.map(int).into(),
-        record.upstream_ms.map(int).into(),
-        i32::try_from(record.failover_attempts)
-            .unwrap_or(i32::MAX)
-            .into(),
-        record.model.into(),
-        record.stream.into(),
-        int(record.usage.input_tokens).into(),
-        int(record.usage.output_tokens).into(),
-        int(record.usage.cache_read_input_tokens).into(),
-        int(record.usage.cache_creation_input_tokens).into(),
-        cost_usd.into(),
-    ]
+/// How many rows each `INSERT` of a batch carries: a batch goes in power-of-two chunks of at
+/// most 64 rows, so a handful of statement shapes, each small, keeps the prepared-statement cache
+/// small and warm whatever the batch sizes.
+const CHUNKS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// The write path's statements for one backend, built once.
+struct Statements {
+    /// `INSERT INTO requests … VALUES (…), …` for each of [`CHUNKS`].
+    inserts: Vec<String>,
+    /// [`rollups::upsert_sql`].
+    rollup: String,
 }
 
-/// `INSERT INTO requests (…) VALUES (…), …` for `rows` rows, with the backend's placeholders.
-fn insert_sql(backend: DbBackend, rows: usize) -> String {
-    let columns: Vec<&str> = COLUMNS.iter().map(|c| c.as_str()).collect();
-    let rows: Vec<String> = placeholders(backend, rows * COLUMNS.len())
-        .chunks(COLUMNS.len())
-        .map(|row| format!("({})", row.join(", ")))
-        .collect();
-    format!(
-        "INSERT INTO requests ({}) VALUES {}",
-        columns.join(", "),
-        rows.join(", ")
-    )
+impl Statements {
+    fn new(backend: DbBackend) -> Self {
+        let columns: Vec<&str> = COLUMNS.iter().map(|c| c.as_str()).collect();
+        let insert = |rows: usize| {
+            let rows: Vec<String> = placeholders(backend, rows * COLUMNS.len())
+                .chunks(COLUMNS.len())
+                .map(|row| format!("({})", row.join(", ")))
+                .collect();
+            format!(
+                "INSERT INTO requests ({}) VALUES {}",
+                columns.join(", "),
+                rows.join(", ")
+            )
+        };
+        Self {
+            inserts: CHUNKS.iter().map(|&rows| insert(rows)).collect(),
+            rollup: rollups::upsert_sql(backend),
+        }
+    }
+
+    fn of(backend: DbBackend) -> &'static Self {
+        static SQLITE: OnceLock<Statements> = OnceLock::new();
+        static POSTGRES: OnceLock<Statements> = OnceLock::new();
+        let cell = if backend == DbBackend::Postgres {
+            &POSTGRES
+        } else {
+            &SQLITE
+        };
+        cell.get_or_init(|| Self::new(backend))
+    }
 }
 
 /// Insert a batch of finished requests (with their costs) and update the rollups, in one
 /// transaction.
 ///
-/// This is the one write on the proxy's busy path, so it skips the query builder: a plain
-/// multi-row `INSERT` per chunk, values moved out of the records, and no `RETURNING`.
-pub async fn insert_batch<C: ConnectionTrait + TransactionTrait>(
-    db: &C,
+/// This is the one write on the proxy's busy path, so it goes to sqlx directly, under sea-orm:
+/// statements built once, values moved out of the records into the driver's arguments, no
+/// `RETURNING`.
+pub async fn insert_batch(
+    db: &DatabaseConnection,
     batch: Vec<(RequestRecord, f64)>,
 ) -> Result<(), DbError> {
     if batch.is_empty() {
         return Ok(());
     }
     let backend = db.get_database_backend();
-    let txn = db.begin().await?;
-    rollups::add(&txn, &batch).await?;
-    // Power-of-two chunks of at most 64 rows: a handful of statement shapes, each small, so the
-    // prepared-statement cache stays small and warm whatever the batch sizes.
+    let statements = Statements::of(backend);
+    let result = match backend {
+        DbBackend::Postgres => write(db.get_postgres_connection_pool(), statements, batch).await,
+        _ => write(db.get_sqlite_connection_pool(), statements, batch).await,
+    };
+    result.map_err(|error| DbErr::Exec(RuntimeErr::SqlxError(Arc::new(error))).into())
+}
+
+/// [`insert_batch`] on either backend's pool.
+async fn write<DB>(
+    pool: &sqlx::Pool<DB>,
+    statements: &'static Statements,
+    batch: Vec<(RequestRecord, f64)>,
+) -> Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i32>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Type<DB>,
+{
+    let mut txn = pool.begin().await?;
+    for (hour, account, model, sums) in rollups::additions(&batch) {
+        let mut args = DB::Arguments::default();
+        bind(&mut args, hour)?;
+        bind(&mut args, account)?;
+        bind(&mut args, model)?;
+        for sum in [
+            sums.requests,
+            sums.successes,
+            sums.response_time_ms,
+            sums.input_tokens,
+            sums.output_tokens,
+            sums.cache_read,
+            sums.cache_creation,
+        ] {
+            bind(&mut args, sum)?;
+        }
+        bind(&mut args, sums.cost)?;
+        sqlx::query_with(statements.rollup.as_str(), args)
+            .execute(&mut *txn)
+            .await?;
+    }
     let mut rest = batch.len();
     let mut rows = batch.into_iter();
     while rest > 0 {
-        let size = if rest >= 64 { 64 } else { 1 << rest.ilog2() };
-        let mut chunk = Vec::with_capacity(size * COLUMNS.len());
-        for (record, cost) in rows.by_ref().take(size) {
-            chunk.extend(values(record, cost));
+        let chunk = CHUNKS.partition_point(|&size| size <= rest) - 1;
+        let mut args = DB::Arguments::default();
+        args.reserve(CHUNKS[chunk] * COLUMNS.len(), 0);
+        for (record, cost) in rows.by_ref().take(CHUNKS[chunk]) {
+            // In the order of `COLUMNS`.
+            bind(&mut args, record.id)?;
+            bind(&mut args, record.timestamp)?;
+            bind(&mut args, record.method)?;
+            bind(&mut args, record.path)?;
+            bind(&mut args, record.account_id)?;
+            bind(&mut args, record.account)?;
+            bind(&mut args, record.status.map(i32::from))?;
+            bind(&mut args, record.success)?;
+            bind(&mut args, record.error)?;
+            bind(&mut args, int(record.response_time_ms))?;
+            bind(&mut args, record.first_byte_ms.map(int))?;
+            bind(&mut args, record.upstream_ms.map(int))?;
+            bind(
+                &mut args,
+                i32::try_from(record.failover_attempts).unwrap_or(i32::MAX),
+            )?;
+            bind(&mut args, record.model)?;
+            bind(&mut args, record.stream)?;
+            bind(&mut args, int(record.usage.input_tokens))?;
+            bind(&mut args, int(record.usage.output_tokens))?;
+            bind(&mut args, int(record.usage.cache_read_input_tokens))?;
+            bind(&mut args, int(record.usage.cache_creation_input_tokens))?;
+            bind(&mut args, cost)?;
         }
-        txn.execute_raw(Statement::from_sql_and_values(
-            backend,
-            insert_sql(backend, size),
-            chunk,
-        ))
-        .await?;
-        rest -= size;
+        sqlx::query_with(statements.inserts[chunk].as_str(), args)
+            .execute(&mut *txn)
+            .await?;
+        rest -= CHUNKS[chunk];
     }
-    txn.commit().await?;
-    Ok(())
+    txn.commit().await
+}
+
+fn bind<'q, DB, T>(args: &mut DB::Arguments, value: T) -> Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    T: Encode<'q, DB> + Type<DB>,
+{
+    args.add(value).map_err(sqlx::Error::Encode)
 }
 
 /// Which requests to list.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use claudeflare_tower::record::RequestRecord;
-use sea_orm::{ConnectionTrait, Statement, Value};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde::Serialize;
 
 use super::{DbError, int, placeholders};
@@ -15,20 +15,22 @@ pub fn hour_key(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H").to_string()
 }
 
+/// What a batch adds to one rollup row.
 #[derive(Default)]
-struct Sums {
-    requests: i64,
-    successes: i64,
-    response_time_ms: i64,
-    input_tokens: i64,
-    output_tokens: i64,
-    cache_read: i64,
-    cache_creation: i64,
-    cost: f64,
+pub(super) struct Sums {
+    pub requests: i64,
+    pub successes: i64,
+    pub response_time_ms: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read: i64,
+    pub cache_creation: i64,
+    pub cost: f64,
 }
 
-/// Add a batch of finished requests (with their costs) to the rollups.
-pub async fn add(db: &impl ConnectionTrait, batch: &[(RequestRecord, f64)]) -> Result<(), DbError> {
+/// A batch's additions to the rollups: one per hour (`YYYY-MM-DDTHH`), account and model ('' for
+/// none), in key order.
+pub(super) fn additions(batch: &[(RequestRecord, f64)]) -> Vec<(String, &str, &str, Sums)> {
     // Keyed by the hour's number and borrowed names: nothing is formatted or copied per record.
     let mut sums: BTreeMap<(i64, &str, &str), Sums> = BTreeMap::new();
     for (record, cost) in batch {
@@ -47,9 +49,18 @@ pub async fn add(db: &impl ConnectionTrait, batch: &[(RequestRecord, f64)]) -> R
         sum.cache_creation += int(record.usage.cache_creation_input_tokens);
         sum.cost += cost;
     }
-    let backend = db.get_database_backend();
-    let p = placeholders(backend, 11);
-    let sql = format!(
+    sums.into_iter()
+        .map(|((hour, account, model), sums)| {
+            let hour = DateTime::from_timestamp(hour * 3600, 0).unwrap_or_default();
+            (hour_key(hour), account, model, sums)
+        })
+        .collect()
+}
+
+/// The upsert that adds one of [`additions`] to its row (parameters: hour, account, model, then
+/// the sums in their order).
+pub(super) fn upsert_sql(backend: DbBackend) -> String {
+    format!(
         "INSERT INTO request_rollups (hour, account, model, requests, successes, response_time_ms, input_tokens, \
          output_tokens, cache_read_input_tokens, cache_creation_input_tokens, cost_usd) \
          VALUES ({}) ON CONFLICT (hour, account, model) DO UPDATE SET \
@@ -61,27 +72,8 @@ pub async fn add(db: &impl ConnectionTrait, batch: &[(RequestRecord, f64)]) -> R
          cache_read_input_tokens = request_rollups.cache_read_input_tokens + excluded.cache_read_input_tokens, \
          cache_creation_input_tokens = request_rollups.cache_creation_input_tokens + excluded.cache_creation_input_tokens, \
          cost_usd = request_rollups.cost_usd + excluded.cost_usd",
-        p.join(", ")
-    );
-    for ((hour, account, model), sum) in sums {
-        let hour = DateTime::from_timestamp(hour * 3600, 0).unwrap_or_default();
-        let values: Vec<Value> = vec![
-            hour_key(hour).into(),
-            account.into(),
-            model.into(),
-            sum.requests.into(),
-            sum.successes.into(),
-            sum.response_time_ms.into(),
-            sum.input_tokens.into(),
-            sum.output_tokens.into(),
-            sum.cache_read.into(),
-            sum.cache_creation.into(),
-            sum.cost.into(),
-        ];
-        db.execute_raw(Statement::from_sql_and_values(backend, &sql, values))
-            .await?;
-    }
-    Ok(())
+        placeholders(backend, 11).join(", ")
+    )
 }
 
 /// Totals over a span of the history.

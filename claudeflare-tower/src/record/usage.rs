@@ -20,6 +20,26 @@ pub struct Usage {
     pub cache_creation_input_tokens: u64,
 }
 
+/// The keys of [`Usage`]'s counts in an answer, in the order of [`Usage::slot`].
+const USAGE_KEYS: [&str; 4] = [
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+];
+
+impl Usage {
+    /// The count named by `USAGE_KEYS[key]`.
+    fn slot(&mut self, key: usize) -> &mut u64 {
+        match key {
+            0 => &mut self.input_tokens,
+            1 => &mut self.output_tokens,
+            2 => &mut self.cache_read_input_tokens,
+            _ => &mut self.cache_creation_input_tokens,
+        }
+    }
+}
+
 /// An `event: error` seen inside a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamError {
@@ -296,13 +316,6 @@ pub struct JsonTap {
     overflow: bool,
 }
 
-#[derive(Deserialize)]
-struct WireBody {
-    model: Option<String>,
-    usage: Option<WireUsage>,
-    error: Option<WireError>,
-}
-
 /// What a finished JSON body said.
 #[derive(Debug, Default, PartialEq)]
 pub struct JsonSummary {
@@ -328,21 +341,32 @@ impl JsonTap {
         self.body.extend_from_slice(chunk);
     }
 
-    /// Read the collected body.
+    /// Read the collected body: only its top-level `model`, `usage` and `error` are parsed, the
+    /// rest (the content) is skipped.
     pub fn finish(&mut self) -> JsonSummary {
         let body = std::mem::take(&mut self.body);
-        let Ok(parsed) = serde_json::from_slice::<WireBody>(&body) else {
-            return JsonSummary::default();
-        };
-        let mut usage = Usage::default();
-        if let Some(wire) = &parsed.usage {
-            wire.merge_into(&mut usage);
-        }
-        JsonSummary {
-            usage,
-            model: parsed.model,
-            error: parsed.error.and_then(|e| e.message),
-        }
+        let mut summary = JsonSummary::default();
+        let whole = crate::json::top_level(&body, &["model", "usage", "error"], |key, value| {
+            match key {
+                0 => summary.model = crate::json::string(value),
+                1 => {
+                    let usage = &mut summary.usage;
+                    // Not an object: no usage. Counts that are not numbers are left out.
+                    let _ = crate::json::top_level(value, &USAGE_KEYS, |key, value| {
+                        if let Some(count) = crate::json::unsigned(value) {
+                            *usage.slot(key) = count;
+                        }
+                    });
+                }
+                _ => {
+                    summary.error = serde_json::from_slice::<WireError>(value)
+                        .ok()
+                        .and_then(|e| e.message);
+                }
+            }
+        });
+        // Not a whole JSON object: nothing read from it can be trusted.
+        whole.map_or_else(JsonSummary::default, |()| summary)
     }
 }
 
@@ -519,5 +543,21 @@ mod tests {
         let mut tap = JsonTap::default();
         tap.feed(br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#);
         assert_eq!(tap.finish().error.as_deref(), Some("bad"));
+        // Only the answer's own usage counts, not one quoted in its content or a tool's input.
+        let mut tap = JsonTap::default();
+        tap.feed(br#"{"content":[{"type":"text","text":"\"usage\":{\"input_tokens\":99}"},{"type":"tool_use","input":{"usage":{"input_tokens":98}}}],"usage":{"input_tokens":7,"output_tokens":null},"model":"m"}"#);
+        let summary = tap.finish();
+        assert_eq!(summary.model.as_deref(), Some("m"));
+        assert_eq!(
+            summary.usage,
+            Usage {
+                input_tokens: 7,
+                ..Usage::default()
+            }
+        );
+        // A body cut short tells nothing.
+        let mut tap = JsonTap::default();
+        tap.feed(br#"{"model":"m","usage":{"input_tokens":7}"#);
+        assert_eq!(tap.finish(), JsonSummary::default());
     }
 }
