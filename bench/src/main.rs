@@ -68,16 +68,17 @@ struct Target {
     total: Vec<Duration>,
     events: Vec<Vec<Duration>>,
     requests: u64,
-    /// Per throughput round: CPU time per request of the proxy itself, and of all the
-    /// benchmark's processes together, in µs; and the machine's idle share.
+    /// Per throughput round: CPU time per request of the load generator, the mock and the proxy,
+    /// in µs; and the machine's idle share.
     cpu: Vec<Cpu>,
 }
 
 /// CPU use during one throughput round, per request.
 #[derive(Clone, Copy)]
 struct Cpu {
+    load_us: f64,
+    mock_us: f64,
     proxy_us: f64,
-    all_us: f64,
     idle: f64,
 }
 
@@ -108,8 +109,9 @@ impl Target {
     fn cpu_median(&self) -> Cpu {
         let of = |field: fn(&Cpu) -> f64| median(&self.cpu.iter().map(field).collect::<Vec<_>>());
         Cpu {
+            load_us: of(|c| c.load_us),
+            mock_us: of(|c| c.mock_us),
             proxy_us: of(|c| c.proxy_us),
-            all_us: of(|c| c.all_us),
             idle: of(|c| c.idle),
         }
     }
@@ -191,35 +193,33 @@ fn machine_time() -> (f64, f64) {
     (ticks.iter().sum::<f64>() - idle, idle)
 }
 
-/// CPU counters of the benchmark's processes and the machine, to take a difference of.
+/// CPU counters of the load generator (this process), the mock and the proxy under test, and
+/// of the machine, to take a difference of.
 struct CpuCounters {
-    pids: Vec<u32>,
-    proxy: Option<u32>,
-    processes: f64,
-    proxy_us: f64,
+    pids: [Option<u32>; 3],
+    used: [f64; 3],
     machine: (f64, f64),
 }
 
 impl CpuCounters {
-    fn read(pids: &[u32], proxy: Option<u32>) -> Self {
+    fn read(pids: [Option<u32>; 3]) -> Self {
         Self {
-            pids: pids.to_vec(),
-            proxy,
-            processes: pids.iter().copied().map(cpu_time).sum(),
-            proxy_us: proxy.map_or(0.0, cpu_time),
+            pids,
+            used: pids.map(|pid| pid.map_or(0.0, cpu_time)),
             machine: machine_time(),
         }
     }
 
     /// Use since `self`, per request of `requests`.
     fn since(&self, requests: u64) -> Cpu {
-        let now = Self::read(&self.pids, self.proxy);
-        let per = |used: f64| used / requests.max(1) as f64;
+        let now = Self::read(self.pids);
+        let per = |i: usize| (now.used[i] - self.used[i]) / requests.max(1) as f64;
         let busy = now.machine.0 - self.machine.0;
         let idle = now.machine.1 - self.machine.1;
         Cpu {
-            proxy_us: per(now.proxy_us - self.proxy_us),
-            all_us: per(now.processes - self.processes),
+            load_us: per(0),
+            mock_us: per(1),
+            proxy_us: per(2),
             idle: idle / (busy + idle).max(1.0),
         }
     }
@@ -292,15 +292,10 @@ async fn run(args: &[String]) {
             target.requests += plan.latency_per_round as u64;
         }
     }
-    let pids: Vec<u32> = [&mock.child, &bare.child, &claudeflare.child]
-        .iter()
-        .filter_map(|child| child.id())
-        .chain([std::process::id()])
-        .collect();
     let proxies = [None, bare.child.id(), claudeflare.child.id()];
     for _ in 0..plan.throughput_rounds {
         for (target, proxy) in all.iter_mut().zip(proxies) {
-            let counters = CpuCounters::read(&pids, proxy);
+            let counters = CpuCounters::read([Some(std::process::id()), mock.child.id(), proxy]);
             let done =
                 load::throughput(target.address, plan.connections, plan.throughput_round).await;
             target.cpu.push(counters.since(done));
@@ -375,16 +370,18 @@ fn report(
     }
     println!();
     println!(
-        "{:<12} {:>14} {:>16} {:>13}",
-        "at 32 conns", "proxy CPU µs", "all procs CPU µs", "machine idle"
+        "{:<12} {:>14} {:>13} {:>12} {:>11} {:>13}",
+        "CPU µs/req", "load gen", "mock", "proxy", "all", "machine idle"
     );
     for t in all {
         let cpu = t.cpu_median();
         println!(
-            "{:<12} {:>14.1} {:>16.1} {:>12.0}%",
+            "{:<12} {:>14.1} {:>13.1} {:>12.1} {:>11.1} {:>12.0}%",
             t.name,
+            cpu.load_us,
+            cpu.mock_us,
             cpu.proxy_us,
-            cpu.all_us,
+            cpu.load_us + cpu.mock_us + cpu.proxy_us,
             cpu.idle * 100.0
         );
     }
@@ -455,7 +452,7 @@ fn report(
             "name": t.name,
             "latency_us": {"p50": t.p(0.5), "p90": t.p(0.9), "p99": t.p(0.99), "added_p50": added(t)},
             "rps_32": t.median_rps(),
-            "cpu_per_request_us": {"proxy": t.cpu_median().proxy_us, "all_processes": t.cpu_median().all_us},
+            "cpu_per_request_us": {"load_generator": t.cpu_median().load_us, "mock": t.cpu_median().mock_us, "proxy": t.cpu_median().proxy_us},
             "machine_idle": t.cpu_median().idle,
             "stream": {"first_byte_ms": ms(&t.first_byte), "total_ms": ms(&t.total), "drift_ms": drift(t)},
         })).collect::<Vec<_>>(),

@@ -1,14 +1,23 @@
 //! The axum application: the proxy on `/v1/*`, the JSON API, metrics and the dashboard.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll};
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use axum::routing::future::RouteFuture;
 use axum::routing::{get, post};
 use claudeflare_tower::strategy::StrategyHandle;
 use claudeflare_tower::{AccountPool, BalancerService, Setting};
 use sea_orm::DatabaseConnection;
+use tower::Service;
 
 use crate::api;
 use crate::config::Config;
@@ -37,8 +46,73 @@ pub struct AppState {
     pub usage: Arc<crate::background::UsageMap>,
 }
 
-/// The router.
-pub fn router(state: AppState, balancer: BalancerService) -> Router {
+/// The whole application: `/v1/…` goes straight to the balancer, everything else through the
+/// router.
+///
+/// The proxy is the busy path. Routed, each of its requests would pay for the route lookup, for
+/// the path parameters axum attaches (which the balancer copies into every upstream attempt) and
+/// for a boxed clone of the route's service.
+#[derive(Clone)]
+pub struct App {
+    balancer: BalancerService,
+    router: Router,
+}
+
+impl App {
+    /// The application over `state`, proxying through `balancer`.
+    pub fn new(state: AppState, balancer: BalancerService) -> Self {
+        Self {
+            balancer,
+            router: router(state),
+        }
+    }
+}
+
+impl Service<Request> for App {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = AppFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both are always ready (the balancer queues on its own), but ask them anyway.
+        match Service::<Request>::poll_ready(&mut self.balancer, cx) {
+            Poll::Ready(Ok(())) => Service::<Request>::poll_ready(&mut self.router, cx),
+            other => other,
+        }
+    }
+
+    fn call(&mut self, req: Request) -> AppFuture {
+        if req.uri().path().starts_with("/v1/") {
+            AppFuture::Proxy(self.balancer.call(req))
+        } else {
+            AppFuture::Other(self.router.call(req))
+        }
+    }
+}
+
+/// The future of [`App`].
+pub enum AppFuture {
+    /// A proxied request.
+    Proxy(<BalancerService as Service<Request>>::Future),
+    /// Anything else.
+    Other(RouteFuture<Infallible>),
+}
+
+impl Future for AppFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Proxy(future) => Pin::new(future)
+                .poll(cx)
+                .map(|result| result.map(|response| response.map(Body::new))),
+            Self::Other(future) => Pin::new(future).poll(cx),
+        }
+    }
+}
+
+/// The router of the API, metrics and the dashboard.
+fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(api::health))
         .route("/metrics", get(api::metrics))
@@ -56,7 +130,6 @@ pub fn router(state: AppState, balancer: BalancerService) -> Router {
         .route("/api/strategies", get(api::strategies))
         .route("/", get(crate::dashboard::page))
         .route("/dashboard", get(crate::dashboard::page))
-        .route_service("/v1/{*path}", balancer)
         .fallback(api::not_found)
         .with_state(state)
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use axum::ServiceExt;
 use axum::serve::ListenerExt;
 use claudeflare_tower::strategy::StrategyHandle;
 use claudeflare_tower::{Balancer, Setting};
@@ -179,8 +180,8 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
         }
     });
     let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
-    let server =
-        axum::serve(listener, app::router(state, balancer)).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, app::App::new(state, balancer).into_make_service())
+        .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down: no new connections; waiting for requests in flight");
             let _ = signalled_tx.send(());

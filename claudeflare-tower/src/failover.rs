@@ -126,7 +126,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        let retry = self.retry.get();
+        let retry = RetryConfig::clone(&self.retry.current());
         Box::pin(async move { Ok(run(inner, &retry, req).await) })
     }
 }
@@ -148,7 +148,7 @@ enum Failure {
     NeedsReauth(BoxError),
 }
 
-async fn run<S, B>(inner: S, retry: &RetryConfig, mut req: Request<B>) -> Response<ProxyBody>
+async fn run<S, B>(mut inner: S, retry: &RetryConfig, mut req: Request<B>) -> Response<ProxyBody>
 where
     S: Service<Request<B>, Response = Response<ProxyBody>> + Clone,
     S::Error: Into<BoxError>,
@@ -183,7 +183,12 @@ where
         loop {
             let attempt = attempt_request(&parts, &body, account);
             let started = std::time::Instant::now();
-            let result = inner.clone().oneshot(attempt).await.map_err(Into::into);
+            // The same service for every attempt, made ready before each call.
+            let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
+            let result = match ready {
+                Ok(service) => service.call(attempt).await.map_err(Into::into),
+                Err(error) => Err(error),
+            };
             timing.upstream += match &result {
                 Ok(response) => response
                     .extensions()

@@ -99,6 +99,11 @@ impl AccountPool {
         self.inner.accounts.load_full()
     }
 
+    /// The accounts, for the moment of a call, without touching a reference count.
+    pub(crate) fn current(&self) -> arc_swap::Guard<Arc<Vec<Arc<AccountEntry>>>> {
+        self.inner.accounts.load()
+    }
+
     /// Number of accounts.
     pub fn len(&self) -> usize {
         self.inner.accounts.load().len()

@@ -73,8 +73,8 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let now = Utc::now();
-        let accounts = self.pool.snapshot();
-        let candidates = self.strategy.get().select(&accounts, now);
+        let accounts = self.pool.current();
+        let candidates = self.strategy.current().select(&accounts, now);
         if candidates.is_empty() {
             return ResponseFuture {
                 kind: Kind::NoAccount {

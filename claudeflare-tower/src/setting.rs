@@ -22,6 +22,12 @@ impl<T> Setting<T> {
         self.0.load_full()
     }
 
+    /// The current value, for the moment of a call: no reference count is touched (the request
+    /// path reads settings on every request, from every thread).
+    pub(crate) fn current(&self) -> arc_swap::Guard<Arc<T>> {
+        self.0.load()
+    }
+
     /// Replace the value; requests that start afterwards see the new one.
     pub fn set(&self, value: T) {
         self.0.store(Arc::new(value));

@@ -79,6 +79,13 @@ pub enum UpstreamError {
 /// Sends requests to the upstream. Cheap to clone; clones share the connection pool.
 #[derive(Clone, Debug)]
 pub struct Upstream {
+    // One reference count for a clone, not one per part of the client: the stack is cloned for
+    // every request, from every thread.
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     client: HttpClient,
     base: Setting<Uri>,
     first_byte_timeout: Duration,
@@ -97,9 +104,11 @@ impl Upstream {
         first_byte: Duration,
     ) -> Self {
         Self {
-            client: http_client(connect),
-            base: base.into(),
-            first_byte_timeout: first_byte,
+            shared: Arc::new(Shared {
+                client: http_client(connect),
+                base: base.into(),
+                first_byte_timeout: first_byte,
+            }),
         }
     }
 }
@@ -174,7 +183,8 @@ impl Service<Request<Full<Bytes>>> for Upstream {
     }
 
     fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
-        let uri = match join(&self.base.get(), req.uri()) {
+        let shared = &*self.shared;
+        let uri = match join(&shared.base.current(), req.uri()) {
             Ok(uri) => uri,
             Err(error) => {
                 return ResponseFuture {
@@ -190,8 +200,8 @@ impl Service<Request<Full<Bytes>>> for Upstream {
         headers.remove(header::ACCEPT_ENCODING);
         ResponseFuture {
             kind: Kind::Pending {
-                future: tokio::time::timeout(self.first_byte_timeout, self.client.request(req)),
-                timeout: self.first_byte_timeout,
+                future: tokio::time::timeout(shared.first_byte_timeout, shared.client.request(req)),
+                timeout: shared.first_byte_timeout,
                 started: std::time::Instant::now(),
             },
         }
