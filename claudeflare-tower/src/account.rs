@@ -285,6 +285,8 @@ pub enum AccountStatus {
 pub struct AccountEntry {
     id: Arc<str>,
     name: Arc<str>,
+    /// The name as a response header value (`None` if it cannot be one), made once.
+    name_header: Option<HeaderValue>,
     mode: Mode,
     created_at: DateTime<Utc>,
     state: Mutex<State>,
@@ -330,6 +332,7 @@ impl AccountEntry {
     pub fn new(account: Account) -> Self {
         let auth_header = auth_header(&account.credentials);
         Self {
+            name_header: HeaderValue::from_str(&account.name).ok(),
             id: account.id.into(),
             name: account.name.into(),
             mode: account.mode,
@@ -360,6 +363,11 @@ impl AccountEntry {
     /// Shared name, cheap to clone into records.
     pub fn name_arc(&self) -> Arc<str> {
         Arc::clone(&self.name)
+    }
+
+    /// The name as a header value, if it can be one.
+    pub(crate) fn name_header(&self) -> Option<&HeaderValue> {
+        self.name_header.as_ref()
     }
 
     /// Subscription or API key.

@@ -122,8 +122,7 @@ where
                 }
             };
             let meta = read_meta(&bytes);
-            let mut req = Request::from_parts(parts, Full::new(bytes));
-            req.extensions_mut().insert(meta.clone());
+            let req = Request::from_parts(parts, Full::new(bytes));
             let mut response = inner.oneshot(req).await?;
             response.extensions_mut().insert(meta);
             Ok(response)

@@ -9,8 +9,8 @@ use crate::account::AccountEntry;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
 
-/// What `Buffer` read from the request body: the model and whether it asked for a stream.
-/// Set on the request, and copied onto the response for `Record`.
+/// What `Buffer` read from the request body: the model and whether it asked for a stream
+/// (response extension, for `Record`, which takes it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestMeta {
     /// `model` of the request body.

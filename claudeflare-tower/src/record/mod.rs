@@ -148,10 +148,11 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         // Time-ordered (v7): the history's primary key grows at its end instead of at random.
-        let id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
-        req.extensions_mut().insert(RequestId(Arc::clone(&id)));
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let id = &*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer);
+        req.extensions_mut().insert(RequestId(Arc::from(id)));
         let record = RequestRecord {
-            id: id.to_string(),
+            id: id.to_owned(),
             timestamp: Utc::now(),
             method: req.method().to_string(),
             path: req
@@ -179,7 +180,7 @@ where
                 started: Instant::now(),
                 recorder: Arc::clone(&self.recorder),
                 account: None,
-                request_id: id,
+                request_id: HeaderValue::from_str(id).ok(),
             }),
         }
     }
@@ -233,12 +234,15 @@ pub(crate) struct Guard {
     started: Instant,
     recorder: Arc<dyn Recorder>,
     account: Option<Arc<AccountEntry>>,
-    request_id: Arc<str>,
+    /// For the response's request-id header.
+    request_id: Option<HeaderValue>,
 }
 
 impl Guard {
     fn on_response<B>(&mut self, response: &mut Response<B>) {
-        let extensions = response.extensions();
+        let extensions = response.extensions_mut();
+        // Taken, not copied: it was there for this layer only.
+        let meta = extensions.remove::<RequestMeta>().unwrap_or_default();
         let account = extensions
             .get::<SelectedAccount>()
             .map(|a| Arc::clone(&a.0));
@@ -246,7 +250,6 @@ impl Guard {
             .get::<FailoverAttempts>()
             .copied()
             .unwrap_or_default();
-        let meta = extensions.get::<RequestMeta>().cloned().unwrap_or_default();
         let timing = extensions.get::<Timing>().copied();
         let status = response.status();
         let to_headers = self.started.elapsed();
@@ -268,13 +271,11 @@ impl Guard {
             }
         }
         let headers = response.headers_mut();
-        if let Ok(id) = HeaderValue::from_str(&self.request_id) {
+        if let Some(id) = self.request_id.take() {
             headers.insert(REQUEST_ID_HEADER, id);
         }
-        if let Some(account) = &account {
-            if let Ok(name) = HeaderValue::from_str(account.name()) {
-                headers.insert(ACCOUNT_HEADER, name);
-            }
+        if let Some(name) = account.as_ref().and_then(|a| a.name_header()) {
+            headers.insert(ACCOUNT_HEADER, name.clone());
         }
         self.account = account;
     }
