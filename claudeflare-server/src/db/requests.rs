@@ -1,10 +1,10 @@
 //! The request history: batched inserts (with the hourly rollups, in one transaction), the newest
 //! requests with filters, trimming.
 
-use chrono::{DateTime, Utc};
-use claudeflare_tower::record::RequestRecord;
 use std::sync::{Arc, OnceLock};
 
+use chrono::{DateTime, Utc};
+use claudeflare_tower::record::RequestRecord;
 use sea_orm::sqlx::{self, Arguments, Encode, IntoArguments, Type};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, IdenStatic,
@@ -98,6 +98,7 @@ pub async fn insert_batch(
     }
     let backend = db.get_database_backend();
     let statements = Statements::of(backend);
+    // `db::open` connects to these two backends only (the others are not compiled in).
     let result = match backend {
         DbBackend::Postgres => write(db.get_postgres_connection_pool(), statements, batch).await,
         _ => write(db.get_sqlite_connection_pool(), statements, batch).await,
@@ -188,6 +189,7 @@ where
     txn.commit().await
 }
 
+/// Add `value` to a statement's arguments.
 fn bind<'q, DB, T>(args: &mut DB::Arguments, value: T) -> Result<(), sqlx::Error>
 where
     DB: sqlx::Database,
