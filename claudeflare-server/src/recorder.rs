@@ -54,7 +54,7 @@ impl Recorder for ServerRecorder {
     fn record(&self, record: RequestRecord) {
         let cost = self
             .pricing
-            .get()
+            .current()
             .cost(record.model.as_deref(), &record.usage);
         log(&record, cost);
         let status = record

@@ -100,7 +100,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        let limit = **self.limit.current();
+        let limit = *self.limit.current();
         Box::pin(async move {
             let declared = req
                 .headers()

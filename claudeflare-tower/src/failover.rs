@@ -150,7 +150,7 @@ enum Failure {
 
 async fn run<S, B>(mut inner: S, retry: &RetryConfig, mut req: Request<B>) -> Response<ProxyBody>
 where
-    S: Service<Request<B>, Response = Response<ProxyBody>> + Clone,
+    S: Service<Request<B>, Response = Response<ProxyBody>>,
     S::Error: Into<BoxError>,
     B: Clone,
 {

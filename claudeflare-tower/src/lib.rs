@@ -55,7 +55,7 @@ pub use account::{
 };
 pub use body::ProxyBody;
 pub use pool::{AccountPool, MemoryStore, StateStore};
-pub use setting::Setting;
+pub use setting::{Current, Setting};
 pub use stack::{Balancer, BalancerService, DEFAULT_UPSTREAM_URL};
 
 /// The error type layers box their errors into.

@@ -22,15 +22,27 @@ impl<T> Setting<T> {
         self.0.load_full()
     }
 
-    /// The current value, for the moment of a call: no reference count is touched (the request
-    /// path reads settings on every request, from every thread).
-    pub(crate) fn current(&self) -> arc_swap::Guard<Arc<T>> {
-        self.0.load()
+    /// The current value, to read for a moment (within a call, not across an `.await`): unlike
+    /// [`get`](Self::get), no reference count is touched, which matters on a path every request
+    /// takes from every thread.
+    pub fn current(&self) -> Current<T> {
+        Current(self.0.load())
     }
 
     /// Replace the value; requests that start afterwards see the new one.
     pub fn set(&self, value: T) {
         self.0.store(Arc::new(value));
+    }
+}
+
+/// A [`Setting`]'s value as read by [`Setting::current`].
+pub struct Current<T>(arc_swap::Guard<Arc<T>>);
+
+impl<T> std::ops::Deref for Current<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
     }
 }
 
