@@ -12,12 +12,13 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use axum::routing::future::RouteFuture;
 use axum::routing::{get, post};
 use claudeflare_tower::strategy::StrategyHandle;
 use claudeflare_tower::{AccountPool, BalancerService, Setting};
 use sea_orm::DatabaseConnection;
-use tower::Service;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+use tower::{Service, ServiceExt};
 
 use crate::api;
 use crate::config::Config;
@@ -47,23 +48,31 @@ pub struct AppState {
 }
 
 /// The whole application: `/v1/…` goes straight to the balancer, everything else through the
-/// router.
+/// router, on the main runtime.
 ///
 /// The proxy is the busy path. Routed, each of its requests would pay for the route lookup, for
 /// the path parameters axum attaches (which the balancer copies into every upstream attempt) and
 /// for a boxed clone of the route's service.
+///
+/// Each HTTP thread has an `App` of its own, whose balancer has its own upstream client, so a
+/// proxied request stays on one thread (see [`crate::threads`]). The API, the dashboard and the
+/// metrics use the database, whose connections belong to the main runtime: their requests are
+/// run there.
 #[derive(Clone)]
 pub struct App {
     balancer: BalancerService,
     router: Router,
+    main: Handle,
 }
 
 impl App {
-    /// The application over `state`, proxying through `balancer`.
-    pub fn new(state: AppState, balancer: BalancerService) -> Self {
+    /// The application over `state`, proxying through `balancer`, running everything else on
+    /// `main`.
+    pub fn new(state: AppState, balancer: BalancerService, main: Handle) -> Self {
         Self {
             balancer,
             router: router(state),
+            main,
         }
     }
 }
@@ -74,28 +83,29 @@ impl Service<Request> for App {
     type Future = AppFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Both are always ready (the balancer queues on its own), but ask them anyway.
-        match Service::<Request>::poll_ready(&mut self.balancer, cx) {
-            Poll::Ready(Ok(())) => Service::<Request>::poll_ready(&mut self.router, cx),
-            other => other,
-        }
+        // The balancer is always ready (it queues on its own), but ask it anyway. The router is
+        // called through `oneshot`, which asks it.
+        Service::<Request>::poll_ready(&mut self.balancer, cx)
     }
 
     fn call(&mut self, req: Request) -> AppFuture {
         if req.uri().path().starts_with("/v1/") {
             AppFuture::Proxy(self.balancer.call(req))
         } else {
-            AppFuture::Other(self.router.call(req))
+            AppFuture::Other(self.main.spawn(self.router.clone().oneshot(req)))
         }
     }
 }
 
 /// The future of [`App`].
+// The large variant is the common one (every proxied request): boxing it would cost an
+// allocation per request to save bytes on the rare one.
+#[allow(clippy::large_enum_variant)]
 pub enum AppFuture {
     /// A proxied request.
     Proxy(<BalancerService as Service<Request>>::Future),
-    /// Anything else.
-    Other(RouteFuture<Infallible>),
+    /// Anything else, on the main runtime.
+    Other(JoinHandle<Result<Response, Infallible>>),
 }
 
 impl Future for AppFuture {
@@ -106,7 +116,20 @@ impl Future for AppFuture {
             Self::Proxy(future) => Pin::new(future)
                 .poll(cx)
                 .map(|result| result.map(|response| response.map(Body::new))),
-            Self::Other(future) => Pin::new(future).poll(cx),
+            Self::Other(task) => Pin::new(task).poll(cx).map(|joined| {
+                joined.unwrap_or_else(|error| {
+                    // A handler panicked (or the runtime is shutting down).
+                    tracing::error!(%error, "a request handler failed");
+                    let body = serde_json::json!({ "error": "internal error" }).to_string();
+                    let mut response = Response::new(Body::from(body));
+                    *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    Ok(response)
+                })
+            }),
         }
     }
 }

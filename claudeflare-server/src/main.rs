@@ -32,7 +32,10 @@ fn return_freed_memory_promptly() {
 fn main() -> ExitCode {
     return_freed_memory_promptly();
     let cli = Cli::parse();
+    // Proxy traffic runs on threads of its own (`threads`); this runtime has the rest: the
+    // database, the API and dashboard, background tasks. One worker is plenty for that.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {

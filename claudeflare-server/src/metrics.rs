@@ -1,6 +1,8 @@
 //! `GET /metrics`: Prometheus text format.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -11,8 +13,22 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// Serving account ("none" when no account served it).
     pub account: String,
-    /// Status sent to the client ("none" when the client left first).
-    pub status: String,
+    /// Status sent to the client.
+    pub status: StatusLabel,
+}
+
+/// A response status as a label: its number, or "none" when the client left before it. Written
+/// out only when the metrics are read, not formatted for every request.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct StatusLabel(pub Option<u16>);
+
+impl EncodeLabelValue for StatusLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(status) => encoder.write_str(itoa::Buffer::new().format(status)),
+            None => encoder.write_str("none"),
+        }
+    }
 }
 
 /// An account.

@@ -12,7 +12,7 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, watch};
 
 use crate::db::requests;
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{Metrics, RequestLabels, StatusLabel};
 use crate::pricing::Pricing;
 
 /// Records waiting for the writer at most.
@@ -51,20 +51,22 @@ impl ServerRecorder {
 }
 
 impl Recorder for ServerRecorder {
-    fn record(&self, record: RequestRecord) {
+    fn record(&self, mut record: RequestRecord) {
         let cost = self
             .pricing
             .current()
             .cost(record.model.as_deref(), &record.usage);
         log(&record, cost);
-        let status = record
-            .status
-            .map_or_else(|| "none".to_owned(), |s| s.to_string());
-        let account = record.account.clone().unwrap_or_else(|| "none".to_owned());
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels { account, status })
-            .inc();
+        // The account name is lent to the labels and taken back: no copy for each request.
+        let served = record.account.is_some();
+        let labels = RequestLabels {
+            account: record.account.take().unwrap_or_else(|| "none".to_owned()),
+            status: StatusLabel(record.status),
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+        if served {
+            record.account = Some(labels.account);
+        }
         if let Some(upstream) = record.upstream_ms {
             self.metrics
                 .upstream_latency

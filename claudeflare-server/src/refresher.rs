@@ -7,6 +7,7 @@ use claudeflare_tower::auth::{RefreshError, TokenPair, TokenRefresher};
 use claudeflare_tower::{AccountInfo, BoxFuture, Setting};
 use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
+use tokio::runtime::Handle;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -14,15 +15,19 @@ use crate::oauth;
 use crate::secrets::Cipher;
 
 /// Refreshes against `oauth_token_url` as `client_id` (read from the live configuration).
+///
+/// The refresh runs on the runtime the refresher was made on (the server's main one), whichever
+/// thread's request needs it: database connections belong to the runtime that opened them.
 pub struct ServerRefresher {
     db: DatabaseConnection,
     cipher: Cipher,
     config: Setting<Config>,
     metrics: Arc<Metrics>,
+    runtime: Handle,
 }
 
 impl ServerRefresher {
-    /// A refresher storing tokens in `db`.
+    /// A refresher storing tokens in `db`. Call it from within the runtime that owns `db`.
     pub fn new(
         db: DatabaseConnection,
         cipher: Cipher,
@@ -34,6 +39,7 @@ impl ServerRefresher {
             cipher,
             config,
             metrics,
+            runtime: Handle::current(),
         }
     }
 }
@@ -44,16 +50,19 @@ impl TokenRefresher for ServerRefresher {
         account: &'a AccountInfo,
         refresh_token: &'a SecretString,
     ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
+        let (db, cipher, config) = (self.db.clone(), self.cipher.clone(), self.config.get());
+        let (id, presented) = (account.id.clone(), refresh_token.clone());
+        // Runs to the end even if the request that wanted it goes away: the rotated tokens are
+        // stored either way.
+        let refresh = self.runtime.spawn(async move {
+            oauth::coordinated_refresh(&db, &cipher, &config, &id, &presented).await
+        });
         Box::pin(async move {
-            let config = self.config.get();
-            let result = oauth::coordinated_refresh(
-                &self.db,
-                &self.cipher,
-                &config,
-                &account.id,
-                refresh_token,
-            )
-            .await;
+            let result = refresh.await.unwrap_or_else(|error| {
+                Err(RefreshError::Temporary(
+                    format!("the refresh task failed: {error}").into(),
+                ))
+            });
             match &result {
                 Ok(_) => self.metrics.refresh("ok"),
                 Err(RefreshError::Rejected(reason)) => {

@@ -1,18 +1,17 @@
 //! `claudeflare-server serve`: the proxy, API and dashboard, until SIGINT or SIGTERM.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use axum::ServiceExt;
-use axum::serve::ListenerExt;
 use claudeflare_tower::strategy::StrategyHandle;
 use claudeflare_tower::{Balancer, Setting};
 use tokio::sync::watch;
 
-use crate::app::{self, AppState};
+use crate::app::{App, AppState};
 use crate::background::{self, UsageMap};
 use crate::config::{self, Config, Overrides};
 use crate::db;
@@ -23,6 +22,7 @@ use crate::recorder::{self, ServerRecorder};
 use crate::refresher::ServerRefresher;
 use crate::secrets::Cipher;
 use crate::store::{self, DbStore, Skipped, Versions};
+use crate::threads::HttpThreads;
 
 /// How long in-flight requests (streams included) may take to finish after a shutdown signal.
 const GRACE: Duration = Duration::from_secs(30);
@@ -102,14 +102,19 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
             live.config.clone(),
             Arc::clone(&metrics),
         ));
-    let balancer = Balancer::new(pool.clone())
-        .strategy(live.strategy.clone())
-        .recorder(Arc::new(recorder))
-        .refresher(Arc::clone(&refresher))
-        .retry(live.retry.clone())
-        .upstream_url(live.upstream.clone())
-        .body_limit(live.body_limit.clone())
-        .build();
+    let recorder: Arc<dyn claudeflare_tower::record::Recorder> = Arc::new(recorder);
+    // One balancer per HTTP thread: the same accounts, settings and recorder, but an upstream
+    // client each, so upstream connections stay on their thread.
+    let balancer = || {
+        Balancer::new(pool.clone())
+            .strategy(live.strategy.clone())
+            .recorder(Arc::clone(&recorder))
+            .refresher(Arc::clone(&refresher))
+            .retry(live.retry.clone())
+            .upstream_url(live.upstream.clone())
+            .body_limit(live.body_limit.clone())
+            .build()
+    };
 
     let (stop, stopped) = watch::channel(false);
     let tasks = [
@@ -136,7 +141,7 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
         )),
         tokio::spawn(background::refresh_ahead(
             pool.clone(),
-            refresher,
+            Arc::clone(&refresher),
             stopped.clone(),
         )),
         tokio::spawn(background::poll_usage(
@@ -163,6 +168,11 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
         dropped,
         usage,
     };
+    let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let main = tokio::runtime::Handle::current();
+    let apps = (0..threads)
+        .map(|_| App::new(state.clone(), balancer(), main.clone()))
+        .collect();
     let watcher = tokio::spawn(watch_config(path.clone(), overrides, live, stopped.clone()));
 
     let address = format!("{}:{}", config.host, config.port);
@@ -170,33 +180,20 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     let local = listener.local_addr()?;
+    let http = HttpThreads::start(listener, apps, GRACE).context("cannot start serving")?;
     tracing::info!(accounts = pool.len(), strategy = %config.lb_strategy, "listening on http://{local}");
-
-    // No Nagle delay: a streamed event goes out at once, not when the previous one is acknowledged
-    // (up to 40 ms later on a real network with delayed acknowledgements).
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY on a connection");
-        }
-    });
-    let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app::App::new(state, balancer).into_make_service())
-        .with_graceful_shutdown(async move {
+    let served = http
+        .run_until(async {
             shutdown_signal().await;
             tracing::info!("shutting down: no new connections; waiting for requests in flight");
-            let _ = signalled_tx.send(());
-        });
-    tokio::select! {
-        result = server.into_future() => result.context("the server failed")?,
-        () = async { let _ = signalled.await; tokio::time::sleep(GRACE).await } => {
-            tracing::warn!(seconds = GRACE.as_secs(), "requests still running after the grace period were cut");
-        }
-    }
+        })
+        .await;
     let _ = stop.send(true);
     watcher.abort();
     for task in tasks {
         let _ = task.await;
     }
+    served.context("the server failed")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -75,13 +75,14 @@ impl StateStore for DbStore {
         // Called for every response: overwrite a state still waiting to be written rather than
         // allocating a new key each time.
         match dirty.get_mut(account_id) {
+            // The writer was woken when this entry went in and has not taken it yet.
             Some(waiting) => waiting.clone_from(state),
             None => {
                 dirty.insert(account_id.to_owned(), state.clone());
+                drop(dirty);
+                self.wake.notify_one();
             }
         }
-        drop(dirty);
-        self.wake.notify_one();
     }
 
     fn rate_limited(&self, account: &AccountEntry, _until: DateTime<Utc>) {

@@ -263,3 +263,45 @@ async fn tier_pause_and_resume_through_the_api() {
     let log = server.wait_log("request method=POST").await;
     assert!(!log.contains(&key("a")));
 }
+
+/// Connections are dealt out to one HTTP thread per core, while the API runs on the main
+/// runtime: many at once, proxied and API requests alike, are all answered and recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_connections_are_all_served_and_recorded() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    let server = env.start();
+    let body = json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let client = server.client.clone();
+        let mut body = body.clone();
+        body["stream"] = json!(i % 3 == 1);
+        tasks.spawn(async move {
+            if i % 3 == 2 {
+                let response = client.get("/api/stats").await;
+                (i, response.status, response.text())
+            } else {
+                let response = client
+                    .post_json("/v1/messages", &body, &[("x-api-key", "client-key")])
+                    .await;
+                (i, response.status, response.text())
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (i, status, text) = joined.unwrap();
+        assert_eq!(status, 200, "request {i}: {text}");
+        match i % 3 {
+            0 => assert!(text.contains("\"usage\""), "request {i}: {text}"),
+            1 => assert!(text.contains("message_stop"), "request {i}: {text}"),
+            _ => assert!(text.contains("total_requests"), "request {i}: {text}"),
+        }
+    }
+    let recorded = common::eventually(std::time::Duration::from_secs(5), || async {
+        server.json("/api/stats").await["total_requests"] == json!(16)
+    })
+    .await;
+    assert!(recorded, "{}", server.json("/api/stats").await);
+}

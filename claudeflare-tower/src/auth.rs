@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
 use secrecy::SecretString;
 use tower::{Layer, Service};
@@ -36,6 +36,10 @@ use crate::{BoxError, BoxFuture};
 pub const OAUTH_BETA: &str = "oauth-2025-04-20";
 /// Tokens expiring sooner than this are refreshed before use.
 pub const REFRESH_MARGIN: TimeDelta = TimeDelta::minutes(5);
+
+/// Header names as constants: a `&str` name is parsed and validated at every use.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 /// A fresh token pair from a refresh.
 #[derive(Debug, Clone)]
@@ -222,13 +226,13 @@ where
 /// Remove whatever credential the client sent.
 fn strip_client_credentials(headers: &mut HeaderMap) {
     headers.remove(header::AUTHORIZATION);
-    headers.remove("x-api-key");
+    headers.remove(X_API_KEY);
 }
 
 fn set_credential(headers: &mut HeaderMap, mode: Mode, credential: HeaderValue) {
     match mode {
         Mode::Console => {
-            headers.insert("x-api-key", credential);
+            headers.insert(X_API_KEY, credential);
         }
         Mode::Max => {
             headers.insert(header::AUTHORIZATION, credential);
@@ -240,7 +244,7 @@ fn set_credential(headers: &mut HeaderMap, mode: Mode, credential: HeaderValue) 
 /// Append the OAuth beta flag to `anthropic-beta` unless the client already lists it.
 fn add_oauth_beta(headers: &mut HeaderMap) {
     let values: Vec<&str> = headers
-        .get_all("anthropic-beta")
+        .get_all(&ANTHROPIC_BETA)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -256,7 +260,7 @@ fn add_oauth_beta(headers: &mut HeaderMap) {
     }
     joined.push_str(OAUTH_BETA);
     if let Ok(value) = HeaderValue::from_str(&joined) {
-        headers.insert("anthropic-beta", value);
+        headers.insert(ANTHROPIC_BETA, value);
     }
 }
 

@@ -5,10 +5,6 @@ use std::time::Duration;
 
 use crate::account::AccountEntry;
 
-/// The id `Record` gave the client request (request extension).
-#[derive(Debug, Clone)]
-pub struct RequestId(pub Arc<str>);
-
 /// What `Buffer` read from the request body: the model and whether it asked for a stream
 /// (response extension, for `Record`, which takes it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -185,6 +185,13 @@ impl AccountPool {
             store.save(account.id(), &account.live());
         }
     }
+
+    /// Hand `live`, a copy of the live state of `account` just taken, to the store.
+    pub(crate) fn save(&self, account: &AccountEntry, live: &LiveState) {
+        if let Some(store) = &self.inner.store {
+            store.save(account.id(), live);
+        }
+    }
 }
 
 #[cfg(test)]

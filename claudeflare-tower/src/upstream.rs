@@ -113,8 +113,9 @@ impl Upstream {
     }
 }
 
-/// Headers that belong to one connection, not to the request.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that belong to one connection, not to the request. A `static`: a `const` array would
+/// be built (and dropped) at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

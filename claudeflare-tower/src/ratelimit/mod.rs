@@ -28,7 +28,7 @@ use tower::{Layer, Service};
 
 pub use headers::{DEFAULT_COOLDOWN, MAX_RESET, RateLimitInfo};
 
-use crate::account::AccountEntry;
+use crate::account::{AccountEntry, LiveState};
 use crate::ext::SelectedAccount;
 use crate::pool::AccountPool;
 
@@ -157,24 +157,26 @@ where
         let info = RateLimitInfo::from_headers(response.headers(), now);
         let outcome = Outcome::classify(response.status(), &info, now);
         if let Some(account) = this.account.take() {
-            if let Some(until) = apply(&account, response.status(), &info, outcome, now) {
+            let (limited_until, live) = apply(&account, response.status(), &info, outcome, now);
+            if let Some(until) = limited_until {
                 this.pool.rate_limited(&account, until);
             }
-            this.pool.persist(&account);
+            this.pool.save(&account, &live);
         }
         response.extensions_mut().insert(outcome);
         Poll::Ready(Ok(response))
     }
 }
 
-/// Record on the account what one response said; returns the new rate limit, if any.
+/// Record on the account what one response said; returns the new rate limit, if any, and the
+/// account's live state after it (taken under the same lock).
 fn apply(
     account: &AccountEntry,
     status: StatusCode,
     info: &RateLimitInfo,
     outcome: Outcome,
     now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
+) -> (Option<DateTime<Utc>>, LiveState) {
     let limited_until = match outcome {
         Outcome::RateLimited { until } => Some(until),
         // A limited unified status on another response still means the next request will fail.
@@ -203,10 +205,13 @@ fn apply(
     }
     if let Some(until) = limited_until {
         live.rate_limited_until = Some(until);
-        drop(state);
+    }
+    let live = live.clone();
+    drop(state);
+    if let Some(until) = limited_until {
         tracing::warn!(account = account.name(), %status, until = %until, "account rate-limited");
     }
-    limited_until
+    (limited_until, live)
 }
 
 #[cfg(test)]

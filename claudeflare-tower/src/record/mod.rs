@@ -38,7 +38,7 @@ pub use usage::Usage;
 
 use crate::BoxError;
 use crate::account::AccountEntry;
-use crate::ext::{FailoverAttempts, RequestId, RequestMeta, SelectedAccount, Timing};
+use crate::ext::{FailoverAttempts, RequestMeta, SelectedAccount, Timing};
 
 /// Response header naming the account that served the request.
 pub const ACCOUNT_HEADER: &str = "x-claudeflare-account";
@@ -146,11 +146,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // Time-ordered (v7): the history's primary key grows at its end instead of at random.
         let mut buffer = uuid::Uuid::encode_buffer();
         let id = &*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer);
-        req.extensions_mut().insert(RequestId(Arc::from(id)));
         let record = RequestRecord {
             id: id.to_owned(),
             timestamp: Utc::now(),
