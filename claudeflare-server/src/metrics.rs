@@ -154,3 +154,30 @@ impl Metrics {
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_statuses_are_numbers_or_none() {
+        let metrics = Metrics::new();
+        for status in [Some(200), Some(200), Some(429), None] {
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    account: "work".to_owned(),
+                    status: StatusLabel(status),
+                })
+                .inc();
+        }
+        let text = metrics.render();
+        for line in [
+            r#"claudeflare_requests_total{account="work",status="200"} 2"#,
+            r#"claudeflare_requests_total{account="work",status="429"} 1"#,
+            r#"claudeflare_requests_total{account="work",status="none"} 1"#,
+        ] {
+            assert!(text.contains(line), "no `{line}` in:\n{text}");
+        }
+    }
+}
