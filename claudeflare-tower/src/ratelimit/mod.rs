@@ -273,6 +273,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_store_gets_the_state_after_each_response() {
+        let store = Arc::new(crate::pool::MemoryStore::default());
+        let pool = AccountPool::with_store(vec![Account::api_key("a", "k")], store.clone());
+        let id = pool.get("a").unwrap().id().to_owned();
+        through(&pool, reply(200, &[])).await;
+        let saved = store.get(&id).unwrap();
+        assert_eq!(saved.request_count, 1);
+        assert!(saved.last_used.is_some() && saved.rate_limited_until.is_none());
+        let outcome = through(&pool, reply(429, &[("retry-after", "60")])).await;
+        let Outcome::RateLimited { until } = outcome else {
+            panic!("{outcome:?}")
+        };
+        let saved = store.get(&id).unwrap();
+        assert_eq!(saved.request_count, 2);
+        assert_eq!(saved.rate_limited_until, Some(until));
+    }
+
+    #[tokio::test]
     async fn out_of_credits_fails_over_without_benching() {
         let pool = AccountPool::new(vec![Account::api_key("a", "k")]);
         let outcome = through(
