@@ -57,9 +57,15 @@ pub trait StreamObserver: Send + Sync {
 }
 
 /// A body sending chunks with a delay between them, optionally breaking after some.
+///
+/// Chunk `i` is due `i × delay` after the first, on a fixed schedule: a chunk sent late (the
+/// timer has a 1 ms resolution, the task may wait for a core) does not push the later ones back,
+/// so timings measured through a proxy compare with a direct connection's event by event.
 pub struct ChunkedBody {
     chunks: std::collections::VecDeque<Bytes>,
     delay: Duration,
+    /// When the first chunk went out.
+    started: Option<tokio::time::Instant>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     sent: usize,
     fail_after: Option<usize>,
@@ -77,6 +83,7 @@ impl ChunkedBody {
         Self {
             chunks: chunks.into(),
             delay,
+            started: None,
             sleep: None,
             sent: 0,
             fail_after,
@@ -106,11 +113,12 @@ impl Body for ChunkedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
+        let started = *this.started.get_or_insert_with(tokio::time::Instant::now);
         if this.sent > 0 && !this.delay.is_zero() {
-            let delay = this.delay;
+            let due = started + this.delay * u32::try_from(this.sent).unwrap_or(u32::MAX);
             let sleep = this
                 .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
             std::task::ready!(sleep.as_mut().poll(cx));
             this.sleep = None;
         }
