@@ -181,8 +181,8 @@ impl AccountPool {
 
     /// Hand the live state of `account` to the store, if there is one.
     pub fn persist(&self, account: &AccountEntry) {
-        if let Some(store) = &self.inner.store {
-            store.save(account.id(), &account.live());
+        if self.inner.store.is_some() {
+            self.save(account, &account.live());
         }
     }
 
