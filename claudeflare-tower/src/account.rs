@@ -207,8 +207,12 @@ pub struct LiveState {
     pub rate_limit_reset: Option<DateTime<Utc>>,
     /// Last 5-hour window utilization seen (0–1 as sent by Anthropic).
     pub utilization_5h: Option<f64>,
+    /// When the 5-hour window of `utilization_5h` resets.
+    pub utilization_5h_reset: Option<DateTime<Utc>>,
     /// Last 7-day window utilization seen.
     pub utilization_7d: Option<f64>,
+    /// When the 7-day window of `utilization_7d` resets.
+    pub utilization_7d_reset: Option<DateTime<Utc>>,
     /// Start of the current sticky session, if any.
     pub session_start: Option<DateTime<Utc>>,
     /// Requests served in the current session.
@@ -221,6 +225,28 @@ pub struct LiveState {
     pub last_used: Option<DateTime<Utc>>,
     /// Refresh failed definitively: the user must authenticate again.
     pub needs_reauth: bool,
+    /// The upstream refused the account itself (a 403 `permission_error`: disabled or banned).
+    /// It stays out of rotation until a person resumes or re-authenticates it.
+    pub forbidden: bool,
+    /// Why the account is out of rotation until a person acts (`needs_reauth` or `forbidden`),
+    /// in words: the upstream's message or the refresh failure.
+    pub status_reason: Option<String>,
+}
+
+impl LiveState {
+    /// How much of its binding window the account has used (0–1): the larger of the 5-hour and
+    /// 7-day utilization whose window has not reset by `now`. `None` when nothing is known.
+    pub fn utilization(&self, now: DateTime<Utc>) -> Option<f64> {
+        let current = |value: Option<f64>, reset: Option<DateTime<Utc>>| {
+            value.filter(|_| reset.is_none_or(|reset| reset > now))
+        };
+        let five = current(self.utilization_5h, self.utilization_5h_reset);
+        let seven = current(self.utilization_7d, self.utilization_7d_reset);
+        match (five, seven) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// What `/api/accounts` and `list` show for an account. Holds no secret.
@@ -238,8 +264,10 @@ pub struct AccountView {
     pub tier: Tier,
     /// Paused by the user.
     pub paused: bool,
-    /// "active", "paused", "rate_limited" or "needs_reauth".
+    /// "active", "paused", "rate_limited", "needs_reauth" or "forbidden".
     pub status: AccountStatus,
+    /// Why it is out of rotation until a person acts, in words (`needs_reauth`, `forbidden`).
+    pub status_reason: Option<String>,
     /// Out of rotation until then.
     pub rate_limited_until: Option<DateTime<Utc>>,
     /// Last unified status seen.
@@ -274,8 +302,10 @@ pub enum AccountStatus {
     Paused,
     /// Limited until `rate_limited_until`.
     RateLimited,
-    /// Refresh failed definitively.
+    /// Refresh failed definitively, or the API key was refused.
     NeedsReauth,
+    /// The upstream refused the account (disabled or banned) until a person acts.
+    Forbidden,
 }
 
 /// An account in the pool: fixed identity plus mutable state behind a short-lived lock.
@@ -411,6 +441,12 @@ impl AccountEntry {
         self.lock().live.needs_reauth
     }
 
+    /// Whether it is out of rotation until a person acts (needs re-authentication or forbidden).
+    pub fn blocked(&self) -> bool {
+        let state = self.lock();
+        state.live.needs_reauth || state.live.forbidden
+    }
+
     /// A copy of the live state.
     pub fn live(&self) -> LiveState {
         self.lock().live.clone()
@@ -419,7 +455,10 @@ impl AccountEntry {
     /// Whether it can take a request at `now`.
     pub fn is_available(&self, now: DateTime<Utc>) -> bool {
         let state = self.lock();
-        !state.paused && !state.live.needs_reauth && !limited_at(&state.live, now)
+        !state.paused
+            && !state.live.needs_reauth
+            && !state.live.forbidden
+            && !limited_at(&state.live, now)
     }
 
     /// When its rate limit ends, if it is limited at `now`.
@@ -445,6 +484,7 @@ impl AccountEntry {
             tier: state.tier,
             paused: state.paused,
             status: status_of(&state, now),
+            status_reason: live.status_reason.clone(),
             rate_limited_until: live.rate_limited_until.filter(|until| *until > now),
             rate_limit_status: live.rate_limit_status.clone(),
             session_start: live.session_start,
@@ -482,9 +522,58 @@ impl AccountEntry {
         self.lock().live.rate_limited_until = Some(until);
     }
 
-    /// Mark that the user must authenticate it again.
-    pub fn mark_needs_reauth(&self) {
-        self.lock().live.needs_reauth = true;
+    /// Mark that the user must authenticate it again, saying why. Returns the live state after
+    /// the change, for the store.
+    pub fn mark_needs_reauth(&self, reason: impl Into<String>) -> LiveState {
+        let mut state = self.lock();
+        state.live.needs_reauth = true;
+        state.live.status_reason = Some(reason.into());
+        state.live.clone()
+    }
+
+    /// Take it out of rotation because the upstream refused the account itself, with the
+    /// upstream's message. Returns the live state after the change, for the store.
+    pub fn mark_forbidden(&self, reason: impl Into<String>) -> LiveState {
+        let mut state = self.lock();
+        state.live.forbidden = true;
+        state.live.status_reason = Some(reason.into());
+        state.live.clone()
+    }
+
+    /// Put a forbidden account back into rotation (a person resumed it).
+    pub fn clear_forbidden(&self) {
+        let mut state = self.lock();
+        if state.live.forbidden {
+            state.live.forbidden = false;
+            if !state.live.needs_reauth {
+                state.live.status_reason = None;
+            }
+        }
+    }
+
+    /// Record utilization of the 5-hour and 7-day windows (fractions, 0–1) and when they reset;
+    /// `None` leaves a window as it was.
+    pub fn set_utilization(
+        &self,
+        five_hour: Option<(f64, Option<DateTime<Utc>>)>,
+        seven_day: Option<(f64, Option<DateTime<Utc>>)>,
+    ) -> LiveState {
+        let mut state = self.lock();
+        let live = &mut state.live;
+        if let Some((value, reset)) = five_hour {
+            live.utilization_5h = Some(value);
+            live.utilization_5h_reset = reset;
+        }
+        if let Some((value, reset)) = seven_day {
+            live.utilization_7d = Some(value);
+            live.utilization_7d_reset = reset;
+        }
+        live.clone()
+    }
+
+    /// How much of its binding window it has used at `now` (0–1), if known.
+    pub fn utilization(&self, now: DateTime<Utc>) -> Option<f64> {
+        self.lock().live.utilization(now)
     }
 
     /// Zero the request counters (`reset-stats`).
@@ -502,6 +591,8 @@ impl AccountEntry {
         state.token_generation += 1;
         state.token_rejected = false;
         state.live.needs_reauth = false;
+        state.live.forbidden = false;
+        state.live.status_reason = None;
     }
 
     /// Update identity-independent fields from a stored account (the server reloading its
@@ -517,6 +608,8 @@ impl AccountEntry {
             state.token_rejected = false;
         }
         state.live.needs_reauth = account.live.needs_reauth;
+        state.live.forbidden = account.live.forbidden;
+        state.live.status_reason = account.live.status_reason.clone();
     }
 
     /// Account name and mode, for logs and the token refresher.
@@ -595,6 +688,8 @@ fn limited_at(live: &LiveState, now: DateTime<Utc>) -> bool {
 fn status_of(state: &State, now: DateTime<Utc>) -> AccountStatus {
     if state.live.needs_reauth {
         AccountStatus::NeedsReauth
+    } else if state.live.forbidden {
+        AccountStatus::Forbidden
     } else if state.paused {
         AccountStatus::Paused
     } else if limited_at(&state.live, now) {
@@ -643,9 +738,45 @@ mod tests {
         );
         entry.set_paused(true);
         assert_eq!(entry.status(now), AccountStatus::Paused);
-        entry.mark_needs_reauth();
+        entry.mark_forbidden("OAuth authentication is currently not allowed for this organization.");
+        assert_eq!(entry.status(now), AccountStatus::Forbidden);
+        entry.mark_needs_reauth("the refresh token was rejected");
         assert_eq!(entry.status(now), AccountStatus::NeedsReauth);
         assert!(!entry.is_available(now + TimeDelta::hours(1)));
+        assert_eq!(
+            entry.view(now).status_reason.as_deref(),
+            Some("the refresh token was rejected")
+        );
+    }
+
+    #[test]
+    fn forbidden_stays_out_of_rotation_until_cleared() {
+        let now = Utc::now();
+        let entry = AccountEntry::new(Account::api_key("a", "k"));
+        let live = entry.mark_forbidden("banned");
+        assert!(live.forbidden);
+        assert!(!entry.is_available(now + TimeDelta::days(30)), "no cooldown heals it");
+        assert_eq!(entry.view(now).status_reason.as_deref(), Some("banned"));
+        entry.clear_forbidden();
+        assert!(entry.is_available(now));
+        assert_eq!(entry.view(now).status_reason, None);
+    }
+
+    #[test]
+    fn utilization_is_the_binding_window_until_it_resets() {
+        let now = Utc::now();
+        let entry = AccountEntry::new(Account::api_key("a", "k"));
+        assert_eq!(entry.utilization(now), None);
+        entry.set_utilization(
+            Some((0.5, Some(now + TimeDelta::hours(1)))),
+            Some((0.9, Some(now + TimeDelta::days(2)))),
+        );
+        assert_eq!(entry.utilization(now), Some(0.9));
+        // The 5-hour window resets; the 7-day one still binds.
+        entry.set_utilization(Some((0.99, Some(now + TimeDelta::minutes(5)))), None);
+        assert_eq!(entry.utilization(now), Some(0.99));
+        assert_eq!(entry.utilization(now + TimeDelta::minutes(6)), Some(0.9));
+        assert_eq!(entry.utilization(now + TimeDelta::days(3)), None);
     }
 
     #[test]

@@ -295,8 +295,7 @@ async fn credential(
 ) -> Result<(HeaderValue, u64), AuthError> {
     {
         let needs_reauth = |reason: String| {
-            account.mark_needs_reauth();
-            pool.persist(account);
+            pool.needs_reauth(account, reason.clone());
             tracing::error!(account = account.name(), %reason, "account needs re-authentication");
             AuthError::NeedsReauth {
                 account: account.name().to_owned(),
@@ -445,8 +444,8 @@ where
                         if let Some(account) = this.account.take() {
                             account.reject_credential(*this.generation);
                             if account.mode() == Mode::Console {
-                                account.mark_needs_reauth();
-                                this.pool.persist(&account);
+                                this.pool
+                                    .needs_reauth(&account, "the API key was rejected (401)");
                                 tracing::error!(
                                     account = account.name(),
                                     "the API key was rejected; the account needs re-authentication"

@@ -2,8 +2,9 @@
 //!
 //! Per account, a connection error, a 5xx or a 529 is retried `attempts` times with a delay that
 //! starts at `delay` and is multiplied by `backoff` each time (1 s, 2 s, 4 s by default); then the
-//! next candidate gets it. A rate limit, an out-of-credits answer or a definitive authentication
-//! failure moves to the next candidate at once. A 401 on an OAuth account is retried once on the
+//! next candidate gets it. A rate limit, a refusal scoped to the request's model or beta, a
+//! refused (banned) account or a definitive authentication failure moves to the next candidate
+//! at once. A 401 on an OAuth account is retried once on the
 //! same account (the `Auth` layer refreshes the token in between).
 //!
 //! Nothing is retried once the response has been handed on: a response is only replaced while
@@ -262,8 +263,12 @@ fn judge(
                 .copied()
                 .unwrap_or_else(|| Outcome::from_status(response.status()));
             match outcome {
-                Outcome::Success | Outcome::ClientError => Verdict::Deliver(response),
-                Outcome::RateLimited { .. } | Outcome::OutOfCredits => {
+                Outcome::Success | Outcome::ClientError | Outcome::ExtraUsageRequired => {
+                    Verdict::Deliver(response)
+                }
+                // The account (or this request on it) is refused: another account may serve it,
+                // and if none does the client gets the upstream's own answer.
+                Outcome::RateLimited { .. } | Outcome::ScopedRefusal | Outcome::Forbidden => {
                     Verdict::NextAccount(Failure::Response(response))
                 }
                 Outcome::AuthFailed if !*refreshed => {

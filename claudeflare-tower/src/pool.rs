@@ -21,6 +21,14 @@ pub trait StateStore: Send + Sync + 'static {
     fn rate_limited(&self, account: &AccountEntry, until: DateTime<Utc>) {
         let _ = (account, until);
     }
+
+    /// `account` left rotation until a person acts (it needs re-authentication, or the upstream
+    /// refused it): `state` has the flag and the reason. Unlike counters, this must not wait for
+    /// the next batch, and must not be undone by an older state written later: store it at once
+    /// and apart from [`save`](Self::save). The default hands it to `save`.
+    fn blocked(&self, account: &AccountEntry, state: &LiveState) {
+        self.save(account.id(), state);
+    }
 }
 
 /// A [`StateStore`] that keeps the latest state of each account in memory.
@@ -167,7 +175,7 @@ impl AccountPool {
     pub fn earliest_reset(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.snapshot()
             .iter()
-            .filter(|a| !a.paused() && !a.needs_reauth())
+            .filter(|a| !a.paused() && !a.blocked())
             .filter_map(|a| a.limited_until(now))
             .min()
     }
@@ -176,6 +184,23 @@ impl AccountPool {
     pub fn rate_limited(&self, account: &AccountEntry, until: DateTime<Utc>) {
         if let Some(store) = &self.inner.store {
             store.rate_limited(account, until);
+        }
+    }
+
+    /// `account` needs re-authentication, for `reason`: out of rotation, and stored at once.
+    pub fn needs_reauth(&self, account: &AccountEntry, reason: impl Into<String>) {
+        let live = account.mark_needs_reauth(reason);
+        if let Some(store) = &self.inner.store {
+            store.blocked(account, &live);
+        }
+    }
+
+    /// The upstream refused `account` itself (disabled or banned), saying `reason`: out of
+    /// rotation until a person resumes or re-authenticates it, and stored at once.
+    pub fn forbidden(&self, account: &AccountEntry, reason: impl Into<String>) {
+        let live = account.mark_forbidden(reason);
+        if let Some(store) = &self.inner.store {
+            store.blocked(account, &live);
         }
     }
 

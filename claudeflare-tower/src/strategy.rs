@@ -94,16 +94,45 @@ pub fn available(accounts: &[Arc<AccountEntry>], now: DateTime<Utc>) -> Vec<Arc<
 
 /// Sticky sessions (the default): one account serves every request for `duration` (5 h), which
 /// keeps Anthropic's per-account prompt cache warm. When it is limited or paused, the next
-/// available account in pool order gets a new session.
+/// available account gets a new session.
+///
+/// Rotation before the 429: once the session's account has used `rotate_at` of its 5-hour or
+/// 7-day window (from the unified rate-limit headers or the usage endpoint), the next request
+/// starts a new session on the freshest available account instead of waiting for the refusal.
+/// It trades one prompt-cache miss now for a refused request (and a failover) a little later.
+/// Accounts over the threshold stay at the end of the candidate list, usable for failover. A
+/// `rotate_at` of 1 or more turns rotation off.
 #[derive(Debug, Clone)]
 pub struct Session {
     duration: TimeDelta,
+    rotate_at: f64,
 }
 
+/// Default utilization at which new sessions move off a subscription: 98% of its window.
+pub const DEFAULT_ROTATE_AT: f64 = 0.98;
+
 impl Session {
-    /// Sessions of `duration`.
+    /// Sessions of `duration`, rotating at [`DEFAULT_ROTATE_AT`].
     pub fn new(duration: TimeDelta) -> Self {
-        Self { duration }
+        Self {
+            duration,
+            rotate_at: DEFAULT_ROTATE_AT,
+        }
+    }
+
+    /// Move new sessions off an account once it has used `rotate_at` (0–1) of its window; 1 or
+    /// more turns that off.
+    pub fn rotate_at(mut self, rotate_at: f64) -> Self {
+        self.rotate_at = rotate_at;
+        self
+    }
+
+    /// Whether `account` is too close to its limit to take a new session at `now`.
+    fn hot(&self, account: &AccountEntry, now: DateTime<Utc>) -> bool {
+        self.rotate_at < 1.0
+            && account
+                .utilization(now)
+                .is_some_and(|used| used >= self.rotate_at)
     }
 }
 
@@ -119,7 +148,11 @@ impl Strategy for Session {
     }
 
     fn select(&self, accounts: &[Arc<AccountEntry>], now: DateTime<Utc>) -> Vec<Arc<AccountEntry>> {
-        let mut available = available(accounts, now);
+        let available = available(accounts, now);
+        if available.is_empty() {
+            return available;
+        }
+        let hot: Vec<bool> = available.iter().map(|a| self.hot(a, now)).collect();
         // Several open sessions happen when a limited account recovers inside its window: stay
         // with the newest, where the user's cache now is.
         let current = available
@@ -128,15 +161,55 @@ impl Strategy for Session {
             .filter_map(|(i, a)| a.session_open(now, self.duration).map(|start| (start, i)))
             .max()
             .map(|(_, i)| i);
-        match current {
-            Some(i) => available[..=i].rotate_right(1),
-            None => {
-                if let Some(first) = available.first() {
-                    first.start_session(now);
+        let first = match current {
+            Some(i) if !hot[i] => i,
+            _ => {
+                // A new session, on the freshest account under the threshold; when every
+                // account is over it, moving gains nothing: stay, or take the freshest.
+                let fresh = |i: &usize| !hot[*i];
+                let freshest = |candidates: &mut dyn Iterator<Item = usize>| {
+                    candidates.min_by(|&a, &b| {
+                        let used = |i: usize| available[i].utilization(now).unwrap_or(0.0);
+                        used(a).total_cmp(&used(b))
+                    })
+                };
+                let fresh_one = if self.rotate_at < 1.0 {
+                    freshest(&mut (0..available.len()).filter(fresh))
+                } else {
+                    Some(0)
+                };
+                match (fresh_one, current) {
+                    (Some(i), _) => {
+                        if let Some(from) = current {
+                            tracing::info!(
+                                from = available[from].name(),
+                                to = available[i].name(),
+                                utilization = available[from].utilization(now).unwrap_or(0.0),
+                                "the session's account is close to its limit; new session on a fresher account"
+                            );
+                        }
+                        available[i].start_session(now);
+                        i
+                    }
+                    (None, Some(i)) => i,
+                    (None, None) => {
+                        let i = freshest(&mut (0..available.len())).unwrap_or(0);
+                        available[i].start_session(now);
+                        i
+                    }
                 }
             }
-        }
-        available
+        };
+        // The session's account first, then the others in pool order with those over the
+        // threshold last: still candidates for failover.
+        let mut ordered: Vec<(bool, Arc<AccountEntry>)> = hot.into_iter().zip(available).collect();
+        let chosen = ordered.remove(first);
+        // A stable sort: pool order within each group.
+        ordered.sort_by_key(|(is_hot, _)| *is_hot);
+        std::iter::once(chosen)
+            .chain(ordered)
+            .map(|(_, account)| account)
+            .collect()
     }
 }
 
@@ -284,13 +357,60 @@ mod tests {
     }
 
     #[test]
+    fn session_rotates_before_the_limit_to_the_freshest_account() {
+        let accounts = pool(&["a", "b", "c"]);
+        let strategy = Session::new(TimeDelta::hours(5)).rotate_at(0.98);
+        let t0 = Utc::now();
+        let reset = Some(t0 + TimeDelta::hours(3));
+        assert_eq!(names(&strategy.select(&accounts, t0)), ["a", "b", "c"]);
+        accounts[1].set_utilization(Some((0.60, reset)), None);
+        accounts[2].set_utilization(Some((0.20, reset)), None);
+
+        // Under the threshold the session stays, however high.
+        accounts[0].set_utilization(Some((0.97, reset)), None);
+        let t1 = t0 + TimeDelta::minutes(1);
+        assert_eq!(names(&strategy.select(&accounts, t1)), ["a", "b", "c"]);
+
+        // At the threshold: a new session on the freshest, the hot account last (failover only).
+        accounts[0].set_utilization(None, Some((0.98, Some(t0 + TimeDelta::days(2)))));
+        let t2 = t0 + TimeDelta::minutes(2);
+        assert_eq!(names(&strategy.select(&accounts, t2)), ["c", "b", "a"]);
+        assert_eq!(accounts[2].live().session_start, Some(t2));
+        // And it sticks.
+        assert_eq!(names(&strategy.select(&accounts, t2)), ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn session_rotation_off_or_nowhere_to_go_keeps_the_session() {
+        let t0 = Utc::now();
+        let reset = Some(t0 + TimeDelta::hours(3));
+        let accounts = pool(&["a", "b"]);
+        let off = Session::new(TimeDelta::hours(5)).rotate_at(1.0);
+        off.select(&accounts, t0);
+        accounts[0].set_utilization(Some((0.999, reset)), None);
+        assert_eq!(names(&off.select(&accounts, t0)), ["a", "b"], "1 turns rotation off");
+
+        let on = Session::new(TimeDelta::hours(5));
+        accounts[1].set_utilization(Some((0.99, reset)), None);
+        assert_eq!(
+            names(&on.select(&accounts, t0)),
+            ["a", "b"],
+            "every account is hot: moving gains nothing"
+        );
+        // A window that reset no longer counts.
+        let later = t0 + TimeDelta::hours(4);
+        accounts[0].start_session(later - TimeDelta::hours(1));
+        assert_eq!(names(&on.select(&accounts, later)), ["a", "b"]);
+    }
+
+    #[test]
     fn session_skips_paused_and_reauth_accounts() {
         let accounts = pool(&["a", "b", "c"]);
         let strategy = Session::default();
         let now = Utc::now();
         strategy.select(&accounts, now);
         accounts[0].set_paused(true);
-        accounts[1].mark_needs_reauth();
+        accounts[1].mark_needs_reauth("refresh token rejected");
         assert_eq!(names(&strategy.select(&accounts, now)), ["c"]);
         accounts[2].mark_rate_limited(now + TimeDelta::seconds(1));
         assert!(strategy.select(&accounts, now).is_empty());

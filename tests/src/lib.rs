@@ -11,6 +11,7 @@ pub mod sse;
 
 pub use client::{TestClient, TestResponse};
 pub use mock::{
-    CACHE_CREATION_TOKENS, CACHE_READ_TOKENS, Grant, INPUT_TOKENS, MockUpstream, OUTPUT_TOKENS,
-    Received, Reply, message_json,
+    BANNED_MESSAGE, CACHE_CREATION_1H_TOKENS, CACHE_CREATION_5M_TOKENS, CACHE_CREATION_TOKENS,
+    CACHE_READ_TOKENS, EXTRA_USAGE_MESSAGE, Grant, INPUT_TOKENS, LONG_CONTEXT_MESSAGE,
+    MockUpstream, OUTPUT_TOKENS, Received, Reply, message_json, unified_headers,
 };

@@ -22,8 +22,20 @@ pub const INPUT_TOKENS: u64 = 25;
 pub const OUTPUT_TOKENS: u64 = 42;
 /// Cache reads of every mock message.
 pub const CACHE_READ_TOKENS: u64 = 1000;
-/// Cache writes of every mock message.
-pub const CACHE_CREATION_TOKENS: u64 = 7;
+/// Cache writes of every mock message (5-minute and 1-hour together).
+pub const CACHE_CREATION_TOKENS: u64 = CACHE_CREATION_5M_TOKENS + CACHE_CREATION_1H_TOKENS;
+/// Of the cache writes, those to the 5-minute cache (`usage.cache_creation`).
+pub const CACHE_CREATION_5M_TOKENS: u64 = 3;
+/// Of the cache writes, those to the 1-hour cache (Claude Code on a subscription asks for it).
+pub const CACHE_CREATION_1H_TOKENS: u64 = 4;
+
+/// The 403 Anthropic answers for a disabled or banned subscription.
+pub const BANNED_MESSAGE: &str =
+    "OAuth authentication is currently not allowed for this organization.";
+/// The 429 for a long-context request on an account without extra usage: scoped to the request.
+pub const LONG_CONTEXT_MESSAGE: &str = "Extra usage is required for long context requests.";
+/// A 400 billing-policy refusal (third-party traffic on a subscription billed to extra usage).
+pub const EXTRA_USAGE_MESSAGE: &str = "Third-party apps now draw from your extra usage, not your plan limits. Turn on extra usage to continue.";
 
 /// How the mock answers one request.
 #[derive(Debug, Clone)]
@@ -40,11 +52,18 @@ pub enum Reply {
         /// Chunk size in bytes (`None`: the odd-sized pattern).
         chunk_size: Option<usize>,
     },
-    /// An error envelope with this status and extra headers.
+    /// An error envelope with this status, message and extra headers.
     Error {
         /// HTTP status.
         status: u16,
+        /// `error.message` of the envelope.
+        message: String,
         /// Extra headers (rate-limit headers and the like).
+        headers: Vec<(String, String)>,
+    },
+    /// A normal message with extra headers (unified rate-limit headers, say).
+    MessageWith {
+        /// Extra headers.
         headers: Vec<(String, String)>,
     },
     /// Never answer (until the client gives up).
@@ -60,6 +79,7 @@ impl Reply {
             + seconds;
         Reply::Error {
             status: 429,
+            message: "Number of request tokens has exceeded your rate limit.".into(),
             headers: vec![
                 (
                     "anthropic-ratelimit-unified-status".into(),
@@ -78,9 +98,114 @@ impl Reply {
     pub fn status(status: u16) -> Self {
         Reply::Error {
             status,
+            message: "scripted error".into(),
             headers: Vec::new(),
         }
     }
+
+    /// The 403 `permission_error` of a disabled or banned subscription.
+    pub fn banned() -> Self {
+        Reply::Error {
+            status: 403,
+            message: BANNED_MESSAGE.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The 429 for a long-context request (`context-1m` beta or a `[1m]` model) on an account
+    /// without extra usage: refused for this request, not the account.
+    pub fn long_context_refused() -> Self {
+        Reply::Error {
+            status: 429,
+            message: LONG_CONTEXT_MESSAGE.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A 429 carrying `overage-disabled-reason: out_of_credits` (a model-scoped credit problem).
+    pub fn out_of_credits() -> Self {
+        Reply::Error {
+            status: 429,
+            message: "Out of credits for this model.".into(),
+            headers: vec![
+                (
+                    "anthropic-ratelimit-unified-status".into(),
+                    "rejected".into(),
+                ),
+                (
+                    "anthropic-ratelimit-unified-overage-disabled-reason".into(),
+                    "out_of_credits".into(),
+                ),
+            ],
+        }
+    }
+
+    /// A 429 with no reset information at all: only `x-should-retry: true`.
+    pub fn limited_without_reset() -> Self {
+        Reply::Error {
+            status: 429,
+            message: "Rate limited. Please try again later.".into(),
+            headers: vec![("x-should-retry".into(), "true".into())],
+        }
+    }
+
+    /// The 400 billing-policy refusal about extra usage.
+    pub fn extra_usage_required() -> Self {
+        Reply::Error {
+            status: 400,
+            message: EXTRA_USAGE_MESSAGE.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A normal message whose unified headers say `allowed_warning` at these utilizations of the
+    /// 5-hour and 7-day windows (fractions, 0–1).
+    pub fn allowed_warning(five_hour: f64, seven_day: f64) -> Self {
+        Reply::MessageWith {
+            headers: unified_headers(five_hour, seven_day),
+        }
+    }
+}
+
+fn epoch_in(seconds: u64) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + seconds
+}
+
+/// The unified rate-limit headers of a subscription at these utilizations (fractions): status
+/// `allowed`, or `allowed_warning` from 80% on; the 5-hour window resets in an hour, the 7-day
+/// one in three days.
+pub fn unified_headers(five_hour: f64, seven_day: f64) -> Vec<(String, String)> {
+    let status = if five_hour.max(seven_day) >= 0.8 {
+        "allowed_warning"
+    } else {
+        "allowed"
+    };
+    let binding = if five_hour >= seven_day {
+        "five_hour"
+    } else {
+        "seven_day"
+    };
+    let (reset_5h, reset_7d) = (epoch_in(3600), epoch_in(3 * 86_400));
+    [
+        ("status", status.to_owned()),
+        ("5h-status", status.to_owned()),
+        ("5h-utilization", five_hour.to_string()),
+        ("5h-reset", reset_5h.to_string()),
+        ("7d-status", "allowed".to_owned()),
+        ("7d-utilization", seven_day.to_string()),
+        ("7d-reset", reset_7d.to_string()),
+        ("representative-claim", binding.to_owned()),
+        (
+            "reset",
+            if binding == "five_hour" { reset_5h } else { reset_7d }.to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, value)| (format!("anthropic-ratelimit-unified-{name}"), value))
+    .collect()
 }
 
 /// A request the mock received.
@@ -132,6 +257,8 @@ struct Inner {
     pending_codes: HashMap<String, PendingCode>,
     created_keys: Vec<String>,
     usage: HashMap<String, Value>,
+    usage_calls: HashMap<String, usize>,
+    usage_throttled: HashMap<String, (usize, Option<u64>)>,
     scripts: HashMap<String, VecDeque<Reply>>,
     received: Vec<Received>,
     grants: Vec<Grant>,
@@ -250,6 +377,25 @@ impl MockUpstream {
         self.shared.lock().usage.insert(label.to_owned(), usage);
     }
 
+    /// Answer the next `count` usage calls of `label` with 429 (the endpoint rate-limits
+    /// pollers that hammer it), with `retry-after` when given.
+    pub fn throttle_usage(&self, label: &str, count: usize, retry_after: Option<u64>) {
+        self.shared
+            .lock()
+            .usage_throttled
+            .insert(label.to_owned(), (count, retry_after));
+    }
+
+    /// How many times the usage endpoint was called for `label`, throttled calls included.
+    pub fn usage_calls(&self, label: &str) -> usize {
+        self.shared
+            .lock()
+            .usage_calls
+            .get(label)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Make the account's current access token fail with 401 until it is refreshed.
     pub fn expire_access_token(&self, label: &str) {
         if let Some(account) = self.shared.lock().oauth.get_mut(label) {
@@ -348,6 +494,10 @@ pub fn message_json(model: &str) -> Value {
             "output_tokens": OUTPUT_TOKENS,
             "cache_read_input_tokens": CACHE_READ_TOKENS,
             "cache_creation_input_tokens": CACHE_CREATION_TOKENS,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": CACHE_CREATION_5M_TOKENS,
+                "ephemeral_1h_input_tokens": CACHE_CREATION_1H_TOKENS,
+            },
         }
     })
 }
@@ -405,17 +555,22 @@ async fn handle(
             tokio::time::sleep(Duration::from_secs(3600)).await;
             json_response(500, &envelope(500, "stalled"), &request_id)
         }
-        Reply::Error { status, headers } => {
-            let mut response =
-                json_response(status, &envelope(status, "scripted error"), &request_id);
-            for (name, value) in headers {
-                if let (Ok(name), Ok(value)) = (
-                    http::HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(&value),
-                ) {
-                    response.headers_mut().insert(name, value);
-                }
-            }
+        Reply::Error {
+            status,
+            message,
+            headers,
+        } => {
+            let mut response = json_response(status, &envelope(status, &message), &request_id);
+            add_headers(&mut response, headers);
+            response
+        }
+        Reply::MessageWith { headers } => {
+            let mut response = if wants_stream {
+                sse_response(&shared, &model, &request_id, Duration::ZERO, None, None)
+            } else {
+                json_response(200, &message_json(&model), &request_id)
+            };
+            add_headers(&mut response, headers);
             response
         }
         Reply::Message if !wants_stream => {
@@ -430,6 +585,17 @@ async fn handle(
             fail_after,
             chunk_size,
         } => sse_response(&shared, &model, &request_id, delay, fail_after, chunk_size),
+    }
+}
+
+fn add_headers(response: &mut Response, headers: Vec<(String, String)>) {
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
     }
 }
 
@@ -622,6 +788,24 @@ fn oauth_api(shared: &Shared, path: &str, headers: &HeaderMap, request_id: &str)
             &json!({"raw_key": key, "name": "claudeflare"}),
             request_id,
         );
+    }
+    *inner.usage_calls.entry(label.clone()).or_default() += 1;
+    if let Some((left, retry_after)) = inner.usage_throttled.get_mut(&label) {
+        if *left > 0 {
+            *left -= 1;
+            let mut response = json_response(
+                429,
+                &envelope(429, "Rate limited. Please slow down."),
+                request_id,
+            );
+            if let Some(seconds) = retry_after {
+                add_headers(
+                    &mut response,
+                    vec![("retry-after".into(), seconds.to_string())],
+                );
+            }
+            return response;
+        }
     }
     let usage = inner
         .usage

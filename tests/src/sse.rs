@@ -8,13 +8,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame};
 
-use crate::mock::{CACHE_CREATION_TOKENS, CACHE_READ_TOKENS, INPUT_TOKENS, OUTPUT_TOKENS};
+use crate::mock::{
+    CACHE_CREATION_1H_TOKENS, CACHE_CREATION_5M_TOKENS, CACHE_CREATION_TOKENS, CACHE_READ_TOKENS,
+    INPUT_TOKENS, OUTPUT_TOKENS,
+};
 
 /// The full event stream of one message from `model`, with multi-byte characters in its text.
 pub fn message_stream(model: &str) -> Vec<u8> {
     let events = [
         ("message_start", format!(
-            r#"{{"type":"message_start","message":{{"id":"msg_mock","type":"message","role":"assistant","model":"{model}","content":[],"stop_reason":null,"stop_sequence":null,"usage":{{"input_tokens":{INPUT_TOKENS},"cache_creation_input_tokens":{CACHE_CREATION_TOKENS},"cache_read_input_tokens":{CACHE_READ_TOKENS},"output_tokens":1}}}}}}"#
+            r#"{{"type":"message_start","message":{{"id":"msg_mock","type":"message","role":"assistant","model":"{model}","content":[],"stop_reason":null,"stop_sequence":null,"usage":{{"input_tokens":{INPUT_TOKENS},"cache_creation_input_tokens":{CACHE_CREATION_TOKENS},"cache_creation":{{"ephemeral_5m_input_tokens":{CACHE_CREATION_5M_TOKENS},"ephemeral_1h_input_tokens":{CACHE_CREATION_1H_TOKENS}}},"cache_read_input_tokens":{CACHE_READ_TOKENS},"output_tokens":1}}}}}}"#
         )),
         ("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#.to_owned()),
         ("ping", r#"{"type": "ping"}"#.to_owned()),

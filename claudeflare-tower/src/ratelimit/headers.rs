@@ -22,6 +22,10 @@ pub struct RateLimitInfo {
     pub utilization_5h: Option<f64>,
     /// `anthropic-ratelimit-unified-7d-utilization`.
     pub utilization_7d: Option<f64>,
+    /// `anthropic-ratelimit-unified-5h-reset` (epoch seconds).
+    pub reset_5h: Option<DateTime<Utc>>,
+    /// `anthropic-ratelimit-unified-7d-reset` (epoch seconds).
+    pub reset_7d: Option<DateTime<Utc>>,
     /// `anthropic-ratelimit-unified-overage-disabled-reason`.
     pub overage_disabled_reason: Option<String>,
     /// `retry-after`, in seconds or as an HTTP date.
@@ -41,6 +45,8 @@ struct Seen<'a> {
     unified_reset: Option<&'a str>,
     utilization_5h: Option<&'a str>,
     utilization_7d: Option<&'a str>,
+    reset_5h: Option<&'a str>,
+    reset_7d: Option<&'a str>,
     overage_disabled_reason: Option<&'a str>,
     retry_after: Option<&'a str>,
     x_ratelimit_reset: Option<&'a str>,
@@ -58,6 +64,8 @@ impl<'a> Seen<'a> {
                 Some("unified-reset") => &mut seen.unified_reset,
                 Some("unified-5h-utilization") => &mut seen.utilization_5h,
                 Some("unified-7d-utilization") => &mut seen.utilization_7d,
+                Some("unified-5h-reset") => &mut seen.reset_5h,
+                Some("unified-7d-reset") => &mut seen.reset_7d,
                 Some("unified-overage-disabled-reason") => &mut seen.overage_disabled_reason,
                 Some("requests-reset") => &mut seen.standard[0].0,
                 Some("requests-remaining") => &mut seen.standard[0].1,
@@ -117,15 +125,18 @@ impl RateLimitInfo {
                 binding = binding.max(Some(reset));
             }
         }
+        // A fraction of the window (0.97 = 97% used); anything outside 0–1 is not one.
         let utilization = |v: Option<&str>| {
             v.and_then(|v| v.parse().ok())
-                .filter(|v: &f64| v.is_finite())
+                .filter(|v: &f64| (0.0..=1.0).contains(v))
         };
         Self {
             unified_status: seen.unified_status.map(str::to_owned),
             unified_reset: seen.unified_reset.and_then(epoch_seconds),
             utilization_5h: utilization(seen.utilization_5h),
             utilization_7d: utilization(seen.utilization_7d),
+            reset_5h: seen.reset_5h.and_then(epoch_seconds),
+            reset_7d: seen.reset_7d.and_then(epoch_seconds),
             overage_disabled_reason: seen.overage_disabled_reason.map(str::to_owned),
             retry_after: seen.retry_after.and_then(|v| retry_after(v, now)),
             x_ratelimit_reset: seen.x_ratelimit_reset.and_then(epoch_seconds),
@@ -274,6 +285,7 @@ mod tests {
                 ("anthropic-ratelimit-unified-status", "allowed_warning"),
                 ("anthropic-ratelimit-unified-5h-utilization", "0.92"),
                 ("anthropic-ratelimit-unified-7d-utilization", "bogus"),
+                ("anthropic-ratelimit-unified-5h-reset", "1750000000"),
                 (
                     "anthropic-ratelimit-unified-overage-disabled-reason",
                     "out_of_credits",
@@ -285,6 +297,15 @@ mod tests {
         assert!(!info.status_is_limited());
         assert_eq!(info.utilization_5h, Some(0.92));
         assert_eq!(info.utilization_7d, None);
+        assert_eq!(info.reset_5h, DateTime::from_timestamp(1_750_000_000, 0));
+        assert_eq!(info.reset_7d, None);
+        for not_a_fraction in ["97", "-0.1", "NaN", "inf"] {
+            let info = RateLimitInfo::from_headers(
+                &headers(&[("anthropic-ratelimit-unified-5h-utilization", not_a_fraction)]),
+                now,
+            );
+            assert_eq!(info.utilization_5h, None, "{not_a_fraction}");
+        }
         assert_eq!(
             info.overage_disabled_reason.as_deref(),
             Some("out_of_credits")

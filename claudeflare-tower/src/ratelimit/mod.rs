@@ -1,6 +1,6 @@
-//! The `RateLimit` layer: reads each upstream response's status and rate-limit headers, marks
-//! the account, and tells `Failover` what the response means with an [`Outcome`] in the
-//! response extensions.
+//! The `RateLimit` layer: reads each upstream response's status, rate-limit headers and (for
+//! the statuses whose meaning depends on it) error body, marks the account, and tells `Failover`
+//! what the response means with an [`Outcome`] in the response extensions.
 //!
 //! ```
 //! use claudeflare_tower::{AccountPool, ratelimit::RateLimitLayer};
@@ -13,7 +13,12 @@
 //!
 //! The account comes from the [`SelectedAccount`] request extension; without one the response
 //! still gets its `Outcome`, and nothing is marked.
+//!
+//! The error bodies of 400, 403 and 429 answers are read before the response is handed on (they
+//! are small JSON envelopes; at most [`ERROR_BODY_LIMIT`] bytes), because their message decides
+//! between a ban, a scoped refusal and a rate limit. Every other body streams through untouched.
 
+mod classify;
 mod headers;
 
 use std::future::Future;
@@ -21,62 +26,24 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, header};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+pub use classify::{ErrorBody, Outcome};
 pub use headers::{DEFAULT_COOLDOWN, MAX_RESET, RateLimitInfo};
 
+use crate::BoxError;
 use crate::account::{AccountEntry, LiveState};
 use crate::ext::SelectedAccount;
 use crate::pool::AccountPool;
 
-/// What an upstream response means for the request and the account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// 1xx–3xx: hand it to the client.
-    Success,
-    /// A 4xx that another account would answer the same way: hand it to the client.
-    ClientError,
-    /// 429: the account rests until then; try the next account now.
-    RateLimited {
-        /// When the account may be used again.
-        until: DateTime<Utc>,
-    },
-    /// 429 for a model-scoped credit problem: try the next account, keep this one in rotation.
-    OutOfCredits,
-    /// 401: the credential was refused.
-    AuthFailed,
-    /// 529: Anthropic is overloaded; retry with backoff, then the next account.
-    Overloaded,
-    /// 5xx: retry with backoff, then the next account.
-    ServerError,
-}
-
-impl Outcome {
-    /// Classify a response from its status and headers, received at `now`.
-    pub fn classify(status: StatusCode, info: &RateLimitInfo, now: DateTime<Utc>) -> Self {
-        match status.as_u16() {
-            429 if info.overage_disabled_reason.as_deref() == Some("out_of_credits") => {
-                Outcome::OutOfCredits
-            }
-            429 => Outcome::RateLimited {
-                until: info.limited_until(now),
-            },
-            401 => Outcome::AuthFailed,
-            529 => Outcome::Overloaded,
-            500..=599 => Outcome::ServerError,
-            400..=499 => Outcome::ClientError,
-            _ => Outcome::Success,
-        }
-    }
-
-    /// Classify from the status alone (a response that did not pass through `RateLimit`).
-    pub fn from_status(status: StatusCode) -> Self {
-        Self::classify(status, &RateLimitInfo::default(), Utc::now())
-    }
-}
+/// The largest error body read to classify a response. Anthropic's envelopes are a few hundred
+/// bytes; a bigger one is not an envelope worth the memory.
+pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// Marks accounts from upstream responses. See the [module docs](self).
 #[derive(Debug, Clone)]
@@ -112,13 +79,16 @@ pub struct RateLimit<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + From<Bytes>,
+    ResBody::Error: Into<BoxError>,
 {
     type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
@@ -127,7 +97,9 @@ where
             .get::<SelectedAccount>()
             .map(|a| Arc::clone(&a.0));
         ResponseFuture {
-            inner: self.inner.call(req),
+            state: State::Waiting {
+                future: self.inner.call(req),
+            },
             account,
             pool: self.pool.clone(),
         }
@@ -136,36 +108,144 @@ where
 
 pin_project! {
     /// Future of [`RateLimit`].
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<F, B> {
         #[pin]
-        inner: F,
+        state: State<F, B>,
         account: Option<Arc<AccountEntry>>,
         pool: AccountPool,
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        /// Waiting for the response headers.
+        Waiting { #[pin] future: F },
+        /// Reading an error body whose message decides what the response means.
+        Reading {
+            parts: Option<http::response::Parts>,
+            #[pin]
+            body: B,
+            read: BytesMut,
+        },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body<Data = Bytes> + From<Bytes>,
+    B::Error: Into<BoxError>,
 {
-    type Output = Result<Response<B>, E>;
+    type Output = Result<Response<B>, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = std::task::ready!(this.inner.poll(cx))?;
-        let now = Utc::now();
-        let info = RateLimitInfo::from_headers(response.headers(), now);
-        let outcome = Outcome::classify(response.status(), &info, now);
-        if let Some(account) = this.account.take() {
-            let (limited_until, live) = apply(&account, response.status(), &info, outcome, now);
-            if let Some(until) = limited_until {
-                this.pool.rate_limited(&account, until);
-            }
-            this.pool.save(&account, &live);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let next = match this.state.as_mut().project() {
+                StateProj::Waiting { future } => {
+                    let response = std::task::ready!(future.poll(cx)).map_err(Into::into)?;
+                    if !classify::needs_body(response.status()) || !is_json(&response) {
+                        return Poll::Ready(Ok(judge(this.account, this.pool, response, None)));
+                    }
+                    let (parts, body) = response.into_parts();
+                    State::Reading {
+                        parts: Some(parts),
+                        body,
+                        read: BytesMut::new(),
+                    }
+                }
+                StateProj::Reading {
+                    parts,
+                    mut body,
+                    read,
+                } => {
+                    while let Some(frame) = std::task::ready!(body.as_mut().poll_frame(cx)) {
+                        let frame = frame.map_err(Into::into)?;
+                        if let Some(data) = frame.data_ref() {
+                            if read.len() + data.len() > ERROR_BODY_LIMIT {
+                                return Poll::Ready(Err(format!(
+                                    "the upstream's error body is larger than {ERROR_BODY_LIMIT} bytes"
+                                )
+                                .into()));
+                            }
+                            read.extend_from_slice(data);
+                        }
+                    }
+                    let Some(parts) = parts.take() else {
+                        return Poll::Ready(Err("ratelimit polled after completion".into()));
+                    };
+                    let bytes = std::mem::take(read).freeze();
+                    let error = ErrorBody::parse(&bytes);
+                    let response = Response::from_parts(parts, B::from(bytes));
+                    return Poll::Ready(Ok(judge(
+                        this.account,
+                        this.pool,
+                        response,
+                        error.as_ref(),
+                    )));
+                }
+            };
+            this.state.set(next);
         }
-        response.extensions_mut().insert(outcome);
-        Poll::Ready(Ok(response))
     }
+}
+
+fn is_json<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Classify `response`, mark the account, and put the [`Outcome`] in the response extensions.
+fn judge<B>(
+    account: &mut Option<Arc<AccountEntry>>,
+    pool: &AccountPool,
+    mut response: Response<B>,
+    error: Option<&ErrorBody>,
+) -> Response<B> {
+    let now = Utc::now();
+    let info = RateLimitInfo::from_headers(response.headers(), now);
+    let outcome = Outcome::classify(response.status(), &info, error, now);
+    if let Some(account) = account.take() {
+        let (limited_until, live) = apply(&account, response.status(), &info, outcome, now);
+        if let Some(until) = limited_until {
+            pool.rate_limited(&account, until);
+        }
+        pool.save(&account, &live);
+        let message = error.map_or("", |e| e.message.as_str());
+        match outcome {
+            Outcome::Forbidden => {
+                tracing::error!(
+                    account = account.name(),
+                    reason = message,
+                    "the upstream refused this account (disabled or banned?); it is out of rotation until you resume or re-authenticate it"
+                );
+                let reason = if message.is_empty() {
+                    "the upstream answered 403 permission_error"
+                } else {
+                    message
+                };
+                pool.forbidden(&account, reason);
+            }
+            Outcome::ScopedRefusal => tracing::warn!(
+                account = account.name(),
+                reason = message,
+                "refused for this request's model or beta only; trying the next account, this one stays in rotation"
+            ),
+            Outcome::ExtraUsageRequired => tracing::warn!(
+                account = account.name(),
+                reason = message,
+                "a billing-policy refusal (extra usage), not a rate limit; the account stays in rotation"
+            ),
+            _ => {}
+        }
+    }
+    response.extensions_mut().insert(outcome);
+    response
 }
 
 /// Record on the account what one response said; returns the new rate limit, if any, and the
@@ -179,6 +259,8 @@ fn apply(
 ) -> (Option<DateTime<Utc>>, LiveState) {
     let limited_until = match outcome {
         Outcome::RateLimited { until } => Some(until),
+        // A refusal scoped to one model or beta says nothing about the account's other requests.
+        Outcome::ScopedRefusal => None,
         // A limited unified status on another response still means the next request will fail.
         _ if info.status_is_limited() => Some(info.limited_until(now)),
         _ => None,
@@ -199,9 +281,11 @@ fn apply(
     }
     if info.utilization_5h.is_some() {
         live.utilization_5h = info.utilization_5h;
+        live.utilization_5h_reset = info.reset_5h;
     }
     if info.utilization_7d.is_some() {
         live.utilization_7d = info.utilization_7d;
+        live.utilization_7d_reset = info.reset_7d;
     }
     if let Some(until) = limited_until {
         live.rate_limited_until = Some(until);
@@ -218,41 +302,55 @@ fn apply(
 mod tests {
     use super::*;
     use crate::account::Account;
+    use crate::body::ProxyBody;
     use chrono::TimeDelta;
+    use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    fn reply(status: u16, headers: &[(&'static str, &str)]) -> Response<()> {
-        let mut builder = Response::builder().status(status);
-        for (k, v) in headers {
-            builder = builder.header(*k, *v);
-        }
-        builder.body(()).unwrap()
+    /// A scripted upstream answer: status, headers and body.
+    #[derive(Clone)]
+    struct Reply {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: &'static str,
     }
 
-    async fn through(pool: &AccountPool, response: Response<()>) -> Outcome {
+    fn reply(status: u16, headers: &[(&'static str, &str)]) -> Reply {
+        Reply {
+            status,
+            headers: headers.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+            body: "",
+        }
+    }
+
+    /// An error envelope answer, as Anthropic sends it.
+    fn envelope(status: u16, kind: &str, message: &str) -> Reply {
+        let body = format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"{message}"}}}}"#);
+        Reply {
+            status,
+            headers: vec![("content-type", "application/json".into())],
+            body: Box::leak(body.into_boxed_str()),
+        }
+    }
+
+    async fn respond(pool: &AccountPool, reply: Reply) -> Response<ProxyBody> {
         let account = pool.get("a").unwrap();
         let service =
             RateLimitLayer::new(pool.clone()).layer(tower::service_fn(move |_req: Request<()>| {
-                let response = Response::from_parts(response.clone_parts(), ());
+                let mut builder = Response::builder().status(reply.status);
+                for (k, v) in &reply.headers {
+                    builder = builder.header(*k, v.as_str());
+                }
+                let response = builder.body(ProxyBody::full(reply.body)).unwrap();
                 async move { Ok::<_, std::convert::Infallible>(response) }
             }));
         let mut req = Request::new(());
         req.extensions_mut().insert(SelectedAccount(account));
-        let response = service.oneshot(req).await.unwrap();
-        *response.extensions().get::<Outcome>().unwrap()
+        service.oneshot(req).await.unwrap()
     }
 
-    trait CloneParts {
-        fn clone_parts(&self) -> http::response::Parts;
-    }
-    impl CloneParts for Response<()> {
-        fn clone_parts(&self) -> http::response::Parts {
-            let mut builder = Response::builder().status(self.status());
-            for (k, v) in self.headers() {
-                builder = builder.header(k, v);
-            }
-            builder.body(()).unwrap().into_parts().0
-        }
+    async fn through(pool: &AccountPool, reply: Reply) -> Outcome {
+        *respond(pool, reply).await.extensions().get::<Outcome>().unwrap()
     }
 
     #[tokio::test]
@@ -270,6 +368,18 @@ mod tests {
         let account = pool.get("a").unwrap();
         assert_eq!(account.limited_until(Utc::now()), Some(until));
         assert_eq!(account.live().request_count, 1);
+    }
+
+    #[tokio::test]
+    async fn a_429_without_reset_information_benches_for_the_default_cooldown_only() {
+        let pool = AccountPool::new(vec![Account::api_key("a", "k")]);
+        let before = Utc::now();
+        let mut only_should_retry = envelope(429, "rate_limit_error", "Rate limited");
+        only_should_retry.headers.push(("x-should-retry", "true".into()));
+        let Outcome::RateLimited { until } = through(&pool, only_should_retry).await else {
+            panic!("not a rate limit")
+        };
+        assert!(until >= before + DEFAULT_COOLDOWN && until <= Utc::now() + DEFAULT_COOLDOWN);
     }
 
     #[tokio::test]
@@ -291,20 +401,66 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn out_of_credits_fails_over_without_benching() {
+    async fn scoped_refusals_fail_over_without_benching() {
+        let pool = AccountPool::new(vec![Account::api_key("a", "k")]);
+        let out_of_credits = reply(
+            429,
+            &[
+                (
+                    "anthropic-ratelimit-unified-overage-disabled-reason",
+                    "out_of_credits",
+                ),
+                ("anthropic-ratelimit-unified-status", "rejected"),
+            ],
+        );
+        assert_eq!(through(&pool, out_of_credits).await, Outcome::ScopedRefusal);
+        let long_context = envelope(
+            429,
+            "rate_limit_error",
+            "Extra usage is required for long context requests.",
+        );
+        let response = respond(&pool, long_context).await;
+        assert_eq!(
+            response.extensions().get::<Outcome>(),
+            Some(&Outcome::ScopedRefusal)
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("Extra usage is required"),
+            "the body read to classify it is handed on whole"
+        );
+        assert!(pool.get("a").unwrap().is_available(Utc::now()));
+    }
+
+    #[tokio::test]
+    async fn a_403_permission_error_takes_the_account_out_until_a_person_acts() {
+        let store = Arc::new(crate::pool::MemoryStore::default());
+        let pool = AccountPool::with_store(vec![Account::api_key("a", "k")], store.clone());
+        let message = "OAuth authentication is currently not allowed for this organization.";
+        let outcome = through(&pool, envelope(403, "permission_error", message)).await;
+        assert_eq!(outcome, Outcome::Forbidden);
+        let account = pool.get("a").unwrap();
+        let later = Utc::now() + TimeDelta::days(7);
+        assert!(!account.is_available(later), "waiting does not heal a ban");
+        assert_eq!(account.status(later), crate::AccountStatus::Forbidden);
+        let saved = store.get(account.id()).unwrap();
+        assert!(saved.forbidden, "stored at once");
+        assert_eq!(saved.status_reason.as_deref(), Some(message));
+    }
+
+    #[tokio::test]
+    async fn a_400_about_extra_usage_benches_nothing() {
         let pool = AccountPool::new(vec![Account::api_key("a", "k")]);
         let outcome = through(
             &pool,
-            reply(
-                429,
-                &[(
-                    "anthropic-ratelimit-unified-overage-disabled-reason",
-                    "out_of_credits",
-                )],
+            envelope(
+                400,
+                "invalid_request_error",
+                "This request would draw from your extra usage, which is turned off.",
             ),
         )
         .await;
-        assert_eq!(outcome, Outcome::OutOfCredits);
+        assert_eq!(outcome, Outcome::ExtraUsageRequired);
         assert!(pool.get("a").unwrap().is_available(Utc::now()));
     }
 
@@ -327,24 +483,5 @@ mod tests {
         assert_eq!(live.rate_limit_status.as_deref(), Some("allowed_warning"));
         assert_eq!(live.utilization_5h, Some(0.8));
         assert!(live.rate_limited_until.is_none());
-    }
-
-    #[test]
-    fn statuses_classify() {
-        let now = Utc::now();
-        let info = RateLimitInfo::default();
-        let c = |s: u16| Outcome::classify(StatusCode::from_u16(s).unwrap(), &info, now);
-        assert_eq!(c(200), Outcome::Success);
-        assert_eq!(c(400), Outcome::ClientError);
-        assert_eq!(c(401), Outcome::AuthFailed);
-        assert_eq!(c(500), Outcome::ServerError);
-        assert_eq!(c(503), Outcome::ServerError);
-        assert_eq!(c(529), Outcome::Overloaded);
-        assert_eq!(
-            c(429),
-            Outcome::RateLimited {
-                until: now + DEFAULT_COOLDOWN
-            }
-        );
     }
 }

@@ -39,6 +39,7 @@ pub use usage::Usage;
 use crate::BoxError;
 use crate::account::AccountEntry;
 use crate::ext::{FailoverAttempts, RequestMeta, SelectedAccount, Timing};
+use crate::ratelimit::Outcome;
 
 /// Response header naming the account that served the request.
 pub const ACCOUNT_HEADER: &str = "x-claudeflare-account";
@@ -180,6 +181,7 @@ where
                 recorder: Arc::clone(&self.recorder),
                 account: None,
                 request_id: HeaderValue::from_str(id).ok(),
+                label: None,
             }),
         }
     }
@@ -235,6 +237,9 @@ pub(crate) struct Guard {
     account: Option<Arc<AccountEntry>>,
     /// For the response's request-id header.
     request_id: Option<HeaderValue>,
+    /// What the upstream's answer was, when it is one of those that look alike (a ban, a scoped
+    /// refusal, a billing refusal): put before the error, so the history tells them apart.
+    label: Option<&'static str>,
 }
 
 impl Guard {
@@ -250,6 +255,7 @@ impl Guard {
             .copied()
             .unwrap_or_default();
         let timing = extensions.get::<Timing>().copied();
+        self.label = extensions.get::<Outcome>().and_then(|o| o.label());
         let status = response.status();
         let to_headers = self.started.elapsed();
         if let Some(record) = &mut self.record {
@@ -310,6 +316,11 @@ impl Guard {
             return;
         };
         record.response_time_ms = elapsed_ms(self.started);
+        let error = match (self.label, error) {
+            (Some(label), Some(error)) => Some(format!("{label}: {error}")),
+            (Some(label), None) => Some(label.to_owned()),
+            (None, error) => error,
+        };
         if let Some(error) = error {
             record.success = false;
             record.error = Some(error);

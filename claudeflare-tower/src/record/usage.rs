@@ -16,20 +16,29 @@ pub struct Usage {
     pub output_tokens: u64,
     /// Input tokens read from the prompt cache.
     pub cache_read_input_tokens: u64,
-    /// Input tokens written to the prompt cache.
+    /// Input tokens written to the prompt cache, both lifetimes (5-minute and 1-hour).
     pub cache_creation_input_tokens: u64,
+    /// Of `cache_creation_input_tokens`, those written to the 1-hour cache (priced higher than
+    /// the 5-minute writes); 0 when the answer did not split them.
+    #[serde(default)]
+    pub cache_creation_1h_input_tokens: u64,
 }
 
-/// The keys of [`Usage`]'s counts in an answer, in the order of [`Usage::slot`].
-const USAGE_KEYS: [&str; 4] = [
+/// The keys of [`Usage`]'s counts in an answer, in the order of [`Usage::slot`], then the
+/// object that splits cache writes by lifetime.
+const USAGE_KEYS: [&str; 5] = [
     "input_tokens",
     "output_tokens",
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
+    "cache_creation",
 ];
 
+/// The keys of `usage.cache_creation`.
+const CACHE_CREATION_KEYS: [&str; 2] = ["ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"];
+
 impl Usage {
-    /// The count named by `USAGE_KEYS[key]`.
+    /// The count named by `USAGE_KEYS[key]` (one of the first four).
     fn slot(&mut self, key: usize) -> &mut u64 {
         match key {
             0 => &mut self.input_tokens,
@@ -37,6 +46,22 @@ impl Usage {
             2 => &mut self.cache_read_input_tokens,
             _ => &mut self.cache_creation_input_tokens,
         }
+    }
+
+    /// Take the split of cache writes by lifetime: the 1-hour part, and the total when the answer
+    /// gave only the split.
+    fn split_cache_creation(&mut self, five_minutes: Option<u64>, one_hour: Option<u64>) {
+        let (five_minutes, one_hour) = (five_minutes.unwrap_or(0), one_hour.unwrap_or(0));
+        self.cache_creation_1h_input_tokens = one_hour;
+        self.cache_creation_input_tokens = self
+            .cache_creation_input_tokens
+            .max(five_minutes.saturating_add(one_hour));
+    }
+
+    /// Cache writes to the 5-minute cache.
+    pub fn cache_creation_5m_input_tokens(&self) -> u64 {
+        self.cache_creation_input_tokens
+            .saturating_sub(self.cache_creation_1h_input_tokens)
     }
 }
 
@@ -122,6 +147,13 @@ struct WireUsage {
     output_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
+    cache_creation: Option<WireCacheCreation>,
+}
+
+#[derive(Deserialize)]
+struct WireCacheCreation {
+    ephemeral_5m_input_tokens: Option<u64>,
+    ephemeral_1h_input_tokens: Option<u64>,
 }
 
 impl WireUsage {
@@ -141,6 +173,12 @@ impl WireUsage {
             &mut usage.cache_creation_input_tokens,
             self.cache_creation_input_tokens,
         );
+        if let Some(split) = &self.cache_creation {
+            usage.split_cache_creation(
+                split.ephemeral_5m_input_tokens,
+                split.ephemeral_1h_input_tokens,
+            );
+        }
     }
 }
 
@@ -352,11 +390,24 @@ impl JsonTap {
                 1 => {
                     let usage = &mut summary.usage;
                     // Not an object: no usage. Counts that are not numbers are left out.
+                    let mut split = None;
                     let _ = crate::json::top_level(value, &USAGE_KEYS, |key, value| {
-                        if let Some(count) = crate::json::unsigned(value) {
+                        if key == 4 {
+                            split = Some(value);
+                        } else if let Some(count) = crate::json::unsigned(value) {
                             *usage.slot(key) = count;
                         }
                     });
+                    if let Some(split) = split {
+                        let mut counts = [None; 2];
+                        let whole =
+                            crate::json::top_level(split, &CACHE_CREATION_KEYS, |key, value| {
+                                counts[key] = crate::json::unsigned(value);
+                            });
+                        if whole.is_some() {
+                            usage.split_cache_creation(counts[0], counts[1]);
+                        }
+                    }
                 }
                 _ => {
                     summary.error = serde_json::from_slice::<WireError>(value)
@@ -376,7 +427,7 @@ mod tests {
 
     pub(crate) const STREAM: &str = concat!(
         "event: message_start\n",
-        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-20250514\",\"content\":[],\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":7,\"cache_read_input_tokens\":1000,\"output_tokens\":1}}}\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-20250514\",\"content\":[],\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":7,\"cache_creation\":{\"ephemeral_5m_input_tokens\":3,\"ephemeral_1h_input_tokens\":4},\"cache_read_input_tokens\":1000,\"output_tokens\":1}}}\n",
         "\n",
         "event: content_block_start\n",
         "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n",
@@ -403,6 +454,7 @@ mod tests {
         output_tokens: 42,
         cache_read_input_tokens: 1000,
         cache_creation_input_tokens: 7,
+        cache_creation_1h_input_tokens: 4,
     };
 
     fn run(chunks: &[&[u8]]) -> SseTap {
@@ -537,8 +589,28 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: 5,
                 cache_read_input_tokens: 2,
-                cache_creation_input_tokens: 0
+                cache_creation_input_tokens: 0,
+                cache_creation_1h_input_tokens: 0,
             }
+        );
+        // Cache writes split by lifetime; a split without the total still counts.
+        let mut tap = JsonTap::default();
+        tap.feed(br#"{"model":"m","usage":{"input_tokens":1,"cache_creation_input_tokens":30,"cache_creation":{"ephemeral_5m_input_tokens":10,"ephemeral_1h_input_tokens":20}}}"#);
+        let usage = tap.finish().usage;
+        assert_eq!(
+            (
+                usage.cache_creation_input_tokens,
+                usage.cache_creation_1h_input_tokens,
+                usage.cache_creation_5m_input_tokens()
+            ),
+            (30, 20, 10)
+        );
+        let mut tap = JsonTap::default();
+        tap.feed(br#"{"usage":{"cache_creation":{"ephemeral_1h_input_tokens":5}}}"#);
+        let usage = tap.finish().usage;
+        assert_eq!(
+            (usage.cache_creation_input_tokens, usage.cache_creation_1h_input_tokens),
+            (5, 5)
         );
         let mut tap = JsonTap::default();
         tap.feed(br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#);
