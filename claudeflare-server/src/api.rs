@@ -6,7 +6,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use claudeflare_tower::strategy::{self, STRATEGY_NAMES};
+use claudeflare_tower::strategy::STRATEGY_NAMES;
 use claudeflare_tower::{AccountStatus, Mode, Tier};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -112,15 +112,9 @@ pub async fn stats(State(state): State<AppState>) -> ApiResult {
 
 /// `GET /api/accounts`: each account with `usage` (subscription usage; null when unknown).
 pub async fn accounts(State(state): State<AppState>) -> Json<Value> {
-    let views = state.pool.views(Utc::now());
-    let list: Vec<Value> = views
-        .into_iter()
-        .map(|view| {
-            let usage = state.usage.get(&view.id);
-            let mut value = json!(view);
-            value["usage"] = json!(usage);
-            value
-        })
+    let list: Vec<Value> = crate::views::accounts(&state.pool, Utc::now())
+        .iter()
+        .map(|view| crate::views::account_json(view, state.usage.get(&view.id).as_ref()))
         .collect();
     Json(Value::Array(list))
 }
@@ -176,7 +170,8 @@ struct StrategyBody {
 pub async fn set_strategy(State(state): State<AppState>, bytes: Bytes) -> ApiResult {
     let StrategyBody { strategy: name } = body(&bytes)?;
     let mut config = (*state.config.get()).clone();
-    let chosen = strategy::by_name(&name, config.session_duration())
+    let chosen = config
+        .strategy_named(&name)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let path = state.config_path.as_ref().clone();
     let written =
@@ -235,6 +230,10 @@ async fn set_paused(state: &AppState, id: &str, paused: bool) -> ApiResult {
     accounts::set_paused(&state.db, &model.id, paused).await?;
     if let Some(entry) = state.pool.get(&model.id) {
         entry.set_paused(paused);
+        if !paused {
+            // A person decided to try an account the upstream refused again.
+            entry.clear_forbidden();
+        }
     }
     Ok(Json(
         json!({ "id": model.id, "name": model.name, "paused": paused }),

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use chrono::TimeDelta;
 use claudeflare_tower::auth::{AuthError, TokenRefresher, refresh_if_needed};
 use claudeflare_tower::{AccountPool, Mode, Setting};
@@ -13,7 +15,8 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::db::accounts;
-use crate::oauth::{self, Usage};
+use crate::oauth::{self, OAuthError};
+use crate::usage::Usage;
 
 /// Tokens expiring within this are refreshed by the background task, so a request almost never
 /// waits for a refresh.
@@ -70,7 +73,7 @@ pub async fn refresh_ahead(
 ) {
     loop {
         for account in pool.snapshot().iter() {
-            if account.mode() != Mode::Max || account.needs_reauth() {
+            if account.mode() != Mode::Max || account.blocked() {
                 continue;
             }
             match refresh_if_needed(account, &refresher, &pool, REFRESH_AHEAD).await {
@@ -86,7 +89,52 @@ pub async fn refresh_ahead(
     }
 }
 
-/// Fetch every subscription's usage each `usage_poll_interval_seconds` (0: off).
+/// The longest a throttled usage poll waits before trying again.
+const MAX_USAGE_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// When each account's usage is fetched next, and how long the last 429 made it wait.
+#[derive(Default)]
+struct UsageSchedule(HashMap<String, (Instant, Option<Duration>)>);
+
+impl UsageSchedule {
+    fn due(&self, id: &str, now: Instant) -> bool {
+        self.0.get(id).is_none_or(|(next, _)| *next <= now)
+    }
+
+    /// After a good answer (or a failure other than throttling): the regular interval.
+    fn fetched(&mut self, id: &str, now: Instant, interval: Duration) {
+        self.0.insert(id.to_owned(), (now + interval, None));
+    }
+
+    /// After a 429: twice the last wait (at least the interval, at least `retry-after`), at most
+    /// an hour. Returns the wait.
+    fn throttled(
+        &mut self,
+        id: &str,
+        now: Instant,
+        interval: Duration,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        let last = self.0.get(id).and_then(|(_, backoff)| *backoff);
+        let wait = last
+            .map_or(interval, |last| last * 2)
+            .max(interval)
+            .max(retry_after.unwrap_or_default())
+            .min(MAX_USAGE_BACKOFF);
+        self.0.insert(id.to_owned(), (now + wait, Some(wait)));
+        wait
+    }
+
+    /// When the next account is due, if any is known.
+    fn next(&self) -> Option<Instant> {
+        self.0.values().map(|(next, _)| *next).min()
+    }
+}
+
+/// Fetch every subscription's usage each `usage_poll_interval_seconds` (0: off), gently: a 429
+/// from the usage endpoint doubles that account's wait (it never marks the account). What is
+/// fetched is stored, shown, and feeds the account's utilization (so rotation before the limit
+/// works without traffic too).
 pub async fn poll_usage(
     db: DatabaseConnection,
     pool: AccountPool,
@@ -94,12 +142,16 @@ pub async fn poll_usage(
     usage: Arc<UsageMap>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut schedule = UsageSchedule::default();
     loop {
         let config = config.get();
-        let interval = config.usage_poll_interval_seconds;
-        if interval > 0 {
+        let interval = Duration::from_secs(config.usage_poll_interval_seconds);
+        if !interval.is_zero() {
             for account in pool.snapshot().iter() {
-                if account.mode() != Mode::Max || account.needs_reauth() {
+                if account.mode() != Mode::Max || account.blocked() {
+                    continue;
+                }
+                if !schedule.due(account.id(), Instant::now()) {
                     continue;
                 }
                 let Some(authorization) = account.credential_header() else {
@@ -107,23 +159,75 @@ pub async fn poll_usage(
                 };
                 match oauth::fetch_usage(&config, &authorization).await {
                     Ok(fetched) => {
+                        schedule.fetched(account.id(), Instant::now(), interval);
                         if let Ok(json) = serde_json::to_string(&fetched) {
                             if let Err(error) = accounts::save_usage(&db, account.id(), &json).await
                             {
                                 tracing::warn!(%error, "could not store usage");
                             }
                         }
+                        let [five_hour, seven_day] = fetched.fractions();
+                        account.set_utilization(five_hour, seven_day);
+                        pool.persist(account);
                         usage.set(account.id(), fetched);
                     }
+                    Err(OAuthError::Throttled { retry_after }) => {
+                        let wait =
+                            schedule.throttled(account.id(), Instant::now(), interval, retry_after);
+                        tracing::warn!(
+                            account = account.name(),
+                            wait_seconds = wait.as_secs(),
+                            "the usage endpoint asks to slow down; polling this account less often (the account itself is fine)"
+                        );
+                    }
                     Err(error) => {
-                        tracing::warn!(account = account.name(), %error, "could not fetch subscription usage")
+                        schedule.fetched(account.id(), Instant::now(), interval);
+                        tracing::warn!(account = account.name(), %error, "could not fetch subscription usage");
                     }
                 }
             }
         }
-        let wait = if interval == 0 { 5 } else { interval };
-        if pause(Duration::from_secs(wait), &mut stop).await {
+        // Wake for the next due account, and at least every 5 s to notice new accounts and a
+        // changed interval.
+        let until_next = schedule
+            .next()
+            .map_or(Duration::from_secs(5), |next| {
+                next.saturating_duration_since(Instant::now())
+            })
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        if pause(until_next, &mut stop).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttled_polls_back_off_to_an_hour_and_recover() {
+        let mut schedule = UsageSchedule::default();
+        let now = Instant::now();
+        let interval = Duration::from_secs(300);
+        assert!(schedule.due("a", now));
+        let waits: Vec<u64> = (0..6)
+            .map(|_| schedule.throttled("a", now, interval, None).as_secs())
+            .collect();
+        assert_eq!(waits, [300, 600, 1200, 2400, 3600, 3600]);
+        assert!(!schedule.due("a", now + Duration::from_secs(3599)));
+        schedule.fetched("a", now, interval);
+        assert_eq!(
+            schedule.throttled("a", now, interval, None).as_secs(),
+            300,
+            "reset by a good answer"
+        );
+        assert_eq!(
+            schedule
+                .throttled("b", now, interval, Some(Duration::from_secs(900)))
+                .as_secs(),
+            900,
+            "retry-after is honoured"
+        );
     }
 }

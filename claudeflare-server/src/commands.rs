@@ -14,6 +14,7 @@ use crate::config::{self, Config};
 use crate::db::{self, accounts, requests};
 use crate::oauth;
 use crate::secrets::Cipher;
+use crate::usage::{Usage, Window};
 
 /// What the commands work with: the server's database, its secret key and configuration.
 pub struct Context {
@@ -26,6 +27,10 @@ pub struct Context {
 pub async fn open() -> anyhow::Result<Context> {
     let path = config::config_path();
     config::ensure_file(&path)?;
+    let upgraded = config::upgrade_file(&path)?;
+    if !upgraded.is_empty() {
+        eprintln!("note: {}", config::upgrade_message(&path, &upgraded));
+    }
     let config = config::load(&path, &config::Overrides::default())?;
     let db = db::open(&config::database_url(&path)).await?;
     let cipher = Cipher::load(config::config_folder(&path))?;
@@ -222,7 +227,7 @@ pub async fn refresh(name: Option<&str>) -> anyhow::Result<()> {
                 failed += 1;
                 eprintln!("error: refreshing `{}` failed: {error}", model.name);
                 if let RefreshError::Rejected(_) = error {
-                    accounts::mark_needs_reauth(&context.db, &model.id).await?;
+                    // `coordinated_refresh` has stored it, with the reason.
                     eprintln!(
                         "run `claudeflare-server reauth {}` to sign in again",
                         model.name
@@ -238,10 +243,12 @@ pub async fn refresh(name: Option<&str>) -> anyhow::Result<()> {
 }
 
 fn status_text(view: &AccountView) -> String {
+    let reason = || view.status_reason.as_deref().unwrap_or_default();
     match view.status {
         AccountStatus::Active => "active".into(),
         AccountStatus::Paused => "paused".into(),
-        AccountStatus::NeedsReauth => "needs re-auth".into(),
+        AccountStatus::NeedsReauth => format!("needs re-auth: {}", reason()),
+        AccountStatus::Forbidden => format!("forbidden: {} (resume it to try again)", reason()),
         AccountStatus::RateLimited => match view.rate_limited_until {
             Some(until) => format!(
                 "rate-limited until {}",
@@ -252,8 +259,8 @@ fn status_text(view: &AccountView) -> String {
     }
 }
 
-fn usage_text(usage: Option<&oauth::Usage>) -> String {
-    let percent = |window: &Option<oauth::Window>| {
+fn usage_text(usage: Option<&Usage>) -> String {
+    let percent = |window: &Option<Window>| {
         window
             .as_ref()
             .and_then(|w| w.utilization)
@@ -272,8 +279,8 @@ pub async fn list(json: bool) -> anyhow::Result<()> {
     let models = accounts::all(&context.db).await?;
     let mut rows = Vec::new();
     for model in &models {
-        let view = accounts::view(model, &context.cipher, now)?;
-        let usage: Option<oauth::Usage> = model
+        let view = crate::views::finish(accounts::view(model, &context.cipher, now)?);
+        let usage: Option<Usage> = model
             .usage
             .as_deref()
             .and_then(|u| serde_json::from_str(u).ok());
@@ -282,11 +289,7 @@ pub async fn list(json: bool) -> anyhow::Result<()> {
     if json {
         let list: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(view, usage)| {
-                let mut value = serde_json::json!(view);
-                value["usage"] = serde_json::json!(usage);
-                value
-            })
+            .map(|(view, usage)| crate::views::account_json(view, usage.as_ref()))
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());

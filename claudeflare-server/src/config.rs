@@ -58,8 +58,75 @@ pub struct Config {
     pub oauth_usage_url: String,
     /// How often subscription usage is fetched, in seconds; 0 turns it off.
     pub usage_poll_interval_seconds: u64,
-    /// Price overrides (USD per million tokens) by model-name prefix.
+    /// Move new sessions off a subscription whose 5-hour or 7-day utilization reached this
+    /// (0–1); 1 turns it off.
+    pub rotate_at_utilization: f64,
+    /// Price overrides (USD per million tokens) by model id, alias or prefix.
     pub pricing: BTreeMap<String, Price>,
+}
+
+/// Today's OAuth endpoints (anthropic.md: moved to `platform.claude.com` in June 2026).
+const OAUTH_DEFAULTS: [(&str, &str); 4] = [
+    (
+        "oauth_token_url",
+        claudeflare_tower::oauth::DEFAULT_TOKEN_URL,
+    ),
+    (
+        "oauth_authorize_url_max",
+        "https://claude.com/cai/oauth/authorize",
+    ),
+    (
+        "oauth_authorize_url_console",
+        "https://platform.claude.com/oauth/authorize",
+    ),
+    (
+        "oauth_redirect_uri",
+        "https://platform.claude.com/oauth/code/callback",
+    ),
+];
+
+/// Defaults of earlier versions that stopped working (the old token URL answers 404 to every
+/// grant since June 2026): a file holding one of them holds a default, not a choice, and gets
+/// today's.
+const OLD_DEFAULTS: [(&str, &str); 4] = [
+    (
+        "oauth_token_url",
+        "https://console.anthropic.com/v1/oauth/token",
+    ),
+    (
+        "oauth_authorize_url_max",
+        "https://claude.ai/oauth/authorize",
+    ),
+    (
+        "oauth_authorize_url_console",
+        "https://console.anthropic.com/oauth/authorize",
+    ),
+    (
+        "oauth_redirect_uri",
+        "https://console.anthropic.com/oauth/code/callback",
+    ),
+];
+
+/// Today's default for `key` if `value` is an old default of it.
+fn upgraded(key: &str, value: &str) -> Option<&'static str> {
+    OLD_DEFAULTS
+        .iter()
+        .any(|(old_key, old)| *old_key == key && value.trim_end_matches('/') == *old)
+        .then(|| {
+            OAUTH_DEFAULTS
+                .iter()
+                .find(|(new_key, _)| *new_key == key)
+                .map(|(_, new)| *new)
+        })
+        .flatten()
+}
+
+fn oauth_default(key: &str) -> String {
+    OAUTH_DEFAULTS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| (*v).to_owned())
+        .unwrap_or_default()
 }
 
 impl Default for Config {
@@ -76,23 +143,24 @@ impl Default for Config {
             log_level: "INFO".into(),
             log_format: "pretty".into(),
             upstream_url: claudeflare_tower::DEFAULT_UPSTREAM_URL.into(),
-            oauth_token_url: claudeflare_tower::oauth::DEFAULT_TOKEN_URL.into(),
-            oauth_authorize_url_max: "https://claude.ai/oauth/authorize".into(),
-            oauth_authorize_url_console: "https://console.anthropic.com/oauth/authorize".into(),
-            oauth_redirect_uri: "https://console.anthropic.com/oauth/code/callback".into(),
+            oauth_token_url: oauth_default("oauth_token_url"),
+            oauth_authorize_url_max: oauth_default("oauth_authorize_url_max"),
+            oauth_authorize_url_console: oauth_default("oauth_authorize_url_console"),
+            oauth_redirect_uri: oauth_default("oauth_redirect_uri"),
             create_api_key_url: "https://api.anthropic.com/api/oauth/claude_cli/create_api_key"
                 .into(),
             max_request_body_bytes: claudeflare_tower::buffer::DEFAULT_BODY_LIMIT,
             request_retention_days: 30,
             oauth_usage_url: "https://api.anthropic.com/api/oauth/usage".into(),
             usage_poll_interval_seconds: 300,
+            rotate_at_utilization: strategy::DEFAULT_ROTATE_AT,
             pricing: BTreeMap::new(),
         }
     }
 }
 
 /// File keys, which are also `CLAUDEFLARE_<KEY>` in the environment.
-const KEYS: [&str; 21] = [
+const KEYS: [&str; 22] = [
     "port",
     "host",
     "lb_strategy",
@@ -113,6 +181,7 @@ const KEYS: [&str; 21] = [
     "request_retention_days",
     "oauth_usage_url",
     "usage_poll_interval_seconds",
+    "rotate_at_utilization",
     "pricing",
 ];
 
@@ -227,6 +296,45 @@ fn file_defaults() -> serde_json::Value {
     value
 }
 
+/// Replace the defaults of earlier versions that no longer work (the `console.anthropic.com`
+/// OAuth URLs) in the file at `path` with today's, atomically. Values a user chose are kept.
+/// Returns the keys replaced (none when the file holds no old default, or is not a JSON object:
+/// [`load`] reports that).
+pub fn upgrade_file(path: &Path) -> Result<Vec<&'static str>, ConfigError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Vec::new());
+    };
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(&text) else {
+        return Ok(Vec::new());
+    };
+    let mut replaced = Vec::new();
+    for (key, _) in OLD_DEFAULTS {
+        let today = map
+            .get(key)
+            .and_then(|v| v.as_str())
+            .and_then(|value| upgraded(key, value));
+        if let Some(today) = today {
+            map.insert(key.to_owned(), serde_json::Value::from(today));
+            replaced.push(key);
+        }
+    }
+    if !replaced.is_empty() {
+        let text =
+            serde_json::to_string_pretty(&serde_json::Value::Object(map)).unwrap_or_default();
+        write_atomically(path, &text)?;
+    }
+    Ok(replaced)
+}
+
+/// The one line that says the file was upgraded.
+pub fn upgrade_message(path: &Path, keys: &[&str]) -> String {
+    format!(
+        "{}: replaced the pre-June-2026 OAuth defaults of {} (console.anthropic.com answers 404 since) with today's platform.claude.com ones",
+        path.display(),
+        keys.join(", ")
+    )
+}
+
 /// Load the configuration from `path`, the environment and `overrides`.
 pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -250,13 +358,29 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         .map(|key| key.as_str().to_ascii_lowercase().into());
     let prefixed = Env::prefixed("CLAUDEFLARE_")
         .filter(|key| KEYS.iter().any(|k| key.as_str().eq_ignore_ascii_case(k)));
-    let config: Config = Figment::from(Serialized::defaults(Config::default()))
+    let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
         .merge(Json::file_exact(path))
         .merge(seed)
         .merge(prefixed)
         .merge(Serialized::defaults(overrides))
         .extract()
         .map_err(|error| ConfigError::Invalid(format!("in {}: {error}", path.display())))?;
+    for (key, value) in [
+        ("oauth_token_url", &mut config.oauth_token_url),
+        (
+            "oauth_authorize_url_max",
+            &mut config.oauth_authorize_url_max,
+        ),
+        (
+            "oauth_authorize_url_console",
+            &mut config.oauth_authorize_url_console,
+        ),
+        ("oauth_redirect_uri", &mut config.oauth_redirect_uri),
+    ] {
+        if let Some(today) = upgraded(key, value) {
+            *value = today.to_owned();
+        }
+    }
     config
         .validate()
         .map_err(|problem| ConfigError::Invalid(format!("in {}: {problem}", path.display())))?;
@@ -293,6 +417,12 @@ impl Config {
         }
         if self.session_duration_ms == 0 {
             return Err("session_duration_ms must be more than 0".into());
+        }
+        if !(self.rotate_at_utilization > 0.0 && self.rotate_at_utilization <= 1.0) {
+            return Err(format!(
+                "rotate_at_utilization must be a fraction above 0 and at most 1 (1 turns rotation off), not {}",
+                self.rotate_at_utilization
+            ));
         }
         for (key, url) in [
             ("upstream_url", &self.upstream_url),
@@ -332,8 +462,23 @@ impl Config {
 
     /// The strategy these settings name.
     pub fn strategy(&self) -> Box<dyn strategy::Strategy> {
-        strategy::by_name(&self.lb_strategy, self.session_duration())
-            .unwrap_or_else(|_| Box::new(strategy::Session::new(self.session_duration())))
+        self.strategy_named(&self.lb_strategy)
+            .unwrap_or_else(|_| Box::new(self.session()))
+    }
+
+    /// The built-in strategy called `name`, with these settings (session length, rotation).
+    pub fn strategy_named(
+        &self,
+        name: &str,
+    ) -> Result<Box<dyn strategy::Strategy>, strategy::UnknownStrategy> {
+        if name == "session" {
+            return Ok(Box::new(self.session()));
+        }
+        strategy::by_name(name, self.session_duration())
+    }
+
+    fn session(&self) -> strategy::Session {
+        strategy::Session::new(self.session_duration()).rotate_at(self.rotate_at_utilization)
     }
 
     /// `upstream_url` as a URI (validated at load).

@@ -20,3 +20,5 @@ pub mod secrets;
 pub mod serve;
 pub mod store;
 pub mod threads;
+pub mod usage;
+pub mod views;

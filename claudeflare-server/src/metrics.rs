@@ -1,6 +1,7 @@
 //! `GET /metrics`: Prometheus text format.
 
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -38,6 +39,15 @@ pub struct AccountLabel {
     pub account: String,
 }
 
+/// What a request cost is counted by.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    /// Serving account.
+    pub account: String,
+    /// Model.
+    pub model: String,
+}
+
 /// A refresh result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -62,6 +72,8 @@ pub struct Metrics {
     pub token_refreshes: Family<ResultLabel, Counter>,
     /// Request records that could not be stored.
     pub dropped_records: Counter,
+    /// Estimated cost in USD, by account and model.
+    pub cost_usd: Family<CostLabels, Counter<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -124,8 +136,15 @@ impl Metrics {
             "Request records that could not be stored",
             dropped_records.clone(),
         );
+        let cost_usd = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "cost_usd",
+            "Estimated cost of the requests in USD (from the price table), by account and model",
+            cost_usd.clone(),
+        );
         Self {
             registry,
+            cost_usd,
             requests,
             upstream_latency,
             overhead,
@@ -179,5 +198,20 @@ mod tests {
         ] {
             assert!(text.contains(line), "no `{line}` in:\n{text}");
         }
+    }
+
+    #[test]
+    fn cost_is_counted_in_dollars() {
+        let metrics = Metrics::new();
+        let labels = CostLabels {
+            account: "work".to_owned(),
+            model: "claude-opus-4-8".to_owned(),
+        };
+        metrics.cost_usd.get_or_create(&labels).inc_by(0.00173375);
+        metrics.cost_usd.get_or_create(&labels).inc_by(0.00173375);
+        let text = metrics.render();
+        let line =
+            r#"claudeflare_cost_usd_total{account="work",model="claude-opus-4-8"} 0.0034675"#;
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
     }
 }

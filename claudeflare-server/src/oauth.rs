@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{TimeDelta, Utc};
 use claudeflare_tower::auth::{RefreshError, TokenPair};
 use claudeflare_tower::oauth::HttpRefresher;
 use claudeflare_tower::upstream::{DEFAULT_CONNECT_TIMEOUT, http_client};
@@ -17,15 +17,23 @@ use oauth2::{
 };
 use sea_orm::DatabaseConnection;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Config;
 use crate::db::{DbError, accounts};
 use crate::secrets::Cipher;
+use crate::usage::Usage;
 
-/// The scopes Claude Code asks for.
-const SCOPES: [&str; 3] = ["org:create_api_key", "user:profile", "user:inference"];
+/// The scopes Claude Code 2.1 asks for (`user:inference` is the one inference needs).
+const SCOPES: [&str; 6] = [
+    "org:create_api_key",
+    "user:profile",
+    "user:inference",
+    "user:sessions:claude_code",
+    "user:mcp_servers",
+    "user:file_upload",
+];
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one process may hold the refresh lease.
 const LEASE: TimeDelta = TimeDelta::seconds(30);
@@ -51,6 +59,12 @@ pub enum OAuthError {
         what: &'static str,
         /// Status and error.
         detail: String,
+    },
+    /// The endpoint asks to slow down (429).
+    #[error("the usage endpoint asks to slow down (429)")]
+    Throttled {
+        /// Its `retry-after`, when given in seconds.
+        retry_after: Option<Duration>,
     },
     /// No answer.
     #[error("{what} failed: {source}")]
@@ -128,7 +142,7 @@ pub async fn exchange(
         "code_verifier": flow.verifier.secret(),
     });
     let what = "the token exchange";
-    let (status, bytes) = send(
+    let (status, _, bytes) = send(
         what,
         Method::POST,
         &config.oauth_token_url,
@@ -166,7 +180,7 @@ pub async fn create_api_key(
     }
     let what = "creating the API key";
     let bearer = format!("Bearer {}", access_token.expose_secret());
-    let (status, bytes) = send(
+    let (status, _, bytes) = send(
         what,
         Method::POST,
         &config.create_api_key_url,
@@ -185,28 +199,8 @@ pub async fn create_api_key(
     Ok(created.raw_key.into())
 }
 
-/// One window of subscription usage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Window {
-    /// Percent used (0–100).
-    pub utilization: Option<f64>,
-    /// When the window resets.
-    pub resets_at: Option<DateTime<Utc>>,
-}
-
-/// Subscription usage, as `/api/accounts` shows it under `usage`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Usage {
-    /// The 5-hour window.
-    pub five_hour: Option<Window>,
-    /// The 7-day window.
-    pub seven_day: Option<Window>,
-    /// When it was fetched.
-    #[serde(default = "Utc::now")]
-    pub fetched_at: DateTime<Utc>,
-}
-
-/// Fetch subscription usage with the account's `authorization` header.
+/// Fetch subscription usage with the account's `authorization` header, in either shape of the
+/// answer. A 429 (the endpoint limits pollers) is [`OAuthError::Throttled`].
 pub async fn fetch_usage(
     config: &Config,
     authorization: &HeaderValue,
@@ -216,7 +210,7 @@ pub async fn fetch_usage(
         what,
         detail: "unusable token".into(),
     })?;
-    let (status, bytes) = send(
+    let (status, headers, bytes) = send(
         what,
         Method::GET,
         &config.oauth_usage_url,
@@ -225,15 +219,23 @@ pub async fn fetch_usage(
         String::new(),
     )
     .await?;
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return Err(OAuthError::Throttled { retry_after });
+    }
     if !status.is_success() {
         return Err(refused(what, status, &bytes));
     }
-    let mut usage: Usage = serde_json::from_slice(&bytes).map_err(|e| OAuthError::Refused {
-        what,
-        detail: format!("unreadable answer: {e}"),
-    })?;
-    usage.fetched_at = Utc::now();
-    Ok(usage)
+    let answer: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| OAuthError::Refused {
+            what,
+            detail: format!("unreadable answer: {e}"),
+        })?;
+    Ok(Usage::from_answer(&answer, Utc::now()))
 }
 
 /// The status and OAuth error of a refusal, never its whole body (which could echo input).
@@ -272,7 +274,7 @@ async fn send(
     authorization: Option<&str>,
     content_type: &str,
     body: String,
-) -> Result<(StatusCode, Bytes), OAuthError> {
+) -> Result<(StatusCode, http::HeaderMap, Bytes), OAuthError> {
     let uri: http::Uri = url.parse().map_err(|_| OAuthError::Url(what))?;
     let mut request = Request::builder()
         .method(method)
@@ -303,12 +305,13 @@ async fn send(
                 source: e.into(),
             })?;
         let status = response.status();
-        let bytes = Limited::new(response.into_body(), 1024 * 1024)
+        let (parts, body) = response.into_parts();
+        let bytes = Limited::new(body, 1024 * 1024)
             .collect()
             .await
             .map_err(|source| OAuthError::Network { what, source })?
             .to_bytes();
-        Ok((status, bytes))
+        Ok((status, parts.headers, bytes))
     };
     tokio::time::timeout(TIMEOUT, exchange)
         .await
@@ -369,13 +372,19 @@ pub async fn coordinated_refresh(
                 }
                 Err(error) => {
                     let _ = accounts::release_refresh_lease(db, id).await;
-                    if let RefreshError::Rejected(_) = error {
+                    if let RefreshError::Rejected(reason) = &error {
                         // Lost a race we could not see? Then the database has a newer token.
                         let now_stored = stored_tokens(db, cipher, id).await.map_err(temporary)?;
                         if now_stored.refresh_token.expose_secret()
                             != stored.refresh_token.expose_secret()
                         {
                             return Ok(pair(now_stored));
+                        }
+                        // The token the database holds is dead: say so there at once, so the
+                        // CLI, other processes and the next start all see it.
+                        let reason = format!("the refresh token was rejected: {reason}");
+                        if let Err(db_error) = accounts::mark_needs_reauth(db, id, &reason).await {
+                            tracing::error!(error = %db_error, "could not store that the account needs re-authentication");
                         }
                     }
                     Err(error)
@@ -423,7 +432,12 @@ mod tests {
         let config = Config::default();
         let flow = start(&config, true).unwrap();
         let url = oauth2::url::Url::parse(&flow.url).unwrap();
-        assert!(flow.url.starts_with("https://claude.ai/oauth/authorize?"));
+        assert!(
+            flow.url
+                .starts_with("https://claude.com/cai/oauth/authorize?"),
+            "{}",
+            flow.url
+        );
         let query: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
         assert_eq!(query["code"], "true");
         assert_eq!(query["client_id"], config.client_id);
@@ -431,7 +445,7 @@ mod tests {
         assert_eq!(query["redirect_uri"], config.oauth_redirect_uri);
         assert_eq!(
             query["scope"],
-            "org:create_api_key user:profile user:inference"
+            "org:create_api_key user:profile user:inference user:sessions:claude_code user:mcp_servers user:file_upload"
         );
         assert_eq!(query["code_challenge_method"], "S256");
         assert_eq!(query["state"], *flow.state.secret());
@@ -444,7 +458,7 @@ mod tests {
         assert!(
             other
                 .url
-                .starts_with("https://console.anthropic.com/oauth/authorize?")
+                .starts_with("https://platform.claude.com/oauth/authorize?")
         );
         assert_ne!(other.state.secret(), flow.state.secret());
     }

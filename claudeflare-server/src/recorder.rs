@@ -12,7 +12,7 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, watch};
 
 use crate::db::requests;
-use crate::metrics::{Metrics, RequestLabels, StatusLabel};
+use crate::metrics::{CostLabels, Metrics, RequestLabels, StatusLabel};
 use crate::pricing::Pricing;
 
 /// Records waiting for the writer at most.
@@ -66,6 +66,18 @@ impl Recorder for ServerRecorder {
         self.metrics.requests.get_or_create(&labels).inc();
         if served {
             record.account = Some(labels.account);
+        }
+        if cost > 0.0 && record.account.is_some() {
+            // Lent and taken back, like the account name above. A cost needs a model.
+            if let Some(model) = record.model.take() {
+                let labels = CostLabels {
+                    account: record.account.take().unwrap_or_default(),
+                    model,
+                };
+                self.metrics.cost_usd.get_or_create(&labels).inc_by(cost);
+                record.account = Some(labels.account);
+                record.model = Some(labels.model);
+            }
         }
         if let Some(upstream) = record.upstream_ms {
             self.metrics

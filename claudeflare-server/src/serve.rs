@@ -46,7 +46,9 @@ struct Live {
 impl Live {
     fn apply(&self, new: Config) {
         let old = self.config.get();
-        if new.lb_strategy != old.lb_strategy || new.session_duration_ms != old.session_duration_ms
+        if new.lb_strategy != old.lb_strategy
+            || new.session_duration_ms != old.session_duration_ms
+            || new.rotate_at_utilization != old.rotate_at_utilization
         {
             self.strategy.set(new.strategy());
         }
@@ -70,8 +72,12 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
     let overrides = Setting::new(overrides);
     let path = config::config_path();
     config::ensure_file(&path)?;
+    let upgraded = config::upgrade_file(&path)?;
     let config = config::load(&path, &overrides.get())?;
     let (log, _flush) = logging::init(&config.log_level, &config.log_format);
+    if !upgraded.is_empty() {
+        tracing::info!("{}", config::upgrade_message(&path, &upgraded));
+    }
     let url = config::database_url(&path);
     let db = db::open(&url).await?;
     tracing::info!(config = %path.display(), database = %db::redact(&url), "starting");
@@ -252,6 +258,13 @@ async fn watch_config(
             continue;
         }
         seen = now;
+        match config::upgrade_file(&path) {
+            Ok(keys) if !keys.is_empty() => {
+                tracing::info!("{}", config::upgrade_message(&path, &keys));
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not rewrite the configuration file"),
+        }
         match config::load(&path, &overrides.get()) {
             Ok(new) if new != *live.config.get() => live.apply(new),
             Ok(_) => {}

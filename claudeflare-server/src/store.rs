@@ -50,6 +50,8 @@ impl Versions {
 /// Collects live-state changes for the writer task.
 pub struct DbStore {
     dirty: Mutex<HashMap<String, LiveState>>,
+    /// Blocks (needs re-auth, forbidden) to store at once, in the order they were decided.
+    blocks: Mutex<Vec<(String, LiveState)>>,
     wake: Notify,
     metrics: Arc<Metrics>,
 }
@@ -59,6 +61,7 @@ impl DbStore {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             dirty: Mutex::default(),
+            blocks: Mutex::default(),
             wake: Notify::new(),
             metrics,
         }
@@ -66,6 +69,17 @@ impl DbStore {
 
     fn take(&self) -> HashMap<String, LiveState> {
         std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn blocked_again(&self, id: String, state: LiveState) {
+        self.blocks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(0, (id, state));
+    }
+
+    fn take_blocks(&self) -> Vec<(String, LiveState)> {
+        std::mem::take(&mut *self.blocks.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -85,6 +99,15 @@ impl StateStore for DbStore {
         }
     }
 
+    fn blocked(&self, account: &AccountEntry, state: &LiveState) {
+        self.blocks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((account.id().to_owned(), state.clone()));
+        // Written at once, not with the next batch of counters.
+        self.wake.notify_one();
+    }
+
     fn rate_limited(&self, account: &AccountEntry, _until: DateTime<Utc>) {
         self.metrics
             .rate_limits
@@ -95,8 +118,8 @@ impl StateStore for DbStore {
     }
 }
 
-/// Write live-state changes, at most every 200 ms, until `stop`; then write what is left,
-/// including changes that arrived while the last batch was being written.
+/// Write live-state changes, at most every 200 ms (blocks at once), until `stop`; then write
+/// what is left, including changes that arrived while the last batch was being written.
 pub async fn write_live_states(
     db: DatabaseConnection,
     store: Arc<DbStore>,
@@ -123,6 +146,22 @@ pub async fn write_live_states(
 }
 
 async fn write_dirty(db: &DatabaseConnection, store: &DbStore, versions: &Versions) {
+    for (id, state) in store.take_blocks() {
+        let seen = versions.get(&id).map(|(version, _)| version);
+        match accounts::set_block(db, &id, &state, seen).await {
+            Ok(true) => {}
+            // Someone changed the account since (a `reauth`, a `resume`): their word wins, and
+            // the next sync brings it here.
+            Ok(false) => {
+                tracing::info!(account = %id, "not storing the block: the account changed meanwhile")
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not store that an account is out of rotation");
+                // Kept for the next round rather than lost.
+                store.blocked_again(id, state);
+            }
+        }
+    }
     for (id, state) in store.take() {
         let Some((_, epoch)) = versions.get(&id) else {
             tracing::debug!(account = %id, "account state not stored: the account is not loaded");

@@ -42,7 +42,7 @@ async fn the_add_flow_signs_in_with_pkce_and_the_account_serves() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let url_line = stdout.lines().find(|l| l.starts_with("http")).unwrap();
     assert!(
-        url_line.starts_with("https://claude.ai/oauth/authorize?"),
+        url_line.starts_with("https://claude.com/cai/oauth/authorize?"),
         "{url_line}"
     );
     assert!(stdout.contains("Paste the authorization code:"), "{stdout}");
@@ -60,7 +60,7 @@ async fn the_add_flow_signs_in_with_pkce_and_the_account_serves() {
     );
     assert_eq!(
         grants[0].body["redirect_uri"],
-        "https://console.anthropic.com/oauth/code/callback"
+        "https://platform.claude.com/oauth/code/callback"
     );
 
     let accounts = listed(&env);
@@ -113,7 +113,7 @@ async fn console_mode_creates_an_api_key_and_uses_it() {
     assert!(
         stdout
             .lines()
-            .any(|l| l.starts_with("https://console.anthropic.com/oauth/authorize?")),
+            .any(|l| l.starts_with("https://platform.claude.com/oauth/authorize?")),
         "{stdout}"
     );
     let created = env.mock.created_keys();
@@ -277,7 +277,10 @@ async fn invalid_grant_needs_reauth_and_reauth_restores_the_same_account() {
         eventually(Duration::from_secs(3), || async {
             server.account("m").await["status"] == "active"
         })
-        .await
+        .await,
+        "{}\n{}",
+        server.account("m").await,
+        server.log()
     );
     let after = server.account("m").await;
     assert_eq!(after["id"], before["id"]);

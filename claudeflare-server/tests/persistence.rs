@@ -62,7 +62,8 @@ async fn records_and_state_survive_a_restart(backend: Backend) {
     assert_eq!(requests[0]["output_tokens"], 42);
     assert_eq!(requests[0]["cache_read_input_tokens"], 1000);
     assert_eq!(requests[0]["cache_creation_input_tokens"], 7);
-    let cost = (25.0 * 3.0 + 42.0 * 15.0 + 7.0 * 3.75 + 1000.0 * 0.3) / 1e6;
+    // Sonnet 4: 3 five-minute cache writes at 3.75, 4 one-hour ones at 6 (2 × input).
+    let cost = (25.0 * 3.0 + 42.0 * 15.0 + 3.0 * 3.75 + 4.0 * 6.0 + 1000.0 * 0.3) / 1e6;
     assert!((requests[0]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-9);
     let stats = server.json("/api/stats").await;
     assert_eq!(stats["total_requests"], 2);

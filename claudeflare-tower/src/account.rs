@@ -738,7 +738,8 @@ mod tests {
         );
         entry.set_paused(true);
         assert_eq!(entry.status(now), AccountStatus::Paused);
-        entry.mark_forbidden("OAuth authentication is currently not allowed for this organization.");
+        entry
+            .mark_forbidden("OAuth authentication is currently not allowed for this organization.");
         assert_eq!(entry.status(now), AccountStatus::Forbidden);
         entry.mark_needs_reauth("the refresh token was rejected");
         assert_eq!(entry.status(now), AccountStatus::NeedsReauth);
@@ -755,7 +756,10 @@ mod tests {
         let entry = AccountEntry::new(Account::api_key("a", "k"));
         let live = entry.mark_forbidden("banned");
         assert!(live.forbidden);
-        assert!(!entry.is_available(now + TimeDelta::days(30)), "no cooldown heals it");
+        assert!(
+            !entry.is_available(now + TimeDelta::days(30)),
+            "no cooldown heals it"
+        );
         assert_eq!(entry.view(now).status_reason.as_deref(), Some("banned"));
         entry.clear_forbidden();
         assert!(entry.is_available(now));

@@ -17,7 +17,7 @@ use crate::upstream::{DEFAULT_CONNECT_TIMEOUT, HttpClient, http_client};
 /// Anthropic's public OAuth client id, used by Claude Code.
 pub const DEFAULT_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 /// Anthropic's token endpoint.
-pub const DEFAULT_TOKEN_URL: &str = "https://console.anthropic.com/v1/oauth/token";
+pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
 
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
 /// OAuth errors after which the same refresh token will never work again.

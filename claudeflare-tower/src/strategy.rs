@@ -388,7 +388,11 @@ mod tests {
         let off = Session::new(TimeDelta::hours(5)).rotate_at(1.0);
         off.select(&accounts, t0);
         accounts[0].set_utilization(Some((0.999, reset)), None);
-        assert_eq!(names(&off.select(&accounts, t0)), ["a", "b"], "1 turns rotation off");
+        assert_eq!(
+            names(&off.select(&accounts, t0)),
+            ["a", "b"],
+            "1 turns rotation off"
+        );
 
         let on = Session::new(TimeDelta::hours(5));
         accounts[1].set_utilization(Some((0.99, reset)), None);

@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{TimeDelta, Utc};
 use claudeflare_testkit::{
-    CACHE_CREATION_TOKENS, CACHE_READ_TOKENS, INPUT_TOKENS, MockUpstream, OUTPUT_TOKENS, Reply,
+    BANNED_MESSAGE, CACHE_CREATION_1H_TOKENS, CACHE_CREATION_TOKENS, CACHE_READ_TOKENS,
+    EXTRA_USAGE_MESSAGE, INPUT_TOKENS, LONG_CONTEXT_MESSAGE, MockUpstream, OUTPUT_TOKENS, Reply,
     TestClient, message_json, sse,
 };
 use claudeflare_tower::auth::TokenPair;
@@ -144,6 +145,10 @@ fn expected_usage(record: &RequestRecord) {
     assert_eq!(
         record.usage.cache_creation_input_tokens,
         CACHE_CREATION_TOKENS
+    );
+    assert_eq!(
+        record.usage.cache_creation_1h_input_tokens,
+        CACHE_CREATION_1H_TOKENS
     );
 }
 
@@ -741,5 +746,151 @@ async fn a_temporary_refresh_failure_is_retried_and_does_not_bench_the_account()
     assert_eq!(
         h.pool.get("m").unwrap().status(Utc::now()),
         AccountStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn a_banned_account_fails_over_and_stays_out_until_resumed() {
+    let h = Harness::keys(&["a", "b"]).await;
+    h.mock.script("key-a", [Reply::banned()]);
+    let response = h.message(true).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-claudeflare-account"), Some("b"));
+    assert_eq!(response.body, sse::message_stream(MODEL));
+    let a = h.pool.get("a").unwrap();
+    let in_a_week = Utc::now() + TimeDelta::days(7);
+    assert_eq!(a.status(in_a_week), AccountStatus::Forbidden);
+    assert_eq!(a.live().status_reason.as_deref(), Some(BANNED_MESSAGE));
+    // However many requests follow, none goes back to the banned account.
+    for _ in 0..3 {
+        assert_eq!(
+            h.message(false).await.header("x-claudeflare-account"),
+            Some("b")
+        );
+    }
+    assert_eq!(h.tried(), ["key-a", "key-b", "key-b", "key-b", "key-b"]);
+    a.clear_forbidden();
+    assert!(a.is_available(Utc::now()));
+    h.records(4).await;
+}
+
+#[tokio::test]
+async fn when_every_account_is_banned_the_client_gets_anthropics_403() {
+    let h = Harness::keys(&["a", "b"]).await;
+    h.mock.script("key-a", [Reply::banned()]);
+    h.mock.script("key-b", [Reply::banned()]);
+    let response = h.message(false).await;
+    assert_eq!(response.status, 403);
+    assert_eq!(response.json()["error"]["message"], BANNED_MESSAGE);
+    let records = h.records(1).await;
+    let error = records[0].error.as_deref().unwrap();
+    assert!(
+        error.starts_with("account refused by the upstream"),
+        "{error}"
+    );
+    assert!(error.contains(BANNED_MESSAGE), "{error}");
+}
+
+#[tokio::test]
+async fn scoped_refusals_fail_over_without_benching_and_the_last_is_anthropics_own() {
+    let h = Harness::keys(&["a", "b", "c"]).await;
+    h.mock.script("key-a", [Reply::long_context_refused()]);
+    h.mock.script("key-b", [Reply::out_of_credits()]);
+    let response = h.message(false).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-claudeflare-account"), Some("c"));
+    for name in ["a", "b"] {
+        let account = h.pool.get(name).unwrap();
+        assert_eq!(account.status(Utc::now()), AccountStatus::Active, "{name}");
+    }
+    // Every account refuses: the client sees Anthropic's 429 and message, not a generic 503.
+    for key in ["key-a", "key-b", "key-c"] {
+        h.mock.script(key, [Reply::long_context_refused()]);
+    }
+    let response = h.message(true).await;
+    assert_eq!(response.status, 429);
+    assert_eq!(response.json()["error"]["message"], LONG_CONTEXT_MESSAGE);
+    assert!(h.pool.get("c").unwrap().is_available(Utc::now()));
+    let records = h.records(2).await;
+    assert!(
+        records[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("refused for this model")
+    );
+    // The next request goes to the session's account again at once.
+    assert_eq!(h.message(false).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_429_without_reset_information_benches_for_the_default_cooldown() {
+    let h = Harness::keys(&["a", "b"]).await;
+    h.mock.script("key-a", [Reply::limited_without_reset()]);
+    let before = Utc::now();
+    let response = h.message(false).await;
+    assert_eq!(response.header("x-claudeflare-account"), Some("b"));
+    let until = h.pool.get("a").unwrap().limited_until(Utc::now()).unwrap();
+    let cooldown = claudeflare_tower::ratelimit::DEFAULT_COOLDOWN;
+    assert!(
+        until >= before + cooldown && until <= Utc::now() + cooldown,
+        "{until}"
+    );
+}
+
+#[tokio::test]
+async fn a_400_about_extra_usage_is_delivered_recorded_and_benches_nothing() {
+    let h = Harness::keys(&["a", "b"]).await;
+    h.mock.script("key-a", [Reply::extra_usage_required()]);
+    let response = h.message(false).await;
+    assert_eq!(response.status, 400);
+    assert_eq!(response.json()["error"]["message"], EXTRA_USAGE_MESSAGE);
+    assert_eq!(
+        h.tried(),
+        ["key-a"],
+        "another account would be refused the same way"
+    );
+    assert!(h.pool.get("a").unwrap().is_available(Utc::now()));
+    let records = h.records(1).await;
+    let error = records[0].error.as_deref().unwrap();
+    assert!(error.starts_with("extra usage required"), "{error}");
+    assert!(!records[0].success);
+}
+
+#[tokio::test]
+async fn utilization_headers_move_the_next_session_before_the_429() {
+    let h = Harness::keys(&["a", "b"]).await;
+    h.mock.script(
+        "key-a",
+        [
+            Reply::allowed_warning(0.5, 0.2),
+            Reply::allowed_warning(0.985, 0.3),
+        ],
+    );
+    assert_eq!(
+        h.message(false).await.header("x-claudeflare-account"),
+        Some("a")
+    );
+    assert_eq!(
+        h.message(false).await.header("x-claudeflare-account"),
+        Some("a")
+    );
+    let a = h.pool.get("a").unwrap();
+    assert_eq!(
+        a.live().rate_limit_status.as_deref(),
+        Some("allowed_warning")
+    );
+    assert_eq!(a.utilization(Utc::now()), Some(0.985));
+    // Over 98%: the next request starts a session on b, before any 429.
+    assert_eq!(
+        h.message(true).await.header("x-claudeflare-account"),
+        Some("b")
+    );
+    assert_eq!(h.tried(), ["key-a", "key-a", "key-b"]);
+    assert!(a.is_available(Utc::now()), "a stays a failover candidate");
+    h.mock.script("key-b", [Reply::rate_limited(60)]);
+    assert_eq!(
+        h.message(false).await.header("x-claudeflare-account"),
+        Some("a")
     );
 }

@@ -7,6 +7,7 @@ mod m20261121_000001_init;
 mod m20261121_000002_token_coordination;
 mod m20261121_000003_request_rollups;
 mod m20261122_000004_drop_unused_request_index;
+mod m20261129_000005_account_blocks;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000002_token_coordination::Migration),
             Box::new(m20261121_000003_request_rollups::Migration),
             Box::new(m20261122_000004_drop_unused_request_index::Migration),
+            Box::new(m20261129_000005_account_blocks::Migration),
         ]
     }
 }

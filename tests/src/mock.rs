@@ -200,7 +200,12 @@ pub fn unified_headers(five_hour: f64, seven_day: f64) -> Vec<(String, String)> 
         ("representative-claim", binding.to_owned()),
         (
             "reset",
-            if binding == "five_hour" { reset_5h } else { reset_7d }.to_string(),
+            if binding == "five_hour" {
+                reset_5h
+            } else {
+                reset_7d
+            }
+            .to_string(),
         ),
     ]
     .into_iter()

@@ -64,10 +64,22 @@ async fn look_alike_answers_carry_their_status_type_message_and_headers() {
     let send = || client.post_json("/v1/messages", &body, &[("x-api-key", "k")]);
     let expect = [
         (403, "permission_error", claudeflare_testkit::BANNED_MESSAGE),
-        (429, "rate_limit_error", claudeflare_testkit::LONG_CONTEXT_MESSAGE),
+        (
+            429,
+            "rate_limit_error",
+            claudeflare_testkit::LONG_CONTEXT_MESSAGE,
+        ),
         (429, "rate_limit_error", "Out of credits for this model."),
-        (429, "rate_limit_error", "Rate limited. Please try again later."),
-        (400, "invalid_request_error", claudeflare_testkit::EXTRA_USAGE_MESSAGE),
+        (
+            429,
+            "rate_limit_error",
+            "Rate limited. Please try again later.",
+        ),
+        (
+            400,
+            "invalid_request_error",
+            claudeflare_testkit::EXTRA_USAGE_MESSAGE,
+        ),
     ];
     let mut responses = Vec::new();
     for (status, kind, message) in expect {
@@ -84,7 +96,10 @@ async fn look_alike_answers_carry_their_status_type_message_and_headers() {
     );
     assert_eq!(responses[3].header("x-should-retry"), Some("true"));
     assert_eq!(responses[3].header("retry-after"), None);
-    assert_eq!(responses[3].header("anthropic-ratelimit-unified-reset"), None);
+    assert_eq!(
+        responses[3].header("anthropic-ratelimit-unified-reset"),
+        None
+    );
 
     let warning = send().await;
     assert_eq!(warning.status, 200);
@@ -100,7 +115,10 @@ async fn look_alike_answers_carry_their_status_type_message_and_headers() {
     assert_eq!(usage["cache_creation"]["ephemeral_1h_input_tokens"], 4);
     assert_eq!(
         usage["cache_creation_input_tokens"],
-        usage["cache_creation"]["ephemeral_5m_input_tokens"].as_u64().unwrap() + 4
+        usage["cache_creation"]["ephemeral_5m_input_tokens"]
+            .as_u64()
+            .unwrap()
+            + 4
     );
 }
 
@@ -117,10 +135,14 @@ async fn the_usage_endpoint_answers_both_shapes_and_throttles() {
         ("authorization", bearer.as_str()),
         ("anthropic-beta", "oauth-2025-04-20"),
     ];
-    let throttled = client.send(Method::GET, "/api/oauth/usage", &headers, "").await;
+    let throttled = client
+        .send(Method::GET, "/api/oauth/usage", &headers, "")
+        .await;
     assert_eq!(throttled.status, 429);
     assert_eq!(throttled.header("retry-after"), Some("30"));
-    let answered = client.send(Method::GET, "/api/oauth/usage", &headers, "").await;
+    let answered = client
+        .send(Method::GET, "/api/oauth/usage", &headers, "")
+        .await;
     assert_eq!(answered.status, 200);
     assert_eq!(answered.json(), limits);
     assert_eq!(mock.usage_calls("m"), 2);

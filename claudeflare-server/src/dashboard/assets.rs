@@ -36,6 +36,9 @@ tr.failed td { background:color-mix(in srgb, var(--bad-bg) 45%, transparent); }
 .badge { display:inline-block; min-width:2.2rem; text-align:center; font-weight:700; color:var(--accent); border:1px solid var(--accent); border-radius:6px; padding:0 .3rem; margin-right:.35rem; }
 code.command { font-size:.8rem; background:var(--track); padding:.1rem .35rem; border-radius:4px; }
 .usage { display:grid; grid-template-columns:2.2rem 5rem 2.6rem; gap:.4rem; align-items:center; }
+.model-cap .usage { grid-template-columns:minmax(2.2rem, 7.5rem) 5rem 2.6rem; }
+.model-cap .usage > .sub:first-child { overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
+.reason { max-width:22rem; overflow-wrap:anywhere; }
 svg.share { width:5rem; height:.55rem; }
 svg .track { fill:var(--track); } svg .bar { fill:var(--accent); } svg .bar-alt { fill:var(--bad); }
 svg .hit { fill:transparent; } svg .axis { stroke:var(--line); } svg .tick { fill:var(--muted); font-size:10px; }

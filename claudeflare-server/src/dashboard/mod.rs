@@ -22,7 +22,7 @@ use crate::db::DbError;
 use crate::db::entities::request::Model as RequestRow;
 use crate::db::requests::{self, Filter};
 use crate::db::rollups::{self, By, Totals};
-use crate::oauth::Usage;
+use crate::usage::Usage;
 
 /// Requests listed in the history.
 const HISTORY: u64 = 100;
@@ -96,7 +96,7 @@ pub async fn gather(state: &AppState, filter: Filter) -> Result<Data, DbError> {
     let days_from = day_start - TimeDelta::days(6);
     let hourly = rollups::series(db, hours_from, By::Hour).await?;
     let daily = rollups::series(db, days_from, By::Day).await?;
-    let views = state.pool.views(now);
+    let views = crate::views::accounts(&state.pool, now);
     let config = state.config.get();
     Ok(Data {
         now,

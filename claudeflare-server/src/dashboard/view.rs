@@ -125,7 +125,13 @@ fn status_cell(row: &AccountRow, data: &Data) -> Markup {
             },
             AccountStatus::NeedsReauth => {
                 span.pill.bad { "needs re-auth" }
-                " " code.command { "claudeflare-server reauth " (view.name) }
+                " " code.command { (crate::views::reauth_command(&view.name)) }
+                @if let Some(reason) = &view.status_reason { div.sub.reason { (reason) } }
+            },
+            AccountStatus::Forbidden => {
+                span.pill.bad { "forbidden" }
+                @if let Some(reason) = &view.status_reason { div.sub.reason { "upstream: " (reason) } }
+                div.sub { "out of rotation until you resume or re-authenticate it" }
             },
         }
         @if let Some(status) = &view.rate_limit_status {
@@ -158,7 +164,8 @@ fn token_cell(row: &AccountRow, data: &Data) -> Markup {
     }
 }
 
-/// Utilization in percent: the usage endpoint's (0–100), else the rate-limit headers' (0–1).
+/// Utilization in percent: the account's live state (the latest of the rate-limit headers and the
+/// usage endpoint, 0–1), else the stored usage (0–100).
 fn utilization(row: &AccountRow) -> (Option<f64>, Option<f64>) {
     let usage = row.usage.as_ref();
     let five = usage
@@ -168,20 +175,39 @@ fn utilization(row: &AccountRow) -> (Option<f64>, Option<f64>) {
         .and_then(|u| u.seven_day.as_ref())
         .and_then(|w| w.utilization);
     (
-        five.or(row.view.utilization_5h.map(|u| u * 100.0)),
-        seven.or(row.view.utilization_7d.map(|u| u * 100.0)),
+        row.view.utilization_5h.map(|u| u * 100.0).or(five),
+        row.view.utilization_7d.map(|u| u * 100.0).or(seven),
     )
+}
+
+fn usage_bar(label: &str, value: f64) -> Markup {
+    html! {
+        div.usage { span.sub { (label) } (charts::share(value / 100.0, &format!("{label} utilization"))) span.sub { (format!("{value:.0}%")) } }
+    }
 }
 
 fn usage_cell(row: &AccountRow) -> Markup {
     let (five, seven) = utilization(row);
+    let models = row.usage.as_ref().map_or(&[][..], |u| u.models.as_slice());
+    let extra = row.usage.as_ref().and_then(|u| u.extra_usage.as_ref());
     html! {
-        @if five.is_none() && seven.is_none() {
+        @if five.is_none() && seven.is_none() && models.is_empty() {
             span.sub { "–" }
         } @else {
             @for (label, value) in [("5 h", five), ("7 d", seven)] {
-                @if let Some(value) = value {
-                    div.usage { span.sub { (label) } (charts::share(value / 100.0, &format!("{label} utilization"))) span.sub { (format!("{value:.0}%")) } }
+                @if let Some(value) = value { (usage_bar(label, value)) }
+            }
+            @for limit in models {
+                @if let Some(value) = limit.utilization {
+                    div.model-cap title=(format!("weekly cap of {}", limit.model)) {
+                        (usage_bar(&limit.model, value))
+                    }
+                }
+            }
+            @if let Some(extra) = extra {
+                @if extra.is_enabled == Some(true) {
+                    div.sub { "extra usage on"
+                        @if let Some(used) = extra.utilization { ", " (format!("{used:.0}%")) " used" } }
                 }
             }
         }

@@ -62,12 +62,16 @@ pub async fn insert(
         rate_limit_reset: Set(live.rate_limit_reset),
         utilization_5h: Set(live.utilization_5h),
         utilization_7d: Set(live.utilization_7d),
+        utilization_5h_reset: Set(live.utilization_5h_reset),
+        utilization_7d_reset: Set(live.utilization_7d_reset),
         session_start: Set(live.session_start),
         session_request_count: Set(count(live.session_request_count)),
         request_count: Set(count(live.request_count)),
         total_requests: Set(count(live.total_requests)),
         last_used: Set(live.last_used),
         needs_reauth: Set(live.needs_reauth),
+        forbidden: Set(live.forbidden),
+        status_reason: Set(live.status_reason.clone()),
         token_version: Set(0),
         refresh_lease_until: Set(None),
         usage: Set(None),
@@ -166,13 +170,17 @@ fn shell(model: &Model) -> Result<Account, DbError> {
             rate_limit_status: model.rate_limit_status.clone(),
             rate_limit_reset: model.rate_limit_reset,
             utilization_5h: model.utilization_5h,
+            utilization_5h_reset: model.utilization_5h_reset,
             utilization_7d: model.utilization_7d,
+            utilization_7d_reset: model.utilization_7d_reset,
             session_start: model.session_start,
             session_request_count: uncount(model.session_request_count),
             request_count: uncount(model.request_count),
             total_requests: uncount(model.total_requests),
             last_used: model.last_used,
             needs_reauth: model.needs_reauth,
+            forbidden: model.forbidden,
+            status_reason: model.status_reason.clone(),
         },
     })
 }
@@ -207,9 +215,28 @@ async fn change(
     changed(result.rows_affected, id)
 }
 
-/// Pause or resume.
+/// Pause or resume. Resuming also puts an account the upstream refused (`forbidden`) back into
+/// rotation: a person decided to try it again.
 pub async fn set_paused(db: &impl ConnectionTrait, id: &str, paused: bool) -> Result<(), DbError> {
-    change(db, id, Column::Paused, Expr::value(paused)).await
+    let mut update = Entity::update_many()
+        .col_expr(Column::Paused, Expr::value(paused))
+        .col_expr(Column::Version, Expr::col(Column::Version).add(1));
+    if !paused {
+        update = update
+            .col_expr(Column::Forbidden, Expr::value(false))
+            // The reason of a needs-reauth account stays: resuming does not revive its token.
+            .col_expr(
+                Column::StatusReason,
+                Expr::case(
+                    Expr::col(Column::NeedsReauth),
+                    Expr::col(Column::StatusReason),
+                )
+                .finally(Expr::value(Option::<String>::None))
+                .into(),
+            );
+    }
+    let result = update.filter(Column::Id.eq(id)).exec(db).await?;
+    changed(result.rows_affected, id)
 }
 
 /// Change the tier.
@@ -234,6 +261,10 @@ pub async fn reset_counters(db: &impl ConnectionTrait) -> Result<u64, DbError> {
 
 /// Write the live state the server keeps, unless a counter reset happened since `epoch` (the
 /// server adopts the reset first). Returns whether the row was written.
+///
+/// The blocks (`needs_reauth`, `forbidden` and their reason) are not part of it: they are written
+/// at once by [`set_block`] and cleared by a person (`reauth`, `resume`), so a live state taken
+/// before either can never undo it.
 pub async fn save_live(
     db: &impl ConnectionTrait,
     id: &str,
@@ -263,7 +294,14 @@ pub async fn save_live(
             Expr::value(count(live.total_requests)),
         )
         .col_expr(Column::LastUsed, Expr::value(live.last_used))
-        .col_expr(Column::NeedsReauth, Expr::value(live.needs_reauth))
+        .col_expr(
+            Column::Utilization5hReset,
+            Expr::value(live.utilization_5h_reset),
+        )
+        .col_expr(
+            Column::Utilization7dReset,
+            Expr::value(live.utilization_7d_reset),
+        )
         .filter(Column::Id.eq(id))
         .filter(Column::CountersEpoch.eq(epoch))
         .exec(db)
@@ -314,6 +352,8 @@ async fn store_credentials(
         .col_expr(Column::RefreshToken, Expr::value(refresh_token))
         .col_expr(Column::TokenExpiresAt, Expr::value(expires_at))
         .col_expr(Column::NeedsReauth, Expr::value(false))
+        .col_expr(Column::Forbidden, Expr::value(false))
+        .col_expr(Column::StatusReason, Expr::value(Option::<String>::None))
         .col_expr(Column::TokenVersion, Expr::col(Column::TokenVersion).add(1))
         .col_expr(
             Column::RefreshLeaseUntil,
@@ -359,9 +399,49 @@ pub async fn release_refresh_lease(db: &impl ConnectionTrait, id: &str) -> Resul
     Ok(())
 }
 
-/// Take an account out of rotation until it is re-authenticated.
-pub async fn mark_needs_reauth(db: &impl ConnectionTrait, id: &str) -> Result<(), DbError> {
-    change(db, id, Column::NeedsReauth, Expr::value(true)).await
+/// Take an account out of rotation until it is re-authenticated, saying why.
+pub async fn mark_needs_reauth(
+    db: &impl ConnectionTrait,
+    id: &str,
+    reason: &str,
+) -> Result<(), DbError> {
+    let blocked = LiveState {
+        needs_reauth: true,
+        status_reason: Some(reason.to_owned()),
+        ..LiveState::default()
+    };
+    if set_block(db, id, &blocked, None).await? {
+        Ok(())
+    } else {
+        Err(DbError::UnknownAccount(id.to_owned()))
+    }
+}
+
+/// Store the block flags of `live` (`needs_reauth`, `forbidden`) and their reason at once, and
+/// bump the account's version so every process reloads it.
+///
+/// With `seen_version`, only if the account is still at that version: a block decided on what a
+/// process knew then must not undo what a person did since (a `reauth`, a `resume`). Returns
+/// whether it was stored.
+pub async fn set_block(
+    db: &impl ConnectionTrait,
+    id: &str,
+    live: &LiveState,
+    seen_version: Option<i64>,
+) -> Result<bool, DbError> {
+    let mut update = Entity::update_many()
+        .col_expr(Column::NeedsReauth, Expr::value(live.needs_reauth))
+        .col_expr(Column::Forbidden, Expr::value(live.forbidden))
+        .col_expr(
+            Column::StatusReason,
+            Expr::value(live.status_reason.clone()),
+        )
+        .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+        .filter(Column::Id.eq(id));
+    if let Some(version) = seen_version {
+        update = update.filter(Column::Version.eq(version));
+    }
+    Ok(update.exec(db).await?.rows_affected > 0)
 }
 
 /// Store the last subscription usage fetched (JSON).

@@ -64,6 +64,14 @@ pub mod account {
         pub refresh_lease_until: Option<DateTimeUtc>,
         /// The last subscription usage fetched (JSON).
         pub usage: Option<String>,
+        /// The upstream refused the account (403 `permission_error`) until a person acts.
+        pub forbidden: bool,
+        /// Why the account is out of rotation until a person acts, in words.
+        pub status_reason: Option<String>,
+        /// When the window of `utilization_5h` resets.
+        pub utilization_5h_reset: Option<DateTimeUtc>,
+        /// When the window of `utilization_7d` resets.
+        pub utilization_7d_reset: Option<DateTimeUtc>,
     }
 
     /// No relations.

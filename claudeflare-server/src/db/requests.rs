@@ -315,6 +315,7 @@ mod tests {
                 output_tokens: 16,
                 cache_read_input_tokens: 17,
                 cache_creation_input_tokens: 18,
+                cache_creation_1h_input_tokens: 9,
             },
         };
         insert_batch(&db, vec![(stored, 0.25)]).await.unwrap();

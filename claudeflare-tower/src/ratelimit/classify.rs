@@ -152,7 +152,11 @@ mod tests {
         assert_eq!(c(200), Outcome::Success);
         assert_eq!(c(400), Outcome::ClientError);
         assert_eq!(c(401), Outcome::AuthFailed);
-        assert_eq!(c(403), Outcome::ClientError, "a 403 without a body says nothing");
+        assert_eq!(
+            c(403),
+            Outcome::ClientError,
+            "a 403 without a body says nothing"
+        );
         assert_eq!(c(500), Outcome::ServerError);
         assert_eq!(c(503), Outcome::ServerError);
         assert_eq!(c(529), Outcome::Overloaded);
@@ -182,7 +186,10 @@ mod tests {
             "Extra usage is required for long context requests.",
         );
         assert_eq!(c(429, &long_context), Outcome::ScopedRefusal);
-        let limited = error("rate_limit_error", "Number of requests has exceeded your rate limit");
+        let limited = error(
+            "rate_limit_error",
+            "Number of requests has exceeded your rate limit",
+        );
         assert!(matches!(c(429, &limited), Outcome::RateLimited { .. }));
         let billing = error(
             "invalid_request_error",
@@ -204,7 +211,9 @@ mod tests {
     #[test]
     fn error_bodies_parse_or_are_not_envelopes() {
         assert_eq!(
-            ErrorBody::parse(br#"{"type":"error","error":{"type":"permission_error","message":"m"}}"#),
+            ErrorBody::parse(
+                br#"{"type":"error","error":{"type":"permission_error","message":"m"}}"#
+            ),
             Some(error("permission_error", "m"))
         );
         assert_eq!(ErrorBody::parse(b"<html>forbidden</html>"), None);

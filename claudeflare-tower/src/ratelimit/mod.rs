@@ -325,7 +325,8 @@ mod tests {
 
     /// An error envelope answer, as Anthropic sends it.
     fn envelope(status: u16, kind: &str, message: &str) -> Reply {
-        let body = format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"{message}"}}}}"#);
+        let body =
+            format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"{message}"}}}}"#);
         Reply {
             status,
             headers: vec![("content-type", "application/json".into())],
@@ -350,7 +351,11 @@ mod tests {
     }
 
     async fn through(pool: &AccountPool, reply: Reply) -> Outcome {
-        *respond(pool, reply).await.extensions().get::<Outcome>().unwrap()
+        *respond(pool, reply)
+            .await
+            .extensions()
+            .get::<Outcome>()
+            .unwrap()
     }
 
     #[tokio::test]
@@ -375,7 +380,9 @@ mod tests {
         let pool = AccountPool::new(vec![Account::api_key("a", "k")]);
         let before = Utc::now();
         let mut only_should_retry = envelope(429, "rate_limit_error", "Rate limited");
-        only_should_retry.headers.push(("x-should-retry", "true".into()));
+        only_should_retry
+            .headers
+            .push(("x-should-retry", "true".into()));
         let Outcome::RateLimited { until } = through(&pool, only_should_retry).await else {
             panic!("not a rate limit")
         };

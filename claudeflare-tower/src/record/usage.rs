@@ -609,7 +609,10 @@ mod tests {
         tap.feed(br#"{"usage":{"cache_creation":{"ephemeral_1h_input_tokens":5}}}"#);
         let usage = tap.finish().usage;
         assert_eq!(
-            (usage.cache_creation_input_tokens, usage.cache_creation_1h_input_tokens),
+            (
+                usage.cache_creation_input_tokens,
+                usage.cache_creation_1h_input_tokens
+            ),
             (5, 5)
         );
         let mut tap = JsonTap::default();
