@@ -53,6 +53,8 @@ pub struct DbStore {
     /// Blocks (needs re-auth, forbidden) to store at once, in the order they were decided.
     blocks: Mutex<Vec<(String, LiveState)>>,
     wake: Notify,
+    /// Woken for blocks, which do not wait for the next batch.
+    urgent: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -63,6 +65,7 @@ impl DbStore {
             dirty: Mutex::default(),
             blocks: Mutex::default(),
             wake: Notify::new(),
+            urgent: Notify::new(),
             metrics,
         }
     }
@@ -106,6 +109,7 @@ impl StateStore for DbStore {
             .push((account.id().to_owned(), state.clone()));
         // Written at once, not with the next batch of counters.
         self.wake.notify_one();
+        self.urgent.notify_one();
     }
 
     fn rate_limited(&self, account: &AccountEntry, _until: DateTime<Utc>) {
@@ -132,12 +136,16 @@ pub async fn write_live_states(
             _ = stop.changed() => true,
         };
         write_dirty(&db, &store, &versions).await;
-        let stopping = stopping
-            || *stop.borrow()
-            || tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(200)) => false,
-                _ = stop.changed() => true,
-            };
+        // Counters wait 200 ms to be written together; blocks do not wait.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        let mut stopping = stopping || *stop.borrow();
+        while !stopping {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                () = store.urgent.notified() => write_blocks(&db, &store, &versions).await,
+                _ = stop.changed() => stopping = true,
+            }
+        }
         if stopping {
             write_dirty(&db, &store, &versions).await;
             return;
@@ -146,6 +154,21 @@ pub async fn write_live_states(
 }
 
 async fn write_dirty(db: &DatabaseConnection, store: &DbStore, versions: &Versions) {
+    write_blocks(db, store, versions).await;
+    for (id, state) in store.take() {
+        let Some((_, epoch)) = versions.get(&id) else {
+            tracing::debug!(account = %id, "account state not stored: the account is not loaded");
+            continue;
+        };
+        // A failed write is retried with the next change of this account.
+        match accounts::save_live(db, &id, epoch, &state).await {
+            Ok(written) => tracing::debug!(account = %id, written, "stored account state"),
+            Err(error) => tracing::error!(%error, "could not store account state"),
+        }
+    }
+}
+
+async fn write_blocks(db: &DatabaseConnection, store: &DbStore, versions: &Versions) {
     for (id, state) in store.take_blocks() {
         let seen = versions.get(&id).map(|(version, _)| version);
         match accounts::set_block(db, &id, &state, seen).await {
@@ -160,17 +183,6 @@ async fn write_dirty(db: &DatabaseConnection, store: &DbStore, versions: &Versio
                 // Kept for the next round rather than lost.
                 store.blocked_again(id, state);
             }
-        }
-    }
-    for (id, state) in store.take() {
-        let Some((_, epoch)) = versions.get(&id) else {
-            tracing::debug!(account = %id, "account state not stored: the account is not loaded");
-            continue;
-        };
-        // A failed write is retried with the next change of this account.
-        match accounts::save_live(db, &id, epoch, &state).await {
-            Ok(written) => tracing::debug!(account = %id, written, "stored account state"),
-            Err(error) => tracing::error!(%error, "could not store account state"),
         }
     }
 }

@@ -323,6 +323,144 @@ async fn usage_is_polled_for_subscriptions() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn usage_in_the_limits_shape_shows_per_model_caps_and_feeds_rotation() {
+    let mut env = Env::sqlite().await;
+    env.set("CLAUDEFLARE_USAGE_POLL_INTERVAL_SECONDS", "1");
+    add_max(&env, "m", "20");
+    add_max(&env, "n", "20");
+    // The newer shape for m: its 5-hour window nearly used, Opus 4.8 capped for the week.
+    env.mock.set_usage(
+        "m",
+        json!({"limits": [
+            {"kind": "session", "percent": 99, "resets_at": "2099-01-01T03:00:00Z", "scope": null},
+            {"kind": "weekly_all", "percent": 40, "resets_at": "2099-01-05T00:00:00Z", "scope": null},
+            {"kind": "weekly_scoped", "percent": 100, "resets_at": "2099-01-04T00:00:00Z",
+             "scope": {"model": {"id": "claude-opus-4-8", "display_name": "Opus 4.8"}, "surface": null}}
+        ]}),
+    );
+    // The flat shape for n, with extra usage.
+    env.mock.set_usage(
+        "n",
+        json!({
+            "five_hour": {"utilization": 5.0, "resets_at": null},
+            "seven_day": {"utilization": 20.0, "resets_at": null},
+            "seven_day_opus": {"utilization": 50.0, "resets_at": null},
+            "extra_usage": {"is_enabled": true, "monthly_limit": 100, "used_credits": 25, "utilization": 25.0}
+        }),
+    );
+    let server = env.start();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !server.account("m").await["usage"].is_null()
+                && !server.account("n").await["usage"].is_null()
+        })
+        .await
+    );
+    let m = server.account("m").await;
+    assert_eq!(m["usage"]["five_hour"]["utilization"], 99.0);
+    assert_eq!(m["usage"]["seven_day"]["utilization"], 40.0);
+    assert_eq!(
+        m["usage"]["models"],
+        json!([{"model": "claude-opus-4-8", "utilization": 100.0, "resets_at": "2099-01-04T00:00:00Z"}])
+    );
+    assert_eq!(
+        m["utilization_5h"], 0.99,
+        "the polled usage feeds the live state"
+    );
+    let n = server.account("n").await;
+    assert_eq!(n["usage"]["models"][0]["model"], "opus");
+    assert_eq!(n["usage"]["extra_usage"]["used_credits"], 25.0);
+    let page = server.get("/dashboard").await.text();
+    assert!(
+        page.contains("claude-opus-4-8"),
+        "per-model caps on the dashboard"
+    );
+    assert!(page.contains("extra usage on"), "{page}");
+    // m is at 99% of its window: the first session starts on n, before any request to m.
+    let response = server.message(false).await;
+    assert_eq!(response.header("x-claudeflare-account"), Some("n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_usage_endpoint_is_polled_less_and_never_marks_the_account() {
+    let mut env = Env::sqlite().await;
+    env.set("CLAUDEFLARE_USAGE_POLL_INTERVAL_SECONDS", "1");
+    add_max(&env, "m", "5");
+    env.mock.throttle_usage("m", 100, None);
+    let server = env.start();
+    // Polled every second without throttling; throttled, the waits double: 1 s, 2 s, 4 s.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let calls = env.mock.usage_calls("m");
+    assert!((2..=3).contains(&calls), "{calls} calls in 4.5 s");
+    let m = server.account("m").await;
+    assert_eq!(m["status"], "active");
+    assert_eq!(m["rate_limited_until"], Value::Null);
+    assert_eq!(
+        server.message(false).await.header("x-claudeflare-account"),
+        Some("m")
+    );
+    server
+        .wait_log("the usage endpoint asks to slow down")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn needs_reauth_is_stored_at_once_with_the_command_and_survives_a_kill() {
+    let env = Env::sqlite().await;
+    add_max(&env, "m", "1");
+    env.ok(&["add", "k", "--api-key", "sk-ant-api03-SECRET-k"]);
+    let mut server = env.start();
+    env.mock.expire_access_token("m");
+    env.mock.revoke("m");
+    let response = server.message(false).await;
+    assert_eq!(
+        response.header("x-claudeflare-account"),
+        Some("k"),
+        "failed over"
+    );
+    let m = server.account("m").await;
+    assert_eq!(m["status"], "needs_reauth");
+    let reason = m["status_reason"].as_str().unwrap();
+    assert!(reason.contains("invalid_grant"), "{reason}");
+    assert!(reason.contains("claudeflare-server reauth m"), "{reason}");
+    // In the database the moment it is decided: killed at once, nothing is lost.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let listed_m = listed(&env).into_iter().find(|a| a["name"] == "m").unwrap();
+    assert_eq!(listed_m["status"], "needs_reauth");
+    assert!(
+        listed_m["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("claudeflare-server reauth m")
+    );
+    assert!(
+        env.ok(&["list"])
+            .contains("needs re-auth: the refresh token was rejected")
+    );
+    let grants = env.mock.grants().len();
+    let server = env.start();
+    assert_eq!(server.account("m").await["status"], "needs_reauth");
+    for _ in 0..3 {
+        assert_eq!(
+            server.message(false).await.header("x-claudeflare-account"),
+            Some("k")
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        env.mock.grants().len(),
+        grants,
+        "the dead refresh token is not tried again"
+    );
+    let page = server.get("/dashboard").await.text();
+    assert!(
+        page.contains("needs re-auth") && page.contains("invalid_grant"),
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn no_secret_at_rest_in_logs_or_in_answers() {
     let mut env = Env::sqlite().await;
     env.set("LOG_LEVEL", "DEBUG");
