@@ -56,6 +56,7 @@ fn record(i: usize) -> RequestRecord {
             output_tokens: 300,
             cache_read_input_tokens: 20_000,
             cache_creation_input_tokens: 100,
+            cache_creation_1h_input_tokens: 60,
         },
     }
 }

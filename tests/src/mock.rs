@@ -795,22 +795,24 @@ fn oauth_api(shared: &Shared, path: &str, headers: &HeaderMap, request_id: &str)
         );
     }
     *inner.usage_calls.entry(label.clone()).or_default() += 1;
-    if let Some((left, retry_after)) = inner.usage_throttled.get_mut(&label) {
-        if *left > 0 {
-            *left -= 1;
-            let mut response = json_response(
-                429,
-                &envelope(429, "Rate limited. Please slow down."),
-                request_id,
+    if let Some((left, retry_after)) = inner
+        .usage_throttled
+        .get_mut(&label)
+        .filter(|(left, _)| *left > 0)
+    {
+        *left -= 1;
+        let mut response = json_response(
+            429,
+            &envelope(429, "Rate limited. Please slow down."),
+            request_id,
+        );
+        if let Some(seconds) = retry_after {
+            add_headers(
+                &mut response,
+                vec![("retry-after".into(), seconds.to_string())],
             );
-            if let Some(seconds) = retry_after {
-                add_headers(
-                    &mut response,
-                    vec![("retry-after".into(), seconds.to_string())],
-                );
-            }
-            return response;
         }
+        return response;
     }
     let usage = inner
         .usage

@@ -200,8 +200,10 @@ mod tests {
         assert_eq!(c(400, &plain), Outcome::ClientError);
         assert_eq!(c(403, &error("forbidden", "nope")), Outcome::ClientError);
 
-        let mut out_of_credits = RateLimitInfo::default();
-        out_of_credits.overage_disabled_reason = Some("out_of_credits".into());
+        let out_of_credits = RateLimitInfo {
+            overage_disabled_reason: Some("out_of_credits".into()),
+            ..RateLimitInfo::default()
+        };
         assert_eq!(
             Outcome::classify(StatusCode::TOO_MANY_REQUESTS, &out_of_credits, None, now),
             Outcome::ScopedRefusal
