@@ -103,11 +103,13 @@ impl<S> Select<S> {
         let reset = self.pool.earliest_reset(now);
         let message = match reset {
             Some(reset) => format!(
-                "no account is available: all {total} are paused, rate-limited or need re-authentication; the first rate limit ends at {}",
+                "no account is available: all {total} are paused, rate-limited, refused by the upstream or need re-authentication; the first rate limit ends at {}",
                 reset.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ),
             None => {
-                format!("no account is available: all {total} are paused or need re-authentication")
+                format!(
+                    "no account is available: all {total} are paused, refused by the upstream or need re-authentication"
+                )
             }
         };
         let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, &message);
