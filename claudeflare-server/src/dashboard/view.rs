@@ -249,7 +249,7 @@ fn accounts(data: &Data) -> Markup {
                                     td { (token_cell(row, data)) }
                                     td { (usage_cell(row)) }
                                     td {
-                                        @if view.paused {
+                                        @if view.paused || view.status == AccountStatus::Forbidden {
                                             button type="button" data-action="resume" data-account=(view.id) { "Resume " span.visually-hidden { (view.name) } }
                                         } @else {
                                             button type="button" data-action="pause" data-account=(view.id) { "Pause " span.visually-hidden { (view.name) } }
