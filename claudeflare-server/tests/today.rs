@@ -97,6 +97,11 @@ async fn a_banned_account_leaves_rotation_with_the_upstreams_reason_until_resume
         page.contains("forbidden") && page.contains(BANNED_MESSAGE),
         "{page}"
     );
+    let resume = format!(
+        r#"data-action="resume" data-account="{}""#,
+        a["id"].as_str().unwrap()
+    );
+    assert!(page.contains(&resume), "the dashboard offers to resume it");
     let requests = history(&server, 4).await;
     let first = requests.last().unwrap();
     assert_eq!(first["failover_attempts"], 1);
