@@ -2,7 +2,8 @@
 //! and notes the model and stream flag for `Record`.
 //!
 //! A body over the limit is refused with 413 in Anthropic's envelope before anything is sent
-//! upstream (at once when `content-length` says so).
+//! upstream (at once when `content-length` says so), and so is, with 400, a path that could
+//! leave `/v1/` (a dot-segment, raw or percent-encoded).
 //!
 //! ```
 //! use claudeflare_tower::buffer::BufferLayer;
@@ -99,6 +100,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        if let Err(refused) = crate::path::check(req.uri().path()) {
+            let response = error_response(StatusCode::BAD_REQUEST, refused.message());
+            return Box::pin(async move { Ok(response) });
+        }
         let inner = self.inner.clone();
         let limit = *self.limit.current();
         Box::pin(async move {

@@ -1,8 +1,9 @@
 //! The `Failover` layer: tries the request on each candidate account in turn.
 //!
-//! Per account, a connection error, a 5xx or a 529 is retried `attempts` times with a delay that
-//! starts at `delay` and is multiplied by `backoff` each time (1 s, 2 s, 4 s by default); then the
-//! next candidate gets it. A rate limit, a refusal scoped to the request's model or beta, a
+//! Per account, a 5xx or a 529 is retried `attempts` times with a delay that starts at `delay`
+//! and is multiplied by `backoff` each time (1 s, 2 s, 4 s by default); then the next candidate
+//! gets it. A connection error is the upstream's, not an account's: it is retried the same way,
+//! then answered with 502, without trying the other accounts (they would reach the same host). A rate limit, a refusal scoped to the request's model or beta, a
 //! refused (banned) account or a definitive authentication failure moves to the next candidate
 //! at once. A 401 on an OAuth account is retried once on the
 //! same account (the `Auth` layer refreshes the token in between).
@@ -226,9 +227,14 @@ where
             let message = format!("no account could serve the request: {error}");
             error_response(StatusCode::SERVICE_UNAVAILABLE, &message)
         }
-        Some(Failure::Unreachable(error)) => {
+        Some(Failure::Unreachable(error)) if error.is::<UpstreamError>() => {
             let message = format!("the upstream could not be reached: {error}");
             error_response(StatusCode::BAD_GATEWAY, &message)
+        }
+        // A token refresh that failed for now on every account, say.
+        Some(Failure::Unreachable(error)) => {
+            let message = format!("no account could serve the request: {error}");
+            error_response(StatusCode::SERVICE_UNAVAILABLE, &message)
         }
         None => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -279,18 +285,28 @@ fn judge(
                 Outcome::Overloaded | Outcome::ServerError => backoff(Failure::Response(response)),
             }
         }
-        Err(error) => {
-            if let Some(UpstreamError::Timeout(_)) = error.downcast_ref::<UpstreamError>() {
+        Err(error) => match error.downcast_ref::<UpstreamError>() {
+            Some(UpstreamError::Timeout(_)) => {
                 let message = error.to_string();
-                return Verdict::Deliver(error_response(StatusCode::GATEWAY_TIMEOUT, &message));
+                Verdict::Deliver(error_response(StatusCode::GATEWAY_TIMEOUT, &message))
             }
-            match error.downcast_ref::<AuthError>() {
+            // The one upstream host is unreachable whichever account asks: retry the request,
+            // then answer 502, rather than multiply the wait by the number of accounts.
+            Some(UpstreamError::Connect(_) | UpstreamError::Request(_)) => {
+                if retries < retry.attempts {
+                    Verdict::Retry(retry.delay_before(retries))
+                } else {
+                    let message = format!("the upstream could not be reached: {error}");
+                    Verdict::Deliver(error_response(StatusCode::BAD_GATEWAY, &message))
+                }
+            }
+            _ => match error.downcast_ref::<AuthError>() {
                 Some(AuthError::NeedsReauth { .. }) => {
                     Verdict::NextAccount(Failure::NeedsReauth(error))
                 }
                 _ => backoff(Failure::Unreachable(error)),
-            }
-        }
+            },
+        },
     }
 }
 
@@ -453,11 +469,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn unreachable_everywhere_is_a_502_and_the_last_response_wins_otherwise() {
-        let (response, log) = drive(vec![0; 8], &["a", "b"]).await;
+    async fn an_unreachable_upstream_is_a_502_after_the_retries_of_the_request() {
+        let (response, log) = drive(vec![0; 12], &["a", "b", "c"]).await;
         assert_eq!(response.status(), 502);
-        assert_eq!(log.len(), 8, "4 tries on each account");
-        assert_eq!(log.last().unwrap().1, secs(14));
+        let got: Vec<_> = log.iter().map(|(a, t)| (a.as_str(), t.as_secs())).collect();
+        assert_eq!(
+            got,
+            [("a", 0), ("a", 1), ("a", 3), ("a", 7)],
+            "1 s, 2 s, 4 s, then 502: not once more per account"
+        );
+        // Reachable again during the retries: the request is served.
+        let (response, log) = drive(vec![0, 0, 200], &["a", "b"]).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(log.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_response_wins_when_every_account_refuses() {
         let (response, _) = drive(vec![429, 429], &["a", "b"]).await;
         assert_eq!(
             response.status(),

@@ -40,6 +40,7 @@ pub mod ext;
 pub mod failover;
 mod json;
 pub mod oauth;
+mod path;
 pub mod pool;
 pub mod ratelimit;
 pub mod record;
@@ -57,6 +58,7 @@ pub use body::ProxyBody;
 pub use pool::{AccountPool, MemoryStore, StateStore};
 pub use setting::{Current, Setting};
 pub use stack::{Balancer, BalancerService, DEFAULT_UPSTREAM_URL};
+pub use tokio_util::sync::CancellationToken;
 
 /// The error type layers box their errors into.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

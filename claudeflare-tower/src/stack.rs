@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
 use crate::auth::{Auth, AuthLayer, TokenRefresher};
@@ -44,6 +45,7 @@ pub struct Balancer {
     body_limit: Setting<usize>,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
+    shutdown: Option<CancellationToken>,
 }
 
 impl Balancer {
@@ -60,6 +62,7 @@ impl Balancer {
             body_limit: Setting::new(DEFAULT_BODY_LIMIT),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            shutdown: None,
         }
     }
 
@@ -106,14 +109,25 @@ impl Balancer {
         self
     }
 
+    /// Cancel `shutdown` when your server's grace period is over: streams still running end
+    /// with an SSE `event: error`, and are recorded as cut by the shutdown.
+    pub fn shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = Some(shutdown);
+        self
+    }
+
     /// The service.
     pub fn build(self) -> BalancerService {
         let mut auth = AuthLayer::new(self.pool.clone());
         if let Some(refresher) = self.refresher {
             auth = auth.with_refresher(refresher);
         }
+        let mut record = RecordLayer::new(self.recorder);
+        if let Some(shutdown) = self.shutdown {
+            record = record.with_shutdown(shutdown);
+        }
         ServiceBuilder::new()
-            .layer(RecordLayer::new(self.recorder))
+            .layer(record)
             .layer(BufferLayer::new(self.body_limit))
             .layer(SelectLayer::new(self.pool.clone(), self.strategy))
             .layer(FailoverLayer::new(self.retry))

@@ -23,7 +23,7 @@ use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -38,11 +38,18 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// non-streaming answer.
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How long an upstream connection may stay idle in the pool before it is closed.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// The HTTP client type claudeflare uses (HTTPS through rustls, or plain HTTP).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A pooled keep-alive client for HTTP and HTTPS, with `connect_timeout`.
 pub fn http_client(connect_timeout: Duration) -> HttpClient {
+    pooled_client(connect_timeout, POOL_IDLE_TIMEOUT)
+}
+
+fn pooled_client(connect_timeout: Duration, idle_timeout: Duration) -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -55,7 +62,10 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
         .enable_http1()
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(idle_timeout)
+        // Without a timer the pool never looks at idle connections: they would stay open past
+        // the idle timeout until the upstream closed them.
+        .pool_timer(TokioTimer::new())
         .build(https)
 }
 
@@ -125,6 +135,28 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::UPGRADE,
 ];
+
+/// Whether `name` is one of claudeflare's own headers (`x-claudeflare-account`, …), which a client
+/// must not be able to send upstream in claudeflare's name.
+fn is_own(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-claudeflare-")
+}
+
+/// Remove claudeflare's own headers a client sent.
+fn strip_own(headers: &mut HeaderMap) {
+    // Most requests carry none: look once before collecting anything.
+    if !headers.keys().any(is_own) {
+        return;
+    }
+    let own: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_own(name))
+        .cloned()
+        .collect();
+    for name in own {
+        headers.remove(name);
+    }
+}
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most requests carry none of them: look once before removing anything.
@@ -197,6 +229,7 @@ impl Service<Request<Full<Bytes>>> for Upstream {
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        strip_own(headers);
         headers.remove(header::HOST);
         headers.remove(header::ACCEPT_ENCODING);
         ResponseFuture {
@@ -320,5 +353,56 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["anthropic-version"]);
+    }
+
+    /// An upstream that answers one request on a keep-alive connection, then reports whether the
+    /// client closed the connection within `within`.
+    #[tokio::test]
+    async fn idle_upstream_connections_are_closed_after_the_pool_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/models", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let read = socket.read(&mut buffer).await.unwrap();
+                request.extend_from_slice(&buffer[..read]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            // The client keeps the connection for the next request; after the idle timeout it
+            // must close it (read returns 0).
+            tokio::time::timeout(Duration::from_secs(3), socket.read(&mut buffer)).await
+        });
+        let client = pooled_client(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis(200));
+        let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        drop(response);
+        let closed = server.await.unwrap();
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "the idle connection was not closed: {closed:?}"
+        );
+    }
+
+    #[test]
+    fn claudeflares_own_headers_from_a_client_are_dropped() {
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("x-claudeflare-account", "someone-else"),
+            ("x-claudeflare-request-id", "forged"),
+            ("x-claudeflare-anything", "1"),
+            ("anthropic-beta", "oauth-2025-04-20"),
+        ] {
+            headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_own(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["anthropic-beta"]);
     }
 }

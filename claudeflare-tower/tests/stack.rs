@@ -648,12 +648,17 @@ async fn an_unreachable_upstream_is_a_502_after_retries() {
         .parse()
         .unwrap();
     drop(closed);
-    let h = Harness::start(vec![Account::api_key("a", "key-a")], move |b, _| {
-        b.upstream_url(url)
-    })
-    .await;
+    let accounts = ["a", "b", "c"]
+        .iter()
+        .map(|n| Account::api_key(*n, format!("key-{n}")))
+        .collect();
+    let h = Harness::start(accounts, move |b, _| b.upstream_url(url)).await;
+    let started = std::time::Instant::now();
     let response = h.message(false).await;
+    let waited = started.elapsed();
     assert_eq!(response.status, 502);
+    // 3 retries of 20, 40 and 80 ms: the request's, not once more for each of the 3 accounts.
+    assert!(waited < Duration::from_millis(400), "{waited:?}");
     let message = response.json()["error"]["message"]
         .as_str()
         .unwrap()
@@ -665,6 +670,7 @@ async fn an_unreachable_upstream_is_a_502_after_retries() {
     let record = &h.records(1).await[0];
     assert_eq!(record.status, Some(502));
     assert_eq!(record.account.as_deref(), Some("a"));
+    assert_eq!(record.failover_attempts, 0, "no other account was tried");
 }
 
 #[tokio::test]
@@ -893,4 +899,139 @@ async fn utilization_headers_move_the_next_session_before_the_429() {
         h.message(false).await.header("x-claudeflare-account"),
         Some("a")
     );
+}
+
+/// Read frames of a streamed body until `needle` has passed; returns what was read.
+async fn read_past(body: &mut hyper::body::Incoming, needle: &str) -> String {
+    let mut read = Vec::new();
+    while !String::from_utf8_lossy(&read).contains(needle) {
+        let frame = body.frame().await.unwrap().unwrap();
+        read.extend_from_slice(&frame.into_data().unwrap());
+    }
+    String::from_utf8_lossy(&read).into_owned()
+}
+
+fn slow_stream() -> Reply {
+    Reply::Stream {
+        delay: Duration::from_millis(40),
+        fail_after: None,
+        chunk_size: Some(64),
+    }
+}
+
+#[tokio::test]
+async fn a_stream_the_client_cuts_keeps_the_tokens_seen_so_far() {
+    let h = Harness::keys(&["a"]).await;
+    h.mock.script("key-a", [slow_stream()]);
+    let mut body = h.open_stream().await.into_body();
+    read_past(&mut body, "content_block_start").await;
+    drop(body);
+    let record = &h.records(1).await[0];
+    assert_eq!(
+        record.error.as_deref(),
+        Some("client disconnected before the response ended")
+    );
+    assert_eq!(record.usage.input_tokens, INPUT_TOKENS);
+    assert_eq!(record.usage.cache_read_input_tokens, CACHE_READ_TOKENS);
+    assert_eq!(
+        record.usage.cache_creation_input_tokens,
+        CACHE_CREATION_TOKENS
+    );
+    assert_eq!(
+        record.usage.output_tokens, 1,
+        "message_start's count, the last seen"
+    );
+    assert_eq!(record.model.as_deref(), Some(MODEL));
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_the_shutdown_ends_with_an_error_event_and_says_so() {
+    let shutdown = claudeflare_tower::CancellationToken::new();
+    let token = shutdown.clone();
+    let h = Harness::start(vec![Account::api_key("a", "key-a")], move |b, _| {
+        b.shutdown(token)
+    })
+    .await;
+    h.mock.script("key-a", [slow_stream()]);
+    let mut body = h.open_stream().await.into_body();
+    let mut read = read_past(&mut body, "content_block_start").await;
+    shutdown.cancel();
+    while let Some(frame) = body.frame().await {
+        read.push_str(&String::from_utf8_lossy(
+            &frame.unwrap().into_data().unwrap(),
+        ));
+    }
+    let tail = &read[read.rfind("event: ").unwrap()..];
+    assert!(tail.starts_with("event: error\ndata: "), "{read}");
+    assert!(tail.contains("shutting down"), "{tail}");
+    assert!(!read.contains("message_stop"), "the stream was cut");
+    let record = &h.records(1).await[0];
+    assert_eq!(
+        record.error.as_deref(),
+        Some("cut by the server's shutdown")
+    );
+    assert_eq!(record.usage.input_tokens, INPUT_TOKENS);
+    // A stream that ends on its own after the shutdown began is not cut.
+    let h2 = Harness::keys(&["a"]).await;
+    assert_eq!(h2.message(true).await.body, sse::message_stream(MODEL));
+}
+
+#[tokio::test]
+async fn only_paths_under_v1_reach_the_upstream() {
+    let h = Harness::keys(&["a"]).await;
+    for path in [
+        "/v1/../api/oauth/usage",
+        "/v1/%2e%2e/api/oauth/usage",
+        "/v1/%2E%2e/api/oauth/claude_cli/create_api_key",
+        "/v1/messages/..%2f..%2fapi/oauth/usage",
+        "/v1/./messages",
+    ] {
+        let response = h.client.get(path).await;
+        assert_eq!(response.status, 400, "{path}");
+        let json = response.json();
+        assert_eq!(json["error"]["type"], "invalid_request_error", "{path}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("claudeflare: ")
+        );
+    }
+    assert!(h.mock.requests().is_empty(), "{:?}", h.mock.requests());
+    assert_eq!(h.client.get("/v1/models").await.status, 200);
+    assert_eq!(h.mock.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn claudeflares_own_headers_from_the_client_do_not_reach_the_upstream() {
+    let h = Harness::keys(&["a"]).await;
+    let headers = [
+        ("x-claudeflare-account", "b"),
+        ("x-claudeflare-request-id", "forged"),
+    ];
+    let response = h
+        .client
+        .post_json("/v1/messages", &request_body(false), &headers)
+        .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-claudeflare-account"), Some("a"));
+    let received = &h.mock.requests()[0];
+    assert!(
+        received
+            .headers
+            .keys()
+            .all(|name| !name.as_str().starts_with("x-claudeflare-")),
+        "{:?}",
+        received.headers
+    );
+}
+
+#[tokio::test]
+async fn a_501_or_505_is_not_retried() {
+    let h = Harness::keys(&["a", "b"]).await;
+    h.mock
+        .script("key-a", [Reply::status(501), Reply::status(505)]);
+    assert_eq!(h.message(false).await.status, 501);
+    assert_eq!(h.message(false).await.status, 505);
+    assert_eq!(h.tried(), ["key-a", "key-a"]);
 }

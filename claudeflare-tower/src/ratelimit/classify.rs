@@ -20,7 +20,8 @@ use super::headers::RateLimitInfo;
 pub enum Outcome {
     /// 1xx–3xx: hand it to the client.
     Success,
-    /// A 4xx that another account would answer the same way: hand it to the client.
+    /// A 4xx (or a 501 or 505) that another try or account would answer the same way: hand it
+    /// to the client.
     ClientError,
     /// A 400 saying the request needs extra usage (third-party traffic on a subscription billed
     /// to extra usage): a billing-policy refusal, not a rate limit. Handed to the client; no
@@ -107,6 +108,8 @@ impl Outcome {
             400 if extra_usage => Outcome::ExtraUsageRequired,
             401 => Outcome::AuthFailed,
             529 => Outcome::Overloaded,
+            // Not implemented, HTTP version not supported: the same answer however often asked.
+            501 | 505 => Outcome::ClientError,
             500..=599 => Outcome::ServerError,
             400..=499 => Outcome::ClientError,
             _ => Outcome::Success,
@@ -159,6 +162,8 @@ mod tests {
         );
         assert_eq!(c(500), Outcome::ServerError);
         assert_eq!(c(503), Outcome::ServerError);
+        assert_eq!(c(501), Outcome::ClientError, "not retried");
+        assert_eq!(c(505), Outcome::ClientError, "not retried");
         assert_eq!(c(529), Outcome::Overloaded);
         assert_eq!(
             c(429),

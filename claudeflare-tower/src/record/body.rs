@@ -1,6 +1,7 @@
 //! The response body of `Record`: passes every frame through as it comes, reading usage on the
 //! way, and finishes the record when the body ends.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -8,6 +9,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::Guard;
 use super::usage::{JsonTap, SseTap};
@@ -29,11 +31,48 @@ pin_project! {
         guard: Guard,
         tap: Tap,
         ended: bool,
+        // The server's shutdown, to end a stream cleanly when its grace period is over.
+        #[pin]
+        shutdown: Shutdown,
+        shutdown_token: Option<CancellationToken>,
+    }
+
+    impl<B> PinnedDrop for RecordBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.ended {
+                return;
+            }
+            // Cut short (the client went away, or the server's shutdown closed the connection):
+            // the tokens seen so far were used all the same.
+            keep_usage_so_far(this.guard, this.tap);
+            if this.shutdown_token.as_ref().is_some_and(CancellationToken::is_cancelled) {
+                this.guard.finish(Some(SHUTDOWN_CUT.to_owned()));
+            }
+            // Otherwise the guard records that the client went away.
+        }
     }
 }
 
+pin_project! {
+    #[project = ShutdownProj]
+    enum Shutdown {
+        Watching { #[pin] cancelled: WaitForCancellationFutureOwned },
+        Off,
+    }
+}
+
+/// What the record of a response cut by the server's shutdown says.
+const SHUTDOWN_CUT: &str = "cut by the server's shutdown";
+
 impl<B> RecordBody<B> {
-    pub(crate) fn new(inner: B, guard: Guard, is_sse: bool, is_json: bool) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        guard: Guard,
+        is_sse: bool,
+        is_json: bool,
+        shutdown: Option<CancellationToken>,
+    ) -> Self {
         let tap = if is_sse {
             Tap::Sse(SseTap::default())
         } else if is_json {
@@ -41,19 +80,29 @@ impl<B> RecordBody<B> {
         } else {
             Tap::None
         };
+        // Only a stream can be ended cleanly (with an `event: error`); other bodies are short,
+        // and if one is still running when the connection is closed, the drop records it.
+        let watching = match (&shutdown, is_sse) {
+            (Some(token), true) => Shutdown::Watching {
+                cancelled: token.clone().cancelled_owned(),
+            },
+            _ => Shutdown::Off,
+        };
         Self {
             inner,
             guard,
             tap,
             ended: false,
+            shutdown: watching,
+            shutdown_token: shutdown,
         }
     }
 }
 
 /// The frame that tells an SSE client the stream broke: Anthropic's `event: error`.
-fn error_frame(at_boundary: bool, message: &str) -> Bytes {
+fn error_frame(at_boundary: bool, kind: &str, message: &str) -> Bytes {
     let lead = if at_boundary { "" } else { "\n\n" };
-    let json = envelope_json("api_error", message);
+    let json = envelope_json(kind, message);
     Bytes::from(format!("{lead}event: error\ndata: {json}\n\n"))
 }
 
@@ -73,7 +122,25 @@ where
         if *this.ended {
             return Poll::Ready(None);
         }
-        match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+        let polled = match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(polled) => polled,
+            Poll::Pending => {
+                let ShutdownProj::Watching { cancelled } = this.shutdown.project() else {
+                    return Poll::Pending;
+                };
+                std::task::ready!(cancelled.poll(cx));
+                // The grace period is over: end the stream the way Anthropic ends a broken
+                // one, so the client knows it is incomplete, and say so in the record.
+                *this.ended = true;
+                let at_boundary = tap_boundary(this.tap);
+                let _ = take_usage(this.guard, this.tap);
+                this.guard.finish(Some(SHUTDOWN_CUT.to_owned()));
+                let message = "the server is shutting down; this stream was cut before its end";
+                let frame = error_frame(at_boundary, "overloaded_error", message);
+                return Poll::Ready(Some(Ok(Frame::data(frame))));
+            }
+        };
+        match polled {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.guard.first_byte();
@@ -102,7 +169,8 @@ where
                 let _ = take_usage(this.guard, this.tap);
                 this.guard.finish(Some(message.clone()));
                 if is_sse {
-                    Poll::Ready(Some(Ok(Frame::data(error_frame(at_boundary, &message)))))
+                    let frame = error_frame(at_boundary, "api_error", &message);
+                    Poll::Ready(Some(Ok(Frame::data(frame))))
                 } else {
                     Poll::Ready(Some(Err(error)))
                 }
@@ -129,6 +197,20 @@ fn tap_boundary(tap: &Tap) -> bool {
     match tap {
         Tap::Sse(tap) => tap.at_boundary(),
         _ => true,
+    }
+}
+
+/// A body cut short: move the usage read so far into the record (input and cache counts from
+/// `message_start`, output from the last `usage` seen).
+fn keep_usage_so_far(guard: &mut Guard, tap: &mut Tap) {
+    let Some(record) = guard.record_mut() else {
+        return;
+    };
+    if let Tap::Sse(tap) = tap {
+        record.usage = tap.usage();
+        if record.model.is_none() {
+            record.model = tap.model().map(str::to_owned);
+        }
     }
 }
 

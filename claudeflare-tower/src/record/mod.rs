@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 use http::{HeaderValue, Request, Response, header};
 use pin_project_lite::pin_project;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
 pub use body::RecordBody;
@@ -91,6 +92,7 @@ pub struct RequestRecord {
 #[derive(Clone)]
 pub struct RecordLayer {
     recorder: Arc<dyn Recorder>,
+    shutdown: Option<CancellationToken>,
 }
 
 impl std::fmt::Debug for RecordLayer {
@@ -102,7 +104,18 @@ impl std::fmt::Debug for RecordLayer {
 impl RecordLayer {
     /// Records go to `recorder`.
     pub fn new(recorder: Arc<dyn Recorder>) -> Self {
-        Self { recorder }
+        Self {
+            recorder,
+            shutdown: None,
+        }
+    }
+
+    /// When `shutdown` is cancelled (a server's grace period is over), streams still running
+    /// end with an SSE `event: error` saying so, and their records say they were cut by the
+    /// shutdown, with the tokens seen so far.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = Some(shutdown);
+        self
     }
 }
 
@@ -113,6 +126,7 @@ impl<S> Layer<S> for RecordLayer {
         Record {
             inner,
             recorder: Arc::clone(&self.recorder),
+            shutdown: self.shutdown.clone(),
         }
     }
 }
@@ -122,6 +136,7 @@ impl<S> Layer<S> for RecordLayer {
 pub struct Record<S> {
     inner: S,
     recorder: Arc<dyn Recorder>,
+    shutdown: Option<CancellationToken>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Record<S> {
@@ -183,6 +198,7 @@ where
                 request_id: HeaderValue::from_str(id).ok(),
                 label: None,
             }),
+            shutdown: self.shutdown.clone(),
         }
     }
 }
@@ -193,6 +209,7 @@ pin_project! {
         #[pin]
         inner: F,
         guard: Option<Guard>,
+        shutdown: Option<CancellationToken>,
     }
 }
 
@@ -217,9 +234,9 @@ where
             Ok(mut response) => {
                 guard.on_response(&mut response);
                 let (is_sse, is_json) = Guard::content_kind(&response);
-                Poll::Ready(Ok(
-                    response.map(|body| RecordBody::new(body, guard, is_sse, is_json))
-                ))
+                Poll::Ready(Ok(response.map(|body| {
+                    RecordBody::new(body, guard, is_sse, is_json, this.shutdown.take())
+                })))
             }
             Err(error) => {
                 guard.finish(Some(error.to_string()));
