@@ -61,6 +61,12 @@ pub struct Config {
     /// Move new sessions off a subscription whose 5-hour or 7-day utilization reached this
     /// (0–1); 1 turns it off.
     pub rotate_at_utilization: f64,
+    /// Client connections served at once; more are answered 503 (also held under the process's
+    /// file-descriptor limit).
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, or leave a keep-alive
+    /// connection idle, before it is closed.
+    pub header_read_timeout_ms: u64,
     /// Price overrides (USD per million tokens) by model id, alias or prefix.
     pub pricing: BTreeMap<String, Price>,
 }
@@ -154,13 +160,15 @@ impl Default for Config {
             oauth_usage_url: "https://api.anthropic.com/api/oauth/usage".into(),
             usage_poll_interval_seconds: 300,
             rotate_at_utilization: strategy::DEFAULT_ROTATE_AT,
+            max_connections: 1024,
+            header_read_timeout_ms: 30_000,
             pricing: BTreeMap::new(),
         }
     }
 }
 
 /// File keys, which are also `CLAUDEFLARE_<KEY>` in the environment.
-const KEYS: [&str; 22] = [
+const KEYS: [&str; 24] = [
     "port",
     "host",
     "lb_strategy",
@@ -182,6 +190,8 @@ const KEYS: [&str; 22] = [
     "oauth_usage_url",
     "usage_poll_interval_seconds",
     "rotate_at_utilization",
+    "max_connections",
+    "header_read_timeout_ms",
     "pricing",
 ];
 
@@ -417,6 +427,12 @@ impl Config {
         }
         if self.session_duration_ms == 0 {
             return Err("session_duration_ms must be more than 0".into());
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        if self.header_read_timeout_ms == 0 {
+            return Err("header_read_timeout_ms must be more than 0".into());
         }
         if !(self.rotate_at_utilization > 0.0 && self.rotate_at_utilization <= 1.0) {
             return Err(format!(

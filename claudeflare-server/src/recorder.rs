@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use claudeflare_tower::Setting;
+use claudeflare_tower::{BoxFuture, Setting};
 use claudeflare_tower::record::{Recorder, RequestRecord};
 use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, watch};
 
-use crate::db::requests;
+use crate::db::{DbError, requests};
 use crate::metrics::{CostLabels, Metrics, RequestLabels, StatusLabel};
 use crate::pricing::Pricing;
 
@@ -147,40 +147,133 @@ fn log(record: &RequestRecord, cost: f64) {
     }
 }
 
-/// Store queued records in batches (one transaction each) until `stop`, then store what is queued.
+/// Where the record writer stores batches: the database, or a stand-in in tests.
+pub trait RecordSink: Send + Sync + 'static {
+    /// Store `batch` in one transaction; on an error nothing of it is stored.
+    fn insert<'a>(&'a self, batch: &'a [(RequestRecord, f64)]) -> BoxFuture<'a, Result<(), DbError>>;
+}
+
+impl RecordSink for DatabaseConnection {
+    fn insert<'a>(&'a self, batch: &'a [(RequestRecord, f64)]) -> BoxFuture<'a, Result<(), DbError>> {
+        Box::pin(requests::insert_batch(self, batch))
+    }
+}
+
+/// The first wait after a failed write; it doubles up to [`MAX_RETRY_WAIT`].
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a failing write.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+/// After a stop, how long the writer keeps trying to store what is left.
+const STOP_RETRY: Duration = Duration::from_secs(10);
+/// While writes fail, one log line per this long.
+const FAILING_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Store queued records in batches (one transaction each) until `stop`, then store what is
+/// queued.
+///
+/// A batch that cannot be stored (the database is locked, read-only, gone for a moment) is kept
+/// and tried again with a growing wait, so writing resumes by itself the moment the database
+/// takes writes again and nothing recorded meanwhile is lost. While it waits the queue still
+/// takes records, up to its bound; beyond that they are counted as dropped.
 pub async fn write_records(
-    db: DatabaseConnection,
+    sink: impl RecordSink,
     mut receiver: mpsc::Receiver<(RequestRecord, f64)>,
     dropped: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut stopping = false;
     loop {
-        let stopping = tokio::select! {
-            received = receiver.recv_many(&mut batch, BATCH) => received == 0,
-            _ = stop.changed() => true,
-        };
-        if !stopping && batch.len() < BATCH {
-            // Under load, a moment's wait makes one transaction of many records; idle, it only
-            // delays storing by that moment.
-            tokio::time::sleep(LINGER).await;
+        if !stopping {
+            stopping = tokio::select! {
+                received = receiver.recv_many(&mut batch, BATCH) => received == 0,
+                _ = stop.changed() => true,
+            };
+            if !stopping && batch.len() < BATCH {
+                // Under load, a moment's wait makes one transaction of many records; idle, it
+                // only delays storing by that moment.
+                tokio::time::sleep(LINGER).await;
+            }
         }
-        while batch.len() < BATCH || stopping {
+        while batch.len() < BATCH {
             match receiver.try_recv() {
                 Ok(row) => batch.push(row),
                 Err(_) => break,
             }
         }
-        let count = batch.len();
-        if let Err(error) = requests::insert_batch(&db, std::mem::take(&mut batch)).await {
-            dropped.fetch_add(count as u64, Ordering::Relaxed);
-            metrics.dropped_records.inc_by(count as u64);
-            tracing::error!(%error, count, "could not store request records");
+        if batch.is_empty() {
+            if stopping {
+                return;
+            }
+            continue;
+        }
+        if !store(&sink, &batch, &mut stop, stopping).await {
+            let count = batch.len() as u64;
+            dropped.fetch_add(count, Ordering::Relaxed);
+            metrics.dropped_records.inc_by(count);
+            tracing::error!(
+                count,
+                "the database still takes no writes after the shutdown; these request records are lost"
+            );
+        }
+        batch.clear();
+        // The stop may have come while a write was being tried again.
+        stopping = stopping || *stop.borrow();
+    }
+}
+
+/// Store `batch`, trying again with a growing wait while it fails. Gives up only once stopping
+/// and [`STOP_RETRY`] has passed; returns whether it was stored.
+async fn store(
+    sink: &impl RecordSink,
+    batch: &[(RequestRecord, f64)],
+    stop: &mut watch::Receiver<bool>,
+    mut stopping: bool,
+) -> bool {
+    let mut wait = FIRST_RETRY_WAIT;
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    let mut logged_at: Option<tokio::time::Instant> = None;
+    let mut give_up_at = stopping.then(|| tokio::time::Instant::now() + STOP_RETRY);
+    loop {
+        let error = match sink.insert(batch).await {
+            Ok(()) => {
+                if let Some(since) = failing_since {
+                    tracing::info!(
+                        count = batch.len(),
+                        seconds = since.elapsed().as_secs(),
+                        "the database takes writes again; the request records kept meanwhile are stored"
+                    );
+                }
+                return true;
+            }
+            Err(error) => error,
+        };
+        let now = tokio::time::Instant::now();
+        failing_since.get_or_insert(now);
+        if logged_at.is_none_or(|at| now - at >= FAILING_LOG_EVERY) {
+            tracing::error!(
+                %error,
+                count = batch.len(),
+                "could not store request records; keeping them and trying again"
+            );
+            logged_at = Some(now);
+        }
+        if give_up_at.is_some_and(|at| now >= at) {
+            return false;
         }
         if stopping {
-            return;
+            tokio::time::sleep(wait).await;
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {
+                    stopping = true;
+                    give_up_at = Some(tokio::time::Instant::now() + STOP_RETRY);
+                }
+            }
         }
+        wait = (wait * 2).min(MAX_RETRY_WAIT);
     }
 }
 
@@ -203,5 +296,142 @@ pub async fn trim_history(
             Ok(deleted) => tracing::info!(deleted, days, "trimmed the request history"),
             Err(error) => tracing::error!(%error, "could not trim the request history"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    use claudeflare_tower::record::Usage;
+
+    /// A database that refuses writes while `failing`, as a read-only or locked SQLite file does.
+    #[derive(Default)]
+    struct Flaky {
+        failing: AtomicBool,
+        attempts: AtomicUsize,
+        stored: Mutex<Vec<String>>,
+    }
+
+    impl RecordSink for Arc<Flaky> {
+        fn insert<'a>(
+            &'a self,
+            batch: &'a [(RequestRecord, f64)],
+        ) -> BoxFuture<'a, Result<(), DbError>> {
+            Box::pin(async move {
+                self.attempts.fetch_add(1, Ordering::SeqCst);
+                if self.failing.load(Ordering::SeqCst) {
+                    return Err(DbError::Query(sea_orm::DbErr::Custom(
+                        "attempt to write a readonly database".into(),
+                    )));
+                }
+                let mut stored = self.stored.lock().unwrap();
+                stored.extend(batch.iter().map(|(record, _)| record.id.clone()));
+                Ok(())
+            })
+        }
+    }
+
+    fn record(id: usize) -> RequestRecord {
+        RequestRecord {
+            id: format!("req-{id}"),
+            timestamp: Utc::now(),
+            method: "POST".into(),
+            path: "/v1/messages".into(),
+            account_id: None,
+            account: None,
+            status: Some(200),
+            success: true,
+            error: None,
+            response_time_ms: 1,
+            first_byte_ms: None,
+            upstream_ms: None,
+            overhead_us: None,
+            failover_attempts: 0,
+            model: None,
+            stream: false,
+            usage: Usage::default(),
+        }
+    }
+
+    struct Writer {
+        sink: Arc<Flaky>,
+        queue: mpsc::Sender<(RequestRecord, f64)>,
+        dropped: Arc<AtomicU64>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn writer() -> Writer {
+        let sink = Arc::new(Flaky::default());
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(write_records(
+            Arc::clone(&sink),
+            receiver,
+            Arc::clone(&dropped),
+            Arc::new(Metrics::new()),
+            stopped,
+        ));
+        Writer {
+            sink,
+            queue,
+            dropped,
+            stop,
+            task,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_record_made_during_an_outage_is_stored_after_it() {
+        let w = writer();
+        for id in 0..10 {
+            w.queue.try_send((record(id), 0.0)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(w.sink.stored.lock().unwrap().len(), 10);
+
+        // The database stops taking writes for 20 seconds; traffic goes on.
+        w.sink.failing.store(true, Ordering::SeqCst);
+        for id in 10..60 {
+            w.queue.try_send((record(id), 0.0)).unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let tries = w.sink.attempts.load(Ordering::SeqCst);
+        assert!(tries > 5, "tried again and again: {tries}");
+        assert_eq!(w.sink.stored.lock().unwrap().len(), 10);
+
+        // Writable again: within the longest wait, everything is stored, in order.
+        w.sink.failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep(MAX_RETRY_WAIT + Duration::from_secs(1)).await;
+        let stored = w.sink.stored.lock().unwrap().clone();
+        let expected: Vec<String> = (0..60).map(|id| format!("req-{id}")).collect();
+        assert_eq!(stored, expected);
+        assert_eq!(w.dropped.load(Ordering::SeqCst), 0);
+        // The waits grew: not one try per 100 ms over 20 s.
+        assert!(w.sink.attempts.load(Ordering::SeqCst) < 40);
+        w.stop.send(true).unwrap();
+        w.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_an_outage_counts_what_could_not_be_stored() {
+        let w = writer();
+        w.sink.failing.store(true, Ordering::SeqCst);
+        for id in 0..5 {
+            w.queue.try_send((record(id), 0.0)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        w.stop.send(true).unwrap();
+        // It keeps trying for a while after the stop, then gives up and says how many.
+        tokio::time::timeout(STOP_RETRY + MAX_RETRY_WAIT * 2, w.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(w.dropped.load(Ordering::SeqCst), 5);
+        assert!(w.sink.stored.lock().unwrap().is_empty());
     }
 }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use claudeflare_tower::strategy::StrategyHandle;
 use claudeflare_tower::{Balancer, Setting};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, AppState};
 use crate::background::{self, UsageMap};
@@ -22,7 +23,7 @@ use crate::recorder::{self, ServerRecorder};
 use crate::refresher::ServerRefresher;
 use crate::secrets::Cipher;
 use crate::store::{self, DbStore, Skipped, Versions};
-use crate::threads::HttpThreads;
+use crate::threads::{HttpThreads, Limits};
 
 /// How long in-flight requests (streams included) may take to finish after a shutdown signal.
 const GRACE: Duration = Duration::from_secs(30);
@@ -59,8 +60,15 @@ impl Live {
         if new.log_level != old.log_level {
             self.log.set_level(&new.log_level);
         }
-        if new.port != old.port || new.host != old.host || new.log_format != old.log_format {
-            tracing::warn!("host, port and log_format take effect at the next start");
+        if new.port != old.port
+            || new.host != old.host
+            || new.log_format != old.log_format
+            || new.max_connections != old.max_connections
+            || new.header_read_timeout_ms != old.header_read_timeout_ms
+        {
+            tracing::warn!(
+                "host, port, log_format, max_connections and header_read_timeout_ms take effect at the next start"
+            );
         }
         self.config.set(new);
         tracing::info!("configuration reloaded");
@@ -116,8 +124,12 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
     let recorder: Arc<dyn claudeflare_tower::record::Recorder> = Arc::new(recorder);
     // One balancer per HTTP thread: the same accounts, settings and recorder, but an upstream
     // client each, so upstream connections stay on their thread.
+    // Cancelled when the grace period of a shutdown is over: streams still running then end
+    // with an SSE error event and are recorded as cut by the shutdown.
+    let cut = CancellationToken::new();
     let balancer = || {
         Balancer::new(pool.clone())
+            .shutdown(cut.clone())
             .strategy(live.strategy.clone())
             .recorder(Arc::clone(&recorder))
             .refresher(Arc::clone(&refresher))
@@ -193,7 +205,13 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     let local = listener.local_addr()?;
-    let http = HttpThreads::start(listener, apps, GRACE).context("cannot start serving")?;
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+        max_connections: connection_limit(config.max_connections),
+        grace: GRACE,
+    };
+    let http =
+        HttpThreads::start(listener, apps, limits, cut).context("cannot start serving")?;
     tracing::info!(accounts = pool.len(), strategy = %config.lb_strategy, "listening on http://{local}");
     let served = http
         .run_until(async {
@@ -209,6 +227,42 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
     served.context("the server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// File descriptors kept for everything but client connections: the database, the log, the
+/// listener, token refreshes and usage polls.
+const RESERVED_FDS: u64 = 64;
+
+/// How many client connections to serve at once: `configured`, but no more than the process's
+/// file-descriptor limit allows (each proxied connection can hold an upstream one too). The soft
+/// limit is raised to the hard one first.
+#[cfg(unix)]
+fn connection_limit(configured: usize) -> usize {
+    let available = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::debug!(%error, "could not read the file-descriptor limit");
+            return configured;
+        }
+    };
+    let affordable = usize::try_from(available.saturating_sub(RESERVED_FDS) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if affordable < configured {
+        tracing::warn!(
+            max_connections = configured,
+            file_descriptors = available,
+            serving = affordable,
+            "the file-descriptor limit allows fewer connections than max_connections; raise it (ulimit -n) to serve more"
+        );
+    }
+    configured.min(affordable)
+}
+
+/// Elsewhere the configured limit is the limit.
+#[cfg(not(unix))]
+fn connection_limit(configured: usize) -> usize {
+    configured
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

@@ -55,6 +55,8 @@ pub struct DbStore {
     wake: Notify,
     /// Woken for blocks, which do not wait for the next batch.
     urgent: Notify,
+    /// Since when writes fail, and when that was last logged.
+    failing: Mutex<Option<(std::time::Instant, std::time::Instant)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -66,12 +68,46 @@ impl DbStore {
             blocks: Mutex::default(),
             wake: Notify::new(),
             urgent: Notify::new(),
+            failing: Mutex::default(),
             metrics,
         }
     }
 
     fn take(&self) -> HashMap<String, LiveState> {
         std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn dirty_again(&self, id: String, state: LiveState) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id)
+            .or_insert(state);
+    }
+
+    /// Log a failed write: the first of an outage, then one a minute.
+    fn report_failure(&self, error: &DbError) {
+        let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let due = match *failing {
+            None => true,
+            Some((_, logged)) => now - logged >= Duration::from_secs(60),
+        };
+        if due {
+            tracing::error!(%error, "could not store account state; keeping it and trying again");
+            let since = failing.map_or(now, |(since, _)| since);
+            *failing = Some((since, now));
+        }
+    }
+
+    fn report_recovery(&self) {
+        let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((since, _)) = failing.take() {
+            tracing::info!(
+                seconds = since.elapsed().as_secs(),
+                "the database takes writes again; account state is stored"
+            );
+        }
     }
 
     fn blocked_again(&self, id: String, state: LiveState) {
@@ -130,14 +166,25 @@ pub async fn write_live_states(
     versions: Arc<Versions>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut retry_wait = Duration::from_millis(200);
     loop {
         let stopping = tokio::select! {
             () = store.wake.notified() => false,
             _ = stop.changed() => true,
         };
-        write_dirty(&db, &store, &versions).await;
-        // Counters wait 200 ms to be written together; blocks do not wait.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        let written = write_dirty(&db, &store, &versions).await;
+        // Counters wait 200 ms to be written together (longer, growing, while the database
+        // refuses writes); blocks do not wait.
+        let wait = if written {
+            retry_wait = Duration::from_millis(200);
+            Duration::from_millis(200)
+        } else {
+            // What failed is kept: try again after the wait even if nothing else changes.
+            store.wake.notify_one();
+            retry_wait = (retry_wait * 2).min(Duration::from_secs(5));
+            retry_wait
+        };
+        let deadline = tokio::time::Instant::now() + wait;
         let mut stopping = stopping || *stop.borrow();
         while !stopping {
             tokio::select! {
@@ -153,17 +200,32 @@ pub async fn write_live_states(
     }
 }
 
-async fn write_dirty(db: &DatabaseConnection, store: &DbStore, versions: &Versions) {
+/// Write what changed; returns whether everything was written (what was not is kept).
+async fn write_dirty(db: &DatabaseConnection, store: &DbStore, versions: &Versions) -> bool {
     write_blocks(db, store, versions).await;
+    let mut failed = None;
     for (id, state) in store.take() {
         let Some((_, epoch)) = versions.get(&id) else {
             tracing::debug!(account = %id, "account state not stored: the account is not loaded");
             continue;
         };
-        // A failed write is retried with the next change of this account.
         match accounts::save_live(db, &id, epoch, &state).await {
             Ok(written) => tracing::debug!(account = %id, written, "stored account state"),
-            Err(error) => tracing::error!(%error, "could not store account state"),
+            Err(error) => {
+                // Kept for the next try, unless a newer state came meanwhile.
+                store.dirty_again(id, state);
+                failed = Some(error);
+            }
+        }
+    }
+    match failed {
+        Some(error) => {
+            store.report_failure(&error);
+            false
+        }
+        None => {
+            store.report_recovery();
+            true
         }
     }
 }
@@ -180,8 +242,9 @@ async fn write_blocks(db: &DatabaseConnection, store: &DbStore, versions: &Versi
             }
             Err(error) => {
                 tracing::error!(%error, "could not store that an account is out of rotation");
-                // Kept for the next round rather than lost.
+                // Kept for the next round rather than lost, and that round is asked for.
                 store.blocked_again(id, state);
+                store.wake.notify_one();
             }
         }
     }

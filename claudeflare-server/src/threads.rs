@@ -15,43 +15,35 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::ServiceExt;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::app::App;
 
-/// A connection handed to an HTTP thread.
-type Handed = (std::net::TcpStream, SocketAddr);
+/// A connection handed to an HTTP thread, with its place under the connection limit.
+type Handed = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
 
-/// The connections dealt to one HTTP thread, as the listener its server accepts from.
-struct Dealt {
-    connections: mpsc::UnboundedReceiver<Handed>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for Dealt {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        loop {
-            let Some((stream, peer)) = self.connections.recv().await else {
-                // The acceptor has stopped: so has the server, which stops asking soon.
-                return std::future::pending().await;
-            };
-            match TcpStream::from_std(stream) {
-                Ok(stream) => return (stream, peer),
-                Err(error) => tracing::debug!(%error, "could not take over a connection"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
+/// How connections are served: the limits a client cannot hold the server hostage past.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a client may take to send a request's headers, and how long a keep-alive
+    /// connection may sit idle waiting for the next request (hyper starts the same timer then).
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// After a stop, how long requests in flight (streams included) may take to finish.
+    pub grace: Duration,
 }
 
 /// The HTTP threads, and how they are stopped.
@@ -63,32 +55,40 @@ pub struct HttpThreads {
 
 impl HttpThreads {
     /// Start one thread per app in `apps`, fed from `listener` by a task on the current runtime.
-    /// After a stop, a thread gives its requests in flight `grace` to finish, then cuts them.
-    pub fn start(listener: TcpListener, apps: Vec<App>, grace: Duration) -> io::Result<Self> {
+    /// After a stop, a thread gives its requests in flight `limits.grace` to finish; then it
+    /// cancels `cut` (streams end with an SSE error event) and closes what is left.
+    pub fn start(
+        listener: TcpListener,
+        apps: Vec<App>,
+        limits: Limits,
+        cut: CancellationToken,
+    ) -> io::Result<Self> {
         if apps.is_empty() {
             return Err(io::Error::other("no HTTP thread to start"));
         }
-        let local = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let mut threads = Vec::with_capacity(apps.len());
         for (index, app) in apps.into_iter().enumerate() {
             let (sender, connections) = mpsc::unbounded_channel();
-            let listener = Dealt { connections, local };
             let stopped = stopped.clone();
             let ended = ended_tx.clone();
+            let cut = cut.clone();
             std::thread::Builder::new()
                 .name(format!("claudeflare-http-{index}"))
                 .spawn(move || {
                     let result = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
-                        .map(|runtime| runtime.block_on(serve(listener, app, stopped, grace)));
+                        .map(|runtime| {
+                            runtime.block_on(serve(connections, app, stopped, limits, cut))
+                        });
                     let _ = ended.send(result);
                 })?;
             threads.push(sender);
         }
-        let acceptor = tokio::spawn(accept(listener, threads, stopped));
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let acceptor = tokio::spawn(accept(listener, threads, slots, stopped));
         Ok(Self {
             stop,
             acceptor,
@@ -116,32 +116,76 @@ impl HttpThreads {
     }
 }
 
-/// One thread's server, until `stopped` and its connections are done (or `grace` has passed).
-async fn serve(listener: Dealt, app: App, stopped: watch::Receiver<bool>, grace: Duration) {
-    let signal = {
-        let mut stopped = stopped.clone();
-        async move { until_stopped(&mut stopped).await }
-    };
-    let server = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(signal);
-    let mut stopped = stopped;
-    tokio::select! {
-        // It only ends once stopped: accepting never fails.
-        _ = server.into_future() => {}
-        () = async {
-            until_stopped(&mut stopped).await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(seconds = grace.as_secs(), "requests still running after the grace period were cut");
-        }
+/// How long streams cut at the end of the grace period get to send their last event.
+const CUT_FLUSH: Duration = Duration::from_secs(2);
+
+/// One thread's server: serve the connections dealt to it until `stopped`, then let those in
+/// flight finish (at most `limits.grace`), cut the streams still running, and close the rest.
+async fn serve(
+    mut connections: mpsc::UnboundedReceiver<Handed>,
+    app: App,
+    stopped: watch::Receiver<bool>,
+    limits: Limits,
+    cut: CancellationToken,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut stopping = stopped.clone();
+    loop {
+        let (stream, peer, permit) = tokio::select! {
+            handed = connections.recv() => match handed {
+                Some(handed) => handed,
+                None => break,
+            },
+            () = until_stopped(&mut stopping) => break,
+        };
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, %peer, "could not take over a connection");
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(
+            app.clone()
+                .map_request(|request: http::Request<Incoming>| request.map(Body::new)),
+        );
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                // A client that was too slow with its headers, or went away: its business.
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+            // Its place under the connection limit is free again.
+            drop(permit);
+        });
     }
+    if tokio::time::timeout(limits.grace, graceful.shutdown()).await.is_ok() {
+        return;
+    }
+    tracing::warn!(
+        seconds = limits.grace.as_secs(),
+        "requests still running after the grace period are being cut"
+    );
+    cut.cancel();
+    // The cut streams send their error event and end; whatever is still open is closed when
+    // this thread's runtime stops.
+    tokio::time::sleep(CUT_FLUSH).await;
 }
 
-/// Accept connections until `stopped`, dealing them to the threads in turn.
+/// Accept connections until `stopped`, dealing them to the threads in turn. Past the limit a
+/// connection is answered 503 and closed at once, so idle or slow clients cannot use up the
+/// process's file descriptors (and with them the database, the upstream and `/health`).
 async fn accept(
     listener: TcpListener,
     threads: Vec<mpsc::UnboundedSender<Handed>>,
+    slots: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let refused = AtomicU64::new(0);
     let mut next = 0;
     loop {
         let (stream, peer) = tokio::select! {
@@ -157,6 +201,17 @@ async fn accept(
             },
             () = until_stopped(&mut stopped) => return,
         };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            refuse(&stream);
+            let count = refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if count == 1 || count % 1000 == 0 {
+                tracing::warn!(
+                    refused = count,
+                    "the connection limit is reached; new connections are answered 503"
+                );
+            }
+            continue;
+        };
         // No Nagle delay: a streamed event goes out at once, not when the previous one is
         // acknowledged (up to 40 ms later on a real network with delayed acknowledgements).
         if let Err(error) = stream.set_nodelay(true) {
@@ -164,12 +219,24 @@ async fn accept(
         }
         match stream.into_std() {
             Ok(stream) => {
-                let _ = threads[next].send((stream, peer));
+                let _ = threads[next].send((stream, peer, permit));
                 next = (next + 1) % threads.len();
             }
             Err(error) => tracing::debug!(%error, "could not hand a connection over"),
         }
     }
+}
+
+/// Answer a connection over the limit with 503 in Anthropic's envelope, without waiting on it:
+/// a fresh socket's send buffer takes these few bytes at once, and if it does not, the client
+/// gets the closed connection.
+fn refuse(stream: &TcpStream) {
+    const BODY: &str = r#"{"type":"error","error":{"type":"overloaded_error","message":"claudeflare: too many connections; try again shortly"}}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = stream.try_write(response.as_bytes());
 }
 
 /// Until the stop is given (or can no longer be).

@@ -87,11 +87,12 @@ impl Statements {
 /// transaction.
 ///
 /// This is the one write on the proxy's busy path, so it goes to sqlx directly, under sea-orm:
-/// statements built once, values moved out of the records into the driver's arguments, no
-/// `RETURNING`.
+/// statements built once, no `RETURNING`. The batch is only borrowed, so a failed write leaves
+/// it whole for the writer to try again; a failed transaction is rolled back at once, so the
+/// connection goes back to the pool without a transaction (and its lock) still open.
 pub async fn insert_batch(
     db: &DatabaseConnection,
-    batch: Vec<(RequestRecord, f64)>,
+    batch: &[(RequestRecord, f64)],
 ) -> Result<(), DbError> {
     if batch.is_empty() {
         return Ok(());
@@ -110,14 +111,14 @@ pub async fn insert_batch(
 async fn write<DB>(
     pool: &sqlx::Pool<DB>,
     statements: &'static Statements,
-    batch: Vec<(RequestRecord, f64)>,
+    batch: &[(RequestRecord, f64)],
 ) -> Result<(), sqlx::Error>
 where
     DB: sqlx::Database,
     DB::Arguments: IntoArguments<DB>,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
     for<'q> i32: Encode<'q, DB> + Type<DB>,
@@ -128,7 +129,39 @@ where
     for<'q> f64: Encode<'q, DB> + Type<DB>,
 {
     let mut txn = pool.begin().await?;
-    for (hour, account, model, sums) in rollups::additions(&batch) {
+    match write_in(&mut txn, statements, batch).await {
+        Ok(()) => txn.commit().await,
+        Err(error) => {
+            if let Err(rollback) = txn.rollback().await {
+                tracing::debug!(error = %rollback, "could not roll back the failed record write");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The statements of [`write`], in its transaction.
+async fn write_in<DB>(
+    txn: &mut sqlx::Transaction<'_, DB>,
+    statements: &'static Statements,
+    batch: &[(RequestRecord, f64)],
+) -> Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i32>: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Type<DB>,
+{
+    for (hour, account, model, sums) in rollups::additions(batch) {
         let mut args = DB::Arguments::default();
         bind(&mut args, hour)?;
         bind(&mut args, account)?;
@@ -146,26 +179,26 @@ where
         }
         bind(&mut args, sums.cost)?;
         sqlx::query_with(statements.rollup.as_str(), args)
-            .execute(&mut *txn)
+            .execute(&mut **txn)
             .await?;
     }
     let mut rest = batch.len();
-    let mut rows = batch.into_iter();
+    let mut rows = batch.iter();
     while rest > 0 {
         let chunk = CHUNKS.partition_point(|&size| size <= rest) - 1;
         let mut args = DB::Arguments::default();
         args.reserve(CHUNKS[chunk] * COLUMNS.len(), 0);
         for (record, cost) in rows.by_ref().take(CHUNKS[chunk]) {
             // In the order of `COLUMNS`.
-            bind(&mut args, record.id)?;
+            bind(&mut args, record.id.as_str())?;
             bind(&mut args, record.timestamp)?;
-            bind(&mut args, record.method)?;
-            bind(&mut args, record.path)?;
-            bind(&mut args, record.account_id)?;
-            bind(&mut args, record.account)?;
+            bind(&mut args, record.method.as_str())?;
+            bind(&mut args, record.path.as_str())?;
+            bind(&mut args, record.account_id.as_deref())?;
+            bind(&mut args, record.account.as_deref())?;
             bind(&mut args, record.status.map(i32::from))?;
             bind(&mut args, record.success)?;
-            bind(&mut args, record.error)?;
+            bind(&mut args, record.error.as_deref())?;
             bind(&mut args, int(record.response_time_ms))?;
             bind(&mut args, record.first_byte_ms.map(int))?;
             bind(&mut args, record.upstream_ms.map(int))?;
@@ -173,20 +206,20 @@ where
                 &mut args,
                 i32::try_from(record.failover_attempts).unwrap_or(i32::MAX),
             )?;
-            bind(&mut args, record.model)?;
+            bind(&mut args, record.model.as_deref())?;
             bind(&mut args, record.stream)?;
             bind(&mut args, int(record.usage.input_tokens))?;
             bind(&mut args, int(record.usage.output_tokens))?;
             bind(&mut args, int(record.usage.cache_read_input_tokens))?;
             bind(&mut args, int(record.usage.cache_creation_input_tokens))?;
-            bind(&mut args, cost)?;
+            bind(&mut args, *cost)?;
         }
         sqlx::query_with(statements.inserts[chunk].as_str(), args)
-            .execute(&mut *txn)
+            .execute(&mut **txn)
             .await?;
         rest -= CHUNKS[chunk];
     }
-    txn.commit().await
+    Ok(())
 }
 
 /// Add `value` to a statement's arguments.
@@ -318,7 +351,7 @@ mod tests {
                 cache_creation_1h_input_tokens: 9,
             },
         };
-        insert_batch(&db, vec![(stored, 0.25)]).await.unwrap();
+        insert_batch(&db, &[(stored, 0.25)]).await.unwrap();
         let rows = newest(&db, 10, &Filter::default()).await.unwrap();
         assert_eq!(
             rows,
@@ -363,7 +396,7 @@ mod tests {
                 )
             })
             .collect();
-        insert_batch(&db, batch).await.unwrap();
+        insert_batch(&db, &batch).await.unwrap();
         let totals = rollups::totals(&db, None).await.unwrap();
         assert_eq!(
             (
@@ -387,7 +420,7 @@ mod tests {
             [("a", 500), ("b", 500)]
         );
         // A second batch adds to the same hours.
-        insert_batch(&db, vec![(record(5000, TimeDelta::days(1)), 1.0)])
+        insert_batch(&db, &[(record(5000, TimeDelta::days(1)), 1.0)])
             .await
             .unwrap();
         assert_eq!(
