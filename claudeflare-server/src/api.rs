@@ -1,19 +1,18 @@
 //! Handlers of the JSON API. Errors are `{"error": "…"}` with 400, 404 or 500.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use claudeflare_tower::strategy::STRATEGY_NAMES;
 use claudeflare_tower::{AccountStatus, Mode, Tier};
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::config;
 use crate::db::{DbError, accounts, requests, rollups};
+use crate::extract::{ApiPath, JsonObject};
 
 /// An API error.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +26,9 @@ pub enum ApiError {
     /// 500.
     #[error("{0}")]
     Internal(String),
+    /// Any other status (405, 413, 415…).
+    #[error("{1}")]
+    Status(StatusCode, String),
 }
 
 impl From<DbError> for ApiError {
@@ -43,10 +45,11 @@ impl From<DbError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match self {
+        let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Status(status, _) => *status,
         };
         (status, Json(json!({ "error": self.to_string() }))).into_response()
     }
@@ -54,19 +57,21 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 
-/// Parse a JSON body, with an `{"error"}` answer instead of axum's plain-text rejection.
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
-}
-
 /// `GET /health`.
+///
+/// `"degraded"` with the `problems` when the server found something wrong with its own files
+/// while running (it still serves).
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
+    let problems = state.health.problems();
+    let mut answer = json!({
+        "status": if problems.is_empty() { "ok" } else { "degraded" },
         "accounts": state.pool.len(),
         "strategy": state.strategy.get().name(),
-    }))
+    });
+    if !problems.is_empty() {
+        answer["problems"] = json!(problems);
+    }
+    Json(answer)
 }
 
 /// `GET /metrics`.
@@ -161,14 +166,17 @@ pub async fn strategies() -> Json<Value> {
     Json(json!(STRATEGY_NAMES))
 }
 
+/// The body of `POST /api/config/strategy`.
 #[derive(serde::Deserialize)]
-struct StrategyBody {
+pub struct StrategyBody {
     strategy: String,
 }
 
 /// `POST /api/config/strategy`: switch now, and write the choice to the config file.
-pub async fn set_strategy(State(state): State<AppState>, bytes: Bytes) -> ApiResult {
-    let StrategyBody { strategy: name } = body(&bytes)?;
+pub async fn set_strategy(
+    State(state): State<AppState>,
+    JsonObject(StrategyBody { strategy: name }): JsonObject<StrategyBody>,
+) -> ApiResult {
     let mut config = (*state.config.get()).clone();
     let chosen = config
         .strategy_named(&name)
@@ -196,18 +204,18 @@ pub async fn set_strategy(State(state): State<AppState>, bytes: Bytes) -> ApiRes
     Ok(Json(answer))
 }
 
+/// The body of `POST /api/accounts/{id}/tier`.
 #[derive(serde::Deserialize)]
-struct TierBody {
+pub struct TierBody {
     tier: Value,
 }
 
 /// `POST /api/accounts/{id}/tier`.
 pub async fn set_tier(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    bytes: Bytes,
+    ApiPath(id): ApiPath<String>,
+    JsonObject(TierBody { tier }): JsonObject<TierBody>,
 ) -> ApiResult {
-    let TierBody { tier } = body(&bytes)?;
     let tier = tier
         .as_u64()
         .and_then(|t| u8::try_from(t).ok())
@@ -241,13 +249,21 @@ async fn set_paused(state: &AppState, id: &str, paused: bool) -> ApiResult {
 }
 
 /// `POST /api/accounts/{id}/pause`.
-pub async fn pause(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+pub async fn pause(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult {
     set_paused(&state, &id, true).await
 }
 
 /// `POST /api/accounts/{id}/resume`.
-pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+pub async fn resume(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult {
     set_paused(&state, &id, false).await
+}
+
+/// A method a route does not take: `{"error"}` with 405.
+pub async fn method_not_allowed(method: http::Method, uri: Uri) -> ApiError {
+    ApiError::Status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 /// Unknown paths: `{"error"}` under `/api`, Anthropic's envelope under `/v1`, plain 404 elsewhere.

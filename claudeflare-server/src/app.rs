@@ -45,6 +45,8 @@ pub struct AppState {
     pub dropped: Arc<AtomicU64>,
     /// Subscription usage by account id.
     pub usage: Arc<crate::background::UsageMap>,
+    /// Problems `/health` reports.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// The whole application: `/v1/…` goes straight to the balancer, everything else through the
@@ -154,5 +156,6 @@ fn router(state: AppState) -> Router {
         .route("/", get(crate::dashboard::page))
         .route("/dashboard", get(crate::dashboard::page))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)
 }

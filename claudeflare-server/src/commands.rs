@@ -26,6 +26,7 @@ pub struct Context {
 /// Open the database the server uses.
 pub async fn open() -> anyhow::Result<Context> {
     let path = config::config_path();
+    refuse_to_replace_a_held_database(&config::database_url(&path))?;
     config::ensure_file(&path)?;
     let upgraded = config::upgrade_file(&path)?;
     if !upgraded.is_empty() {
@@ -36,6 +37,29 @@ pub async fn open() -> anyhow::Result<Context> {
     let cipher = Cipher::load(config::config_folder(&path))?;
     accounts::seal_plaintext(&db, &cipher).await?;
     Ok(Context { db, cipher, config })
+}
+
+/// A SQLite database that is missing while a server still has it open was deleted under that
+/// server (its configuration folder removed, say). Creating a new, empty one in its place would
+/// split the accounts between a file nobody can see and one the server does not use: refuse, and
+/// say what happened.
+fn refuse_to_replace_a_held_database(url: &str) -> anyhow::Result<()> {
+    let Some(path) = db::sqlite_path(url) else {
+        return Ok(());
+    };
+    if path.exists() {
+        return Ok(());
+    }
+    let holders = crate::health::holders_of_deleted(&path);
+    if let Some(pid) = holders.first() {
+        bail!(
+            "the database {} was deleted while a claudeflare server (pid {pid}) still has it open; \
+             refusing to create a new, empty one in its place. Stop that server (it holds the accounts \
+             in memory only) or restore the file, then try again",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn on_terminal() -> bool {

@@ -67,6 +67,9 @@ pub struct Config {
     /// How long a client may take to send a request's headers, or leave a keep-alive
     /// connection idle, before it is closed.
     pub header_read_timeout_ms: u64,
+    /// On SIGTERM or Ctrl-C, how long requests in flight (streams included) may take to finish
+    /// before they are cut.
+    pub shutdown_grace_seconds: u64,
     /// Price overrides (USD per million tokens) by model id, alias or prefix.
     pub pricing: BTreeMap<String, Price>,
 }
@@ -162,13 +165,14 @@ impl Default for Config {
             rotate_at_utilization: strategy::DEFAULT_ROTATE_AT,
             max_connections: 1024,
             header_read_timeout_ms: 30_000,
+            shutdown_grace_seconds: 30,
             pricing: BTreeMap::new(),
         }
     }
 }
 
 /// File keys, which are also `CLAUDEFLARE_<KEY>` in the environment.
-const KEYS: [&str; 24] = [
+const KEYS: [&str; 25] = [
     "port",
     "host",
     "lb_strategy",
@@ -192,6 +196,7 @@ const KEYS: [&str; 24] = [
     "rotate_at_utilization",
     "max_connections",
     "header_read_timeout_ms",
+    "shutdown_grace_seconds",
     "pricing",
 ];
 

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use claudeflare_tower::{BoxFuture, Setting};
 use claudeflare_tower::record::{Recorder, RequestRecord};
+use claudeflare_tower::{BoxFuture, Setting};
 use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, watch};
 
@@ -119,6 +119,17 @@ fn log(record: &RequestRecord, cost: f64) {
     let tokens_out = record.usage.output_tokens;
     let ms = record.response_time_ms;
     match &record.error {
+        Some(error) if (400..500).contains(&status) => tracing::warn!(
+            method,
+            path,
+            account,
+            status,
+            ms,
+            tokens_in,
+            tokens_out,
+            error = error.as_str(),
+            "request refused"
+        ),
         Some(error) => tracing::error!(
             method,
             path,
@@ -130,6 +141,11 @@ fn log(record: &RequestRecord, cost: f64) {
             error = error.as_str(),
             "request failed"
         ),
+        // The upstream's 4xx answers (a bad request, a refusal) are the client's business: a
+        // warning. What claudeflare or the upstream failed at (5xx, no answer) is an error.
+        None if !record.success && (400..500).contains(&status) => {
+            tracing::warn!(method, path, account, status, ms, "request refused")
+        }
         None if !record.success => {
             tracing::error!(method, path, account, status, ms, "request failed")
         }
@@ -150,11 +166,17 @@ fn log(record: &RequestRecord, cost: f64) {
 /// Where the record writer stores batches: the database, or a stand-in in tests.
 pub trait RecordSink: Send + Sync + 'static {
     /// Store `batch` in one transaction; on an error nothing of it is stored.
-    fn insert<'a>(&'a self, batch: &'a [(RequestRecord, f64)]) -> BoxFuture<'a, Result<(), DbError>>;
+    fn insert<'a>(
+        &'a self,
+        batch: &'a [(RequestRecord, f64)],
+    ) -> BoxFuture<'a, Result<(), DbError>>;
 }
 
 impl RecordSink for DatabaseConnection {
-    fn insert<'a>(&'a self, batch: &'a [(RequestRecord, f64)]) -> BoxFuture<'a, Result<(), DbError>> {
+    fn insert<'a>(
+        &'a self,
+        batch: &'a [(RequestRecord, f64)],
+    ) -> BoxFuture<'a, Result<(), DbError>> {
         Box::pin(requests::insert_batch(self, batch))
     }
 }

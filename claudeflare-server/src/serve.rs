@@ -25,9 +25,6 @@ use crate::secrets::Cipher;
 use crate::store::{self, DbStore, Skipped, Versions};
 use crate::threads::{HttpThreads, Limits};
 
-/// How long in-flight requests (streams included) may take to finish after a shutdown signal.
-const GRACE: Duration = Duration::from_secs(30);
-
 /// HTTP threads at most, however many cores there are. Each has its own upstream connections,
 /// so more threads than the traffic needs would mean more cold connections (a TLS handshake
 /// each) for the same requests; four cores proxy tens of thousands of requests a second.
@@ -65,9 +62,10 @@ impl Live {
             || new.log_format != old.log_format
             || new.max_connections != old.max_connections
             || new.header_read_timeout_ms != old.header_read_timeout_ms
+            || new.shutdown_grace_seconds != old.shutdown_grace_seconds
         {
             tracing::warn!(
-                "host, port, log_format, max_connections and header_read_timeout_ms take effect at the next start"
+                "host, port, log_format, max_connections, header_read_timeout_ms and shutdown_grace_seconds take effect at the next start"
             );
         }
         self.config.set(new);
@@ -140,7 +138,7 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
     };
 
     let (stop, stopped) = watch::channel(false);
-    let tasks = [
+    let mut tasks = vec![
         tokio::spawn(recorder::write_records(
             db.clone(),
             queue,
@@ -180,7 +178,14 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
             stopped.clone(),
         )),
     ];
+    let health = Arc::new(crate::health::Health::default());
+    tasks.push(tokio::spawn(crate::health::watch_database(
+        db::sqlite_path(&url),
+        Arc::clone(&health),
+        stopped.clone(),
+    )));
     let state = AppState {
+        health,
         db,
         pool: pool.clone(),
         strategy: live.strategy.clone(),
@@ -208,10 +213,9 @@ pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
     let limits = Limits {
         header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
         max_connections: connection_limit(config.max_connections),
-        grace: GRACE,
+        grace: Duration::from_secs(config.shutdown_grace_seconds),
     };
-    let http =
-        HttpThreads::start(listener, apps, limits, cut).context("cannot start serving")?;
+    let http = HttpThreads::start(listener, apps, limits, cut).context("cannot start serving")?;
     tracing::info!(accounts = pool.len(), strategy = %config.lb_strategy, "listening on http://{local}");
     let served = http
         .run_until(async {

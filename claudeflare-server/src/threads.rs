@@ -163,7 +163,10 @@ async fn serve(
             drop(permit);
         });
     }
-    if tokio::time::timeout(limits.grace, graceful.shutdown()).await.is_ok() {
+    if tokio::time::timeout(limits.grace, graceful.shutdown())
+        .await
+        .is_ok()
+    {
         return;
     }
     tracing::warn!(

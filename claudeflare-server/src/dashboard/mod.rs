@@ -15,7 +15,7 @@ use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use claudeflare_tower::{AccountStatus, AccountView, Mode};
-use http::StatusCode;
+use http::{HeaderValue, StatusCode, header};
 
 use crate::app::AppState;
 use crate::db::DbError;
@@ -155,7 +155,7 @@ pub async fn page(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    match gather(&state, filter_of(&query)).await {
+    let mut response = match gather(&state, filter_of(&query)).await {
         Ok(data) => Html(view::page(&data).into_string()).into_response(),
         Err(error) => {
             tracing::error!(%error, "cannot render the dashboard");
@@ -165,7 +165,15 @@ pub async fn page(
             )
                 .into_response()
         }
-    }
+    };
+    // No other site may frame the page (clickjacking its buttons).
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    response
 }
 
 /// Render the page for `data` (for tests and the benchmark).

@@ -77,7 +77,7 @@ pub fn redact(url: &str) -> String {
 }
 
 /// The file of a `sqlite://` URL.
-fn sqlite_path(url: &str) -> Option<PathBuf> {
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
