@@ -73,7 +73,7 @@ fn main() {
         let seeding = Instant::now();
         for chunk in (0..REQUESTS).collect::<Vec<_>>().chunks(5000) {
             let batch: Vec<_> = chunk.iter().map(|&i| (record(i), 0.01)).collect();
-            requests::insert_batch(&db, batch).await.expect("seeding");
+            requests::insert_batch(&db, &batch).await.expect("seeding");
         }
         println!("seeded {REQUESTS} requests in {:.1} s", seeding.elapsed().as_secs_f64());
 
@@ -88,6 +88,7 @@ fn main() {
             metrics: Arc::new(Metrics::new()),
             dropped: Arc::new(AtomicU64::new(0)),
             usage: Arc::new(UsageMap::default()),
+            health: Arc::default(),
         };
         let mut times: Vec<Duration> = Vec::with_capacity(RUNS);
         let mut size = 0;

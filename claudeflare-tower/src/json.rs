@@ -9,7 +9,7 @@
 /// Calls `found(i, value)` for each top-level field of the object in `json` whose key is
 /// `keys[i]`, with the value's raw JSON text. Other values are skipped, not validated. Returns
 /// `None` when `json` is not an object, or is cut short; the fields found before that point have
-/// been reported.
+/// been reported (each whole: a value is reported only once the byte after it is seen).
 pub(crate) fn top_level<'a>(
     json: &'a [u8],
     keys: &[&str],
@@ -35,11 +35,15 @@ pub(crate) fn top_level<'a>(
         at = skip_whitespace(json, at + 1);
         let value_start = at;
         at = skip_value(json, at)?;
-        if let Some(i) = keys.iter().position(|k| k.as_bytes() == key) {
-            found(i, &json[value_start..at]);
-        }
+        let value_end = at;
         at = skip_whitespace(json, at);
-        match json.get(at)? {
+        // A number or literal at the very end may be cut short (`-6` of `-605.375`): a value is
+        // only reported once what follows it is there.
+        let next = *json.get(at)?;
+        if let Some(i) = keys.iter().position(|k| k.as_bytes() == key) {
+            found(i, &json[value_start..value_end]);
+        }
+        match next {
             b',' => at = skip_whitespace(json, at + 1),
             b'}' => return Some(()),
             _ => return None,
@@ -276,6 +280,90 @@ mod tests {
             for value in values {
                 assert!(serde_json::from_slice::<serde_json::Value>(&value).is_ok());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// JSON values of every kind, nested a little, with strings full of quotes, backslashes,
+    /// braces and non-ASCII text.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            // Eighths: floats that print and parse back exactly (serde_json's default float
+            // parsing is not exact for every double, which is not what is tested here).
+            (-8000i32..8000).prop_map(|n| Value::from(f64::from(n) / 8.0)),
+            r#"[a-z"\\{}\[\],:é🌍 \n\t]{0,12}"#.prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(r#"[a-z"\\ ]{0,6}"#, inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn object() -> impl Strategy<Value = serde_json::Map<String, Value>> {
+        prop::collection::btree_map(
+            prop_oneof![
+                Just("model".to_owned()),
+                Just("usage".to_owned()),
+                "[a-z]{1,6}"
+            ],
+            value(),
+            0..6,
+        )
+        .prop_map(|m| m.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn every_top_level_value_is_found_as_serde_json_reads_it(
+            object in object(),
+            pretty in any::<bool>(),
+        ) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&object).unwrap()
+            } else {
+                serde_json::to_string(&object).unwrap()
+            };
+            let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+            let mut found = serde_json::Map::new();
+            let whole = top_level(text.as_bytes(), &keys, |i, raw| {
+                let value: Value = serde_json::from_slice(raw).unwrap();
+                found.insert(keys[i].to_owned(), value);
+            });
+            prop_assert!(whole.is_some());
+            prop_assert_eq!(found, object);
+        }
+
+        #[test]
+        fn a_cut_object_is_refused_and_never_misread(object in object(), cut in any::<prop::sample::Index>()) {
+            let text = serde_json::to_string(&object).unwrap();
+            let cut = cut.index(text.len());
+            let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+            let result = top_level(&text.as_bytes()[..cut], &keys, |i, raw| {
+                // What is reported before the cut is whole and right.
+                let value: Value = serde_json::from_slice(raw).unwrap();
+                assert_eq!(value, object[keys[i]]);
+            });
+            prop_assert!(result.is_none());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = top_level(&bytes, &["model", "usage"], |_, raw| {
+                let _ = string(raw);
+                let _ = unsigned(raw);
+            });
         }
     }
 }

@@ -118,3 +118,72 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A plain reference: decode the path as often as it takes, then resolve its dot-segments
+    /// the way a normalising server would (RFC 3986, 5.2.4), backslashes counting as slashes.
+    fn normalise(path: &str) -> String {
+        let mut decoded = path.to_owned();
+        for _ in 0..8 {
+            let next = percent_decode_str(&decoded)
+                .decode_utf8_lossy()
+                .into_owned();
+            if next == decoded {
+                break;
+            }
+            decoded = next;
+        }
+        let decoded = decoded.replace('\\', "/");
+        let mut out: Vec<&str> = Vec::new();
+        for segment in decoded.split('/').skip(1) {
+            match segment {
+                "." => {}
+                ".." => {
+                    out.pop();
+                }
+                other => out.push(other),
+            }
+        }
+        format!("/{}", out.join("/"))
+    }
+
+    /// Path segments made of what attacks use: dots, slashes, percent escapes of both, names.
+    fn segment() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just(".".to_owned()),
+                Just("..".to_owned()),
+                Just("%2e".to_owned()),
+                Just("%2E".to_owned()),
+                Just("%252e".to_owned()),
+                Just("%2f".to_owned()),
+                Just("%5c".to_owned()),
+                Just("\\".to_owned()),
+                Just("%".to_owned()),
+                "[a-z_]{1,6}",
+            ],
+            0..4,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn an_accepted_path_never_leaves_v1(segments in prop::collection::vec(segment(), 0..6)) {
+            let path = format!("/v1/{}", segments.join("/"));
+            if check(&path).is_ok() {
+                let normal = normalise(&path);
+                prop_assert!(normal.starts_with("/v1/") || normal == "/v1", "{path} -> {normal}");
+            }
+        }
+
+        #[test]
+        fn any_text_is_checked_without_panicking(path in ".{0,64}") {
+            let _ = check(&path);
+        }
+    }
+}

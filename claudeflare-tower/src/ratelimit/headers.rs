@@ -327,3 +327,76 @@ mod tests {
         assert!(RateLimitInfo::from_headers(&HeaderMap::new(), now).is_empty());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use http::{HeaderName, HeaderValue};
+    use proptest::prelude::*;
+
+    const NAMES: [&str; 14] = [
+        "anthropic-ratelimit-unified-status",
+        "anthropic-ratelimit-unified-reset",
+        "anthropic-ratelimit-unified-5h-utilization",
+        "anthropic-ratelimit-unified-7d-utilization",
+        "anthropic-ratelimit-unified-5h-reset",
+        "anthropic-ratelimit-unified-overage-disabled-reason",
+        "anthropic-ratelimit-requests-reset",
+        "anthropic-ratelimit-requests-remaining",
+        "anthropic-ratelimit-tokens-reset",
+        "anthropic-ratelimit-tokens-remaining",
+        "retry-after",
+        "x-ratelimit-reset",
+        "x-should-retry",
+        "request-id",
+    ];
+
+    /// Header values that are numbers, dates, words, or noise.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<f64>().prop_map(|f| f.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0.0f64..=1.0).prop_map(|f| f.to_string()),
+            (1_700_000_000i64..1_900_000_000).prop_map(|n| n.to_string()),
+            Just("Sun, 15 Jun 2025 15:07:20 GMT".to_owned()),
+            Just("2025-06-15T15:08:00Z".to_owned()),
+            Just("rejected".to_owned()),
+            "[ -~]{0,24}",
+        ]
+    }
+
+    /// The plain reading of a utilization header: a number from 0 to 1, else nothing.
+    fn reference_fraction(value: &str) -> Option<f64> {
+        value
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| (0.0..=1.0).contains(v))
+    }
+
+    proptest! {
+        #[test]
+        fn any_headers_parse_without_panic_and_limits_stay_within_a_day(
+            pairs in prop::collection::vec((0..NAMES.len(), value()), 0..12),
+            now in 1_600_000_000i64..2_000_000_000,
+        ) {
+            let now = DateTime::from_timestamp(now, 0).unwrap();
+            let mut headers = HeaderMap::new();
+            for (name, value) in &pairs {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    headers.append(HeaderName::from_static(NAMES[*name]), value);
+                }
+            }
+            let info = RateLimitInfo::from_headers(&headers, now);
+            let until = info.limited_until(now);
+            prop_assert!(until > now && until <= now + MAX_RESET, "{until} at {now}");
+            // The first 5-hour utilization sent is read as the plain reading says.
+            let first = headers
+                .get("anthropic-ratelimit-unified-5h-utilization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty());
+            prop_assert_eq!(info.utilization_5h, first.and_then(reference_fraction));
+        }
+    }
+}

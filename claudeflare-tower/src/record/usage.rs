@@ -636,3 +636,219 @@ mod tests {
         assert_eq!(tap.finish(), JsonSummary::default());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    /// A plain reference: split the whole stream into lines, group them into events at blank
+    /// lines, read each wanted event's data with serde_json.
+    fn reference(stream: &[u8]) -> (Usage, Option<String>, Option<StreamError>) {
+        let text = String::from_utf8_lossy(stream);
+        let mut usage = Usage::default();
+        let mut model = None;
+        let mut error = None;
+        let mut event: Option<String> = None;
+        let mut data: Vec<String> = Vec::new();
+        let mut apply = |event: &Option<String>, data: &[String]| {
+            if data.is_empty() {
+                return;
+            }
+            let Ok(value) = serde_json::from_str::<Value>(&data.join("\n")) else {
+                return;
+            };
+            let kind = value["type"].as_str().unwrap_or_default();
+            if event.as_deref().is_some_and(|e| e != kind && e != "error") {
+                return;
+            }
+            let take = |usage: &mut Usage, u: &Value| {
+                for (key, slot) in [
+                    ("input_tokens", &mut usage.input_tokens),
+                    ("output_tokens", &mut usage.output_tokens),
+                    (
+                        "cache_read_input_tokens",
+                        &mut usage.cache_read_input_tokens,
+                    ),
+                    (
+                        "cache_creation_input_tokens",
+                        &mut usage.cache_creation_input_tokens,
+                    ),
+                ] {
+                    if let Some(n) = u[key].as_u64() {
+                        *slot = n;
+                    }
+                }
+                if u["cache_creation"].is_object() {
+                    let five = u["cache_creation"]["ephemeral_5m_input_tokens"]
+                        .as_u64()
+                        .unwrap_or(0);
+                    let hour = u["cache_creation"]["ephemeral_1h_input_tokens"]
+                        .as_u64()
+                        .unwrap_or(0);
+                    usage.cache_creation_1h_input_tokens = hour;
+                    usage.cache_creation_input_tokens =
+                        usage.cache_creation_input_tokens.max(five + hour);
+                }
+            };
+            match kind {
+                "message_start" => {
+                    take(&mut usage, &value["message"]["usage"]);
+                    if let Some(m) = value["message"]["model"].as_str() {
+                        model = Some(m.to_owned());
+                    }
+                }
+                "message_delta" => take(&mut usage, &value["usage"]),
+                "error" => {
+                    error = Some(StreamError {
+                        kind: value["error"]["type"]
+                            .as_str()
+                            .unwrap_or("error")
+                            .to_owned(),
+                        message: value["error"]["message"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    })
+                }
+                _ => {}
+            }
+        };
+        for line in text.split('\n') {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.is_empty() {
+                apply(&event, &data);
+                event = None;
+                data.clear();
+            } else if let Some(name) = line.strip_prefix("event:") {
+                event = Some(name.strip_prefix(' ').unwrap_or(name).to_owned());
+            } else if let Some(value) = line.strip_prefix("data:") {
+                data.push(value.strip_prefix(' ').unwrap_or(value).to_owned());
+            }
+        }
+        apply(&event, &data);
+        (usage, model, error)
+    }
+
+    fn tapped(
+        stream: &[u8],
+        cuts: &[prop::sample::Index],
+    ) -> (Usage, Option<String>, Option<StreamError>) {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        points.sort_unstable();
+        let mut tap = SseTap::default();
+        let mut from = 0;
+        for to in points.into_iter().chain([stream.len()]) {
+            tap.feed(&stream[from..to]);
+            from = to;
+        }
+        tap.finish();
+        (
+            tap.usage(),
+            tap.model().map(str::to_owned),
+            tap.error().cloned(),
+        )
+    }
+
+    /// A message stream as Anthropic sends it, with random counts, texts and line ends.
+    fn message_stream() -> impl Strategy<Value = (Vec<u8>, Usage)> {
+        (
+            any::<(u32, u32, u32, u16, u16)>(),
+            prop::collection::vec((r#"[a-zé🌍 "\\{}:\n]{0,20}"#, any::<bool>()), 0..5),
+            prop::collection::vec(any::<u32>(), 0..3),
+            "[a-z0-9-]{1,20}",
+            any::<bool>(),
+        )
+            .prop_map(|((input, read, first_output, five, hour), texts, deltas, model, crlf)| {
+                let mut events = vec![(
+                    "message_start",
+                    json!({"type": "message_start", "message": {"id": "m", "model": model, "content": [],
+                        "usage": {"input_tokens": input, "cache_read_input_tokens": read,
+                                  "cache_creation_input_tokens": u32::from(five) + u32::from(hour),
+                                  "cache_creation": {"ephemeral_5m_input_tokens": five, "ephemeral_1h_input_tokens": hour},
+                                  "output_tokens": first_output}}}),
+                )];
+                for (text, ping) in texts {
+                    if ping {
+                        events.push(("ping", json!({"type": "ping"})));
+                    }
+                    events.push((
+                        "content_block_delta",
+                        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+                    ));
+                }
+                for output in &deltas {
+                    events.push((
+                        "message_delta",
+                        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": output}}),
+                    ));
+                }
+                events.push(("message_stop", json!({"type": "message_stop"})));
+                let end = if crlf { "\r\n" } else { "\n" };
+                let mut stream = String::new();
+                for (name, data) in events {
+                    stream.push_str(&format!("event: {name}{end}data: {data}{end}{end}"));
+                }
+                let expected = Usage {
+                    input_tokens: u64::from(input),
+                    output_tokens: u64::from(deltas.last().copied().unwrap_or(first_output)),
+                    cache_read_input_tokens: u64::from(read),
+                    cache_creation_input_tokens: u64::from(five) + u64::from(hour),
+                    cache_creation_1h_input_tokens: u64::from(hour),
+                };
+                (stream.into_bytes(), expected)
+            })
+    }
+
+    /// Bytes that look like SSE often enough to reach every branch of the tap.
+    fn sse_like() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop_oneof![
+                Just(b"event: ".to_vec()),
+                Just(b"data: ".to_vec()),
+                Just(b"message_start".to_vec()),
+                Just(b"message_delta".to_vec()),
+                Just(b"error".to_vec()),
+                Just(
+                    br#"{"type":"message_start","message":{"usage":{"input_tokens":5}}}"#.to_vec()
+                ),
+                Just(br#"{"type":"message_delta","usage":{"output_tokens":7}}"#.to_vec()),
+                Just(
+                    br#"{"type":"error","error":{"type":"overloaded_error","message":"x"}}"#
+                        .to_vec()
+                ),
+                Just(b"\n".to_vec()),
+                Just(b"\r\n".to_vec()),
+                Just(b":".to_vec()),
+                prop::collection::vec(any::<u8>(), 0..8),
+            ],
+            0..40,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn a_message_stream_cut_anywhere_gives_its_usage(
+            (stream, expected) in message_stream(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let (usage, model, error) = tapped(&stream, &cuts);
+            prop_assert_eq!(usage, expected);
+            let (ref_usage, ref_model, ref_error) = reference(&stream);
+            prop_assert_eq!(usage, ref_usage);
+            prop_assert_eq!(model, ref_model);
+            prop_assert_eq!(error, ref_error);
+        }
+
+        #[test]
+        fn arbitrary_bytes_cut_anywhere_never_panic_and_read_alike(
+            stream in sse_like(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let whole = tapped(&stream, &[]);
+            prop_assert_eq!(tapped(&stream, &cuts), whole);
+        }
+    }
+}
