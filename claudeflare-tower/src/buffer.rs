@@ -159,6 +159,12 @@ mod tests {
         assert_eq!(read_meta(b"not json"), RequestMeta::default());
     }
 
+    fn post(body: &'static str) -> Request<Full<Bytes>> {
+        Request::post("/v1/messages")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn oversized_bodies_get_413() {
         let echo = tower::service_fn(|req: Request<Full<Bytes>>| async move {
@@ -166,26 +172,26 @@ mod tests {
             Ok::<_, Infallible>(Response::new(ProxyBody::full(bytes)))
         });
         let service = BufferLayer::new(10).layer(echo);
-        let response = service
-            .clone()
-            .oneshot(Request::new(Full::new(Bytes::from("0123456789"))))
-            .await
-            .unwrap();
+        let response = service.clone().oneshot(post("0123456789")).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(
             response.into_body().collect().await.unwrap().to_bytes(),
             "0123456789"
         );
-        let response = service
-            .clone()
-            .oneshot(Request::new(Full::new(Bytes::from("0123456789a"))))
-            .await
-            .unwrap();
+        let response = service.clone().oneshot(post("0123456789a")).await.unwrap();
         assert_eq!(response.status(), 413);
-        let declared = Request::builder()
+        let declared = Request::post("/v1/messages")
             .header("content-length", "999")
             .body(Full::new(Bytes::new()))
             .unwrap();
-        assert_eq!(service.oneshot(declared).await.unwrap().status(), 413);
+        assert_eq!(
+            service.clone().oneshot(declared).await.unwrap().status(),
+            413
+        );
+        // A path that could leave /v1/ is refused before anything is read.
+        let escaping = Request::get("/v1/%2e%2e/api/oauth/usage")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(service.oneshot(escaping).await.unwrap().status(), 400);
     }
 }
