@@ -13,12 +13,12 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use claudeflare_server::app::AppState;
 use claudeflare_server::background::UsageMap;
 use claudeflare_server::config::{Config, Overrides};
 use claudeflare_server::dashboard;
 use claudeflare_server::db::{self, requests};
 use claudeflare_server::metrics::Metrics;
+use claudeflare_server::state::AppState;
 use claudeflare_tower::record::{RequestRecord, Usage};
 use claudeflare_tower::strategy::{Session, StrategyHandle};
 use claudeflare_tower::{Account, AccountPool, Setting};

@@ -2,52 +2,20 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use axum::routing::{get, post};
-use claudeflare_tower::strategy::StrategyHandle;
-use claudeflare_tower::{AccountPool, BalancerService, Setting};
-use sea_orm::DatabaseConnection;
+use claudeflare_tower::BalancerService;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tower::{Service, ServiceExt};
 
-use crate::api;
-use crate::config::Config;
-use crate::metrics::Metrics;
-
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    /// The database.
-    pub db: DatabaseConnection,
-    /// The accounts in use.
-    pub pool: AccountPool,
-    /// The strategy in use.
-    pub strategy: StrategyHandle,
-    /// The configuration in use.
-    pub config: Setting<Config>,
-    /// Where API changes are written back.
-    pub config_path: Arc<PathBuf>,
-    /// Command-line flags and API choices, which hold over the file and the environment.
-    pub overrides: Setting<crate::config::Overrides>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Request records not stored.
-    pub dropped: Arc<AtomicU64>,
-    /// Subscription usage by account id.
-    pub usage: Arc<crate::background::UsageMap>,
-    /// Problems `/health` reports.
-    pub health: Arc<crate::health::Health>,
-}
+use crate::state::AppState;
+use crate::{api, dashboard};
 
 /// The whole application: `/v1/…` goes straight to the balancer, everything else through the
 /// router, on the main runtime.
@@ -136,25 +104,12 @@ impl Future for AppFuture {
     }
 }
 
-/// The router of the API, metrics and the dashboard.
+/// The router of everything but the proxy: the API and metrics, and the dashboard, each
+/// part's own routes merged here.
 fn router(state: AppState) -> Router {
     Router::new()
-        .route("/health", get(api::health))
-        .route("/metrics", get(api::metrics))
-        .route("/api/stats", get(api::stats))
-        .route("/api/accounts", get(api::accounts))
-        .route("/api/accounts/{id}/tier", post(api::set_tier))
-        .route("/api/accounts/{id}/pause", post(api::pause))
-        .route("/api/accounts/{id}/resume", post(api::resume))
-        .route("/api/requests", get(api::requests))
-        .route("/api/config", get(api::config))
-        .route(
-            "/api/config/strategy",
-            get(api::strategy).post(api::set_strategy),
-        )
-        .route("/api/strategies", get(api::strategies))
-        .route("/", get(crate::dashboard::page))
-        .route("/dashboard", get(crate::dashboard::page))
+        .merge(api::router())
+        .merge(dashboard::router())
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)

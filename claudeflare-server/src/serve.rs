@@ -12,7 +12,7 @@ use claudeflare_tower::{Balancer, Setting};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, AppState};
+use crate::app::App;
 use crate::background::{self, UsageMap};
 use crate::config::{self, Config, Overrides};
 use crate::db;
@@ -22,6 +22,7 @@ use crate::pricing::Pricing;
 use crate::recorder::{self, ServerRecorder};
 use crate::refresher::ServerRefresher;
 use crate::secrets::Cipher;
+use crate::state::AppState;
 use crate::store::{self, DbStore, Skipped, Versions};
 use crate::threads::{HttpThreads, Limits};
 

@@ -11,18 +11,27 @@ mod view;
 
 use std::collections::HashMap;
 
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use claudeflare_tower::{AccountStatus, AccountView, Mode};
 use http::{HeaderValue, StatusCode, header};
 
-use crate::app::AppState;
 use crate::db::DbError;
 use crate::db::entities::request::Model as RequestRow;
 use crate::db::requests::{self, Filter};
 use crate::db::rollups::{self, By, Totals};
+use crate::state::AppState;
 use crate::usage::Usage;
+
+/// The dashboard's routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(page))
+        .route("/dashboard", get(page))
+}
 
 /// Requests listed in the history.
 const HISTORY: u64 = 100;

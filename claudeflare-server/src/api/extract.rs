@@ -3,11 +3,11 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::api::ApiError;
+use super::error::ApiError;
 
 /// A JSON body that must be an object (an array or a string is refused, though serde would read
 /// a struct from an array).
@@ -56,5 +56,23 @@ where
             )),
             Err(rejection) => Err(ApiError::Status(rejection.status(), rejection.body_text())),
         }
+    }
+}
+
+/// A query string, with `{"error"}` rejections naming the parameter that is wrong.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
     }
 }

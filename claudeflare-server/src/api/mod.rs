@@ -1,61 +1,41 @@
 //! Handlers of the JSON API. Errors are `{"error": "…"}` with 400, 404 or 500.
 
-use axum::Json;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use chrono::Utc;
 use claudeflare_tower::strategy::STRATEGY_NAMES;
 use claudeflare_tower::{AccountStatus, Mode, Tier};
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::config;
-use crate::db::{DbError, accounts, requests, rollups};
-use crate::extract::{ApiPath, JsonObject};
+use crate::db::{accounts, requests, rollups};
+use crate::state::AppState;
+mod error;
+mod extract;
 
-/// An API error.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// 400.
-    #[error("{0}")]
-    BadRequest(String),
-    /// 404.
-    #[error("{0}")]
-    NotFound(String),
-    /// 500.
-    #[error("{0}")]
-    Internal(String),
-    /// Any other status (405, 413, 415…).
-    #[error("{1}")]
-    Status(StatusCode, String),
-}
-
-impl From<DbError> for ApiError {
-    fn from(error: DbError) -> Self {
-        match error {
-            DbError::UnknownAccount(_) => ApiError::NotFound(error.to_string()),
-            other => {
-                tracing::error!(error = %other, "API request failed");
-                ApiError::Internal(other.to_string())
-            }
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Status(status, _) => *status,
-        };
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
-    }
-}
+pub use error::ApiError;
+use extract::{ApiPath, ApiQuery, JsonObject};
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+/// The routes of the JSON API and the metrics.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/stats", get(stats))
+        .route("/api/accounts", get(accounts))
+        .route("/api/accounts/{id}/tier", post(set_tier))
+        .route("/api/accounts/{id}/pause", post(pause))
+        .route("/api/accounts/{id}/resume", post(resume))
+        .route("/api/requests", get(requests))
+        .route("/api/config", get(config))
+        .route("/api/config/strategy", get(strategy).post(set_strategy))
+        .route("/api/strategies", get(strategies))
+}
 
 /// `GET /health`.
 ///
@@ -124,28 +104,26 @@ pub async fn accounts(State(state): State<AppState>) -> Json<Value> {
     Json(Value::Array(list))
 }
 
+/// The query of `GET /api/requests`.
+#[derive(serde::Deserialize)]
+pub struct RequestsQuery {
+    limit: Option<u64>,
+}
+
 /// `GET /api/requests?limit=N`: newest first, 50 by default, at most 1000.
-pub async fn requests(State(state): State<AppState>, RawQuery(query): RawQuery) -> ApiResult {
-    let mut limit = 50;
-    for (key, value) in query
-        .as_deref()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-    {
-        if key == "limit" {
-            limit = value
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "limit must be a whole number from 1 to 1000, not `{value}`"
-                    ))
-                })?
-                .min(1000);
+pub async fn requests(
+    State(state): State<AppState>,
+    ApiQuery(RequestsQuery { limit }): ApiQuery<RequestsQuery>,
+) -> ApiResult {
+    let limit = match limit {
+        None => 50,
+        Some(0) => {
+            return Err(ApiError::BadRequest(
+                "limit must be a whole number from 1 to 1000, not 0".into(),
+            ));
         }
-    }
+        Some(limit) => limit.min(1000),
+    };
     Ok(Json(json!(
         requests::newest(&state.db, limit, &requests::Filter::default()).await?
     )))

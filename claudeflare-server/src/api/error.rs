@@ -1,0 +1,49 @@
+//! The API's error: `{"error": "…"}` with the status that fits.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::db::DbError;
+
+/// An API error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 500.
+    #[error("{0}")]
+    Internal(String),
+    /// Any other status (405, 413, 415…).
+    #[error("{1}")]
+    Status(StatusCode, String),
+}
+
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::UnknownAccount(_) => ApiError::NotFound(error.to_string()),
+            other => {
+                tracing::error!(error = %other, "API request failed");
+                ApiError::Internal(other.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Status(status, _) => *status,
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
