@@ -11,7 +11,7 @@ use chrono::TimeDelta;
 use claudeflare_tower::auth::{AuthError, TokenRefresher, refresh_if_needed};
 use claudeflare_tower::{AccountPool, Mode, Setting};
 use sea_orm::DatabaseConnection;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::accounts;
@@ -57,10 +57,10 @@ impl UsageMap {
     }
 }
 
-async fn pause(period: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+async fn pause(period: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
         () = tokio::time::sleep(period) => false,
-        _ = stop.changed() => true,
+        () = stop.cancelled() => true,
     }
 }
 
@@ -69,7 +69,7 @@ async fn pause(period: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 pub async fn refresh_ahead(
     pool: AccountPool,
     refresher: Arc<dyn TokenRefresher>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     loop {
         for account in pool.snapshot().iter() {
@@ -83,7 +83,7 @@ pub async fn refresh_ahead(
                 }
             }
         }
-        if pause(Duration::from_secs(30), &mut stop).await {
+        if pause(Duration::from_secs(30), &stop).await {
             return;
         }
     }
@@ -140,7 +140,7 @@ pub async fn poll_usage(
     pool: AccountPool,
     config: Setting<Config>,
     usage: Arc<UsageMap>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut schedule = UsageSchedule::default();
     loop {
@@ -195,7 +195,7 @@ pub async fn poll_usage(
                 next.saturating_duration_since(Instant::now())
             })
             .clamp(Duration::from_millis(100), Duration::from_secs(5));
-        if pause(until_next, &mut stop).await {
+        if pause(until_next, &stop).await {
             return;
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Problems by what they are about; empty when healthy.
 #[derive(Debug, Default)]
@@ -60,7 +60,7 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 pub async fn watch_database(
     database: Option<PathBuf>,
     health: std::sync::Arc<Health>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let Some(path) = database else {
         return;
@@ -71,7 +71,7 @@ pub async fn watch_database(
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
         match identity(&path) {
             Some(now) if now == opened => health.solved("database"),

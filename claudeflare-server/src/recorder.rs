@@ -9,7 +9,8 @@ use chrono::{TimeDelta, Utc};
 use claudeflare_tower::record::{Recorder, RequestRecord};
 use claudeflare_tower::{BoxFuture, Setting};
 use sea_orm::DatabaseConnection;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::db::{DbError, requests};
 use crate::metrics::{CostLabels, Metrics, RequestLabels, StatusLabel};
@@ -202,7 +203,7 @@ pub async fn write_records(
     mut receiver: mpsc::Receiver<(RequestRecord, f64)>,
     dropped: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut stopping = false;
@@ -210,7 +211,7 @@ pub async fn write_records(
         if !stopping {
             stopping = tokio::select! {
                 received = receiver.recv_many(&mut batch, BATCH) => received == 0,
-                _ = stop.changed() => true,
+                () = stop.cancelled() => true,
             };
             if !stopping && batch.len() < BATCH {
                 // Under load, a moment's wait makes one transaction of many records; idle, it
@@ -230,7 +231,7 @@ pub async fn write_records(
             }
             continue;
         }
-        if !store(&sink, &batch, &mut stop, stopping).await {
+        if !store(&sink, &batch, &stop, stopping).await {
             let count = batch.len() as u64;
             dropped.fetch_add(count, Ordering::Relaxed);
             metrics.dropped_records.inc_by(count);
@@ -241,7 +242,7 @@ pub async fn write_records(
         }
         batch.clear();
         // The stop may have come while a write was being tried again.
-        stopping = stopping || *stop.borrow();
+        stopping = stopping || stop.is_cancelled();
     }
 }
 
@@ -250,7 +251,7 @@ pub async fn write_records(
 async fn store(
     sink: &impl RecordSink,
     batch: &[(RequestRecord, f64)],
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
     mut stopping: bool,
 ) -> bool {
     let mut wait = FIRST_RETRY_WAIT;
@@ -289,7 +290,7 @@ async fn store(
         } else {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => {
+                () = stop.cancelled() => {
                     stopping = true;
                     give_up_at = Some(tokio::time::Instant::now() + STOP_RETRY);
                 }
@@ -303,13 +304,13 @@ async fn store(
 pub async fn trim_history(
     db: DatabaseConnection,
     config: Setting<crate::config::Config>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
         let days = i64::from(config.get().request_retention_days);
         let before = Utc::now() - TimeDelta::days(days);
@@ -382,7 +383,7 @@ mod tests {
         sink: Arc<Flaky>,
         queue: mpsc::Sender<(RequestRecord, f64)>,
         dropped: Arc<AtomicU64>,
-        stop: watch::Sender<bool>,
+        stop: CancellationToken,
         task: tokio::task::JoinHandle<()>,
     }
 
@@ -390,7 +391,8 @@ mod tests {
         let sink = Arc::new(Flaky::default());
         let (queue, receiver) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
-        let (stop, stopped) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let task = tokio::spawn(write_records(
             Arc::clone(&sink),
             receiver,
@@ -435,7 +437,7 @@ mod tests {
         assert_eq!(w.dropped.load(Ordering::SeqCst), 0);
         // The waits grew: not one try per 100 ms over 20 s.
         assert!(w.sink.attempts.load(Ordering::SeqCst) < 40);
-        w.stop.send(true).unwrap();
+        w.stop.cancel();
         w.task.await.unwrap();
     }
 
@@ -447,7 +449,7 @@ mod tests {
             w.queue.try_send((record(id), 0.0)).unwrap();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        w.stop.send(true).unwrap();
+        w.stop.cancel();
         // It keeps trying for a while after the stop, then gives up and says how many.
         tokio::time::timeout(STOP_RETRY + MAX_RETRY_WAIT * 2, w.task)
             .await

@@ -7,15 +7,20 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use claudeflare_tower::auth::TokenRefresher;
+use claudeflare_tower::record::{Recorder, RequestRecord};
 use claudeflare_tower::strategy::StrategyHandle;
-use claudeflare_tower::{Balancer, Setting};
-use tokio::sync::watch;
+use claudeflare_tower::{AccountPool, Balancer, BalancerService, Setting};
+use sea_orm::DatabaseConnection;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::App;
 use crate::background::{self, UsageMap};
 use crate::config::{self, Config, Overrides};
 use crate::db;
+use crate::health::Health;
 use crate::logging::{self, LogHandle};
 use crate::metrics::Metrics;
 use crate::pricing::Pricing;
@@ -74,164 +79,233 @@ impl Live {
     }
 }
 
-/// Run the server.
+/// Run the server until SIGINT or SIGTERM.
 pub async fn run(overrides: Overrides) -> anyhow::Result<()> {
-    let overrides = Setting::new(overrides);
-    let path = config::config_path();
-    config::ensure_file(&path)?;
-    let upgraded = config::upgrade_file(&path)?;
-    let config = config::load(&path, &overrides.get())?;
-    let (log, _flush) = logging::init(&config.log_level, &config.log_format);
-    if !upgraded.is_empty() {
-        tracing::info!("{}", config::upgrade_message(&path, &upgraded));
-    }
-    let url = config::database_url(&path);
-    let db = db::open(&url).await?;
-    tracing::info!(config = %path.display(), database = %db::redact(&url), "starting");
-    let cipher = Cipher::load(config::config_folder(&path))?;
-    db::accounts::seal_plaintext(&db, &cipher).await?;
+    let (server, _flush) = Server::build(overrides).await?;
+    server.serve().await
+}
 
-    let metrics = Arc::new(Metrics::new());
-    let versions = Arc::new(Versions::default());
-    let store = Arc::new(DbStore::new(Arc::clone(&metrics)));
-    let skipped = Arc::new(Skipped::default());
-    let pool = store::load_pool(&db, &cipher, Arc::clone(&store), &versions, &skipped).await?;
-    let usage = Arc::new(UsageMap::default());
-    usage.load(&db::accounts::all(&db).await?);
-    let dropped = Arc::new(AtomicU64::new(0));
-    let live = Live {
-        config: Setting::new(config.clone()),
-        strategy: StrategyHandle::new(config.strategy()),
-        retry: Setting::new(config.retry()),
-        upstream: Setting::new(config.upstream_uri()),
-        body_limit: Setting::new(config.max_request_body_bytes),
-        pricing: Setting::new(Pricing::new(config.pricing.clone())),
-        log,
-    };
-    let (recorder, queue) = ServerRecorder::new(
-        live.pricing.clone(),
-        Arc::clone(&metrics),
-        Arc::clone(&dropped),
-    );
-    let refresher: Arc<dyn claudeflare_tower::auth::TokenRefresher> =
-        Arc::new(ServerRefresher::new(
+/// Everything the server is made of, built and not yet running.
+struct Server {
+    path: PathBuf,
+    url: String,
+    config: Config,
+    overrides: Setting<Overrides>,
+    live: Live,
+    db: DatabaseConnection,
+    cipher: Cipher,
+    pool: AccountPool,
+    store: Arc<DbStore>,
+    versions: Arc<Versions>,
+    skipped: Arc<Skipped>,
+    usage: Arc<UsageMap>,
+    metrics: Arc<Metrics>,
+    dropped: Arc<AtomicU64>,
+    recorder: Arc<dyn Recorder>,
+    queue: mpsc::Receiver<(RequestRecord, f64)>,
+    refresher: Arc<dyn TokenRefresher>,
+    health: Arc<Health>,
+}
+
+impl Server {
+    /// Read the configuration, start logging (the guard flushes it when dropped), open and
+    /// migrate the database, and load the accounts.
+    async fn build(overrides: Overrides) -> anyhow::Result<(Self, logging::LogFlush)> {
+        let overrides = Setting::new(overrides);
+        let path = config::config_path();
+        config::ensure_file(&path)?;
+        let upgraded = config::upgrade_file(&path)?;
+        let config = config::load(&path, &overrides.get())?;
+        let (log, flush) = logging::init(&config.log_level, &config.log_format);
+        if !upgraded.is_empty() {
+            tracing::info!("{}", config::upgrade_message(&path, &upgraded));
+        }
+        let url = config::database_url(&path);
+        let db = db::open(&url).await?;
+        tracing::info!(config = %path.display(), database = %db::redact(&url), "starting");
+        let cipher = Cipher::load(config::config_folder(&path))?;
+        db::accounts::seal_plaintext(&db, &cipher).await?;
+
+        let metrics = Arc::new(Metrics::new());
+        let versions = Arc::new(Versions::default());
+        let store = Arc::new(DbStore::new(Arc::clone(&metrics)));
+        let skipped = Arc::new(Skipped::default());
+        let pool = store::load_pool(&db, &cipher, Arc::clone(&store), &versions, &skipped).await?;
+        let usage = Arc::new(UsageMap::default());
+        usage.load(&db::accounts::all(&db).await?);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let live = Live {
+            config: Setting::new(config.clone()),
+            strategy: StrategyHandle::new(config.strategy()),
+            retry: Setting::new(config.retry()),
+            upstream: Setting::new(config.upstream_uri()),
+            body_limit: Setting::new(config.max_request_body_bytes),
+            pricing: Setting::new(Pricing::new(config.pricing.clone())),
+            log,
+        };
+        let (recorder, queue) = ServerRecorder::new(
+            live.pricing.clone(),
+            Arc::clone(&metrics),
+            Arc::clone(&dropped),
+        );
+        let refresher = Arc::new(ServerRefresher::new(
             db.clone(),
             cipher.clone(),
             live.config.clone(),
             Arc::clone(&metrics),
         ));
-    let recorder: Arc<dyn claudeflare_tower::record::Recorder> = Arc::new(recorder);
-    // One balancer per HTTP thread: the same accounts, settings and recorder, but an upstream
-    // client each, so upstream connections stay on their thread.
-    // Cancelled when the grace period of a shutdown is over: streams still running then end
-    // with an SSE error event and are recorded as cut by the shutdown.
-    let cut = CancellationToken::new();
-    let balancer = || {
-        Balancer::new(pool.clone())
-            .shutdown(cut.clone())
-            .strategy(live.strategy.clone())
-            .recorder(Arc::clone(&recorder))
-            .refresher(Arc::clone(&refresher))
-            .retry(live.retry.clone())
-            .upstream_url(live.upstream.clone())
-            .body_limit(live.body_limit.clone())
-            .build()
-    };
-
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = vec![
-        tokio::spawn(recorder::write_records(
-            db.clone(),
-            queue,
-            Arc::clone(&dropped),
-            Arc::clone(&metrics),
-            stopped.clone(),
-        )),
-        tokio::spawn(store::write_live_states(
-            db.clone(),
-            store,
-            Arc::clone(&versions),
-            stopped.clone(),
-        )),
-        tokio::spawn(store::sync(
-            db.clone(),
+        let server = Self {
+            path,
+            url,
+            config,
+            overrides,
+            live,
+            db,
             cipher,
-            pool.clone(),
+            pool,
+            store,
             versions,
             skipped,
-            stopped.clone(),
-        )),
-        tokio::spawn(background::refresh_ahead(
-            pool.clone(),
-            Arc::clone(&refresher),
-            stopped.clone(),
-        )),
-        tokio::spawn(background::poll_usage(
-            db.clone(),
-            pool.clone(),
-            live.config.clone(),
-            Arc::clone(&usage),
-            stopped.clone(),
-        )),
-        tokio::spawn(recorder::trim_history(
-            db.clone(),
-            live.config.clone(),
-            stopped.clone(),
-        )),
-    ];
-    let health = Arc::new(crate::health::Health::default());
-    tasks.push(tokio::spawn(crate::health::watch_database(
-        db::sqlite_path(&url),
-        Arc::clone(&health),
-        stopped.clone(),
-    )));
-    let state = AppState {
-        health,
-        db,
-        pool: pool.clone(),
-        strategy: live.strategy.clone(),
-        config: live.config.clone(),
-        config_path: Arc::new(path.clone()),
-        overrides: overrides.clone(),
-        metrics,
-        dropped,
-        usage,
-    };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, NonZeroUsize::get)
-        .min(MAX_HTTP_THREADS);
-    let main = tokio::runtime::Handle::current();
-    let apps = (0..threads)
-        .map(|_| App::new(state.clone(), balancer(), main.clone()))
-        .collect();
-    let watcher = tokio::spawn(watch_config(path.clone(), overrides, live, stopped.clone()));
-
-    let address = format!("{}:{}", config.host, config.port);
-    let listener = tokio::net::TcpListener::bind(&address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
-    let local = listener.local_addr()?;
-    let limits = Limits {
-        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
-        max_connections: connection_limit(config.max_connections),
-        grace: Duration::from_secs(config.shutdown_grace_seconds),
-    };
-    let http = HttpThreads::start(listener, apps, limits, cut).context("cannot start serving")?;
-    tracing::info!(accounts = pool.len(), strategy = %config.lb_strategy, "listening on http://{local}");
-    let served = http
-        .run_until(async {
-            shutdown_signal().await;
-            tracing::info!("shutting down: no new connections; waiting for requests in flight");
-        })
-        .await;
-    let _ = stop.send(true);
-    watcher.abort();
-    for task in tasks {
-        let _ = task.await;
+            usage,
+            metrics,
+            dropped,
+            recorder: Arc::new(recorder),
+            queue,
+            refresher,
+            health: Arc::default(),
+        };
+        Ok((server, flush))
     }
-    served.context("the server failed")?;
-    tracing::info!("stopped");
-    Ok(())
+
+    /// Serve until SIGINT or SIGTERM; then stop accepting, let requests in flight finish, stop
+    /// the background work (the record writer stores what is queued) and return.
+    async fn serve(self) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        // Cancelled when the grace period of a shutdown is over: streams still running then end
+        // with an SSE error event and are recorded as cut by the shutdown.
+        let cut = CancellationToken::new();
+        let state = AppState {
+            db: self.db.clone(),
+            pool: self.pool.clone(),
+            strategy: self.live.strategy.clone(),
+            config: self.live.config.clone(),
+            config_path: Arc::new(self.path.clone()),
+            overrides: self.overrides.clone(),
+            metrics: Arc::clone(&self.metrics),
+            dropped: Arc::clone(&self.dropped),
+            usage: Arc::clone(&self.usage),
+            health: Arc::clone(&self.health),
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, NonZeroUsize::get)
+            .min(MAX_HTTP_THREADS);
+        let main = tokio::runtime::Handle::current();
+        // One balancer per HTTP thread: the same accounts, settings and recorder, but an
+        // upstream client each, so upstream connections stay on their thread.
+        let apps = (0..threads)
+            .map(|_| App::new(state.clone(), self.balancer(&cut), main.clone()))
+            .collect();
+        let address = format!("{}:{}", self.config.host, self.config.port);
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let local = listener.local_addr()?;
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(self.config.header_read_timeout_ms),
+            max_connections: connection_limit(self.config.max_connections),
+            grace: Duration::from_secs(self.config.shutdown_grace_seconds),
+        };
+        let http =
+            HttpThreads::start(listener, apps, limits, cut).context("cannot start serving")?;
+        tracing::info!(
+            accounts = self.pool.len(),
+            strategy = %self.config.lb_strategy,
+            "listening on http://{local}"
+        );
+        let tasks = self.spawn_background(&stop);
+        let served = http
+            .run_until(async {
+                shutdown_signal().await;
+                tracing::info!("shutting down: no new connections; waiting for requests in flight");
+            })
+            .await;
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        served.context("the server failed")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    fn balancer(&self, cut: &CancellationToken) -> BalancerService {
+        Balancer::new(self.pool.clone())
+            .shutdown(cut.clone())
+            .strategy(self.live.strategy.clone())
+            .recorder(Arc::clone(&self.recorder))
+            .refresher(Arc::clone(&self.refresher) as Arc<dyn TokenRefresher>)
+            .retry(self.live.retry.clone())
+            .upstream_url(self.live.upstream.clone())
+            .body_limit(self.live.body_limit.clone())
+            .build()
+    }
+
+    /// The work beside serving, each task until `stop`: storing records and account state,
+    /// following the database and the configuration file, refreshing tokens, polling usage,
+    /// trimming the history, watching the database file.
+    fn spawn_background(self, stop: &CancellationToken) -> TaskTracker {
+        let tasks = TaskTracker::new();
+        let db = &self.db;
+        tasks.spawn(recorder::write_records(
+            db.clone(),
+            self.queue,
+            Arc::clone(&self.dropped),
+            Arc::clone(&self.metrics),
+            stop.clone(),
+        ));
+        tasks.spawn(store::write_live_states(
+            db.clone(),
+            self.store,
+            Arc::clone(&self.versions),
+            stop.clone(),
+        ));
+        tasks.spawn(store::sync(
+            db.clone(),
+            self.cipher,
+            self.pool.clone(),
+            self.versions,
+            self.skipped,
+            stop.clone(),
+        ));
+        tasks.spawn(background::refresh_ahead(
+            self.pool.clone(),
+            self.refresher,
+            stop.clone(),
+        ));
+        tasks.spawn(background::poll_usage(
+            db.clone(),
+            self.pool.clone(),
+            self.live.config.clone(),
+            self.usage,
+            stop.clone(),
+        ));
+        tasks.spawn(recorder::trim_history(
+            db.clone(),
+            self.live.config.clone(),
+            stop.clone(),
+        ));
+        tasks.spawn(crate::health::watch_database(
+            db::sqlite_path(&self.url),
+            self.health,
+            stop.clone(),
+        ));
+        tasks.spawn(watch_config(
+            self.path,
+            self.overrides,
+            self.live,
+            stop.clone(),
+        ));
+        tasks
+    }
 }
 
 /// File descriptors kept for everything but client connections: the database, the log, the
@@ -303,14 +377,14 @@ async fn watch_config(
     path: PathBuf,
     overrides: Setting<Overrides>,
     live: Live,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut seen = stamp(&path);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
         let now = stamp(&path);
         if now == seen {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use claudeflare_tower::{AccountEntry, AccountPool, LiveState, StateStore};
 use sea_orm::DatabaseConnection;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::db::{DbError, accounts};
 use crate::metrics::{AccountLabel, Metrics};
@@ -164,13 +165,13 @@ pub async fn write_live_states(
     db: DatabaseConnection,
     store: Arc<DbStore>,
     versions: Arc<Versions>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut retry_wait = Duration::from_millis(200);
     loop {
         let stopping = tokio::select! {
             () = store.wake.notified() => false,
-            _ = stop.changed() => true,
+            () = stop.cancelled() => true,
         };
         let written = write_dirty(&db, &store, &versions).await;
         // Counters wait 200 ms to be written together (longer, growing, while the database
@@ -185,12 +186,12 @@ pub async fn write_live_states(
             retry_wait
         };
         let deadline = tokio::time::Instant::now() + wait;
-        let mut stopping = stopping || *stop.borrow();
+        let mut stopping = stopping || stop.is_cancelled();
         while !stopping {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => break,
                 () = store.urgent.notified() => write_blocks(&db, &store, &versions).await,
-                _ = stop.changed() => stopping = true,
+                () = stop.cancelled() => stopping = true,
             }
         }
         if stopping {
@@ -346,14 +347,14 @@ pub async fn sync(
     pool: AccountPool,
     versions: Arc<Versions>,
     skipped: Arc<Skipped>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            () = stop.cancelled() => return,
         }
         if let Err(error) = sync_once(&db, &cipher, &pool, &versions, &skipped).await {
             tracing::error!(%error, "could not read accounts from the database");

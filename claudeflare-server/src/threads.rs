@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -48,7 +48,7 @@ pub struct Limits {
 
 /// The HTTP threads, and how they are stopped.
 pub struct HttpThreads {
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     acceptor: tokio::task::JoinHandle<()>,
     ended: mpsc::UnboundedReceiver<io::Result<()>>,
 }
@@ -66,12 +66,12 @@ impl HttpThreads {
         if apps.is_empty() {
             return Err(io::Error::other("no HTTP thread to start"));
         }
-        let (stop, stopped) = watch::channel(false);
+        let stop = CancellationToken::new();
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let mut threads = Vec::with_capacity(apps.len());
         for (index, app) in apps.into_iter().enumerate() {
             let (sender, connections) = mpsc::unbounded_channel();
-            let stopped = stopped.clone();
+            let stopped = stop.clone();
             let ended = ended_tx.clone();
             let cut = cut.clone();
             std::thread::Builder::new()
@@ -88,7 +88,7 @@ impl HttpThreads {
             threads.push(sender);
         }
         let slots = Arc::new(Semaphore::new(limits.max_connections));
-        let acceptor = tokio::spawn(accept(listener, threads, slots, stopped));
+        let acceptor = tokio::spawn(accept(listener, threads, slots, stop.clone()));
         Ok(Self {
             stop,
             acceptor,
@@ -105,7 +105,7 @@ impl HttpThreads {
                 io::Error::other("an HTTP thread stopped on its own")
             })),
         };
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         let _ = self.acceptor.await;
         while let Some(ended) = self.ended.recv().await {
             if let Err(error) = ended {
@@ -124,7 +124,7 @@ const CUT_FLUSH: Duration = Duration::from_secs(2);
 async fn serve(
     mut connections: mpsc::UnboundedReceiver<Handed>,
     app: App,
-    stopped: watch::Receiver<bool>,
+    stopped: CancellationToken,
     limits: Limits,
     cut: CancellationToken,
 ) {
@@ -133,14 +133,13 @@ async fn serve(
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
-    let mut stopping = stopped.clone();
     loop {
         let (stream, peer, permit) = tokio::select! {
             handed = connections.recv() => match handed {
                 Some(handed) => handed,
                 None => break,
             },
-            () = until_stopped(&mut stopping) => break,
+            () = stopped.cancelled() => break,
         };
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
@@ -186,7 +185,7 @@ async fn accept(
     listener: TcpListener,
     threads: Vec<mpsc::UnboundedSender<Handed>>,
     slots: Arc<Semaphore>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: CancellationToken,
 ) {
     let refused = AtomicU64::new(0);
     let mut next = 0;
@@ -202,7 +201,7 @@ async fn accept(
                     continue;
                 }
             },
-            () = until_stopped(&mut stopped) => return,
+            () = stopped.cancelled() => return,
         };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             refuse(&stream);
@@ -240,11 +239,6 @@ fn refuse(stream: &TcpStream) {
         BODY.len()
     );
     let _ = stream.try_write(response.as_bytes());
-}
-
-/// Until the stop is given (or can no longer be).
-async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 /// Errors of one connection that went away before it was accepted, not of the listener.
