@@ -510,8 +510,15 @@ impl Config {
     }
 }
 
+/// Serialises the read-modify-write of the config file within this process: two API changes at
+/// once must not each write back the file as it was before the other.
+static WRITE_BACK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Set `key` to `value` in the config file, keeping everything else as it is.
 pub fn write_key(path: &Path, key: &str, value: serde_json::Value) -> Result<(), ConfigError> {
+    let _writing = WRITE_BACK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         action: "cannot read the configuration file",
         path: path.to_owned(),
@@ -530,9 +537,11 @@ pub fn write_key(path: &Path, key: &str, value: serde_json::Value) -> Result<(),
     write_atomically(path, &text)
 }
 
-/// Write through a temporary file in the same folder and a rename, so a reader never sees half a
-/// file. The folder is created 0700 and the file 0600.
+/// Write through a temporary file of its own in the same folder (created 0600) and a rename, so
+/// a reader never sees half a file and two writers never share a temporary file. The folder is
+/// created 0700.
 pub fn write_atomically(path: &Path, contents: &str) -> Result<(), ConfigError> {
+    use std::io::Write as _;
     let io = |action: &'static str| {
         move |source| ConfigError::Io {
             action,
@@ -540,18 +549,51 @@ pub fn write_atomically(path: &Path, contents: &str) -> Result<(), ConfigError> 
             source,
         }
     };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or_else(|| Path::new("."));
+    let dir = config_folder(path);
     crate::fsutil::create_private_dir(dir).map_err(io("cannot create the folder of"))?;
-    let temp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("config"),
-        std::process::id()
-    ));
-    crate::fsutil::write_private(&temp, contents.as_bytes()).map_err(io("cannot write"))?;
-    std::fs::rename(&temp, path).map_err(io("cannot replace"))
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io("cannot write"))?;
+    temp.write_all(contents.as_bytes())
+        .and_then(|()| temp.as_file().sync_all())
+        .map_err(io("cannot write"))?;
+    temp.persist(path)
+        .map(drop)
+        .map_err(|error| io("cannot replace")(error.error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_write_backs_keep_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("claudeflare.json");
+        write_atomically(&path, "{}").unwrap();
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for round in 0..10 {
+                        write_key(&path, &format!("key{i}"), serde_json::json!(round)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for i in 0..8 {
+            assert_eq!(json[format!("key{i}")], 9, "{json}");
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
 }
