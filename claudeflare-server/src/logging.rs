@@ -1,5 +1,6 @@
 //! Logging with tracing: LOG_LEVEL and LOG_FORMAT, changeable while running.
 
+use crate::config::{LogFormat, LogLevel};
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io;
@@ -17,19 +18,8 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// The tracing level of a LOG_LEVEL value (case-insensitive).
-pub fn level(name: &str) -> Option<&'static str> {
-    match name.to_ascii_uppercase().as_str() {
-        "DEBUG" => Some("debug"),
-        "INFO" => Some("info"),
-        "WARN" | "WARNING" => Some("warn"),
-        "ERROR" => Some("error"),
-        _ => None,
-    }
-}
-
-fn filter(log_level: &str) -> EnvFilter {
-    let level = level(log_level).unwrap_or("info");
+fn filter(log_level: LogLevel) -> EnvFilter {
+    let level = log_level.directive();
     // Our crates at the chosen level; libraries only when something is wrong.
     EnvFilter::new(format!(
         "warn,claudeflare_server={level},claudeflare_tower={level}"
@@ -43,7 +33,7 @@ pub struct LogHandle {
 
 impl LogHandle {
     /// Apply a new LOG_LEVEL.
-    pub fn set_level(&self, log_level: &str) {
+    pub fn set_level(&self, log_level: LogLevel) {
         if let Some(handle) = &self.reload {
             if let Err(error) = handle.reload(filter(log_level)) {
                 tracing::warn!(%error, "could not change the log level");
@@ -168,7 +158,7 @@ impl Drop for LogFlush {
 
 /// Start logging to stderr as `format` ("pretty" or "json") at `log_level`. Lines are written by
 /// a background thread, so a request never waits on a write to stderr.
-pub fn init(log_level: &str, format: &str) -> (LogHandle, LogFlush) {
+pub fn init(log_level: LogLevel, format: LogFormat) -> (LogHandle, LogFlush) {
     let (filter, handle) = reload::Layer::new(filter(log_level));
     let shared = Arc::new(Shared::default());
     let thread = {
@@ -185,7 +175,7 @@ pub fn init(log_level: &str, format: &str) -> (LogHandle, LogFlush) {
     let flush = LogFlush(Some((Arc::clone(&shared), thread)));
     let writer = BatchWriter(shared);
     let registry = tracing_subscriber::registry().with(filter);
-    let result = if format == "json" {
+    let result = if format == LogFormat::Json {
         registry
             .with(tracing_subscriber::fmt::layer().json().with_writer(writer))
             .try_init()

@@ -61,7 +61,7 @@ impl Live {
         self.body_limit.set(new.max_request_body_bytes);
         self.pricing.set(Pricing::new(new.pricing.clone()));
         if new.log_level != old.log_level {
-            self.log.set_level(&new.log_level);
+            self.log.set_level(new.log_level);
         }
         if new.port != old.port
             || new.host != old.host
@@ -116,7 +116,7 @@ impl Server {
         config::ensure_file(&path)?;
         let upgraded = config::upgrade_file(&path)?;
         let config = config::load(&path, &overrides.get())?;
-        let (log, flush) = logging::init(&config.log_level, &config.log_format);
+        let (log, flush) = logging::init(config.log_level, config.log_format);
         if !upgraded.is_empty() {
             tracing::info!("{}", config::upgrade_message(&path, &upgraded));
         }

@@ -6,11 +6,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use claudeflare_tower::strategy::STRATEGY_NAMES;
 use claudeflare_tower::{AccountStatus, Mode, Tier};
 use serde_json::{Value, json};
 
-use crate::config;
+use crate::config::{self, StrategyName};
 use crate::db::{accounts, requests, rollups};
 use crate::state::AppState;
 mod error;
@@ -141,7 +140,7 @@ pub async fn strategy(State(state): State<AppState>) -> Json<Value> {
 
 /// `GET /api/strategies`.
 pub async fn strategies() -> Json<Value> {
-    Json(json!(STRATEGY_NAMES))
+    Json(json!(StrategyName::ALL))
 }
 
 /// The body of `POST /api/config/strategy`.
@@ -153,27 +152,26 @@ pub struct StrategyBody {
 /// `POST /api/config/strategy`: switch now, and write the choice to the config file.
 pub async fn set_strategy(
     State(state): State<AppState>,
-    JsonObject(StrategyBody { strategy: name }): JsonObject<StrategyBody>,
+    JsonObject(StrategyBody { strategy }): JsonObject<StrategyBody>,
 ) -> ApiResult {
+    let name = StrategyName::parse(&strategy).map_err(ApiError::BadRequest)?;
     let mut config = (*state.config.get()).clone();
-    let chosen = config
-        .strategy_named(&name)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let chosen = config.strategy_named(name);
     let path = state.config_path.as_ref().clone();
     let written =
         tokio::task::spawn_blocking(move || config::write_key(&path, "lb_strategy", json!(name)))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
     written.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let name = chosen.name().to_owned();
-    config.lb_strategy = name.clone();
+    config.lb_strategy = name;
     state.config.set(config);
     let mut overrides = (*state.overrides.get()).clone();
-    overrides.lb_strategy = Some(name.clone());
+    overrides.lb_strategy = Some(name);
     state.overrides.set(overrides);
     state.strategy.set(chosen);
     let mut answer = json!({ "strategy": name });
-    if name != "session" && state.pool.snapshot().iter().any(|a| a.mode() == Mode::Max) {
+    if name != StrategyName::Session && state.pool.snapshot().iter().any(|a| a.mode() == Mode::Max)
+    {
         let warning = "subscription accounts are best served by the session strategy: prompt caching is per account, and switching accounts on every request looks unlike a normal user to Anthropic";
         tracing::warn!(strategy = %name, "{warning}");
         answer["warning"] = json!(warning);

@@ -2,13 +2,13 @@
 //! inject markup.
 
 use chrono::SecondsFormat;
-use claudeflare_tower::strategy::STRATEGY_NAMES;
 use claudeflare_tower::{AccountStatus, Mode, Tier};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::charts::{self, Bar};
 use super::format::{ago, clock, count, millis, span, usd};
 use super::{AccountRow, Data, assets};
+use crate::config::StrategyName;
 use crate::db::rollups::Totals;
 
 /// Why `session` is the default, shown when another strategy is chosen with subscriptions.
@@ -63,7 +63,7 @@ fn controls(data: &Data) -> Markup {
         div #controls.controls {
             label for="strategy" { "Strategy" }
             select #strategy name="strategy" {
-                @for name in STRATEGY_NAMES {
+                @for name in StrategyName::ALL.iter().map(|n| n.as_str()) {
                     option value=(name) selected[name == data.strategy] { (name) }
                 }
             }

@@ -7,12 +7,19 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use claudeflare_tower::failover::RetryConfig;
-use claudeflare_tower::strategy::{self, STRATEGY_NAMES};
+use claudeflare_tower::strategy;
 use figment::Figment;
 use figment::providers::{Env, Format, Json, Serialized};
 use serde::{Deserialize, Serialize};
 
 use crate::pricing::Price;
+
+mod names;
+mod upgrade;
+
+pub use names::{LogFormat, LogLevel, StrategyName};
+use upgrade::{oauth_default, upgraded};
+pub use upgrade::{upgrade_file, upgrade_message};
 
 /// Every setting, with the names of the contract.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,7 +30,7 @@ pub struct Config {
     /// Address to listen on.
     pub host: String,
     /// Load-balancing strategy.
-    pub lb_strategy: String,
+    pub lb_strategy: StrategyName,
     /// Length of a sticky session.
     pub session_duration_ms: u64,
     /// Retries per account.
@@ -35,9 +42,9 @@ pub struct Config {
     /// OAuth client id.
     pub client_id: String,
     /// DEBUG, INFO, WARN or ERROR.
-    pub log_level: String,
+    pub log_level: LogLevel,
     /// pretty or json.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// Where requests go.
     pub upstream_url: String,
     /// OAuth token endpoint.
@@ -74,83 +81,19 @@ pub struct Config {
     pub pricing: BTreeMap<String, Price>,
 }
 
-/// Today's OAuth endpoints (anthropic.md: moved to `platform.claude.com` in June 2026).
-const OAUTH_DEFAULTS: [(&str, &str); 4] = [
-    (
-        "oauth_token_url",
-        claudeflare_tower::oauth::DEFAULT_TOKEN_URL,
-    ),
-    (
-        "oauth_authorize_url_max",
-        "https://claude.com/cai/oauth/authorize",
-    ),
-    (
-        "oauth_authorize_url_console",
-        "https://platform.claude.com/oauth/authorize",
-    ),
-    (
-        "oauth_redirect_uri",
-        "https://platform.claude.com/oauth/code/callback",
-    ),
-];
-
-/// Defaults of earlier versions that stopped working (the old token URL answers 404 to every
-/// grant since June 2026): a file holding one of them holds a default, not a choice, and gets
-/// today's.
-const OLD_DEFAULTS: [(&str, &str); 4] = [
-    (
-        "oauth_token_url",
-        "https://console.anthropic.com/v1/oauth/token",
-    ),
-    (
-        "oauth_authorize_url_max",
-        "https://claude.ai/oauth/authorize",
-    ),
-    (
-        "oauth_authorize_url_console",
-        "https://console.anthropic.com/oauth/authorize",
-    ),
-    (
-        "oauth_redirect_uri",
-        "https://console.anthropic.com/oauth/code/callback",
-    ),
-];
-
-/// Today's default for `key` if `value` is an old default of it.
-fn upgraded(key: &str, value: &str) -> Option<&'static str> {
-    OLD_DEFAULTS
-        .iter()
-        .any(|(old_key, old)| *old_key == key && value.trim_end_matches('/') == *old)
-        .then(|| {
-            OAUTH_DEFAULTS
-                .iter()
-                .find(|(new_key, _)| *new_key == key)
-                .map(|(_, new)| *new)
-        })
-        .flatten()
-}
-
-fn oauth_default(key: &str) -> String {
-    OAUTH_DEFAULTS
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| (*v).to_owned())
-        .unwrap_or_default()
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
             port: 8080,
             host: "127.0.0.1".into(),
-            lb_strategy: "session".into(),
+            lb_strategy: StrategyName::Session,
             session_duration_ms: 5 * 3600 * 1000,
             retry_attempts: 3,
             retry_delay_ms: 1000,
             retry_backoff: 2.0,
             client_id: claudeflare_tower::oauth::DEFAULT_CLIENT_ID.into(),
-            log_level: "INFO".into(),
-            log_format: "pretty".into(),
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Pretty,
             upstream_url: claudeflare_tower::DEFAULT_UPSTREAM_URL.into(),
             oauth_token_url: oauth_default("oauth_token_url"),
             oauth_authorize_url_max: oauth_default("oauth_authorize_url_max"),
@@ -226,7 +169,7 @@ pub struct Overrides {
     /// Chosen through the API while running: it holds over the environment until the next start
     /// (the file has it too, by then).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lb_strategy: Option<String>,
+    pub lb_strategy: Option<StrategyName>,
 }
 
 /// Why the configuration could not be used.
@@ -311,45 +254,6 @@ fn file_defaults() -> serde_json::Value {
     value
 }
 
-/// Replace the defaults of earlier versions that no longer work (the `console.anthropic.com`
-/// OAuth URLs) in the file at `path` with today's, atomically. Values a user chose are kept.
-/// Returns the keys replaced (none when the file holds no old default, or is not a JSON object:
-/// [`load`] reports that).
-pub fn upgrade_file(path: &Path) -> Result<Vec<&'static str>, ConfigError> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(Vec::new());
-    };
-    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(&text) else {
-        return Ok(Vec::new());
-    };
-    let mut replaced = Vec::new();
-    for (key, _) in OLD_DEFAULTS {
-        let today = map
-            .get(key)
-            .and_then(|v| v.as_str())
-            .and_then(|value| upgraded(key, value));
-        if let Some(today) = today {
-            map.insert(key.to_owned(), serde_json::Value::from(today));
-            replaced.push(key);
-        }
-    }
-    if !replaced.is_empty() {
-        let text =
-            serde_json::to_string_pretty(&serde_json::Value::Object(map)).unwrap_or_default();
-        write_atomically(path, &text)?;
-    }
-    Ok(replaced)
-}
-
-/// The one line that says the file was upgraded.
-pub fn upgrade_message(path: &Path, keys: &[&str]) -> String {
-    format!(
-        "{}: replaced the pre-June-2026 OAuth defaults of {} (console.anthropic.com answers 404 since) with today's platform.claude.com ones",
-        path.display(),
-        keys.join(", ")
-    )
-}
-
 /// Load the configuration from `path`, the environment and `overrides`.
 pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -405,25 +309,6 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
 impl Config {
     /// Check values serde cannot: names from a list, URLs, ranges.
     pub fn validate(&self) -> Result<(), String> {
-        if !STRATEGY_NAMES.contains(&self.lb_strategy.as_str()) {
-            return Err(format!(
-                "lb_strategy `{}` is not one of {}",
-                self.lb_strategy,
-                STRATEGY_NAMES.join(", ")
-            ));
-        }
-        if crate::logging::level(&self.log_level).is_none() {
-            return Err(format!(
-                "log_level `{}` is not one of DEBUG, INFO, WARN, ERROR",
-                self.log_level
-            ));
-        }
-        if !matches!(self.log_format.as_str(), "pretty" | "json") {
-            return Err(format!(
-                "log_format `{}` is not one of pretty, json",
-                self.log_format
-            ));
-        }
         if !self.retry_backoff.is_finite() || self.retry_backoff < 1.0 {
             return Err(format!(
                 "retry_backoff must be a number of at least 1, not {}",
@@ -483,19 +368,18 @@ impl Config {
 
     /// The strategy these settings name.
     pub fn strategy(&self) -> Box<dyn strategy::Strategy> {
-        self.strategy_named(&self.lb_strategy)
-            .unwrap_or_else(|_| Box::new(self.session()))
+        self.strategy_named(self.lb_strategy)
     }
 
     /// The built-in strategy called `name`, with these settings (session length, rotation).
-    pub fn strategy_named(
-        &self,
-        name: &str,
-    ) -> Result<Box<dyn strategy::Strategy>, strategy::UnknownStrategy> {
-        if name == "session" {
-            return Ok(Box::new(self.session()));
+    pub fn strategy_named(&self, name: StrategyName) -> Box<dyn strategy::Strategy> {
+        match name {
+            StrategyName::Session => Box::new(self.session()),
+            StrategyName::LeastRequests => Box::new(strategy::LeastRequests),
+            StrategyName::RoundRobin => Box::new(strategy::RoundRobin::default()),
+            StrategyName::Weighted => Box::new(strategy::Weighted),
+            StrategyName::WeightedRoundRobin => Box::new(strategy::WeightedRoundRobin::default()),
         }
-        strategy::by_name(name, self.session_duration())
     }
 
     fn session(&self) -> strategy::Session {
