@@ -25,7 +25,7 @@ use crate::{api, dashboard};
 /// for a boxed clone of the route's service.
 ///
 /// Each HTTP thread has an `App` of its own, whose balancer has its own upstream client, so a
-/// proxied request stays on one thread (see [`crate::threads`]). The API, the dashboard and the
+/// proxied request stays on one thread (see the `threads` module). The API, the dashboard and the
 /// metrics use the database, whose connections belong to the main runtime: their requests are
 /// run there.
 #[derive(Clone)]
