@@ -10,9 +10,13 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use claudeflare_tower::BalancerService;
+use http::{HeaderName, header};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tower::{Service, ServiceExt};
+use tower_http::compression::CompressionLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
 use crate::{api, dashboard};
@@ -108,9 +112,17 @@ impl Future for AppFuture {
 /// part's own routes merged here.
 fn router(state: AppState) -> Router {
     Router::new()
-        .merge(api::router())
-        .merge(dashboard::router())
+        // A span per API request, so what a handler logs says which request it was.
+        .merge(api::router().layer(TraceLayer::new_for_http()))
+        // The page is mostly repeated markup: gzip takes it to a fraction for a remote browser.
+        .merge(dashboard::router().layer(CompressionLayer::new()))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
+        // Credentials are never shown by whatever logs or debugs a request.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+            HeaderName::from_static("x-api-key"),
+        ]))
         .with_state(state)
 }

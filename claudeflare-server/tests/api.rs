@@ -305,3 +305,41 @@ async fn concurrent_connections_are_all_served_and_recorded() {
     .await;
     assert!(recorded, "{}", server.json("/api/stats").await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_is_compressed_for_browsers_that_ask() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    let server = env.start();
+    let plain = server.get("/dashboard").await;
+    assert_eq!(plain.header("content-encoding"), None);
+    let gzipped = server
+        .client
+        .send(
+            http::Method::GET,
+            "/dashboard",
+            &[("accept-encoding", "gzip")],
+            "",
+        )
+        .await;
+    assert_eq!(gzipped.status, 200);
+    assert_eq!(gzipped.header("content-encoding"), Some("gzip"));
+    assert!(
+        gzipped.body.len() * 3 < plain.body.len(),
+        "{} bytes gzipped, {} plain",
+        gzipped.body.len(),
+        plain.body.len()
+    );
+    // The JSON API is answered as before.
+    let stats = server
+        .client
+        .send(
+            http::Method::GET,
+            "/api/stats",
+            &[("accept-encoding", "gzip")],
+            "",
+        )
+        .await;
+    assert_eq!(stats.header("content-encoding"), None);
+    assert_eq!(stats.json()["total_requests"], 0);
+}
