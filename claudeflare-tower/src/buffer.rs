@@ -10,6 +10,7 @@
 //! let layer = BufferLayer::new(32 * 1024 * 1024);
 //! ```
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
+use serde::Deserialize;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::ProxyBody;
@@ -67,17 +69,24 @@ pub struct Buffer<S> {
     limit: Setting<usize>,
 }
 
-/// The request's top-level `model` and `stream`, the rest (the conversation) skipped.
+/// The request's top-level `model` and `stream`, everything else (the conversation) skipped by
+/// serde_json without being kept. A borrowed struct read this way was measured faster than the
+/// hand-written skimmer it replaced: 174 µs against 215 µs for a 500 KB request, 3.1 against
+/// 3.4 µs for a 5 KB one (Criterion, `request_json` bench; BENCHMARKS.md).
 fn read_meta(body: &[u8]) -> RequestMeta {
-    let mut meta = RequestMeta::default();
-    let whole = crate::json::top_level(body, &["model", "stream"], |key, value| {
-        if key == 0 {
-            meta.model = crate::json::string(value);
-        } else {
-            meta.stream = value == b"true";
-        }
-    });
-    whole.map_or_else(RequestMeta::default, |()| meta)
+    #[derive(Deserialize)]
+    struct Wire<'a> {
+        #[serde(borrow)]
+        model: Option<Cow<'a, str>>,
+        stream: Option<bool>,
+    }
+    match serde_json::from_slice::<Wire<'_>>(body) {
+        Ok(wire) => RequestMeta {
+            model: wire.model.map(Cow::into_owned),
+            stream: wire.stream.unwrap_or(false),
+        },
+        Err(_) => RequestMeta::default(),
+    }
 }
 
 impl<S, B> Service<Request<B>> for Buffer<S>

@@ -38,7 +38,6 @@ pub mod buffer;
 pub mod error;
 pub mod ext;
 pub mod failover;
-mod json;
 pub mod oauth;
 mod path;
 pub mod pool;

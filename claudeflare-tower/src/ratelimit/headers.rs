@@ -392,12 +392,13 @@ mod properties {
             let info = RateLimitInfo::from_headers(&headers, now);
             let until = info.limited_until(now);
             prop_assert!(until > now && until <= now + MAX_RESET, "{until} at {now}");
-            // The first 5-hour utilization sent is read as the plain reading says.
+            // The first non-empty 5-hour utilization sent is read as the plain reading says.
             let first = headers
-                .get("anthropic-ratelimit-unified-5h-utilization")
-                .and_then(|v| v.to_str().ok())
+                .get_all("anthropic-ratelimit-unified-5h-utilization")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
                 .map(str::trim)
-                .filter(|v| !v.is_empty());
+                .find(|v| !v.is_empty());
             prop_assert_eq!(info.utilization_5h, first.and_then(reference_fraction));
         }
     }
