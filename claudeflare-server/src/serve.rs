@@ -206,23 +206,34 @@ impl Server {
             .map(|_| App::new(state.clone(), self.balancer(&cut), main.clone()))
             .collect();
         let address = format!("{}:{}", self.config.host, self.config.port);
-        let listener = tokio::net::TcpListener::bind(&address)
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
-        let local = listener.local_addr()?;
         let limits = Limits {
             header_read_timeout: Duration::from_millis(self.config.header_read_timeout_ms),
             max_connections: connection_limit(self.config.max_connections),
             grace: Duration::from_secs(self.config.shutdown_grace_seconds),
         };
-        let http =
-            HttpThreads::start(listener, apps, limits, cut).context("cannot start serving")?;
-        tracing::info!(
-            accounts = self.pool.len(),
-            strategy = %self.config.lb_strategy,
-            "listening on http://{local}"
-        );
+        let (accounts, strategy) = (self.pool.len(), self.config.lb_strategy);
+        // Before listening: the configuration watcher must see the file as it is when the
+        // first client can connect, or an edit made right then would go unnoticed.
         let tasks = self.spawn_background(&stop);
+        let started = async {
+            let listener = tokio::net::TcpListener::bind(&address)
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?;
+            let local = listener.local_addr()?;
+            let http =
+                HttpThreads::start(listener, apps, limits, cut).context("cannot start serving")?;
+            anyhow::Ok((http, local))
+        };
+        let (http, local) = match started.await {
+            Ok(started) => started,
+            Err(error) => {
+                stop.cancel();
+                tasks.close();
+                tasks.wait().await;
+                return Err(error);
+            }
+        };
+        tracing::info!(accounts, %strategy, "listening on http://{local}");
         let served = http
             .run_until(async {
                 shutdown_signal().await;
@@ -298,8 +309,10 @@ impl Server {
             self.health,
             stop.clone(),
         ));
+        let seen = stamp(&self.path);
         tasks.spawn(watch_config(
             self.path,
+            seen,
             self.overrides,
             self.live,
             stop.clone(),
@@ -373,13 +386,15 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 /// Reload the configuration when its file changes (checked every 500 ms); a file that does not
 /// load keeps the previous settings.
+/// `seen` is the file's stamp when the server read it (taken before it listens, so that an edit
+/// made as soon as a client can connect is noticed).
 async fn watch_config(
     path: PathBuf,
+    mut seen: Option<(SystemTime, u64)>,
     overrides: Setting<Overrides>,
     live: Live,
     stop: CancellationToken,
 ) {
-    let mut seen = stamp(&path);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
