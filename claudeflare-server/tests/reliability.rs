@@ -355,7 +355,19 @@ async fn a_deleted_config_folder_degrades_health_and_the_cli_does_not_start_over
     env.add_keys(&["a"]);
     let mut server = env.start();
     assert_eq!(server.json("/health").await["status"], "ok");
-    std::fs::remove_dir_all(env.config_path().parent().unwrap()).unwrap();
+    // As `rm -rf` would: the server may write a file into it meanwhile (SQLite's WAL), so try
+    // again until the folder is gone.
+    let folder = env.config_path().parent().unwrap().to_owned();
+    for attempt in 0.. {
+        match std::fs::remove_dir_all(&folder) {
+            Ok(()) => break,
+            Err(error) if attempt < 20 => {
+                eprintln!("removing the folder again: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("cannot remove {}: {error}", folder.display()),
+        }
+    }
     assert!(
         eventually(Duration::from_secs(5), || async {
             server.json("/health").await["status"] == "degraded"
