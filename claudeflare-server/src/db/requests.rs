@@ -131,7 +131,71 @@ where
     for<'q> f64: Encode<'q, DB> + Type<DB>,
 {
     let mut txn = pool.begin().await?;
-    match write_in(&mut txn, statements, batch).await {
+    // The statements in an async block of their own, so that whatever fails among them, the
+    // transaction is rolled back here, at once (not whenever the connection is next used).
+    let written = async {
+        for (hour, account, model, sums) in rollups::additions(batch) {
+            let mut args = DB::Arguments::default();
+            bind(&mut args, hour)?;
+            bind(&mut args, account)?;
+            bind(&mut args, model)?;
+            for sum in [
+                sums.requests,
+                sums.successes,
+                sums.response_time_ms,
+                sums.input_tokens,
+                sums.output_tokens,
+                sums.cache_read,
+                sums.cache_creation,
+            ] {
+                bind(&mut args, sum)?;
+            }
+            bind(&mut args, sums.cost)?;
+            sqlx::query_with(statements.rollup.as_str(), args)
+                .execute(&mut *txn)
+                .await?;
+        }
+        let mut rest = batch.len();
+        let mut rows = batch.iter();
+        while rest > 0 {
+            let chunk = CHUNKS.partition_point(|&size| size <= rest) - 1;
+            let mut args = DB::Arguments::default();
+            args.reserve(CHUNKS[chunk] * COLUMNS.len(), 0);
+            for (record, cost) in rows.by_ref().take(CHUNKS[chunk]) {
+                // In the order of `COLUMNS`.
+                bind(&mut args, record.id.as_str())?;
+                bind(&mut args, record.timestamp)?;
+                bind(&mut args, record.method.as_str())?;
+                bind(&mut args, record.path.as_str())?;
+                bind(&mut args, record.account_id.as_deref())?;
+                bind(&mut args, record.account.as_deref())?;
+                bind(&mut args, record.status.map(i32::from))?;
+                bind(&mut args, record.success)?;
+                bind(&mut args, record.error.as_deref())?;
+                bind(&mut args, int(record.response_time_ms))?;
+                bind(&mut args, record.first_byte_ms.map(int))?;
+                bind(&mut args, record.upstream_ms.map(int))?;
+                bind(
+                    &mut args,
+                    i32::try_from(record.failover_attempts).unwrap_or(i32::MAX),
+                )?;
+                bind(&mut args, record.model.as_deref())?;
+                bind(&mut args, record.stream)?;
+                bind(&mut args, int(record.usage.input_tokens))?;
+                bind(&mut args, int(record.usage.output_tokens))?;
+                bind(&mut args, int(record.usage.cache_read_input_tokens))?;
+                bind(&mut args, int(record.usage.cache_creation_input_tokens))?;
+                bind(&mut args, *cost)?;
+            }
+            sqlx::query_with(statements.inserts[chunk].as_str(), args)
+                .execute(&mut *txn)
+                .await?;
+            rest -= CHUNKS[chunk];
+        }
+        Ok(())
+    }
+    .await;
+    match written {
         Ok(()) => txn.commit().await,
         Err(error) => {
             if let Err(rollback) = txn.rollback().await {
@@ -140,88 +204,6 @@ where
             Err(error)
         }
     }
-}
-
-/// The statements of [`write`], in its transaction.
-async fn write_in<DB>(
-    txn: &mut sqlx::Transaction<'_, DB>,
-    statements: &'static Statements,
-    batch: &[(RequestRecord, f64)],
-) -> Result<(), sqlx::Error>
-where
-    DB: sqlx::Database,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
-    for<'q> i32: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<i32>: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Type<DB>,
-    for<'q> f64: Encode<'q, DB> + Type<DB>,
-{
-    for (hour, account, model, sums) in rollups::additions(batch) {
-        let mut args = DB::Arguments::default();
-        bind(&mut args, hour)?;
-        bind(&mut args, account)?;
-        bind(&mut args, model)?;
-        for sum in [
-            sums.requests,
-            sums.successes,
-            sums.response_time_ms,
-            sums.input_tokens,
-            sums.output_tokens,
-            sums.cache_read,
-            sums.cache_creation,
-        ] {
-            bind(&mut args, sum)?;
-        }
-        bind(&mut args, sums.cost)?;
-        sqlx::query_with(statements.rollup.as_str(), args)
-            .execute(&mut **txn)
-            .await?;
-    }
-    let mut rest = batch.len();
-    let mut rows = batch.iter();
-    while rest > 0 {
-        let chunk = CHUNKS.partition_point(|&size| size <= rest) - 1;
-        let mut args = DB::Arguments::default();
-        args.reserve(CHUNKS[chunk] * COLUMNS.len(), 0);
-        for (record, cost) in rows.by_ref().take(CHUNKS[chunk]) {
-            // In the order of `COLUMNS`.
-            bind(&mut args, record.id.as_str())?;
-            bind(&mut args, record.timestamp)?;
-            bind(&mut args, record.method.as_str())?;
-            bind(&mut args, record.path.as_str())?;
-            bind(&mut args, record.account_id.as_deref())?;
-            bind(&mut args, record.account.as_deref())?;
-            bind(&mut args, record.status.map(i32::from))?;
-            bind(&mut args, record.success)?;
-            bind(&mut args, record.error.as_deref())?;
-            bind(&mut args, int(record.response_time_ms))?;
-            bind(&mut args, record.first_byte_ms.map(int))?;
-            bind(&mut args, record.upstream_ms.map(int))?;
-            bind(
-                &mut args,
-                i32::try_from(record.failover_attempts).unwrap_or(i32::MAX),
-            )?;
-            bind(&mut args, record.model.as_deref())?;
-            bind(&mut args, record.stream)?;
-            bind(&mut args, int(record.usage.input_tokens))?;
-            bind(&mut args, int(record.usage.output_tokens))?;
-            bind(&mut args, int(record.usage.cache_read_input_tokens))?;
-            bind(&mut args, int(record.usage.cache_creation_input_tokens))?;
-            bind(&mut args, *cost)?;
-        }
-        sqlx::query_with(statements.inserts[chunk].as_str(), args)
-            .execute(&mut **txn)
-            .await?;
-        rest -= CHUNKS[chunk];
-    }
-    Ok(())
 }
 
 /// Add `value` to a statement's arguments.
