@@ -162,10 +162,9 @@ async fn serve(
             drop(permit);
         });
     }
-    if tokio::time::timeout(limits.grace, graceful.shutdown())
-        .await
-        .is_ok()
-    {
+    let finished = graceful.shutdown();
+    tokio::pin!(finished);
+    if tokio::time::timeout(limits.grace, &mut finished).await.is_ok() {
         return;
     }
     tracing::warn!(
@@ -173,9 +172,9 @@ async fn serve(
         "requests still running after the grace period are being cut"
     );
     cut.cancel();
-    // The cut streams send their error event and end; whatever is still open is closed when
-    // this thread's runtime stops.
-    tokio::time::sleep(CUT_FLUSH).await;
+    // The cut streams send their error event and end; whatever is still open after that is
+    // closed when this thread's runtime stops.
+    let _ = tokio::time::timeout(CUT_FLUSH, &mut finished).await;
 }
 
 /// Accept connections until `stopped`, dealing them to the threads in turn. Past the limit a
