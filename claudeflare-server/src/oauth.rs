@@ -1,16 +1,19 @@
 //! Anthropic's OAuth: the PKCE authorization flow of `add` and `reauth`, the console API-key
 //! creation, the subscription usage endpoint, and token refresh coordinated across processes.
+//!
+//! The HTTP calls go through reqwest ([`claudeflare_tower::control`]). The oauth2 crate builds the
+//! PKCE authorize URL, but its token exchange is not used: it sends form-encoded grants, and
+//! Anthropic's token endpoint takes JSON.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{TimeDelta, Utc};
 use claudeflare_tower::auth::{RefreshError, TokenPair};
+use claudeflare_tower::control;
 use claudeflare_tower::oauth::HttpRefresher;
-use claudeflare_tower::upstream::{DEFAULT_CONNECT_TIMEOUT, http_client};
 use claudeflare_tower::{BoxError, OAuthTokens};
-use http::{HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderValue, Method, StatusCode, header};
 use oauth2::basic::BasicClient;
 use oauth2::{
     AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
@@ -34,7 +37,6 @@ const SCOPES: [&str; 6] = [
     "user:mcp_servers",
     "user:file_upload",
 ];
-const TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one process may hold the refresh lease.
 const LEASE: TimeDelta = TimeDelta::seconds(30);
 
@@ -267,6 +269,7 @@ fn refused(what: &'static str, status: StatusCode, bytes: &Bytes) -> OAuthError 
     OAuthError::Refused { what, detail }
 }
 
+/// One control-plane call (reqwest, 30 s in all, at most 1 MiB read back).
 async fn send(
     what: &'static str,
     method: Method,
@@ -275,50 +278,25 @@ async fn send(
     content_type: &str,
     body: String,
 ) -> Result<(StatusCode, http::HeaderMap, Bytes), OAuthError> {
-    let uri: http::Uri = url.parse().map_err(|_| OAuthError::Url(what))?;
-    let mut request = Request::builder()
-        .method(method)
-        .uri(uri)
+    let network = |source| OAuthError::Network { what, source };
+    let url: reqwest::Url = url.parse().map_err(|_| OAuthError::Url(what))?;
+    let mut request = control::client()
+        .map_err(network)?
+        .request(method, url)
         .header(header::CONTENT_TYPE, content_type)
         .header(header::ACCEPT, "application/json")
-        .header("anthropic-beta", claudeflare_tower::auth::OAUTH_BETA);
+        .header("anthropic-beta", claudeflare_tower::auth::OAUTH_BETA)
+        .body(body);
     if let Some(authorization) = authorization {
-        let mut value = HeaderValue::from_str(authorization).map_err(|e| OAuthError::Network {
-            what,
-            source: e.into(),
-        })?;
+        let mut value = HeaderValue::from_str(authorization).map_err(|e| network(e.into()))?;
         value.set_sensitive(true);
         request = request.header(header::AUTHORIZATION, value);
     }
-    let request = request
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| OAuthError::Network {
-            what,
-            source: e.into(),
-        })?;
-    let exchange = async {
-        let response = http_client(DEFAULT_CONNECT_TIMEOUT)
-            .request(request)
-            .await
-            .map_err(|e| OAuthError::Network {
-                what,
-                source: e.into(),
-            })?;
-        let status = response.status();
-        let (parts, body) = response.into_parts();
-        let bytes = Limited::new(body, 1024 * 1024)
-            .collect()
-            .await
-            .map_err(|source| OAuthError::Network { what, source })?
-            .to_bytes();
-        Ok((status, parts.headers, bytes))
-    };
-    tokio::time::timeout(TIMEOUT, exchange)
+    let response = request
+        .send()
         .await
-        .map_err(|_| OAuthError::Network {
-            what,
-            source: "no answer within 30 s".into(),
-        })?
+        .map_err(|e| network(control::describe(e)))?;
+    control::read(response).await.map_err(network)
 }
 
 /// Refresh the tokens of account `id`, coordinated through the database with every other

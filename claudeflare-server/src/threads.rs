@@ -164,7 +164,10 @@ async fn serve(
     }
     let finished = graceful.shutdown();
     tokio::pin!(finished);
-    if tokio::time::timeout(limits.grace, &mut finished).await.is_ok() {
+    if tokio::time::timeout(limits.grace, &mut finished)
+        .await
+        .is_ok()
+    {
         return;
     }
     tracing::warn!(

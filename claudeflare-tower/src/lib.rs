@@ -35,6 +35,7 @@ pub mod account;
 pub mod auth;
 pub mod body;
 pub mod buffer;
+pub mod control;
 pub mod error;
 pub mod ext;
 pub mod failover;

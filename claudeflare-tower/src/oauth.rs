@@ -1,25 +1,19 @@
 //! [`HttpRefresher`]: the OAuth refresh grant against Anthropic's token endpoint.
 
-use std::time::Duration;
-
-use bytes::Bytes;
 use chrono::{TimeDelta, Utc};
-use http::{Method, Request, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Uri, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::BoxFuture;
 use crate::account::AccountInfo;
 use crate::auth::{RefreshError, TokenPair, TokenRefresher};
-use crate::upstream::{DEFAULT_CONNECT_TIMEOUT, HttpClient, http_client};
 
 /// Anthropic's public OAuth client id, used by Claude Code.
 pub const DEFAULT_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 /// Anthropic's token endpoint.
 pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
 
-const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
 /// OAuth errors after which the same refresh token will never work again.
 const DEFINITIVE: [&str; 4] = [
     "invalid_grant",
@@ -32,7 +26,6 @@ const DEFINITIVE: [&str; 4] = [
 /// implement [`TokenRefresher`] yourself, to store them.
 #[derive(Debug, Clone)]
 pub struct HttpRefresher {
-    client: HttpClient,
     token_url: Uri,
     client_id: String,
 }
@@ -41,7 +34,6 @@ impl HttpRefresher {
     /// Refresh at `token_url` as OAuth client `client_id`.
     pub fn new(token_url: Uri, client_id: impl Into<String>) -> Self {
         Self {
-            client: http_client(DEFAULT_CONNECT_TIMEOUT),
             token_url,
             client_id: client_id.into(),
         }
@@ -57,32 +49,18 @@ impl HttpRefresher {
             "refresh_token": refresh_token.expose_secret(),
             "client_id": self.client_id,
         });
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(self.token_url.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| RefreshError::Temporary(e.into()))?;
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
+            let response = crate::control::client()?
+                .post(self.token_url.to_string())
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::ACCEPT, "application/json")
+                .body(body.to_string())
+                .send()
                 .await
-                .map_err(|e| RefreshError::Temporary(e.into()))?;
-            let status = response.status();
-            let bytes = Limited::new(response.into_body(), 1024 * 1024)
-                .collect()
-                .await
-                .map_err(RefreshError::Temporary)?
-                .to_bytes();
-            Ok::<_, RefreshError>((status, bytes))
+                .map_err(crate::control::describe)?;
+            crate::control::read(response).await
         };
-        let (status, bytes) = tokio::time::timeout(REFRESH_TIMEOUT, exchange)
-            .await
-            .map_err(|_| {
-                RefreshError::Temporary("the token endpoint did not answer in 30 s".into())
-            })??;
+        let (status, _, bytes) = exchange.await.map_err(RefreshError::Temporary)?;
         if status.is_success() {
             let grant: Grant = serde_json::from_slice(&bytes).map_err(|e| {
                 RefreshError::Temporary(format!("unreadable token response: {e}").into())

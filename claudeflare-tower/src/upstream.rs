@@ -42,10 +42,10 @@ pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The HTTP client type claudeflare uses (HTTPS through rustls, or plain HTTP).
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A pooled keep-alive client for HTTP and HTTPS, with `connect_timeout`.
-pub fn http_client(connect_timeout: Duration) -> HttpClient {
+pub(crate) fn http_client(connect_timeout: Duration) -> HttpClient {
     pooled_client(connect_timeout, POOL_IDLE_TIMEOUT)
 }
 
