@@ -70,6 +70,30 @@ async fn once(sender: &mut SendRequest<Full<Bytes>>, address: SocketAddr) -> Dur
     start.elapsed()
 }
 
+/// `count` sequential requests on one connection, in microseconds, measured from a thread and a
+/// current-thread runtime of their own.
+///
+/// On the benchmark's multi-threaded runtime, the connection's task and the task sending the
+/// requests run on different workers, and every request crosses between them: that added some
+/// 60 µs to each request (wrk measured the mock at 33–67 µs p50 where this client, so run,
+/// measured 92–141 µs; BENCHMARKS.md), the same for every target, which flattered the ratio of
+/// added latencies. On one thread the client costs what a plain event loop such as wrk's does.
+pub async fn latency_on_own_thread(address: SocketAddr, count: usize, into: &mut Histogram<u64>) {
+    let measured = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime");
+        let mut histogram = Histogram::<u64>::new(3).expect("a histogram");
+        runtime.block_on(latency(address, count, &mut histogram));
+        histogram
+    })
+    .await
+    .expect("the latency thread");
+    into.add(&measured)
+        .expect("histograms of the same precision");
+}
+
 /// `count` sequential requests on one connection, in microseconds.
 pub async fn latency(address: SocketAddr, count: usize, into: &mut Histogram<u64>) {
     let mut sender = connect(address).await;

@@ -283,12 +283,17 @@ async fn run(args: &[String]) {
 
     for target in &mut all {
         let mut warm = Histogram::new(3).expect("a histogram");
-        load::latency(target.address, 200, &mut warm).await;
+        load::latency_on_own_thread(target.address, 200, &mut warm).await;
         target.requests += 200;
     }
     for _ in 0..plan.latency_rounds {
         for target in &mut all {
-            load::latency(target.address, plan.latency_per_round, &mut target.latency).await;
+            load::latency_on_own_thread(
+                target.address,
+                plan.latency_per_round,
+                &mut target.latency,
+            )
+            .await;
             target.requests += plan.latency_per_round as u64;
         }
     }
