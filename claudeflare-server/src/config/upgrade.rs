@@ -72,7 +72,7 @@ pub(super) fn oauth_default(key: &str) -> String {
 /// Replace the defaults of earlier versions that no longer work (the `console.anthropic.com`
 /// OAuth URLs) in the file at `path` with today's, atomically. Values a user chose are kept.
 /// Returns the keys replaced (none when the file holds no old default, or is not a JSON object:
-/// [`load`] reports that).
+/// [`super::load`] reports that).
 pub fn upgrade_file(path: &Path) -> Result<Vec<&'static str>, ConfigError> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(Vec::new());
