@@ -119,38 +119,8 @@ fn log(record: &RequestRecord, cost: f64) {
         + record.usage.cache_creation_input_tokens;
     let tokens_out = record.usage.output_tokens;
     let ms = record.response_time_ms;
-    match &record.error {
-        Some(error) if (400..500).contains(&status) => tracing::warn!(
-            method,
-            path,
-            account,
-            status,
-            ms,
-            tokens_in,
-            tokens_out,
-            error = error.as_str(),
-            "request refused"
-        ),
-        Some(error) => tracing::error!(
-            method,
-            path,
-            account,
-            status,
-            ms,
-            tokens_in,
-            tokens_out,
-            error = error.as_str(),
-            "request failed"
-        ),
-        // The upstream's 4xx answers (a bad request, a refusal) are the client's business: a
-        // warning. What claudeflare or the upstream failed at (5xx, no answer) is an error.
-        None if !record.success && (400..500).contains(&status) => {
-            tracing::warn!(method, path, account, status, ms, "request refused")
-        }
-        None if !record.success => {
-            tracing::error!(method, path, account, status, ms, "request failed")
-        }
-        None => tracing::info!(
+    if record.success && record.error.is_none() {
+        tracing::info!(
             method,
             path,
             account,
@@ -160,7 +130,34 @@ fn log(record: &RequestRecord, cost: f64) {
             tokens_out,
             cost_usd = cost,
             "request"
-        ),
+        );
+        return;
+    }
+    // One failure line at `$level`, with the error when there is one.
+    macro_rules! failure {
+        ($level:ident, $message:literal) => {
+            match &record.error {
+                Some(error) => tracing::$level!(
+                    method,
+                    path,
+                    account,
+                    status,
+                    ms,
+                    tokens_in,
+                    tokens_out,
+                    error = error.as_str(),
+                    $message
+                ),
+                None => tracing::$level!(method, path, account, status, ms, $message),
+            }
+        };
+    }
+    // The upstream's 4xx answers (a bad request, a refusal) are the client's business: a
+    // warning. What claudeflare or the upstream failed at (5xx, no answer) is an error.
+    if (400..500).contains(&status) {
+        failure!(warn, "request refused");
+    } else {
+        failure!(error, "request failed");
     }
 }
 
