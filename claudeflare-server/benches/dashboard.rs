@@ -19,7 +19,7 @@ use claudeflare_server::dashboard;
 use claudeflare_server::db::{self, requests};
 use claudeflare_server::metrics::Metrics;
 use claudeflare_server::state::AppState;
-use claudeflare_tower::record::{RequestRecord, Usage};
+use claudeflare_tower::record::RequestRecord;
 use claudeflare_tower::strategy::{Session, StrategyHandle};
 use claudeflare_tower::{Account, AccountPool, Setting};
 
@@ -34,31 +34,25 @@ fn record(i: usize) -> RequestRecord {
         "claude-3-5-haiku-20241022",
     ];
     let failed = i % 17 == 0;
-    RequestRecord {
-        id: format!("bench-{i:08}"),
-        timestamp: Utc::now() - TimeDelta::seconds((i as i64 * 7 * 86_400) / REQUESTS as i64),
-        method: "POST".into(),
-        path: "/v1/messages".into(),
-        account_id: None,
-        account: Some(accounts[i % 3].into()),
-        status: Some(if failed { 529 } else { 200 }),
-        success: !failed,
-        error: failed.then(|| "upstream answered 529".into()),
-        response_time_ms: 200 + (i % 900) as u64,
-        first_byte_ms: Some(150),
-        upstream_ms: Some(190),
-        overhead_us: Some(40),
-        failover_attempts: u32::from(failed),
-        model: Some(models[i % 3].into()),
-        stream: i % 2 == 0,
-        usage: Usage {
-            input_tokens: 1200,
-            output_tokens: 300,
-            cache_read_input_tokens: 20_000,
-            cache_creation_input_tokens: 100,
-            cache_creation_1h_input_tokens: 60,
-        },
-    }
+    let timestamp = Utc::now() - TimeDelta::seconds((i as i64 * 7 * 86_400) / REQUESTS as i64);
+    let mut record = RequestRecord::new(format!("bench-{i:08}"), timestamp, "POST", "/v1/messages");
+    record.account = Some(accounts[i % 3].into());
+    record.status = Some(if failed { 529 } else { 200 });
+    record.success = !failed;
+    record.error = failed.then(|| "upstream answered 529".into());
+    record.response_time_ms = 200 + (i % 900) as u64;
+    record.first_byte_ms = Some(150);
+    record.upstream_ms = Some(190);
+    record.overhead_us = Some(40);
+    record.failover_attempts = u32::from(failed);
+    record.model = Some(models[i % 3].into());
+    record.stream = i % 2 == 0;
+    record.usage.input_tokens = 1200;
+    record.usage.output_tokens = 300;
+    record.usage.cache_read_input_tokens = 20_000;
+    record.usage.cache_creation_input_tokens = 100;
+    record.usage.cache_creation_1h_input_tokens = 60;
+    record
 }
 
 fn main() {

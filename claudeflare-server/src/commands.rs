@@ -6,7 +6,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::{Context as _, bail};
 use chrono::{SecondsFormat, Utc};
 use claudeflare_tower::auth::RefreshError;
-use claudeflare_tower::{Account, AccountStatus, AccountView, Credentials, Mode, Tier};
+use claudeflare_tower::{Account, AccountStatus, Credentials, Mode, Tier};
+
+use crate::views::AccountView;
 use sea_orm::DatabaseConnection;
 
 use crate::cli::ModeArg;
@@ -280,6 +282,7 @@ fn status_text(view: &AccountView) -> String {
             ),
             None => "rate-limited".into(),
         },
+        other => other.as_str().into(),
     }
 }
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use chrono::{TimeDelta, Utc};
 use claudeflare_tower::auth::{RefreshError, TokenPair};
 use claudeflare_tower::control;
-use claudeflare_tower::oauth::HttpRefresher;
+use claudeflare_tower::provider::{Anthropic, Provider};
 use claudeflare_tower::{BoxError, OAuthTokens};
 use http::{HeaderValue, Method, StatusCode, header};
 use oauth2::basic::BasicClient;
@@ -285,7 +285,10 @@ async fn send(
         .request(method, url)
         .header(header::CONTENT_TYPE, content_type)
         .header(header::ACCEPT, "application/json")
-        .header("anthropic-beta", claudeflare_tower::auth::OAUTH_BETA)
+        .header(
+            "anthropic-beta",
+            claudeflare_tower::provider::anthropic::OAUTH_BETA,
+        )
         .body(body);
     if let Some(authorization) = authorization {
         let mut value = HeaderValue::from_str(authorization).map_err(|e| network(e.into()))?;
@@ -333,9 +336,8 @@ pub async fn coordinated_refresh(
                 .oauth_token_url
                 .parse()
                 .map_err(|e| RefreshError::Temporary(format!("oauth_token_url: {e}").into()))?;
-            let result = HttpRefresher::new(token_url, config.client_id.clone())
-                .refresh_token(&stored.refresh_token)
-                .await;
+            let anthropic = Anthropic::new().oauth(token_url, config.client_id.clone());
+            let result = anthropic.refresh(&stored.refresh_token).await;
             return match result {
                 Ok(new) => {
                     let tokens = OAuthTokens {

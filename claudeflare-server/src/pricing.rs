@@ -231,13 +231,13 @@ mod tests {
     use super::*;
 
     fn usage(input: u64, output: u64, write_5m: u64, write_1h: u64, read: u64) -> Usage {
-        Usage {
-            input_tokens: input,
-            output_tokens: output,
-            cache_creation_input_tokens: write_5m + write_1h,
-            cache_creation_1h_input_tokens: write_1h,
-            cache_read_input_tokens: read,
-        }
+        let mut usage = Usage::default();
+        usage.input_tokens = input;
+        usage.output_tokens = output;
+        usage.cache_creation_input_tokens = write_5m + write_1h;
+        usage.cache_creation_1h_input_tokens = write_1h;
+        usage.cache_read_input_tokens = read;
+        usage
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -338,10 +338,8 @@ mod tests {
         let hour = pricing.cost(Some("claude-opus-4-8"), &usage(0, 0, 0, 1_000_000, 0));
         assert!(close(five, 6.25) && close(hour, 10.0), "{five} {hour}");
         // Without the split, every write is a 5-minute one.
-        let unsplit = Usage {
-            cache_creation_input_tokens: 1_000_000,
-            ..Usage::default()
-        };
+        let mut unsplit = Usage::default();
+        unsplit.cache_creation_input_tokens = 1_000_000;
         assert!(close(pricing.cost(Some("claude-opus-4-8"), &unsplit), 6.25));
     }
 

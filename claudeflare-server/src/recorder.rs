@@ -325,8 +325,6 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
-    use claudeflare_tower::record::Usage;
-
     /// A database that refuses writes while `failing`, as a read-only or locked SQLite file does.
     #[derive(Default)]
     struct Flaky {
@@ -355,25 +353,12 @@ mod tests {
     }
 
     fn record(id: usize) -> RequestRecord {
-        RequestRecord {
-            id: format!("req-{id}"),
-            timestamp: Utc::now(),
-            method: "POST".into(),
-            path: "/v1/messages".into(),
-            account_id: None,
-            account: None,
-            status: Some(200),
-            success: true,
-            error: None,
-            response_time_ms: 1,
-            first_byte_ms: None,
-            upstream_ms: None,
-            overhead_us: None,
-            failover_attempts: 0,
-            model: None,
-            stream: false,
-            usage: Usage::default(),
-        }
+        let mut record =
+            RequestRecord::new(format!("req-{id}"), Utc::now(), "POST", "/v1/messages");
+        record.status = Some(200);
+        record.success = true;
+        record.response_time_ms = 1;
+        record
     }
 
     struct Writer {

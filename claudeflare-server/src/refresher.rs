@@ -72,7 +72,7 @@ impl TokenRefresher for ServerRefresher {
                         "the refresh token was refused; run `claudeflare-server reauth {}` to sign in again", account.name
                     );
                 }
-                Err(RefreshError::Temporary(_)) => self.metrics.refresh("failed"),
+                Err(_) => self.metrics.refresh("failed"),
             }
             result
         })

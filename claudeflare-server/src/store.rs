@@ -317,11 +317,17 @@ pub async fn sync_once(
             }
         };
         skipped.clear(&model.id);
-        let existed = pool.get(&model.id).is_some();
-        let entry = pool.upsert(account);
-        if existed && known.is_some_and(|(_, epoch)| epoch != seen.1) {
-            entry.reset_counters();
-        }
+        let existed = pool.get(&model.id);
+        let reset = known.is_some_and(|(_, epoch)| epoch != seen.1);
+        let entry = match existed.clone() {
+            // `reset-stats` ran elsewhere: take the stored counters, which started again.
+            Some(entry) if reset => {
+                entry.reload(&account);
+                entry
+            }
+            _ => pool.upsert(account),
+        };
+        let existed = existed.is_some();
         versions.set(&model.id, seen);
         if existed {
             tracing::info!(account = entry.name(), "account settings changed");

@@ -2,10 +2,82 @@
 //! the database's view into what a person reads.
 
 use chrono::{DateTime, Utc};
-use claudeflare_tower::{AccountPool, AccountStatus, AccountView};
+use claudeflare_tower::{AccountEntry, AccountPool, AccountStatus, Mode, Tier};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::usage::Usage;
+
+/// What `/api/accounts` and `list` show for an account. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccountView {
+    /// Stable identifier.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Always "anthropic".
+    pub provider: &'static str,
+    /// "max" or "console".
+    pub mode: Mode,
+    /// 1, 5 or 20.
+    pub tier: Tier,
+    /// Paused by the user.
+    pub paused: bool,
+    /// "active", "paused", "rate_limited", "needs_reauth" or "forbidden".
+    pub status: AccountStatus,
+    /// Why it is out of rotation until a person acts, in words (`needs_reauth`, `forbidden`).
+    pub status_reason: Option<String>,
+    /// Out of rotation until then.
+    pub rate_limited_until: Option<DateTime<Utc>>,
+    /// Last unified status seen.
+    pub rate_limit_status: Option<String>,
+    /// Start of the sticky session.
+    pub session_start: Option<DateTime<Utc>>,
+    /// Requests in the session.
+    pub session_request_count: u64,
+    /// Requests since the last counter reset.
+    pub request_count: u64,
+    /// Lifetime requests.
+    pub total_requests: u64,
+    /// Last request.
+    pub last_used: Option<DateTime<Utc>>,
+    /// Access token expiry (max accounts).
+    pub token_expires_at: Option<DateTime<Utc>>,
+    /// When it was added.
+    pub created_at: DateTime<Utc>,
+    /// Last 5-hour utilization seen in the rate-limit headers.
+    pub utilization_5h: Option<f64>,
+    /// Last 7-day utilization seen in the rate-limit headers.
+    pub utilization_7d: Option<f64>,
+}
+
+impl AccountView {
+    /// The view of `entry` at `now`.
+    pub fn of(entry: &AccountEntry, now: DateTime<Utc>) -> Self {
+        let live = entry.live();
+        Self {
+            id: entry.id().to_owned(),
+            name: entry.name().to_owned(),
+            provider: "anthropic",
+            mode: entry.mode(),
+            tier: entry.tier(),
+            paused: entry.paused(),
+            status: entry.status(now),
+            status_reason: live.status_reason,
+            rate_limited_until: live.rate_limited_until.filter(|until| *until > now),
+            rate_limit_status: live.rate_limit_status,
+            session_start: live.session_start,
+            session_request_count: live.session_request_count,
+            request_count: live.request_count,
+            total_requests: live.total_requests,
+            last_used: live.last_used,
+            token_expires_at: entry.token_expires_at(),
+            created_at: entry.created_at(),
+            utilization_5h: live.utilization_5h,
+            utilization_7d: live.utilization_7d,
+        }
+    }
+}
 
 /// The command that signs an account in again.
 pub fn reauth_command(name: &str) -> String {
@@ -30,7 +102,10 @@ pub fn finish(mut view: AccountView) -> AccountView {
 
 /// Every account of the pool at `now`, finished.
 pub fn accounts(pool: &AccountPool, now: DateTime<Utc>) -> Vec<AccountView> {
-    pool.views(now).into_iter().map(finish).collect()
+    pool.snapshot()
+        .iter()
+        .map(|entry| finish(AccountView::of(entry, now)))
+        .collect()
 }
 
 /// The account object of `/api/accounts` and `list --json`.

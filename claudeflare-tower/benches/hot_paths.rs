@@ -14,12 +14,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
-use claudeflare_tower::ext::SelectedAccount;
-use claudeflare_tower::ratelimit::RateLimitInfo;
-use claudeflare_tower::record::usage::SseTap;
+use claudeflare_tower::provider::anthropic::{RateLimitInfo, SseTap};
 use claudeflare_tower::record::{NoopRecorder, RecordLayer};
-use claudeflare_tower::strategy::{self, STRATEGY_NAMES};
-use claudeflare_tower::{Account, AccountEntry, ProxyBody, Tier};
+use claudeflare_tower::strategy::{self, Strategy};
+use claudeflare_tower::{Account, AccountEntry, ProxyBody, RequestContext, Tier};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
@@ -39,8 +37,15 @@ fn accounts(n: usize) -> Vec<Arc<AccountEntry>> {
 fn strategies(c: &mut Criterion) {
     let accounts = accounts(100);
     let now = Utc::now();
-    for name in STRATEGY_NAMES {
-        let strategy = strategy::by_name(name, strategy::DEFAULT_SESSION_DURATION).unwrap();
+    let strategies: [Box<dyn Strategy>; 5] = [
+        Box::new(strategy::Session::default()),
+        Box::new(strategy::LeastRequests),
+        Box::new(strategy::RoundRobin::default()),
+        Box::new(strategy::Weighted),
+        Box::new(strategy::WeightedRoundRobin::default()),
+    ];
+    for strategy in strategies {
+        let name = strategy.name();
         c.bench_function(&format!("select/{name}/100 accounts"), |b| {
             b.iter(|| black_box(strategy.select(black_box(&accounts), now)))
         });
@@ -111,14 +116,15 @@ fn sse_tap(c: &mut Criterion) {
 fn record_path(c: &mut Criterion) {
     let account = Arc::new(AccountEntry::new(Account::api_key("a", "k")));
     let body = Bytes::from_static(br#"{"id":"msg","model":"claude-sonnet-4-20250514","content":[],"usage":{"input_tokens":12,"output_tokens":3}}"#);
-    let inner = tower::service_fn(move |_req: Request<()>| {
+    let inner = tower::service_fn(move |req: Request<()>| {
+        // What Failover does for each attempt: name the account in the request's context.
+        if let Some(context) = RequestContext::of(&req) {
+            context.set_account(Arc::clone(&account));
+        }
         let mut response = Response::new(ProxyBody::full(body.clone()));
         response
             .headers_mut()
             .insert("content-type", HeaderValue::from_static("application/json"));
-        response
-            .extensions_mut()
-            .insert(SelectedAccount(Arc::clone(&account)));
         async move { Ok::<_, std::convert::Infallible>(response) }
     });
     let service = RecordLayer::new(Arc::new(NoopRecorder)).layer(inner);

@@ -9,6 +9,8 @@ use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::provider::Classification;
+
 /// How an account authenticates to Anthropic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -198,6 +200,7 @@ impl Account {
 
 /// The part of an account's state that changes with traffic and must survive a restart.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LiveState {
     /// Out of rotation until then.
     pub rate_limited_until: Option<DateTime<Utc>>,
@@ -249,52 +252,10 @@ impl LiveState {
     }
 }
 
-/// What `/api/accounts` and `list` show for an account. Holds no secret.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AccountView {
-    /// Stable identifier.
-    pub id: String,
-    /// Name.
-    pub name: String,
-    /// Always "anthropic".
-    pub provider: &'static str,
-    /// "max" or "console".
-    pub mode: Mode,
-    /// 1, 5 or 20.
-    pub tier: Tier,
-    /// Paused by the user.
-    pub paused: bool,
-    /// "active", "paused", "rate_limited", "needs_reauth" or "forbidden".
-    pub status: AccountStatus,
-    /// Why it is out of rotation until a person acts, in words (`needs_reauth`, `forbidden`).
-    pub status_reason: Option<String>,
-    /// Out of rotation until then.
-    pub rate_limited_until: Option<DateTime<Utc>>,
-    /// Last unified status seen.
-    pub rate_limit_status: Option<String>,
-    /// Start of the sticky session.
-    pub session_start: Option<DateTime<Utc>>,
-    /// Requests in the session.
-    pub session_request_count: u64,
-    /// Requests since the last counter reset.
-    pub request_count: u64,
-    /// Lifetime requests.
-    pub total_requests: u64,
-    /// Last request.
-    pub last_used: Option<DateTime<Utc>>,
-    /// Access token expiry (max accounts).
-    pub token_expires_at: Option<DateTime<Utc>>,
-    /// When it was added.
-    pub created_at: DateTime<Utc>,
-    /// Last 5-hour utilization seen in the rate-limit headers.
-    pub utilization_5h: Option<f64>,
-    /// Last 7-day utilization seen in the rate-limit headers.
-    pub utilization_7d: Option<f64>,
-}
-
 /// Whether an account takes traffic, and if not why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum AccountStatus {
     /// In rotation.
     Active,
@@ -306,6 +267,19 @@ pub enum AccountStatus {
     NeedsReauth,
     /// The upstream refused the account (disabled or banned) until a person acts.
     Forbidden,
+}
+
+impl AccountStatus {
+    /// The status as the API spells it (`rate_limited`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Active => "active",
+            AccountStatus::Paused => "paused",
+            AccountStatus::RateLimited => "rate_limited",
+            AccountStatus::NeedsReauth => "needs_reauth",
+            AccountStatus::Forbidden => "forbidden",
+        }
+    }
 }
 
 /// An account in the pool: fixed identity plus mutable state behind a short-lived lock.
@@ -472,34 +446,17 @@ impl AccountEntry {
         status_of(&self.lock(), now)
     }
 
-    /// The serialisable view, without secrets.
-    pub fn view(&self, now: DateTime<Utc>) -> AccountView {
-        let state = self.lock();
-        let live = &state.live;
-        AccountView {
-            id: self.id.to_string(),
-            name: self.name.to_string(),
-            provider: "anthropic",
-            mode: self.mode,
-            tier: state.tier,
-            paused: state.paused,
-            status: status_of(&state, now),
-            status_reason: live.status_reason.clone(),
-            rate_limited_until: live.rate_limited_until.filter(|until| *until > now),
-            rate_limit_status: live.rate_limit_status.clone(),
-            session_start: live.session_start,
-            session_request_count: live.session_request_count,
-            request_count: live.request_count,
-            total_requests: live.total_requests,
-            last_used: live.last_used,
-            token_expires_at: match &state.credentials {
-                Credentials::OAuth(tokens) => Some(tokens.expires_at),
-                Credentials::ApiKey(_) => None,
-            },
-            created_at: self.created_at,
-            utilization_5h: live.utilization_5h,
-            utilization_7d: live.utilization_7d,
+    /// When the access token expires (subscription accounts).
+    pub fn token_expires_at(&self) -> Option<DateTime<Utc>> {
+        match &self.lock().credentials {
+            Credentials::OAuth(tokens) => Some(tokens.expires_at),
+            Credentials::ApiKey(_) => None,
         }
+    }
+
+    /// When it was added.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
     }
 
     /// Start of the sticky session if it is still open at `now`.
@@ -518,13 +475,14 @@ impl AccountEntry {
     }
 
     /// Take it out of rotation until `until`.
-    pub fn mark_rate_limited(&self, until: DateTime<Utc>) {
+    #[cfg(test)]
+    pub(crate) fn mark_rate_limited(&self, until: DateTime<Utc>) {
         self.lock().live.rate_limited_until = Some(until);
     }
 
     /// Mark that the user must authenticate it again, saying why. Returns the live state after
     /// the change, for the store.
-    pub fn mark_needs_reauth(&self, reason: impl Into<String>) -> LiveState {
+    pub(crate) fn mark_needs_reauth(&self, reason: impl Into<String>) -> LiveState {
         let mut state = self.lock();
         state.live.needs_reauth = true;
         state.live.status_reason = Some(reason.into());
@@ -533,7 +491,7 @@ impl AccountEntry {
 
     /// Take it out of rotation because the upstream refused the account itself, with the
     /// upstream's message. Returns the live state after the change, for the store.
-    pub fn mark_forbidden(&self, reason: impl Into<String>) -> LiveState {
+    pub(crate) fn mark_forbidden(&self, reason: impl Into<String>) -> LiveState {
         let mut state = self.lock();
         state.live.forbidden = true;
         state.live.status_reason = Some(reason.into());
@@ -576,13 +534,6 @@ impl AccountEntry {
         self.lock().live.utilization(now)
     }
 
-    /// Zero the request counters (`reset-stats`).
-    pub fn reset_counters(&self) {
-        let mut state = self.lock();
-        state.live.request_count = 0;
-        state.live.session_request_count = 0;
-    }
-
     /// Replace the credentials (after a refresh or re-authentication); clears `needs_reauth`.
     pub fn set_credentials(&self, credentials: Credentials) {
         let mut state = self.lock();
@@ -610,6 +561,54 @@ impl AccountEntry {
         state.live.needs_reauth = account.live.needs_reauth;
         state.live.forbidden = account.live.forbidden;
         state.live.status_reason = account.live.status_reason.clone();
+    }
+
+    /// [`update_from`](Self::update_from), and take the stored request counters too: for a
+    /// process that learns the stored counters were reset (`reset-stats` elsewhere).
+    pub fn reload(&self, account: &Account) {
+        self.update_from(account);
+        let mut state = self.lock();
+        state.live.request_count = account.live.request_count;
+        state.live.session_request_count = account.live.session_request_count;
+    }
+
+    /// Apply what a provider read in a response (`counted`: one more request) or in a stream
+    /// (not counted again) at `now`. Returns the live state after it, taken under the same lock.
+    pub(crate) fn observe(
+        &self,
+        seen: &Classification,
+        counted: bool,
+        now: DateTime<Utc>,
+    ) -> LiveState {
+        let mut state = self.lock();
+        let live = &mut state.live;
+        if counted {
+            live.request_count += 1;
+            live.total_requests += 1;
+            live.last_used = Some(now);
+            if live.session_start.is_some() {
+                live.session_request_count += 1;
+            }
+        }
+        let limits = &seen.limits;
+        if let Some(status) = &limits.status {
+            live.rate_limit_status = Some(status.clone());
+        }
+        if limits.reset.is_some() {
+            live.rate_limit_reset = limits.reset;
+        }
+        if limits.utilization_5h.is_some() {
+            live.utilization_5h = limits.utilization_5h;
+            live.utilization_5h_reset = limits.reset_5h;
+        }
+        if limits.utilization_7d.is_some() {
+            live.utilization_7d = limits.utilization_7d;
+            live.utilization_7d_reset = limits.reset_7d;
+        }
+        if let Some(until) = seen.bench_until {
+            live.rate_limited_until = Some(until);
+        }
+        live.clone()
     }
 
     /// Account name and mode, for logs and the token refresher.
@@ -745,7 +744,7 @@ mod tests {
         assert_eq!(entry.status(now), AccountStatus::NeedsReauth);
         assert!(!entry.is_available(now + TimeDelta::hours(1)));
         assert_eq!(
-            entry.view(now).status_reason.as_deref(),
+            entry.live().status_reason.as_deref(),
             Some("the refresh token was rejected")
         );
     }
@@ -760,10 +759,10 @@ mod tests {
             !entry.is_available(now + TimeDelta::days(30)),
             "no cooldown heals it"
         );
-        assert_eq!(entry.view(now).status_reason.as_deref(), Some("banned"));
+        assert_eq!(entry.live().status_reason.as_deref(), Some("banned"));
         entry.clear_forbidden();
         assert!(entry.is_available(now));
-        assert_eq!(entry.view(now).status_reason, None);
+        assert_eq!(entry.live().status_reason, None);
     }
 
     #[test]
@@ -784,10 +783,8 @@ mod tests {
     }
 
     #[test]
-    fn debug_and_view_never_show_the_secret() {
+    fn debug_never_shows_the_secret() {
         let entry = AccountEntry::new(Account::api_key("a", "sk-ant-api03-topsecret"));
-        let view = serde_json::to_string(&entry.view(Utc::now())).unwrap();
-        assert!(!view.contains("topsecret"), "{view}");
         let debug = format!("{entry:?} {:?}", entry.lock().credentials);
         assert!(!debug.contains("topsecret"), "{debug}");
         let (header, _) = entry

@@ -1,19 +1,22 @@
 //! The `Auth` layer: replaces the client's credentials with those of the account being tried.
 //!
-//! The client's own `x-api-key` and `authorization` never reach the upstream. Console accounts
-//! send `x-api-key`; max (subscription) accounts send `authorization: Bearer …` and get
-//! `oauth-2025-04-20` appended to `anthropic-beta`.
+//! The account is the one the request's [`RequestContext`] names (`Failover` sets it for each
+//! attempt). The [`Provider`] takes the client's credentials off (they never reach the
+//! upstream) and puts the account's on: for Anthropic, console accounts send `x-api-key`; max
+//! (subscription) accounts send `authorization: Bearer …` and get `oauth-2025-04-20` appended
+//! to `anthropic-beta`.
 //!
-//! Access tokens are refreshed through a [`TokenRefresher`] shortly before they expire, one
-//! refresh per account at a time however many requests wait for it (single flight). The new
-//! token pair goes to [`TokenRefresher::persist`] before it is used, since refresh tokens rotate.
-//! A 401 voids the token that got it, so the next attempt (which `Failover` makes at once)
-//! refreshes. A definitive refresh failure marks the account as needing re-authentication.
+//! Access tokens are refreshed shortly before they expire, one refresh per account at a time
+//! however many requests wait for it (single flight), by the provider's refresh grant, or by a
+//! [`TokenRefresher`] of your own that also stores the new tokens
+//! ([`TokenRefresher::persist`] runs before they are used, since refresh tokens rotate). A 401
+//! voids the token that got it, so the next attempt (which `Failover` makes at once) refreshes.
+//! A definitive refresh failure marks the account as needing re-authentication.
 //!
 //! ```
 //! use claudeflare_tower::{AccountPool, auth::AuthLayer};
 //! let layer = AuthLayer::new(AccountPool::default());
-//! // With OAuth accounts: AuthLayer::new(pool).with_refresher(Arc::new(my_refresher))
+//! // To store refreshed tokens: AuthLayer::new(pool).with_refresher(Arc::new(my_refresher))
 //! ```
 
 use std::future::Future;
@@ -22,24 +25,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use secrecy::SecretString;
 use tower::{Layer, Service};
 
 use crate::account::{AccountEntry, AccountInfo, Credentials, Mode, OAuthTokens};
-use crate::ext::SelectedAccount;
+use crate::context::RequestContext;
 use crate::pool::AccountPool;
+use crate::provider::{Anthropic, Provider};
 use crate::{BoxError, BoxFuture};
 
-/// The beta flag subscription tokens need.
-pub const OAUTH_BETA: &str = "oauth-2025-04-20";
 /// Tokens expiring sooner than this are refreshed before use.
 pub const REFRESH_MARGIN: TimeDelta = TimeDelta::minutes(5);
-
-/// Header names as constants: a `&str` name is parsed and validated at every use.
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 /// A fresh token pair from a refresh.
 #[derive(Debug, Clone)]
@@ -54,6 +52,7 @@ pub struct TokenPair {
 
 /// Why a refresh failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RefreshError {
     /// The refresh token is no longer accepted (`invalid_grant` and the like): only a new login
     /// helps.
@@ -85,10 +84,26 @@ pub trait TokenRefresher: Send + Sync + 'static {
     }
 }
 
+/// A [`TokenRefresher`] that uses the provider's refresh grant and keeps the new tokens in
+/// memory only: the default of [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct ProviderRefresher<P>(pub P);
+
+impl<P: Provider> TokenRefresher for ProviderRefresher<P> {
+    fn refresh<'a>(
+        &'a self,
+        _account: &'a AccountInfo,
+        refresh_token: &'a SecretString,
+    ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
+        self.0.refresh(refresh_token)
+    }
+}
+
 /// Why `Auth` could not give a request credentials.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
-    /// No [`SelectedAccount`] extension: `Auth` needs `Failover` (or your code) to choose one.
+    /// No account in the request's context: `Auth` needs `Failover` (or your code) to choose one.
     #[error("no account was chosen for this request")]
     NoAccount,
     /// The account's credential is dead; it is out of rotation until re-authenticated.
@@ -111,57 +126,67 @@ pub enum AuthError {
 
 /// Injects account credentials. See the [module docs](self).
 #[derive(Clone)]
-pub struct AuthLayer {
+pub struct AuthLayer<P = Anthropic> {
     pool: AccountPool,
-    refresher: Option<Arc<dyn TokenRefresher>>,
+    provider: P,
+    refresher: Arc<dyn TokenRefresher>,
 }
 
-impl std::fmt::Debug for AuthLayer {
+impl<P> std::fmt::Debug for AuthLayer<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthLayer")
-            .field("refresher", &self.refresher.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("AuthLayer").finish_non_exhaustive()
     }
 }
 
 impl AuthLayer {
-    /// Credentials of accounts of `pool` (whose store hears about accounts needing re-auth).
-    /// Without a refresher, expired subscription tokens put the account out of rotation.
+    /// Anthropic credentials of accounts of `pool` (whose store hears about accounts needing
+    /// re-auth); tokens refreshed by Anthropic's refresh grant and kept in memory.
     pub fn new(pool: AccountPool) -> Self {
+        Self::with_provider(Anthropic::new(), pool)
+    }
+}
+
+impl<P: Provider> AuthLayer<P> {
+    /// Credentials of accounts of `pool`, put on requests the way `provider` wants them, and
+    /// refreshed by its refresh grant.
+    pub fn with_provider(provider: P, pool: AccountPool) -> Self {
         Self {
             pool,
-            refresher: None,
+            refresher: Arc::new(ProviderRefresher(provider.clone())),
+            provider,
         }
     }
 
-    /// Refresh subscription tokens with `refresher`.
+    /// Refresh subscription tokens with `refresher` (which stores them, say).
     pub fn with_refresher(mut self, refresher: Arc<dyn TokenRefresher>) -> Self {
-        self.refresher = Some(refresher);
+        self.refresher = refresher;
         self
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
+impl<S, P: Clone> Layer<S> for AuthLayer<P> {
+    type Service = Auth<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Auth {
             inner,
             pool: self.pool.clone(),
-            refresher: self.refresher.clone(),
+            provider: self.provider.clone(),
+            refresher: Arc::clone(&self.refresher),
         }
     }
 }
 
 /// The service of [`AuthLayer`].
 #[derive(Clone)]
-pub struct Auth<S> {
+pub struct Auth<S, P = Anthropic> {
     inner: S,
     pool: AccountPool,
-    refresher: Option<Arc<dyn TokenRefresher>>,
+    provider: P,
+    refresher: Arc<dyn TokenRefresher>,
 }
 
-impl<S: std::fmt::Debug> std::fmt::Debug for Auth<S> {
+impl<S: std::fmt::Debug, P> std::fmt::Debug for Auth<S, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
             .field("inner", &self.inner)
@@ -169,45 +194,45 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Auth<S> {
     }
 }
 
-impl<S, B, ResBody> Service<Request<B>> for Auth<S>
+impl<S, P, B, ResBody> Service<Request<B>> for Auth<S, P>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
+    P: Provider,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, B>;
+    type Future = ResponseFuture<S, B, P>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(account) = req
-            .extensions()
-            .get::<SelectedAccount>()
-            .map(|a| Arc::clone(&a.0))
-        else {
+        let Some(account) = RequestContext::of(&req).and_then(RequestContext::account) else {
             return ResponseFuture::failed(AuthError::NoAccount);
         };
-        strip_client_credentials(req.headers_mut());
+        self.provider.strip_client_credentials(req.headers_mut());
         // The service that was made ready goes into the future; a clone stays for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         if let Some((credential, generation)) =
             account.usable_credential(Utc::now(), REFRESH_MARGIN)
         {
-            set_credential(req.headers_mut(), account.mode(), credential);
-            return ResponseFuture::calling(
-                inner.call(req),
-                account,
+            self.provider
+                .authorize(req.headers_mut(), account.mode(), credential);
+            return ResponseFuture {
+                state: State::Calling {
+                    future: inner.call(req),
+                },
+                account: Some(account),
                 generation,
-                self.pool.clone(),
-            );
+                pool: self.pool.clone(),
+            };
         }
         let obtain = obtain_credential(
             Arc::clone(&account),
-            self.refresher.clone(),
+            Arc::clone(&self.refresher),
             self.pool.clone(),
         );
         ResponseFuture {
@@ -215,6 +240,7 @@ where
                 obtain,
                 inner: Some(inner),
                 req: Some(req),
+                provider: self.provider.clone(),
             },
             account: Some(account),
             generation: 0,
@@ -223,54 +249,13 @@ where
     }
 }
 
-/// Remove whatever credential the client sent.
-fn strip_client_credentials(headers: &mut HeaderMap) {
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(X_API_KEY);
-}
-
-fn set_credential(headers: &mut HeaderMap, mode: Mode, credential: HeaderValue) {
-    match mode {
-        Mode::Console => {
-            headers.insert(X_API_KEY, credential);
-        }
-        Mode::Max => {
-            headers.insert(header::AUTHORIZATION, credential);
-            add_oauth_beta(headers);
-        }
-    }
-}
-
-/// Append the OAuth beta flag to `anthropic-beta` unless the client already lists it.
-fn add_oauth_beta(headers: &mut HeaderMap) {
-    let values: Vec<&str> = headers
-        .get_all(&ANTHROPIC_BETA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    if values.contains(&OAUTH_BETA) {
-        return;
-    }
-    let mut joined = values.join(",");
-    if !joined.is_empty() {
-        joined.push(',');
-    }
-    joined.push_str(OAUTH_BETA);
-    if let Ok(value) = HeaderValue::from_str(&joined) {
-        headers.insert(ANTHROPIC_BETA, value);
-    }
-}
-
 /// Get a usable credential for `account`, refreshing its token if needed.
 fn obtain_credential(
     account: Arc<AccountEntry>,
-    refresher: Option<Arc<dyn TokenRefresher>>,
+    refresher: Arc<dyn TokenRefresher>,
     pool: AccountPool,
 ) -> BoxFuture<'static, Result<(HeaderValue, u64), AuthError>> {
-    Box::pin(async move { credential(&account, refresher.as_ref(), &pool, REFRESH_MARGIN).await })
+    Box::pin(async move { credential(&account, &refresher, &pool, REFRESH_MARGIN).await })
 }
 
 /// Refresh the token of subscription `account` if it expires within `margin` (a background task
@@ -282,14 +267,14 @@ pub async fn refresh_if_needed(
     pool: &AccountPool,
     margin: TimeDelta,
 ) -> Result<(), AuthError> {
-    credential(account, Some(refresher), pool, margin)
+    credential(account, refresher, pool, margin)
         .await
         .map(|_| ())
 }
 
 async fn credential(
     account: &Arc<AccountEntry>,
-    refresher: Option<&Arc<dyn TokenRefresher>>,
+    refresher: &Arc<dyn TokenRefresher>,
     pool: &AccountPool,
     margin: TimeDelta,
 ) -> Result<(HeaderValue, u64), AuthError> {
@@ -313,11 +298,6 @@ async fn credential(
         if let Some(credential) = account.usable_credential(Utc::now(), margin) {
             return Ok(credential);
         }
-        let Some(refresher) = refresher else {
-            return Err(needs_reauth(
-                "the access token expired and no refresher is configured".to_owned(),
-            ));
-        };
         let Some(refresh_token) = account.refresh_token() else {
             return Err(needs_reauth("there is no refresh token".to_owned()));
         };
@@ -356,9 +336,9 @@ async fn credential(
 
 pin_project! {
     /// Future of [`Auth`].
-    pub struct ResponseFuture<S: Service<Request<B>>, B> {
+    pub struct ResponseFuture<S: Service<Request<B>>, B, P> {
         #[pin]
-        state: State<S, B>,
+        state: State<S, B, P>,
         account: Option<Arc<AccountEntry>>,
         generation: u64,
         pool: AccountPool,
@@ -367,18 +347,19 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<S: Service<Request<B>>, B> {
+    enum State<S: Service<Request<B>>, B, P> {
         Obtaining {
             obtain: BoxFuture<'static, Result<(HeaderValue, u64), AuthError>>,
             inner: Option<S>,
             req: Option<Request<B>>,
+            provider: P,
         },
         Calling { #[pin] future: S::Future },
         Failed { error: Option<AuthError> },
     }
 }
 
-impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
+impl<S: Service<Request<B>>, B, P> ResponseFuture<S, B, P> {
     fn failed(error: AuthError) -> Self {
         Self {
             state: State::Failed { error: Some(error) },
@@ -387,26 +368,13 @@ impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
             pool: AccountPool::default(),
         }
     }
-
-    fn calling(
-        future: S::Future,
-        account: Arc<AccountEntry>,
-        generation: u64,
-        pool: AccountPool,
-    ) -> Self {
-        Self {
-            state: State::Calling { future },
-            account: Some(account),
-            generation,
-            pool,
-        }
-    }
 }
 
-impl<S, B, ResBody> Future for ResponseFuture<S, B>
+impl<S, B, P, ResBody> Future for ResponseFuture<S, B, P>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
+    P: Provider,
 {
     type Output = Result<Response<ResBody>, BoxError>;
 
@@ -421,7 +389,12 @@ where
                     );
                     return Poll::Ready(Err(error));
                 }
-                StateProj::Obtaining { obtain, inner, req } => {
+                StateProj::Obtaining {
+                    obtain,
+                    inner,
+                    req,
+                    provider,
+                } => {
                     let (credential, generation) = match std::task::ready!(obtain.as_mut().poll(cx))
                     {
                         Ok(obtained) => obtained,
@@ -432,7 +405,7 @@ where
                     else {
                         return Poll::Ready(Err("auth polled after completion".into()));
                     };
-                    set_credential(req.headers_mut(), account.mode(), credential);
+                    provider.authorize(req.headers_mut(), account.mode(), credential);
                     *this.generation = generation;
                     State::Calling {
                         future: service.call(req),
@@ -458,49 +431,5 @@ where
             };
             this.state.set(next);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn oauth_beta_is_appended_once() {
-        let mut headers = HeaderMap::new();
-        add_oauth_beta(&mut headers);
-        assert_eq!(headers["anthropic-beta"], OAUTH_BETA);
-        add_oauth_beta(&mut headers);
-        assert_eq!(headers["anthropic-beta"], OAUTH_BETA);
-
-        let mut headers = HeaderMap::new();
-        headers.append(
-            "anthropic-beta",
-            HeaderValue::from_static("prompt-caching-2024-07-31, foo"),
-        );
-        headers.append("anthropic-beta", HeaderValue::from_static("bar"));
-        add_oauth_beta(&mut headers);
-        assert_eq!(
-            headers["anthropic-beta"],
-            "prompt-caching-2024-07-31,foo,bar,oauth-2025-04-20"
-        );
-    }
-
-    #[test]
-    fn client_credentials_are_replaced() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-api-key", HeaderValue::from_static("client-key"));
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer client"),
-        );
-        strip_client_credentials(&mut headers);
-        set_credential(
-            &mut headers,
-            Mode::Console,
-            HeaderValue::from_static("account-key"),
-        );
-        assert_eq!(headers["x-api-key"], "account-key");
-        assert!(headers.get(header::AUTHORIZATION).is_none());
     }
 }

@@ -20,7 +20,7 @@ fn error_type(status: StatusCode) -> &'static str {
 }
 
 /// The JSON of an Anthropic error envelope whose message starts with `claudeflare: `.
-pub fn envelope_json(kind: &str, message: &str) -> String {
+pub(crate) fn envelope_json(kind: &str, message: &str) -> String {
     serde_json::json!({
         "type": "error",
         "error": { "type": kind, "message": format!("claudeflare: {message}") },
@@ -29,7 +29,7 @@ pub fn envelope_json(kind: &str, message: &str) -> String {
 }
 
 /// An error response with `status` and Anthropic's envelope around `message`.
-pub fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(envelope_json(error_type(status), message)));
     *response.status_mut() = status;
     response.headers_mut().insert(

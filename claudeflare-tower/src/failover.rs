@@ -3,10 +3,11 @@
 //! Per account, a 5xx or a 529 is retried `attempts` times with a delay that starts at `delay`
 //! and is multiplied by `backoff` each time (1 s, 2 s, 4 s by default); then the next candidate
 //! gets it. A connection error is the upstream's, not an account's: it is retried the same way,
-//! then answered with 502, without trying the other accounts (they would reach the same host). A rate limit, a refusal scoped to the request's model or beta, a
-//! refused (banned) account or a definitive authentication failure moves to the next candidate
-//! at once. A 401 on an OAuth account is retried once on the
-//! same account (the `Auth` layer refreshes the token in between).
+//! then answered with 502, without trying the other accounts (they would reach the same host).
+//! A rate limit, a refusal scoped to the request's model or beta, a refused (banned) account or
+//! a definitive authentication failure moves to the next candidate at once. A 401 on an OAuth
+//! account is retried once on the same account (the `Auth` layer refreshes the token in
+//! between).
 //!
 //! Nothing is retried once the response has been handed on: a response is only replaced while
 //! none of its bytes has gone to the client. When every candidate failed, the client gets the
@@ -22,25 +23,39 @@
 //! });
 //! ```
 //!
-//! Requests need the [`Candidates`] extension (from `Select`) and a `Clone` body (from `Buffer`).
+//! Requests need candidates in their [`RequestContext`] (from `Select`) and a `Clone` body
+//! (from `Intake`).
+//!
+//! # Design
+//!
+//! The loop is tower's own [`Retry`] middleware, driven by [`FailoverPolicy`]: the policy
+//! holds the candidate cursor, the retry count on the current account and whether a token
+//! refresh was already tried, and decides from the attempt's [`Outcome`] (which `Classify`
+//! notes in the context) or from the error's type. Moving to the next account is the policy
+//! pointing the context at it before the next attempt. The future is named
+//! ([`ResponseFuture`]), so the request path allocates nothing for it; the backoff is a
+//! [`tokio::time::Sleep`] held inside it.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use tower::{Layer, Service, ServiceExt};
+use pin_project_lite::pin_project;
+use tower::retry::{Policy, Retry};
+use tower::{Layer, Service};
 
-use crate::account::AccountEntry;
+use crate::BoxError;
 use crate::auth::AuthError;
 use crate::body::ProxyBody;
+use crate::classify::outcome_of;
+use crate::context::RequestContext;
 use crate::error::error_response;
-use crate::ext::{Candidates, FailoverAttempts, SelectedAccount, Timing, UpstreamTime};
-use crate::ratelimit::Outcome;
+use crate::provider::Outcome;
 use crate::setting::Setting;
 use crate::upstream::UpstreamError;
-use crate::{BoxError, BoxFuture};
 
 /// Retries per account.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,8 +110,8 @@ impl<S> Layer<S> for FailoverLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         Failover {
-            inner,
-            retry: self.retry.clone(),
+            retry: Retry::new(FailoverPolicy::new(self.retry.clone()), inner),
+            not_ready: None,
         }
     }
 }
@@ -104,258 +119,327 @@ impl<S> Layer<S> for FailoverLayer {
 /// The service of [`FailoverLayer`].
 #[derive(Debug, Clone)]
 pub struct Failover<S> {
-    inner: S,
-    retry: Setting<RetryConfig>,
+    retry: Retry<FailoverPolicy, S>,
+    /// Why the inner service could not get ready: the next call answers with it.
+    not_ready: Option<String>,
 }
 
-impl<S, B> Service<Request<B>> for Failover<S>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send,
-    B: Clone + Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    // A retry loop with backoff sleeps is a many-state machine; one allocation per request buys
-    // a readable `async` body. The benchmark shows it does not matter next to the network hop.
-    type Future = BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
+/// What [`Failover`] does after each attempt. See the [module docs](self#design).
+///
+/// Cloned for every request (by [`Retry`]), fresh: the cursor starts at the first candidate.
+#[derive(Debug, Clone)]
+pub struct FailoverPolicy {
+    retry: Setting<RetryConfig>,
+    /// Index of the current candidate.
+    index: usize,
+    /// Retries so far on the current candidate.
+    retries: u32,
+    /// Whether a 401 already had its retry (with a refreshed token) on the current candidate.
+    refreshed: bool,
+}
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Each attempt waits for readiness itself.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        let retry = RetryConfig::clone(&self.retry.current());
-        Box::pin(async move { Ok(run(inner, &retry, req).await) })
+impl FailoverPolicy {
+    /// A policy with these retries per account.
+    pub fn new(retry: impl Into<Setting<RetryConfig>>) -> Self {
+        Self {
+            retry: retry.into(),
+            index: 0,
+            retries: 0,
+            refreshed: false,
+        }
     }
 }
 
 /// What to do after one attempt.
 enum Verdict {
-    /// Give this response to the client.
-    Deliver(Response<ProxyBody>),
+    /// Give this result to the client.
+    Deliver,
+    /// Give this answer to the client instead of the result.
+    Answer(Response<ProxyBody>),
     /// Try the same account again, after this delay.
     Retry(Duration),
-    /// Move on to the next account; keep this as the answer if there is none.
-    NextAccount(Failure),
+    /// Move on to the next account, if there is one.
+    NextAccount,
 }
 
-/// Why the last attempt failed.
-enum Failure {
-    Response(Response<ProxyBody>),
-    Unreachable(BoxError),
-    NeedsReauth(BoxError),
-}
-
-async fn run<S, B>(mut inner: S, retry: &RetryConfig, mut req: Request<B>) -> Response<ProxyBody>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>>,
-    S::Error: Into<BoxError>,
-    B: Clone,
-{
-    // Taken out, so the attempts below do not copy the list along with the other extensions.
-    let candidates = match req.extensions_mut().remove::<Candidates>() {
-        Some(candidates) if !candidates.0.is_empty() => candidates.0,
-        _ => {
-            let message = "no account was selected for this request";
-            return error_response(StatusCode::SERVICE_UNAVAILABLE, message);
-        }
-    };
-    let (parts, body) = req.into_parts();
-    let mut last = None;
-    let mut timing = Timing::default();
-    for (index, account) in candidates.iter().enumerate() {
-        if index > 0 {
-            tracing::warn!(
-                from = candidates[index - 1].name(),
-                to = account.name(),
-                reason = last
-                    .as_ref()
-                    .map(Failure::describe)
-                    .as_deref()
-                    .unwrap_or(""),
-                "failing over to the next account"
-            );
-        }
-        let mut retries = 0;
-        let mut refreshed = false;
-        loop {
-            let attempt = attempt_request(&parts, &body, account);
-            let started = std::time::Instant::now();
-            // The same service for every attempt, made ready before each call.
-            let ready: Result<&mut S, BoxError> = inner.ready().await.map_err(Into::into);
-            let result = match ready {
-                Ok(service) => service.call(attempt).await.map_err(Into::into),
-                Err(error) => Err(error),
-            };
-            timing.upstream += match &result {
-                Ok(response) => response
-                    .extensions()
-                    .get::<UpstreamTime>()
-                    .map_or_else(|| started.elapsed(), |t| t.0),
-                Err(_) => started.elapsed(),
-            };
-            let next = judge(result, retry, retries, &mut refreshed);
-            match next {
-                Verdict::Deliver(response) => return finish(response, account, index, timing),
-                Verdict::Retry(delay) => {
-                    tracing::debug!(
-                        account = account.name(),
-                        retry = retries + 1,
-                        ?delay,
-                        "retrying"
-                    );
-                    tokio::time::sleep(delay).await;
-                    timing.backoff += delay;
-                    retries += 1;
-                }
-                Verdict::NextAccount(failure) => {
-                    last = Some(failure);
-                    break;
-                }
+impl FailoverPolicy {
+    fn verdict(
+        &mut self,
+        context: &RequestContext,
+        result: &Result<Response<ProxyBody>, BoxError>,
+    ) -> Verdict {
+        let retry = self.retry.current();
+        let (retries, attempts) = (self.retries, retry.attempts);
+        let backoff = || {
+            if retries < attempts {
+                Verdict::Retry(retry.delay_before(retries))
+            } else {
+                Verdict::NextAccount
             }
-        }
-    }
-    let last_account = candidates.last().map(Arc::clone);
-    let switches = candidates.len().saturating_sub(1);
-    let response = match last {
-        Some(Failure::Response(response)) => response,
-        Some(Failure::NeedsReauth(error)) => {
-            let message = format!("no account could serve the request: {error}");
-            error_response(StatusCode::SERVICE_UNAVAILABLE, &message)
-        }
-        Some(Failure::Unreachable(error)) if error.is::<UpstreamError>() => {
-            let message = format!("the upstream could not be reached: {error}");
-            error_response(StatusCode::BAD_GATEWAY, &message)
-        }
-        // A token refresh that failed for now on every account, say.
-        Some(Failure::Unreachable(error)) => {
-            let message = format!("no account could serve the request: {error}");
-            error_response(StatusCode::SERVICE_UNAVAILABLE, &message)
-        }
-        None => error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no account could serve the request",
-        ),
-    };
-    match last_account {
-        Some(account) => finish(response, &account, switches, timing),
-        None => response,
-    }
-}
-
-/// Decide what one attempt's result means.
-fn judge(
-    result: Result<Response<ProxyBody>, BoxError>,
-    retry: &RetryConfig,
-    retries: u32,
-    refreshed: &mut bool,
-) -> Verdict {
-    let backoff = |failure: Failure| {
-        if retries < retry.attempts {
-            Verdict::Retry(retry.delay_before(retries))
-        } else {
-            Verdict::NextAccount(failure)
-        }
-    };
-    match result {
-        Ok(response) => {
-            let outcome = response
-                .extensions()
-                .get::<Outcome>()
-                .copied()
-                .unwrap_or_else(|| Outcome::from_status(response.status()));
-            match outcome {
+        };
+        match result {
+            Ok(response) => match outcome_of(context, response) {
                 Outcome::Success | Outcome::ClientError | Outcome::ExtraUsageRequired => {
-                    Verdict::Deliver(response)
+                    Verdict::Deliver
                 }
                 // The account (or this request on it) is refused: another account may serve it,
                 // and if none does the client gets the upstream's own answer.
                 Outcome::RateLimited { .. } | Outcome::ScopedRefusal | Outcome::Forbidden => {
-                    Verdict::NextAccount(Failure::Response(response))
+                    Verdict::NextAccount
                 }
-                Outcome::AuthFailed if !*refreshed => {
-                    *refreshed = true;
+                Outcome::AuthFailed if !self.refreshed => {
+                    self.refreshed = true;
                     Verdict::Retry(Duration::ZERO)
                 }
-                Outcome::AuthFailed => Verdict::NextAccount(Failure::Response(response)),
-                Outcome::Overloaded | Outcome::ServerError => backoff(Failure::Response(response)),
-            }
-        }
-        Err(error) => match error.downcast_ref::<UpstreamError>() {
-            Some(UpstreamError::Timeout(_)) => {
-                let message = error.to_string();
-                Verdict::Deliver(error_response(StatusCode::GATEWAY_TIMEOUT, &message))
-            }
-            // The one upstream host is unreachable whichever account asks: retry the request,
-            // then answer 502, rather than multiply the wait by the number of accounts.
-            Some(UpstreamError::Connect(_) | UpstreamError::Request(_)) => {
-                if retries < retry.attempts {
-                    Verdict::Retry(retry.delay_before(retries))
-                } else {
-                    let message = format!("the upstream could not be reached: {error}");
-                    Verdict::Deliver(error_response(StatusCode::BAD_GATEWAY, &message))
-                }
-            }
-            _ => match error.downcast_ref::<AuthError>() {
-                Some(AuthError::NeedsReauth { .. }) => {
-                    Verdict::NextAccount(Failure::NeedsReauth(error))
-                }
-                _ => backoff(Failure::Unreachable(error)),
+                Outcome::AuthFailed => Verdict::NextAccount,
+                Outcome::Overloaded | Outcome::ServerError => backoff(),
             },
-        },
-    }
-}
-
-impl Failure {
-    fn describe(&self) -> String {
-        match self {
-            Failure::Response(response) => format!("upstream answered {}", response.status()),
-            Failure::Unreachable(error) | Failure::NeedsReauth(error) => error.to_string(),
+            Err(error) => match error.downcast_ref::<UpstreamError>() {
+                Some(UpstreamError::Timeout(_)) => Verdict::Answer(error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &error.to_string(),
+                )),
+                // The one upstream host is unreachable whichever account asks: retry the request,
+                // then answer 502, rather than multiply the wait by the number of accounts.
+                Some(UpstreamError::Connect(_) | UpstreamError::Request(_)) => {
+                    if retries < attempts {
+                        Verdict::Retry(retry.delay_before(retries))
+                    } else {
+                        Verdict::Answer(final_answer(error))
+                    }
+                }
+                _ => match error.downcast_ref::<AuthError>() {
+                    Some(AuthError::NeedsReauth { .. }) => Verdict::NextAccount,
+                    _ => backoff(),
+                },
+            },
         }
     }
 }
 
-fn attempt_request<B: Clone>(
-    parts: &http::request::Parts,
-    body: &B,
-    account: &Arc<AccountEntry>,
-) -> Request<B> {
-    let mut req = Request::new(body.clone());
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    *req.extensions_mut() = parts.extensions.clone();
-    req.extensions_mut()
-        .insert(SelectedAccount(Arc::clone(account)));
-    req
+impl<B: Clone> Policy<Request<B>, Response<ProxyBody>, BoxError> for FailoverPolicy {
+    type Future = Pause;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<B>,
+        result: &mut Result<Response<ProxyBody>, BoxError>,
+    ) -> Option<Pause> {
+        let context = RequestContext::of(req)?.clone();
+        match self.verdict(&context, result) {
+            Verdict::Deliver => None,
+            Verdict::Answer(response) => {
+                *result = Ok(response);
+                None
+            }
+            Verdict::Retry(delay) => {
+                let account = context.account();
+                tracing::debug!(
+                    account = account.as_ref().map(|a| a.name()),
+                    retry = self.retries + 1,
+                    ?delay,
+                    "retrying"
+                );
+                self.retries += 1;
+                context.add_backoff(delay);
+                context.clear_outcome();
+                Some(Pause::after(delay))
+            }
+            Verdict::NextAccount => {
+                let candidates = context.candidates();
+                let Some(next) = candidates.get(self.index + 1) else {
+                    // Every candidate failed: the last answer is the client's.
+                    if let Err(error) = result {
+                        *result = Ok(final_answer(error));
+                    }
+                    return None;
+                };
+                let reason = match result {
+                    Ok(response) => format!("upstream answered {}", response.status()),
+                    Err(error) => error.to_string(),
+                };
+                tracing::warn!(
+                    from = candidates[self.index].name(),
+                    to = next.name(),
+                    reason,
+                    "failing over to the next account"
+                );
+                self.index += 1;
+                self.retries = 0;
+                self.refreshed = false;
+                context.switch_to(std::sync::Arc::clone(next));
+                context.clear_outcome();
+                Some(Pause::NOW)
+            }
+        }
+    }
+
+    fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
+        let mut clone = Request::new(req.body().clone());
+        *clone.method_mut() = req.method().clone();
+        *clone.uri_mut() = req.uri().clone();
+        *clone.version_mut() = req.version();
+        *clone.headers_mut() = req.headers().clone();
+        *clone.extensions_mut() = req.extensions().clone();
+        Some(clone)
+    }
 }
 
-fn finish(
-    mut response: Response<ProxyBody>,
-    account: &Arc<AccountEntry>,
-    switches: usize,
-    timing: Timing,
-) -> Response<ProxyBody> {
-    let extensions = response.extensions_mut();
-    extensions.insert(timing);
-    extensions.insert(SelectedAccount(Arc::clone(account)));
-    extensions.insert(FailoverAttempts(
-        u32::try_from(switches).unwrap_or(u32::MAX),
-    ));
-    response
+/// The answer when the last attempt ended in an error.
+fn final_answer(error: &BoxError) -> Response<ProxyBody> {
+    if error.is::<UpstreamError>() {
+        let message = format!("the upstream could not be reached: {error}");
+        error_response(StatusCode::BAD_GATEWAY, &message)
+    } else {
+        // An account that needs re-authentication, or a token refresh that failed for now.
+        let message = format!("no account could serve the request: {error}");
+        error_response(StatusCode::SERVICE_UNAVAILABLE, &message)
+    }
+}
+
+pin_project! {
+    /// The wait before the next attempt: none when moving to another account, the backoff
+    /// before a retry on the same one.
+    pub struct Pause {
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+    }
+}
+
+impl Pause {
+    const NOW: Pause = Pause { sleep: None };
+
+    fn after(delay: Duration) -> Self {
+        Pause {
+            sleep: (!delay.is_zero()).then(|| tokio::time::sleep(delay)),
+        }
+    }
+}
+
+impl Future for Pause {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project().sleep.as_pin_mut() {
+            Some(sleep) => sleep.poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for Failover<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError> + Clone,
+    B: Clone,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.not_ready.is_none() {
+            if let Err(error) = std::task::ready!(self.retry.poll_ready(cx)) {
+                self.not_ready = Some(error.to_string());
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(error) = self.not_ready.take() {
+            let message = format!("no account could serve the request: {error}");
+            return ResponseFuture::answer(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &message,
+            ));
+        }
+        let context = RequestContext::get_or_insert(&mut req);
+        let Some(first) = context.candidates().first().cloned() else {
+            let message = "no account was selected for this request";
+            return ResponseFuture::answer(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                message,
+            ));
+        };
+        context.set_account(first);
+        context.clear_outcome();
+        ResponseFuture {
+            kind: Kind::Trying {
+                future: self.retry.call(req),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`Failover`].
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError>,
+        B: Clone,
+    {
+        #[pin]
+        kind: Kind<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, B>
+    where
+        S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError>,
+        B: Clone,
+    {
+        Trying { #[pin] future: tower::retry::future::ResponseFuture<FailoverPolicy, S, Request<B>> },
+        Answer { response: Option<Response<ProxyBody>> },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError>,
+    B: Clone,
+{
+    fn answer(response: Response<ProxyBody>) -> Self {
+        Self {
+            kind: Kind::Answer {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError> + Clone,
+    B: Clone,
+{
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Trying { future } => {
+                // The policy turned the errors it saw into answers; what is left is an inner
+                // service that failed to get ready for a retry.
+                let result = std::task::ready!(future.poll(cx));
+                Poll::Ready(Ok(result.unwrap_or_else(|error| final_answer(&error))))
+            }
+            KindProj::Answer { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => panic!("failover::ResponseFuture polled after completion"),
+            },
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::account::Account;
-    use std::sync::Mutex;
+    use crate::BoxFuture;
+    use crate::account::{Account, AccountEntry};
+    use std::sync::{Arc, Mutex};
     use tokio::time::Instant;
+    use tower::ServiceExt;
 
     type Log = Arc<Mutex<Vec<(String, Instant)>>>;
 
@@ -372,13 +456,8 @@ mod tests {
     + Send {
         let script = Arc::new(Mutex::new(statuses.into_iter()));
         tower::service_fn(move |req: Request<()>| {
-            let account = req
-                .extensions()
-                .get::<SelectedAccount>()
-                .unwrap()
-                .0
-                .name()
-                .to_owned();
+            let context = RequestContext::of(&req).unwrap();
+            let account = context.account().unwrap().name().to_owned();
             log.lock().unwrap().push((account, Instant::now()));
             let status = script.lock().unwrap().next().unwrap_or(200);
             Box::pin(async move {
@@ -392,31 +471,43 @@ mod tests {
         })
     }
 
-    fn request(names: &[&str]) -> Request<()> {
+    fn request(names: &[&str]) -> (Request<()>, RequestContext) {
         let accounts = names
             .iter()
             .map(|n| Arc::new(AccountEntry::new(Account::api_key(*n, "k"))))
             .collect();
         let mut req = Request::new(());
-        req.extensions_mut().insert(Candidates(accounts));
-        req
+        let context = RequestContext::get_or_insert(&mut req);
+        context.set_candidates(accounts);
+        (req, context)
     }
 
     async fn drive(
         statuses: Vec<u16>,
         names: &[&str],
     ) -> (Response<ProxyBody>, Vec<(String, Duration)>) {
+        drive_with_context(statuses, names).await.0
+    }
+
+    async fn drive_with_context(
+        statuses: Vec<u16>,
+        names: &[&str],
+    ) -> (
+        (Response<ProxyBody>, Vec<(String, Duration)>),
+        RequestContext,
+    ) {
         let log: Log = Arc::default();
         let start = Instant::now();
         let service = FailoverLayer::default().layer(scripted(statuses, log.clone()));
-        let response = service.oneshot(request(names)).await.unwrap();
+        let (req, context) = request(names);
+        let response = service.oneshot(req).await.unwrap();
         let log = log
             .lock()
             .unwrap()
             .iter()
             .map(|(a, t)| (a.clone(), *t - start))
             .collect();
-        (response, log)
+        ((response, log), context)
     }
 
     fn secs(s: u64) -> Duration {
@@ -425,24 +516,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn server_errors_back_off_1_2_4_seconds_then_fail_over() {
-        let (response, log) = drive(vec![500, 529, 500, 503, 200], &["a", "b"]).await;
+        let ((response, log), context) =
+            drive_with_context(vec![500, 529, 500, 503, 200], &["a", "b"]).await;
         assert_eq!(response.status(), 200);
         let expected = [("a", 0), ("a", 1), ("a", 3), ("a", 7), ("b", 7)];
         let got: Vec<_> = log.iter().map(|(a, t)| (a.as_str(), t.as_secs())).collect();
         assert_eq!(got, expected);
-        assert_eq!(
-            response
-                .extensions()
-                .get::<SelectedAccount>()
-                .unwrap()
-                .0
-                .name(),
-            "b"
-        );
-        assert_eq!(
-            response.extensions().get::<FailoverAttempts>(),
-            Some(&FailoverAttempts(1))
-        );
+        let seen = context.snapshot();
+        assert_eq!(seen.account.unwrap().name(), "b");
+        assert_eq!(seen.switches, 1);
+        assert_eq!(seen.backoff, Duration::from_secs(7));
     }
 
     #[tokio::test(start_paused = true)]

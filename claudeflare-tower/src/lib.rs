@@ -21,28 +21,37 @@
 //!
 //! | layer | does |
 //! |---|---|
-//! | [`record`] | one [`RequestRecord`](record::RequestRecord) per request, usage read from the stream |
-//! | [`buffer`] | reads the body once (so it can be retried), 413 over the limit |
+//! | [`record`] | one [`RequestRecord`](record::RequestRecord) per request, usage read from the body as it passes |
+//! | [`intake`] | reads the body once (so it can be retried), 413 over the limit, notes model and stream flag |
 //! | [`select`] | candidate accounts from the [`strategy`], 503 when none |
-//! | [`failover`] | retries with backoff, then the next account |
+//! | [`failover`] | retries with backoff, then the next account (tower's `Retry` with a [`FailoverPolicy`](failover::FailoverPolicy)) |
 //! | [`auth`] | the account's credentials instead of the client's; token refresh |
-//! | [`ratelimit`] | reads status and rate-limit headers, marks the account |
+//! | [`classify`] | what each response means for the request and the account |
 //! | [`upstream`] | the hyper client |
 //!
-//! They talk through request and response extensions ([`ext`]).
+//! Two things tie them together, and only these two: the [`RequestContext`] that the outermost
+//! layer puts in the request's extensions and the layers below fill in (data flows one way),
+//! and the [`Provider`](provider::Provider), which holds everything upstream-specific
+//! ([`Anthropic`](provider::Anthropic) by default).
+//!
+//! # Features
+//!
+//! - `rustls-ring` (default): HTTPS to the upstream and the control plane through rustls with
+//!   ring and the webpki roots. Without it, only `http://` upstreams work, unless you pass a
+//!   client of your own to [`Upstream::from_client`](upstream::Upstream::from_client).
 
 pub mod account;
 pub mod auth;
 pub mod body;
-pub mod buffer;
+pub mod classify;
+pub mod context;
 pub mod control;
-pub mod error;
-pub mod ext;
+pub(crate) mod error;
 pub mod failover;
-pub mod oauth;
+pub mod intake;
 mod path;
 pub mod pool;
-pub mod ratelimit;
+pub mod provider;
 pub mod record;
 pub mod select;
 mod setting;
@@ -51,13 +60,15 @@ pub mod strategy;
 pub mod upstream;
 
 pub use account::{
-    Account, AccountEntry, AccountInfo, AccountStatus, AccountView, Credentials, LiveState, Mode,
-    OAuthTokens, Tier,
+    Account, AccountEntry, AccountInfo, AccountStatus, Credentials, LiveState, Mode, OAuthTokens,
+    Tier,
 };
 pub use body::ProxyBody;
+pub use context::RequestContext;
 pub use pool::{AccountPool, MemoryStore, StateStore};
+pub use provider::{Anthropic, Provider};
 pub use setting::{Current, Setting};
-pub use stack::{Balancer, BalancerService, DEFAULT_UPSTREAM_URL};
+pub use stack::{Balancer, BalancerService};
 pub use tokio_util::sync::CancellationToken;
 
 /// The error type layers box their errors into.
@@ -65,3 +76,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The README's Rust examples, compiled as doctests so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

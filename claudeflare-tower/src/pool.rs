@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
-use crate::account::{Account, AccountEntry, AccountView, LiveState};
+use crate::account::{Account, AccountEntry, LiveState};
+use crate::provider::{Classification, Outcome};
 
 /// Receives account state that must survive a restart (rate-limit marks, sessions, counters,
 /// re-auth flags). Called on the request path, so it must not block: queue the change and write
@@ -166,11 +167,6 @@ impl AccountPool {
             .cloned()
     }
 
-    /// Views of every account, for an API.
-    pub fn views(&self, now: DateTime<Utc>) -> Vec<AccountView> {
-        self.snapshot().iter().map(|a| a.view(now)).collect()
-    }
-
     /// The earliest time at which a rate-limited account becomes available again.
     pub fn earliest_reset(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.snapshot()
@@ -180,10 +176,67 @@ impl AccountPool {
             .min()
     }
 
-    /// Tell the store that `account` was rate-limited until `until`.
-    pub fn rate_limited(&self, account: &AccountEntry, until: DateTime<Utc>) {
-        if let Some(store) = &self.inner.store {
-            store.rate_limited(account, until);
+    /// Apply what the provider read in a response of `account` received at `now`: one more
+    /// request, the limits it reported, a rate limit, a ban. Every change of an account's state
+    /// that an upstream answer causes goes through here (or
+    /// [`observe_in_stream`](Self::observe_in_stream)), so the store hears of all of them.
+    pub fn observe(&self, account: &AccountEntry, seen: &Classification, now: DateTime<Utc>) {
+        self.apply(account, seen, true, now);
+    }
+
+    /// Apply an error announced inside a stream whose response [`observe`](Self::observe) has
+    /// already counted.
+    pub fn observe_in_stream(
+        &self,
+        account: &AccountEntry,
+        seen: &Classification,
+        now: DateTime<Utc>,
+    ) {
+        self.apply(account, seen, false, now);
+    }
+
+    fn apply(
+        &self,
+        account: &AccountEntry,
+        seen: &Classification,
+        counted: bool,
+        now: DateTime<Utc>,
+    ) {
+        let live = account.observe(seen, counted, now);
+        if let Some(until) = seen.bench_until {
+            tracing::warn!(account = account.name(), until = %until, "account rate-limited");
+            if let Some(store) = &self.inner.store {
+                store.rate_limited(account, until);
+            }
+        }
+        // Saved before a block below, which is written apart and must not be undone by it.
+        self.save(account, &live);
+        let reason = seen.reason.as_deref().unwrap_or("");
+        match seen.outcome {
+            Outcome::Forbidden => {
+                tracing::error!(
+                    account = account.name(),
+                    reason,
+                    "the upstream refused this account (disabled or banned?); it is out of rotation until you resume or re-authenticate it"
+                );
+                let reason = if reason.is_empty() {
+                    "the upstream answered 403 permission_error"
+                } else {
+                    reason
+                };
+                self.forbidden(account, reason);
+            }
+            Outcome::ScopedRefusal => tracing::warn!(
+                account = account.name(),
+                reason,
+                "refused for this request's model or beta only; trying the next account, this one stays in rotation"
+            ),
+            Outcome::ExtraUsageRequired => tracing::warn!(
+                account = account.name(),
+                reason,
+                "a billing-policy refusal (extra usage), not a rate limit; the account stays in rotation"
+            ),
+            _ => {}
         }
     }
 

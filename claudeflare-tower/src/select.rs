@@ -1,5 +1,5 @@
 //! The `Select` layer: asks the [`Strategy`](crate::strategy::Strategy) for the accounts a
-//! request may use and puts them, in order, in the request's [`Candidates`] extension.
+//! request may use and puts them, in order, in the request's [`RequestContext`].
 //!
 //! When no account is available it answers 503 itself, in Anthropic's envelope, with
 //! `retry-after` set to the seconds until the earliest rate limit ends.
@@ -20,8 +20,8 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::body::ProxyBody;
+use crate::context::RequestContext;
 use crate::error::error_response;
-use crate::ext::Candidates;
 use crate::pool::AccountPool;
 use crate::strategy::StrategyHandle;
 
@@ -82,7 +82,7 @@ where
                 },
             };
         }
-        req.extensions_mut().insert(Candidates(candidates));
+        RequestContext::get_or_insert(&mut req).set_candidates(candidates);
         ResponseFuture {
             kind: Kind::Inner {
                 future: self.inner.call(req),

@@ -8,23 +8,22 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
 use crate::auth::{Auth, AuthLayer, TokenRefresher};
-use crate::buffer::{Buffer, BufferLayer, DEFAULT_BODY_LIMIT};
+use crate::classify::{Classify, ClassifyLayer};
 use crate::failover::{Failover, FailoverLayer, RetryConfig};
+use crate::intake::{DEFAULT_BODY_LIMIT, Intake, IntakeLayer};
 use crate::pool::AccountPool;
-use crate::ratelimit::{RateLimit, RateLimitLayer};
+use crate::provider::{Anthropic, Provider};
 use crate::record::{NoopRecorder, Record, RecordLayer, Recorder};
 use crate::select::{Select, SelectLayer};
 use crate::setting::Setting;
 use crate::strategy::{Session, StrategyHandle};
 use crate::upstream::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, Upstream};
 
-/// Anthropic's API.
-pub const DEFAULT_UPSTREAM_URL: &str = "https://api.anthropic.com";
-
-/// The whole balancer as one service: `Record → Buffer → Select → Failover → Auth → RateLimit →
-/// Upstream`. Accepts `http::Request<B>` for any body, never fails (errors are responses in
-/// Anthropic's envelope), and streams responses.
-pub type BalancerService = Record<Buffer<Select<Failover<Auth<RateLimit<Upstream>>>>>>;
+/// The whole balancer as one service: `Record → Intake → Select → Failover → Auth → Classify →
+/// Upstream`, for provider `P`. Accepts `http::Request<B>` for any body, never fails (errors
+/// are responses in the provider's envelope), and streams responses.
+pub type BalancerService<P = Anthropic> =
+    Record<Intake<Select<Failover<Auth<Classify<Upstream<P>, P>, P>>>>, P>;
 
 /// Builds a [`BalancerService`]. Every setting that can change while serving is a [`Setting`]
 /// you can keep a clone of.
@@ -35,13 +34,13 @@ pub type BalancerService = Record<Buffer<Select<Failover<Auth<RateLimit<Upstream
 /// let service = Balancer::new(pool).build();
 /// ```
 #[must_use]
-pub struct Balancer {
+pub struct Balancer<P = Anthropic> {
+    provider: P,
     pool: AccountPool,
     strategy: StrategyHandle,
     recorder: Arc<dyn Recorder>,
     refresher: Option<Arc<dyn TokenRefresher>>,
     retry: Setting<RetryConfig>,
-    upstream_url: Setting<Uri>,
     body_limit: Setting<usize>,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
@@ -49,16 +48,29 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// A balancer over `pool` with the defaults: session strategy, no recording, Anthropic's
-    /// API, 3 retries from 1 s doubling, 32 MiB bodies.
+    /// A balancer over `pool` with the defaults: Anthropic's API, session strategy, no
+    /// recording, 3 retries from 1 s doubling, 32 MiB bodies.
     pub fn new(pool: AccountPool) -> Self {
+        Self::with_provider(Anthropic::new(), pool)
+    }
+
+    /// Where requests go (a mock in tests): Anthropic's API at another URL.
+    pub fn upstream_url(mut self, url: impl Into<Setting<Uri>>) -> Self {
+        self.provider = self.provider.base_url(url);
+        self
+    }
+}
+
+impl<P: Provider> Balancer<P> {
+    /// A balancer in front of `provider`, over `pool`, with the defaults of [`Balancer::new`].
+    pub fn with_provider(provider: P, pool: AccountPool) -> Self {
         Self {
+            provider,
             pool,
             strategy: StrategyHandle::new(Box::new(Session::default())),
             recorder: Arc::new(NoopRecorder),
             refresher: None,
             retry: Setting::default(),
-            upstream_url: Setting::new(Uri::from_static(DEFAULT_UPSTREAM_URL)),
             body_limit: Setting::new(DEFAULT_BODY_LIMIT),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
@@ -78,7 +90,8 @@ impl Balancer {
         self
     }
 
-    /// How subscription tokens are refreshed.
+    /// How subscription tokens are refreshed (by default: the provider's refresh grant, the new
+    /// tokens kept in memory only).
     pub fn refresher(mut self, refresher: Arc<dyn TokenRefresher>) -> Self {
         self.refresher = Some(refresher);
         self
@@ -87,12 +100,6 @@ impl Balancer {
     /// Retries per account.
     pub fn retry(mut self, retry: impl Into<Setting<RetryConfig>>) -> Self {
         self.retry = retry.into();
-        self
-    }
-
-    /// Where requests go (a mock in tests).
-    pub fn upstream_url(mut self, url: impl Into<Setting<Uri>>) -> Self {
-        self.upstream_url = url.into();
         self
     }
 
@@ -117,24 +124,28 @@ impl Balancer {
     }
 
     /// The service.
-    pub fn build(self) -> BalancerService {
-        let mut auth = AuthLayer::new(self.pool.clone());
+    pub fn build(self) -> BalancerService<P> {
+        let mut auth = AuthLayer::with_provider(self.provider.clone(), self.pool.clone());
         if let Some(refresher) = self.refresher {
             auth = auth.with_refresher(refresher);
         }
-        let mut record = RecordLayer::new(self.recorder);
+        let mut record = RecordLayer::with_provider(self.provider.clone(), self.recorder)
+            .pool(self.pool.clone());
         if let Some(shutdown) = self.shutdown {
             record = record.with_shutdown(shutdown);
         }
         ServiceBuilder::new()
             .layer(record)
-            .layer(BufferLayer::new(self.body_limit))
+            .layer(IntakeLayer::new(self.body_limit))
             .layer(SelectLayer::new(self.pool.clone(), self.strategy))
             .layer(FailoverLayer::new(self.retry))
             .layer(auth)
-            .layer(RateLimitLayer::new(self.pool))
+            .layer(ClassifyLayer::with_provider(
+                self.provider.clone(),
+                self.pool,
+            ))
             .service(Upstream::with_timeouts(
-                self.upstream_url,
+                self.provider,
                 self.connect_timeout,
                 self.first_byte_timeout,
             ))

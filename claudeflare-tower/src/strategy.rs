@@ -43,39 +43,8 @@ pub trait Strategy: Send + Sync + 'static {
 /// The strategy in use, switchable while requests are in flight (they keep the order they got).
 pub type StrategyHandle = Setting<Box<dyn Strategy>>;
 
-/// The names of the built-in strategies, the default first.
-pub const STRATEGY_NAMES: [&str; 5] = [
-    "session",
-    "least-requests",
-    "round-robin",
-    "weighted",
-    "weighted-round-robin",
-];
-
 /// Default length of a sticky session: Anthropic's 5-hour window.
 pub const DEFAULT_SESSION_DURATION: TimeDelta = TimeDelta::hours(5);
-
-/// A strategy name that is not one of [`STRATEGY_NAMES`].
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "unknown strategy `{0}`: expected one of session, least-requests, round-robin, weighted, weighted-round-robin"
-)]
-pub struct UnknownStrategy(pub String);
-
-/// The built-in strategy called `name`.
-pub fn by_name(
-    name: &str,
-    session_duration: TimeDelta,
-) -> Result<Box<dyn Strategy>, UnknownStrategy> {
-    Ok(match name {
-        "session" => Box::new(Session::new(session_duration)),
-        "least-requests" => Box::new(LeastRequests),
-        "round-robin" => Box::new(RoundRobin::default()),
-        "weighted" => Box::new(Weighted),
-        "weighted-round-robin" => Box::new(WeightedRoundRobin::default()),
-        other => return Err(UnknownStrategy(other.to_owned())),
-    })
-}
 
 impl fmt::Debug for dyn Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -483,17 +452,5 @@ mod tests {
             2,
             "every available account is a candidate"
         );
-    }
-
-    #[test]
-    fn names_resolve_and_unknown_is_an_error() {
-        for name in STRATEGY_NAMES {
-            assert_eq!(
-                by_name(name, DEFAULT_SESSION_DURATION).unwrap().name(),
-                name
-            );
-        }
-        let err = by_name("random", DEFAULT_SESSION_DURATION).unwrap_err();
-        assert!(err.to_string().contains("least-requests"));
     }
 }

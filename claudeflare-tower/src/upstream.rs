@@ -1,13 +1,27 @@
-//! The `Upstream` service: sends the request to `upstream_url` over a pooled hyper client and
-//! streams the response back untouched.
+//! The `Upstream` service: sends the request where the [`Provider`] says, over a pooled
+//! hyper-util client, and streams the response back untouched.
 //!
 //! Connect and first-byte (response header) timeouts apply; there is deliberately no total
 //! timeout, which would cut long streams. Hop-by-hop headers are dropped both ways, and so is
 //! `accept-encoding`, so the response arrives uncompressed for `Record` to read its usage.
 //!
 //! ```no_run
+//! use claudeflare_tower::provider::Anthropic;
 //! use claudeflare_tower::upstream::Upstream;
-//! let upstream = Upstream::new(http::Uri::from_static("https://api.anthropic.com"));
+//! let upstream = Upstream::new(Anthropic::new());
+//! ```
+//!
+//! HTTPS comes from the `rustls-ring` feature (on by default: rustls with ring and the webpki
+//! roots). Without it, or to use another TLS stack, proxy settings or connector, build a
+//! hyper-util client yourself and pass it to [`Upstream::from_client`]:
+//!
+//! ```
+//! use claudeflare_tower::provider::Anthropic;
+//! use claudeflare_tower::upstream::Upstream;
+//! use hyper_util::client::legacy::{Client, connect::HttpConnector};
+//! use hyper_util::rt::TokioExecutor;
+//! let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+//! let upstream = Upstream::from_client(Anthropic::new(), client);
 //! ```
 
 use std::future::Future;
@@ -18,19 +32,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
-use http::{HeaderMap, Request, Response, Uri};
+use http::{HeaderMap, Request, Response};
 use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use crate::BoxError;
 use crate::body::ProxyBody;
-use crate::ext::UpstreamTime;
-use crate::setting::Setting;
+use crate::context::RequestContext;
+use crate::provider::{Anthropic, InvalidUpstream, Provider};
 
 /// Default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,85 +53,116 @@ pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long an upstream connection may stay idle in the pool before it is closed.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The HTTP client type claudeflare uses (HTTPS through rustls, or plain HTTP).
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// The connector of [`Upstream::new`]: HTTPS through rustls (feature `rustls-ring`) or plain
+/// HTTP.
+#[cfg(feature = "rustls-ring")]
+pub type DefaultConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// The connector of [`Upstream::new`]: HTTPS through rustls (feature `rustls-ring`) or plain
+/// HTTP.
+#[cfg(not(feature = "rustls-ring"))]
+pub type DefaultConnector = HttpConnector;
 
-/// A pooled keep-alive client for HTTP and HTTPS, with `connect_timeout`.
-pub(crate) fn http_client(connect_timeout: Duration) -> HttpClient {
-    pooled_client(connect_timeout, POOL_IDLE_TIMEOUT)
-}
-
-fn pooled_client(connect_timeout: Duration, idle_timeout: Duration) -> HttpClient {
+/// A pooled keep-alive client with `connect_timeout`.
+fn pooled_client(
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Client<DefaultConnector, Full<Bytes>> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    #[cfg(feature = "rustls-ring")]
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
         // ring supports the default protocol versions (TLS 1.2 and 1.3), so this cannot fail.
         .expect("ring supports the default TLS versions")
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
+    #[cfg(not(feature = "rustls-ring"))]
+    let connector = http;
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(idle_timeout)
         // Without a timer the pool never looks at idle connections: they would stay open past
         // the idle timeout until the upstream closed them.
         .pool_timer(TokioTimer::new())
-        .build(https)
+        .build(connector)
 }
 
 /// Why the upstream gave no response.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum UpstreamError {
     /// No connection could be made.
     #[error("could not connect to the upstream: {0}")]
-    Connect(BoxError),
+    Connect(crate::BoxError),
     /// The connection failed before a response arrived.
     #[error("the upstream request failed: {0}")]
-    Request(BoxError),
+    Request(crate::BoxError),
     /// No response headers within the first-byte timeout.
     #[error("the upstream did not answer within {} s", .0.as_secs())]
     Timeout(Duration),
-    /// The request's path does not make a valid URL with `upstream_url`.
-    #[error("invalid upstream URL: {0}")]
-    InvalidUri(String),
+    /// The request's path does not make a valid upstream URL.
+    #[error(transparent)]
+    InvalidUri(#[from] InvalidUpstream),
 }
 
 /// Sends requests to the upstream. Cheap to clone; clones share the connection pool.
-#[derive(Clone, Debug)]
-pub struct Upstream {
+#[derive(Debug)]
+pub struct Upstream<P = Anthropic, C = DefaultConnector> {
     // One reference count for a clone, not one per part of the client: the stack is cloned for
     // every request, from every thread.
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    client: HttpClient,
-    base: Setting<Uri>,
+    shared: Arc<Shared<P, C>>,
     first_byte_timeout: Duration,
 }
 
-impl Upstream {
-    /// Requests go to `base` (e.g. `https://api.anthropic.com`), with the default timeouts.
-    pub fn new(base: impl Into<Setting<Uri>>) -> Self {
-        Self::with_timeouts(base, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT)
+impl<P, C> Clone for Upstream<P, C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            first_byte_timeout: self.first_byte_timeout,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared<P, C> {
+    client: Client<C, Full<Bytes>>,
+    provider: P,
+}
+
+impl<P: Provider> Upstream<P> {
+    /// Requests go where `provider` says, with the default timeouts.
+    pub fn new(provider: P) -> Self {
+        Self::with_timeouts(
+            provider,
+            DEFAULT_CONNECT_TIMEOUT,
+            DEFAULT_FIRST_BYTE_TIMEOUT,
+        )
     }
 
-    /// Requests go to `base`, with these timeouts.
-    pub fn with_timeouts(
-        base: impl Into<Setting<Uri>>,
-        connect: Duration,
-        first_byte: Duration,
-    ) -> Self {
+    /// Requests go where `provider` says, with these timeouts.
+    pub fn with_timeouts(provider: P, connect: Duration, first_byte: Duration) -> Self {
+        let client = pooled_client(connect, POOL_IDLE_TIMEOUT);
+        Self::from_client(provider, client).first_byte_timeout(first_byte)
+    }
+}
+
+impl<P: Provider, C> Upstream<P, C> {
+    /// Requests go where `provider` says, over `client`: any hyper-util client (your TLS stack,
+    /// proxy or connector), waiting [`DEFAULT_FIRST_BYTE_TIMEOUT`] for response headers. The
+    /// connect timeout is the connector's.
+    pub fn from_client(provider: P, client: Client<C, Full<Bytes>>) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                client: http_client(connect),
-                base: base.into(),
-                first_byte_timeout: first_byte,
-            }),
+            shared: Arc::new(Shared { client, provider }),
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
         }
+    }
+
+    /// Wait this long for the response headers.
+    pub fn first_byte_timeout(mut self, timeout: Duration) -> Self {
+        self.first_byte_timeout = timeout;
+        self
     }
 }
 
@@ -180,32 +223,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-/// `base` joined with the path and query of `uri`.
-fn join(base: &Uri, uri: &Uri) -> Result<Uri, UpstreamError> {
-    let (Some(scheme), Some(authority)) = (base.scheme(), base.authority()) else {
-        return Err(UpstreamError::InvalidUri(base.to_string()));
-    };
-    let prefix = base.path().trim_end_matches('/');
-    if prefix.is_empty() {
-        // The usual case (`https://api.anthropic.com`): reuse the parsed parts, no new parsing.
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(scheme.clone());
-        parts.authority = Some(authority.clone());
-        parts.path_and_query = Some(
-            uri.path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        return Uri::from_parts(parts)
-            .map_err(|e: http::uri::InvalidUriParts| UpstreamError::InvalidUri(e.to_string()));
-    }
-    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    format!("{scheme}://{authority}{prefix}{path}")
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| UpstreamError::InvalidUri(e.to_string()))
-}
-
-impl Service<Request<Full<Bytes>>> for Upstream {
+impl<P, C> Service<Request<Full<Bytes>>> for Upstream<P, C>
+where
+    P: Provider,
+    C: Connect + Clone + Send + Sync + 'static,
+{
     type Response = Response<ProxyBody>;
     type Error = UpstreamError;
     type Future = ResponseFuture;
@@ -217,14 +239,17 @@ impl Service<Request<Full<Bytes>>> for Upstream {
 
     fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
         let shared = &*self.shared;
-        let uri = match join(&shared.base.current(), req.uri()) {
+        let uri = match shared.provider.upstream_uri(req.uri()) {
             Ok(uri) => uri,
             Err(error) => {
                 return ResponseFuture {
-                    kind: Kind::Failed { error: Some(error) },
+                    kind: Kind::Failed {
+                        error: Some(error.into()),
+                    },
                 };
             }
         };
+        let context = RequestContext::of(&req).cloned();
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
@@ -234,9 +259,10 @@ impl Service<Request<Full<Bytes>>> for Upstream {
         headers.remove(header::ACCEPT_ENCODING);
         ResponseFuture {
             kind: Kind::Pending {
-                future: tokio::time::timeout(shared.first_byte_timeout, shared.client.request(req)),
-                timeout: shared.first_byte_timeout,
+                future: tokio::time::timeout(self.first_byte_timeout, shared.client.request(req)),
+                timeout: self.first_byte_timeout,
                 started: std::time::Instant::now(),
+                context,
             },
         }
     }
@@ -258,6 +284,7 @@ pin_project! {
             future: tokio::time::Timeout<hyper_util::client::legacy::ResponseFuture>,
             timeout: Duration,
             started: std::time::Instant,
+            context: Option<RequestContext>,
         },
         Failed { error: Option<UpstreamError> },
     }
@@ -288,13 +315,18 @@ impl Future for ResponseFuture {
         match self.project().kind.project() {
             KindProj::Failed { error } => Poll::Ready(Err(error
                 .take()
-                .unwrap_or_else(|| UpstreamError::InvalidUri("polled after completion".into())))),
+                .unwrap_or_else(|| InvalidUpstream("polled after completion".into()).into()))),
             KindProj::Pending {
                 future,
                 timeout,
                 started,
+                context,
             } => {
-                let result = match std::task::ready!(future.poll(cx)) {
+                let polled = std::task::ready!(future.poll(cx));
+                if let Some(context) = context {
+                    context.add_upstream_time(started.elapsed());
+                }
+                let result = match polled {
                     Err(_elapsed) => Err(UpstreamError::Timeout(*timeout)),
                     Ok(Err(error)) if error.is_connect() => {
                         Err(UpstreamError::Connect(cause(&error).into()))
@@ -303,9 +335,6 @@ impl Future for ResponseFuture {
                     Ok(Ok(response)) => {
                         let mut response = response.map(ProxyBody::from);
                         strip_hop_by_hop(response.headers_mut());
-                        response
-                            .extensions_mut()
-                            .insert(UpstreamTime(started.elapsed()));
                         Ok(response)
                     }
                 };
@@ -319,22 +348,6 @@ impl Future for ResponseFuture {
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    #[test]
-    fn join_keeps_path_query_and_base_prefix() {
-        let base: Uri = "http://127.0.0.1:9/".parse().unwrap();
-        let uri: Uri = "/v1/messages?beta=true".parse().unwrap();
-        assert_eq!(
-            join(&base, &uri).unwrap(),
-            "http://127.0.0.1:9/v1/messages?beta=true"
-        );
-        let base: Uri = "https://gw.example/anthropic/".parse().unwrap();
-        assert_eq!(
-            join(&base, &uri).unwrap(),
-            "https://gw.example/anthropic/v1/messages?beta=true"
-        );
-        assert!(join(&"/relative".parse().unwrap(), &uri).is_err());
-    }
 
     #[test]
     fn hop_by_hop_headers_are_dropped() {

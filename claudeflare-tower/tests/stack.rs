@@ -15,7 +15,7 @@ use claudeflare_testkit::{
 use claudeflare_tower::auth::TokenPair;
 use claudeflare_tower::auth::{RefreshError, TokenRefresher};
 use claudeflare_tower::failover::RetryConfig;
-use claudeflare_tower::oauth::HttpRefresher;
+use claudeflare_tower::provider::{Anthropic, Classification, DEFAULT_COOLDOWN, Outcome, Provider};
 use claudeflare_tower::record::{MemoryRecorder, RequestRecord};
 use claudeflare_tower::strategy::{RoundRobin, StrategyHandle};
 use claudeflare_tower::{
@@ -116,7 +116,13 @@ impl Harness {
     }
 
     async fn records(&self, count: usize) -> Vec<RequestRecord> {
-        let records = self.recorder.wait_for(count, Duration::from_secs(5)).await;
+        // A record is handed over when its body ends, which can be just after the client read it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut records = self.recorder.records();
+        while records.len() < count && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            records = self.recorder.records();
+        }
         assert_eq!(records.len(), count, "{records:#?}");
         records
     }
@@ -371,10 +377,10 @@ async fn server_errors_and_529_are_retried_with_backoff_then_fail_over() {
 async fn no_available_account_is_a_503_with_retry_after() {
     let h = Harness::keys(&["a", "b"]).await;
     h.pool.get("a").unwrap().set_paused(true);
+    let until = Utc::now() + TimeDelta::seconds(90);
+    let limited = Classification::new(Outcome::RateLimited { until });
     h.pool
-        .get("b")
-        .unwrap()
-        .mark_rate_limited(Utc::now() + TimeDelta::seconds(90));
+        .observe(&h.pool.get("b").unwrap(), &limited, Utc::now());
     let response = h.message(false).await;
     assert_eq!(response.status, 503);
     let retry_after: u64 = response.header("retry-after").unwrap().parse().unwrap();
@@ -393,17 +399,17 @@ async fn no_available_account_is_a_503_with_retry_after() {
 
 /// Counts persisted tokens, to prove the new pair is stored before it is used.
 struct Persisting {
-    inner: HttpRefresher,
+    inner: Anthropic,
     persisted: Mutex<Vec<(String, String)>>,
 }
 
 impl TokenRefresher for Persisting {
     fn refresh<'a>(
         &'a self,
-        account: &'a AccountInfo,
+        _account: &'a AccountInfo,
         token: &'a secrecy::SecretString,
     ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
-        self.inner.refresh(account, token)
+        self.inner.refresh(token)
     }
 
     fn persist<'a>(
@@ -423,7 +429,7 @@ impl TokenRefresher for Persisting {
 
 fn persisting(mock: &MockUpstream) -> Arc<Persisting> {
     Arc::new(Persisting {
-        inner: HttpRefresher::new(mock.token_url().parse().unwrap(), "test-client"),
+        inner: Anthropic::new().oauth(mock.token_url().parse().unwrap(), "test-client"),
         persisted: Mutex::default(),
     })
 }
@@ -837,7 +843,7 @@ async fn a_429_without_reset_information_benches_for_the_default_cooldown() {
     let response = h.message(false).await;
     assert_eq!(response.header("x-claudeflare-account"), Some("b"));
     let until = h.pool.get("a").unwrap().limited_until(Utc::now()).unwrap();
-    let cooldown = claudeflare_tower::ratelimit::DEFAULT_COOLDOWN;
+    let cooldown = DEFAULT_COOLDOWN;
     assert!(
         until >= before + cooldown && until <= Utc::now() + cooldown,
         "{until}"

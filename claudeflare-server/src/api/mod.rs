@@ -246,11 +246,12 @@ pub async fn method_not_allowed(method: http::Method, uri: Uri) -> ApiError {
 pub async fn not_found(uri: Uri) -> Response {
     let path = uri.path();
     if path.starts_with("/v1") {
-        return claudeflare_tower::error::error_response(
-            StatusCode::NOT_FOUND,
-            &format!("no route for {path}"),
-        )
-        .into_response();
+        // Anthropic's envelope, as the SDKs expect under /v1.
+        let envelope = json!({
+            "type": "error",
+            "error": {"type": "not_found_error", "message": format!("claudeflare: no route for {path}")},
+        });
+        return (StatusCode::NOT_FOUND, Json(envelope)).into_response();
     }
     ApiError::NotFound(format!("no route for {path}")).into_response()
 }

@@ -91,17 +91,17 @@ impl Default for Config {
             retry_attempts: 3,
             retry_delay_ms: 1000,
             retry_backoff: 2.0,
-            client_id: claudeflare_tower::oauth::DEFAULT_CLIENT_ID.into(),
+            client_id: claudeflare_tower::provider::anthropic::DEFAULT_CLIENT_ID.into(),
             log_level: LogLevel::Info,
             log_format: LogFormat::Pretty,
-            upstream_url: claudeflare_tower::DEFAULT_UPSTREAM_URL.into(),
+            upstream_url: claudeflare_tower::provider::anthropic::DEFAULT_UPSTREAM_URL.into(),
             oauth_token_url: oauth_default("oauth_token_url"),
             oauth_authorize_url_max: oauth_default("oauth_authorize_url_max"),
             oauth_authorize_url_console: oauth_default("oauth_authorize_url_console"),
             oauth_redirect_uri: oauth_default("oauth_redirect_uri"),
             create_api_key_url: "https://api.anthropic.com/api/oauth/claude_cli/create_api_key"
                 .into(),
-            max_request_body_bytes: claudeflare_tower::buffer::DEFAULT_BODY_LIMIT,
+            max_request_body_bytes: claudeflare_tower::intake::DEFAULT_BODY_LIMIT,
             request_retention_days: 30,
             oauth_usage_url: "https://api.anthropic.com/api/oauth/usage".into(),
             usage_poll_interval_seconds: 300,
@@ -388,9 +388,9 @@ impl Config {
 
     /// `upstream_url` as a URI (validated at load).
     pub fn upstream_uri(&self) -> http::Uri {
-        self.upstream_url
-            .parse()
-            .unwrap_or_else(|_| http::Uri::from_static(claudeflare_tower::DEFAULT_UPSTREAM_URL))
+        self.upstream_url.parse().unwrap_or_else(|_| {
+            http::Uri::from_static(claudeflare_tower::provider::anthropic::DEFAULT_UPSTREAM_URL)
+        })
     }
 }
 

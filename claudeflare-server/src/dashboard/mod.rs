@@ -16,7 +16,9 @@ use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, TimeDelta, Timelike, Utc};
-use claudeflare_tower::{AccountStatus, AccountView, Mode};
+use claudeflare_tower::{AccountStatus, Mode};
+
+use crate::views::AccountView;
 use http::{HeaderValue, StatusCode, header};
 
 use crate::db::DbError;

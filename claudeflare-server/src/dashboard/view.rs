@@ -133,6 +133,7 @@ fn status_cell(row: &AccountRow, data: &Data) -> Markup {
                 @if let Some(reason) = &view.status_reason { div.sub.reason { "upstream: " (reason) } }
                 div.sub { "out of rotation until you resume or re-authenticate it" }
             },
+            other => span.pill.muted { (other.as_str()) },
         }
         @if let Some(status) = &view.rate_limit_status {
             @if status != "allowed" { div.sub { "upstream: " (status) } }

@@ -157,6 +157,22 @@ fn shell(model: &Model) -> Result<Account, DbError> {
             expires_at: model.token_expires_at.unwrap_or(model.created_at),
         }),
     };
+    let mut live = LiveState::default();
+    live.rate_limited_until = model.rate_limited_until;
+    live.rate_limit_status = model.rate_limit_status.clone();
+    live.rate_limit_reset = model.rate_limit_reset;
+    live.utilization_5h = model.utilization_5h;
+    live.utilization_5h_reset = model.utilization_5h_reset;
+    live.utilization_7d = model.utilization_7d;
+    live.utilization_7d_reset = model.utilization_7d_reset;
+    live.session_start = model.session_start;
+    live.session_request_count = uncount(model.session_request_count);
+    live.request_count = uncount(model.request_count);
+    live.total_requests = uncount(model.total_requests);
+    live.last_used = model.last_used;
+    live.needs_reauth = model.needs_reauth;
+    live.forbidden = model.forbidden;
+    live.status_reason = model.status_reason.clone();
     Ok(Account {
         id: model.id.clone(),
         name: model.name.clone(),
@@ -165,23 +181,7 @@ fn shell(model: &Model) -> Result<Account, DbError> {
         paused: model.paused,
         credentials,
         created_at: model.created_at,
-        live: LiveState {
-            rate_limited_until: model.rate_limited_until,
-            rate_limit_status: model.rate_limit_status.clone(),
-            rate_limit_reset: model.rate_limit_reset,
-            utilization_5h: model.utilization_5h,
-            utilization_5h_reset: model.utilization_5h_reset,
-            utilization_7d: model.utilization_7d,
-            utilization_7d_reset: model.utilization_7d_reset,
-            session_start: model.session_start,
-            session_request_count: uncount(model.session_request_count),
-            request_count: uncount(model.request_count),
-            total_requests: uncount(model.total_requests),
-            last_used: model.last_used,
-            needs_reauth: model.needs_reauth,
-            forbidden: model.forbidden,
-            status_reason: model.status_reason.clone(),
-        },
+        live,
     })
 }
 
@@ -405,11 +405,9 @@ pub async fn mark_needs_reauth(
     id: &str,
     reason: &str,
 ) -> Result<(), DbError> {
-    let blocked = LiveState {
-        needs_reauth: true,
-        status_reason: Some(reason.to_owned()),
-        ..LiveState::default()
-    };
+    let mut blocked = LiveState::default();
+    blocked.needs_reauth = true;
+    blocked.status_reason = Some(reason.to_owned());
     if set_block(db, id, &blocked, None).await? {
         Ok(())
     } else {
@@ -497,10 +495,11 @@ pub fn view(
     model: &Model,
     cipher: &Cipher,
     now: DateTime<Utc>,
-) -> Result<claudeflare_tower::AccountView, DbError> {
+) -> Result<crate::views::AccountView, DbError> {
     let mut account = shell(model)?;
     if matches!(to_account(model, cipher), Err(DbError::Undecryptable(_))) {
         account.live.needs_reauth = true;
     }
-    Ok(claudeflare_tower::AccountEntry::new(account).view(now))
+    let entry = claudeflare_tower::AccountEntry::new(account);
+    Ok(crate::views::AccountView::of(&entry, now))
 }

@@ -275,33 +275,22 @@ pub async fn clear(db: &impl ConnectionTrait) -> Result<u64, DbError> {
 mod tests {
     use super::*;
     use chrono::TimeDelta;
-    use claudeflare_tower::record::Usage;
     use sea_orm::Iterable;
 
     fn record(id: usize, age: TimeDelta) -> RequestRecord {
-        RequestRecord {
-            id: format!("r{id}"),
-            timestamp: Utc::now() - age,
-            method: "POST".into(),
-            path: "/v1/messages".into(),
-            account_id: None,
-            account: Some(if id % 2 == 0 { "a" } else { "b" }.into()),
-            status: Some(if id % 10 == 0 { 500 } else { 200 }),
-            success: id % 10 != 0,
-            error: None,
-            response_time_ms: 10,
-            first_byte_ms: Some(5),
-            upstream_ms: Some(4),
-            overhead_us: Some(100),
-            failover_attempts: 0,
-            model: Some("claude-sonnet-4-20250514".into()),
-            stream: false,
-            usage: Usage {
-                input_tokens: 1,
-                output_tokens: 2,
-                ..Usage::default()
-            },
-        }
+        let mut record =
+            RequestRecord::new(format!("r{id}"), Utc::now() - age, "POST", "/v1/messages");
+        record.account = Some(if id % 2 == 0 { "a" } else { "b" }.into());
+        record.status = Some(if id % 10 == 0 { 500 } else { 200 });
+        record.success = id % 10 != 0;
+        record.response_time_ms = 10;
+        record.first_byte_ms = Some(5);
+        record.upstream_ms = Some(4);
+        record.overhead_us = Some(100);
+        record.model = Some("claude-sonnet-4-20250514".into());
+        record.usage.input_tokens = 1;
+        record.usage.output_tokens = 2;
+        record
     }
 
     #[tokio::test]
@@ -310,31 +299,23 @@ mod tests {
         let timestamp = DateTime::parse_from_rfc3339("2026-11-22T01:02:03.456Z")
             .unwrap()
             .with_timezone(&Utc);
-        let stored = RequestRecord {
-            id: "req-1".into(),
-            timestamp,
-            method: "POST".into(),
-            path: "/v1/messages?beta=true".into(),
-            account_id: Some("acc-1".into()),
-            account: Some("work".into()),
-            status: Some(529),
-            success: false,
-            error: Some("overloaded".into()),
-            response_time_ms: 11,
-            first_byte_ms: Some(12),
-            upstream_ms: Some(13),
-            overhead_us: Some(14),
-            failover_attempts: 2,
-            model: Some("claude-opus-4-1".into()),
-            stream: true,
-            usage: Usage {
-                input_tokens: 15,
-                output_tokens: 16,
-                cache_read_input_tokens: 17,
-                cache_creation_input_tokens: 18,
-                cache_creation_1h_input_tokens: 9,
-            },
-        };
+        let mut stored = RequestRecord::new("req-1", timestamp, "POST", "/v1/messages?beta=true");
+        stored.account_id = Some("acc-1".into());
+        stored.account = Some("work".into());
+        stored.status = Some(529);
+        stored.error = Some("overloaded".into());
+        stored.response_time_ms = 11;
+        stored.first_byte_ms = Some(12);
+        stored.upstream_ms = Some(13);
+        stored.overhead_us = Some(14);
+        stored.failover_attempts = 2;
+        stored.model = Some("claude-opus-4-1".into());
+        stored.stream = true;
+        stored.usage.input_tokens = 15;
+        stored.usage.output_tokens = 16;
+        stored.usage.cache_read_input_tokens = 17;
+        stored.usage.cache_creation_input_tokens = 18;
+        stored.usage.cache_creation_1h_input_tokens = 9;
         insert_batch(&db, &[(stored, 0.25)]).await.unwrap();
         let rows = newest(&db, 10, &Filter::default()).await.unwrap();
         assert_eq!(

@@ -9,35 +9,26 @@ use bytes::Bytes;
 use chrono::Utc;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::Guard;
-use super::usage::{JsonTap, SseTap};
 use crate::BoxError;
-use crate::error::envelope_json;
-use crate::ratelimit::DEFAULT_COOLDOWN;
-
-enum Tap {
-    Sse(SseTap),
-    Json(JsonTap),
-    None,
-}
+use crate::provider::{Provider, TapSummary, UsageTap};
 
 pin_project! {
     /// Body of a recorded response. See [`RecordLayer`](super::RecordLayer).
-    pub struct RecordBody<B> {
+    pub struct RecordBody<B, P: Provider> {
         #[pin]
         inner: B,
-        guard: Guard,
-        tap: Tap,
+        guard: Guard<P>,
+        tap: P::Tap,
         ended: bool,
         // The server's shutdown, to end a stream cleanly when its grace period is over.
         #[pin]
         shutdown: Shutdown,
-        shutdown_token: Option<CancellationToken>,
     }
 
-    impl<B> PinnedDrop for RecordBody<B> {
+    impl<B, P: Provider> PinnedDrop for RecordBody<B, P> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if *this.ended {
@@ -45,8 +36,9 @@ pin_project! {
             }
             // Cut short (the client went away, or the server's shutdown closed the connection):
             // the tokens seen so far were used all the same.
-            keep_usage_so_far(this.guard, this.tap);
-            if this.shutdown_token.as_ref().is_some_and(CancellationToken::is_cancelled) {
+            keep(this.guard, this.tap.so_far());
+            let shutdown = this.guard.shared.shutdown.as_ref();
+            if shutdown.is_some_and(tokio_util::sync::CancellationToken::is_cancelled) {
                 this.guard.finish(Some(SHUTDOWN_CUT.to_owned()));
             }
             // Otherwise the guard records that the client went away.
@@ -65,25 +57,12 @@ pin_project! {
 /// What the record of a response cut by the server's shutdown says.
 const SHUTDOWN_CUT: &str = "cut by the server's shutdown";
 
-impl<B> RecordBody<B> {
-    pub(crate) fn new(
-        inner: B,
-        guard: Guard,
-        is_sse: bool,
-        is_json: bool,
-        shutdown: Option<CancellationToken>,
-    ) -> Self {
-        let tap = if is_sse {
-            Tap::Sse(SseTap::default())
-        } else if is_json {
-            Tap::Json(JsonTap::default())
-        } else {
-            Tap::None
-        };
-        // Only a stream can be ended cleanly (with an `event: error`); other bodies are short,
+impl<B, P: Provider> RecordBody<B, P> {
+    pub(crate) fn new(inner: B, guard: Guard<P>, tap: P::Tap) -> Self {
+        // Only a stream can be ended cleanly (with an error event); other bodies are short,
         // and if one is still running when the connection is closed, the drop records it.
-        let watching = match (&shutdown, is_sse) {
-            (Some(token), true) => Shutdown::Watching {
+        let shutdown = match &guard.shared.shutdown {
+            Some(token) if tap.is_stream() => Shutdown::Watching {
                 cancelled: token.clone().cancelled_owned(),
             },
             _ => Shutdown::Off,
@@ -93,23 +72,16 @@ impl<B> RecordBody<B> {
             guard,
             tap,
             ended: false,
-            shutdown: watching,
-            shutdown_token: shutdown,
+            shutdown,
         }
     }
 }
 
-/// The frame that tells an SSE client the stream broke: Anthropic's `event: error`.
-fn error_frame(at_boundary: bool, kind: &str, message: &str) -> Bytes {
-    let lead = if at_boundary { "" } else { "\n\n" };
-    let json = envelope_json(kind, message);
-    Bytes::from(format!("{lead}event: error\ndata: {json}\n\n"))
-}
-
-impl<B> Body for RecordBody<B>
+impl<B, P> Body for RecordBody<B, P>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
+    P: Provider,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -132,11 +104,10 @@ where
                 // The grace period is over: end the stream the way Anthropic ends a broken
                 // one, so the client knows it is incomplete, and say so in the record.
                 *this.ended = true;
-                let at_boundary = tap_boundary(this.tap);
+                let message = "the server is shutting down; this stream was cut before its end";
+                let frame = this.tap.error_event("overloaded_error", message);
                 let _ = take_usage(this.guard, this.tap);
                 this.guard.finish(Some(SHUTDOWN_CUT.to_owned()));
-                let message = "the server is shutting down; this stream was cut before its end";
-                let frame = error_frame(at_boundary, "overloaded_error", message);
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
         };
@@ -144,11 +115,7 @@ where
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.guard.first_byte();
-                    match this.tap {
-                        Tap::Sse(tap) => tap.feed(data),
-                        Tap::Json(tap) => tap.feed(data),
-                        Tap::None => {}
-                    }
+                    this.tap.feed(data);
                 }
                 // A server stops polling once the body says it is complete (content-length
                 // reached), so the record is finished here rather than on a final `None`.
@@ -163,13 +130,14 @@ where
                 let error: BoxError = error.into();
                 let message = format!("upstream stream failed: {error}");
                 *this.ended = true;
-                let is_sse = matches!(this.tap, Tap::Sse(_));
-                let at_boundary = tap_boundary(this.tap);
+                let frame = this
+                    .tap
+                    .is_stream()
+                    .then(|| this.tap.error_event("api_error", &message));
                 // Our message says more than an error event the stream may have carried.
                 let _ = take_usage(this.guard, this.tap);
-                this.guard.finish(Some(message.clone()));
-                if is_sse {
-                    let frame = error_frame(at_boundary, "api_error", &message);
+                this.guard.finish(Some(message));
+                if let Some(frame) = frame {
                     Poll::Ready(Some(Ok(Frame::data(frame))))
                 } else {
                     Poll::Ready(Some(Err(error)))
@@ -193,55 +161,33 @@ where
     }
 }
 
-fn tap_boundary(tap: &Tap) -> bool {
-    match tap {
-        Tap::Sse(tap) => tap.at_boundary(),
-        _ => true,
-    }
-}
-
-/// A body cut short: move the usage read so far into the record (input and cache counts from
-/// `message_start`, output from the last `usage` seen).
-fn keep_usage_so_far(guard: &mut Guard, tap: &mut Tap) {
+/// Move what a body cut short said so far into the record (input and cache counts from the
+/// stream's start, output from the last usage seen).
+fn keep<P>(guard: &mut Guard<P>, summary: TapSummary) {
     let Some(record) = guard.record_mut() else {
         return;
     };
-    if let Tap::Sse(tap) = tap {
-        record.usage = tap.usage();
-        if record.model.is_none() {
-            record.model = tap.model().map(str::to_owned);
-        }
+    record.usage = summary.usage;
+    if record.model.is_none() {
+        record.model = summary.model;
     }
 }
 
-/// Move what the tap read into the record; returns the error the body itself reported.
-fn take_usage(guard: &mut Guard, tap: &mut Tap) -> Option<String> {
-    let account = guard.account.clone();
-    let record = guard.record_mut()?;
-    match tap {
-        Tap::Sse(tap) => {
-            tap.finish();
-            record.usage = tap.usage();
-            if record.model.is_none() {
-                record.model = tap.model().map(str::to_owned);
-            }
-            let error = tap.error()?;
-            // A limit announced inside a 200 stream still benches the account.
-            if error.kind == "rate_limit_error" {
-                if let Some(account) = account {
-                    account.mark_rate_limited(Utc::now() + DEFAULT_COOLDOWN);
-                }
-            }
-            Some(format!("stream error: {}: {}", error.kind, error.message))
-        }
-        Tap::Json(tap) => {
-            let summary = tap.finish();
-            record.usage = summary.usage;
-            if record.model.is_none() {
-                record.model = summary.model;
-            }
-            summary.error
-        }
-        Tap::None => None,
+/// Move what the tap read into the record, and apply an error announced inside the stream to
+/// the account as the provider classifies it; returns the error the body itself reported.
+fn take_usage<P: Provider>(guard: &mut Guard<P>, tap: &mut P::Tap) -> Option<String> {
+    let mut summary = tap.finish();
+    let error = summary.error.take();
+    if let (Some(stream_error), Some(account), Some(pool)) =
+        (&summary.stream_error, &guard.account, &guard.shared.pool)
+    {
+        let now = Utc::now();
+        let classification = guard
+            .shared
+            .provider
+            .classify_stream_error(stream_error, now);
+        pool.observe_in_stream(account, &classification, now);
     }
+    keep(guard, summary);
+    error
 }

@@ -11,14 +11,20 @@
 //! # }
 //! ```
 //!
-//! Usage is read from the SSE stream or JSON body as it passes, holding no byte back. The
-//! layer also gives every response `x-claudeflare-request-id` and, when an account served it,
-//! `x-claudeflare-account`. If the upstream breaks in the middle of an SSE stream, the client
-//! gets a final `event: error` frame instead of a silent clean end.
+//! Record is the outermost layer: it puts the [`RequestContext`] in the request, and reads it
+//! back when the response headers arrive (model, account, attempts, timings, outcome). Usage is
+//! read from the body as it passes, holding no byte back, by the provider's
+//! [`UsageTap`](crate::provider::UsageTap). The layer also gives every response
+//! `x-claudeflare-request-id` and, when an account served it, `x-claudeflare-account`. If the
+//! upstream breaks in the middle of a stream, the client gets a final error event instead of a
+//! silent clean end.
+//!
+//! An error announced inside a successful stream (a rate limit, say) is classified by the
+//! provider like a status code, and applied to the account through the pool given with
+//! [`RecordLayer::pool`], which persists it and counts it.
 
 mod body;
 mod recorder;
-pub mod usage;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,28 +33,69 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
 pub use body::RecordBody;
 pub use recorder::{MemoryRecorder, NoopRecorder, Recorder};
-pub use usage::Usage;
 
 use crate::BoxError;
 use crate::account::AccountEntry;
-use crate::ext::{FailoverAttempts, RequestMeta, SelectedAccount, Timing};
-use crate::ratelimit::Outcome;
+use crate::context::RequestContext;
+use crate::pool::AccountPool;
+use crate::provider::{Anthropic, Provider};
 
 /// Response header naming the account that served the request.
 pub const ACCOUNT_HEADER: &str = "x-claudeflare-account";
 /// Response header carrying claudeflare's id of the request.
 pub const REQUEST_ID_HEADER: &str = "x-claudeflare-request-id";
 
+/// Token counts of one response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    pub cache_read_input_tokens: u64,
+    /// Input tokens written to the prompt cache, both lifetimes (5-minute and 1-hour).
+    pub cache_creation_input_tokens: u64,
+    /// Of `cache_creation_input_tokens`, those written to the 1-hour cache (priced higher than
+    /// the 5-minute writes); 0 when the answer did not split them.
+    #[serde(default)]
+    pub cache_creation_1h_input_tokens: u64,
+}
+
+impl Usage {
+    /// Take the split of cache writes by lifetime: the 1-hour part, and the total when the answer
+    /// gave only the split.
+    pub(crate) fn split_cache_creation(
+        &mut self,
+        five_minutes: Option<u64>,
+        one_hour: Option<u64>,
+    ) {
+        let (five_minutes, one_hour) = (five_minutes.unwrap_or(0), one_hour.unwrap_or(0));
+        self.cache_creation_1h_input_tokens = one_hour;
+        self.cache_creation_input_tokens = self
+            .cache_creation_input_tokens
+            .max(five_minutes.saturating_add(one_hour));
+    }
+
+    /// Cache writes to the 5-minute cache.
+    pub fn cache_creation_5m_input_tokens(&self) -> u64 {
+        self.cache_creation_input_tokens
+            .saturating_sub(self.cache_creation_1h_input_tokens)
+    }
+}
+
 /// What happened to one client request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct RequestRecord {
     /// claudeflare's id (also in `x-claudeflare-request-id`).
     pub id: String,
@@ -88,92 +135,20 @@ pub struct RequestRecord {
     pub usage: Usage,
 }
 
-/// Records requests. See the [module docs](self).
-#[derive(Clone)]
-pub struct RecordLayer {
-    recorder: Arc<dyn Recorder>,
-    shutdown: Option<CancellationToken>,
-}
-
-impl std::fmt::Debug for RecordLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecordLayer").finish_non_exhaustive()
-    }
-}
-
-impl RecordLayer {
-    /// Records go to `recorder`.
-    pub fn new(recorder: Arc<dyn Recorder>) -> Self {
+impl RequestRecord {
+    /// A record of a request with `id` that arrived at `timestamp`, before anything else is known
+    /// about it.
+    pub fn new(
+        id: impl Into<String>,
+        timestamp: DateTime<Utc>,
+        method: impl Into<String>,
+        path: impl Into<String>,
+    ) -> Self {
         Self {
-            recorder,
-            shutdown: None,
-        }
-    }
-
-    /// When `shutdown` is cancelled (a server's grace period is over), streams still running
-    /// end with an SSE `event: error` saying so, and their records say they were cut by the
-    /// shutdown, with the tokens seen so far.
-    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
-        self.shutdown = Some(shutdown);
-        self
-    }
-}
-
-impl<S> Layer<S> for RecordLayer {
-    type Service = Record<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Record {
-            inner,
-            recorder: Arc::clone(&self.recorder),
-            shutdown: self.shutdown.clone(),
-        }
-    }
-}
-
-/// The service of [`RecordLayer`].
-#[derive(Clone)]
-pub struct Record<S> {
-    inner: S,
-    recorder: Arc<dyn Recorder>,
-    shutdown: Option<CancellationToken>,
-}
-
-impl<S: std::fmt::Debug> std::fmt::Debug for Record<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Record")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Record<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Error: std::fmt::Display,
-    ResBody: http_body::Body,
-    ResBody::Error: Into<BoxError>,
-{
-    type Response = Response<RecordBody<ResBody>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // Time-ordered (v7): the history's primary key grows at its end instead of at random.
-        let mut buffer = uuid::Uuid::encode_buffer();
-        let id = &*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer);
-        let record = RequestRecord {
-            id: id.to_owned(),
-            timestamp: Utc::now(),
-            method: req.method().to_string(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned()),
+            id: id.into(),
+            timestamp,
+            method: method.into(),
+            path: path.into(),
             account_id: None,
             account: None,
             status: None,
@@ -187,40 +162,158 @@ where
             model: None,
             stream: false,
             usage: Usage::default(),
-        };
+        }
+    }
+}
+
+/// Records requests. See the [module docs](self).
+#[derive(Clone)]
+pub struct RecordLayer<P = Anthropic> {
+    recorder: Arc<dyn Recorder>,
+    provider: P,
+    pool: Option<AccountPool>,
+    shutdown: Option<CancellationToken>,
+}
+
+impl<P> std::fmt::Debug for RecordLayer<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordLayer").finish_non_exhaustive()
+    }
+}
+
+impl RecordLayer {
+    /// Records of Anthropic answers go to `recorder`.
+    pub fn new(recorder: Arc<dyn Recorder>) -> Self {
+        Self::with_provider(Anthropic::new(), recorder)
+    }
+}
+
+impl<P: Provider> RecordLayer<P> {
+    /// Records go to `recorder`; `provider` reads the usage of its answers.
+    pub fn with_provider(provider: P, recorder: Arc<dyn Recorder>) -> Self {
+        Self {
+            recorder,
+            provider,
+            pool: None,
+            shutdown: None,
+        }
+    }
+
+    /// Errors announced inside a stream (a rate limit, say) are applied to the account through
+    /// `pool`, as a status code would be.
+    pub fn pool(mut self, pool: AccountPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// When `shutdown` is cancelled (a server's grace period is over), streams still running
+    /// end with an SSE `event: error` saying so, and their records say they were cut by the
+    /// shutdown, with the tokens seen so far.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = Some(shutdown);
+        self
+    }
+}
+
+impl<S, P: Clone> Layer<S> for RecordLayer<P> {
+    type Service = Record<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Record {
+            inner,
+            shared: Arc::new(Shared {
+                recorder: Arc::clone(&self.recorder),
+                provider: self.provider.clone(),
+                pool: self.pool.clone(),
+                shutdown: self.shutdown.clone(),
+            }),
+        }
+    }
+}
+
+/// The service of [`RecordLayer`].
+#[derive(Clone)]
+pub struct Record<S, P = Anthropic> {
+    inner: S,
+    // One reference count per request for all of it: the body keeps it to its end.
+    shared: Arc<Shared<P>>,
+}
+
+pub(crate) struct Shared<P> {
+    recorder: Arc<dyn Recorder>,
+    provider: P,
+    pool: Option<AccountPool>,
+    shutdown: Option<CancellationToken>,
+}
+
+impl<S: std::fmt::Debug, P> std::fmt::Debug for Record<S, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for Record<S, P>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: std::fmt::Display,
+    P: Provider,
+    ResBody: http_body::Body,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<RecordBody<ResBody, P>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, P>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        // Time-ordered (v7): the history's primary key grows at its end instead of at random.
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let id = &*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer);
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path(), |pq| pq.as_str())
+            .to_owned();
+        let record = RequestRecord::new(id, Utc::now(), req.method().as_str(), path);
+        let context = RequestContext::get_or_insert(&mut req);
         ResponseFuture {
             inner: self.inner.call(req),
             guard: Some(Guard {
                 record: Some(record),
                 started: Instant::now(),
-                recorder: Arc::clone(&self.recorder),
+                shared: Arc::clone(&self.shared),
+                context,
                 account: None,
                 request_id: HeaderValue::from_str(id).ok(),
                 label: None,
             }),
-            shutdown: self.shutdown.clone(),
         }
     }
 }
 
 pin_project! {
     /// Future of [`Record`].
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<F, P> {
         #[pin]
         inner: F,
-        guard: Option<Guard>,
-        shutdown: Option<CancellationToken>,
+        guard: Option<Guard<P>>,
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<F, B, E, P> Future for ResponseFuture<F, P>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: http_body::Body,
     B::Error: Into<BoxError>,
     E: std::fmt::Display,
+    P: Provider,
 {
-    type Output = Result<Response<RecordBody<B>>, E>;
+    type Output = Result<Response<RecordBody<B, P>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -233,10 +326,8 @@ where
         match result {
             Ok(mut response) => {
                 guard.on_response(&mut response);
-                let (is_sse, is_json) = Guard::content_kind(&response);
-                Poll::Ready(Ok(response.map(|body| {
-                    RecordBody::new(body, guard, is_sse, is_json, this.shutdown.take())
-                })))
+                let tap = guard.shared.provider.tap(response.headers());
+                Poll::Ready(Ok(response.map(|body| RecordBody::new(body, guard, tap))))
             }
             Err(error) => {
                 guard.finish(Some(error.to_string()));
@@ -247,10 +338,11 @@ where
 }
 
 /// Owns the unfinished record; whoever drops it unfinished (the client went away) records that.
-pub(crate) struct Guard {
+pub(crate) struct Guard<P> {
     record: Option<RequestRecord>,
     started: Instant,
-    recorder: Arc<dyn Recorder>,
+    shared: Arc<Shared<P>>,
+    context: RequestContext,
     account: Option<Arc<AccountEntry>>,
     /// For the response's request-id header.
     request_id: Option<HeaderValue>,
@@ -259,35 +351,25 @@ pub(crate) struct Guard {
     label: Option<&'static str>,
 }
 
-impl Guard {
+impl<P> Guard<P> {
     fn on_response<B>(&mut self, response: &mut Response<B>) {
-        let extensions = response.extensions_mut();
-        // Taken, not copied: it was there for this layer only.
-        let meta = extensions.remove::<RequestMeta>().unwrap_or_default();
-        let account = extensions
-            .get::<SelectedAccount>()
-            .map(|a| Arc::clone(&a.0));
-        let attempts = extensions
-            .get::<FailoverAttempts>()
-            .copied()
-            .unwrap_or_default();
-        let timing = extensions.get::<Timing>().copied();
-        self.label = extensions.get::<Outcome>().and_then(|o| o.label());
+        let context = self.context.take();
+        self.label = context.outcome.and_then(|o| o.label());
         let status = response.status();
         let to_headers = self.started.elapsed();
         if let Some(record) = &mut self.record {
-            if let Some(timing) = timing {
+            if context.account.is_some() {
                 record.upstream_ms =
-                    Some(u64::try_from(timing.upstream.as_millis()).unwrap_or(u64::MAX));
-                let own = to_headers.saturating_sub(timing.upstream + timing.backoff);
+                    Some(u64::try_from(context.upstream.as_millis()).unwrap_or(u64::MAX));
+                let own = to_headers.saturating_sub(context.upstream + context.backoff);
                 record.overhead_us = Some(u64::try_from(own.as_micros()).unwrap_or(u64::MAX));
             }
             record.status = Some(status.as_u16());
             record.success = !status.is_client_error() && !status.is_server_error();
-            record.failover_attempts = attempts.0;
-            record.model = meta.model;
-            record.stream = meta.stream;
-            if let Some(account) = &account {
+            record.failover_attempts = context.switches;
+            record.model = context.model;
+            record.stream = context.stream;
+            if let Some(account) = &context.account {
                 record.account_id = Some(account.id().to_owned());
                 record.account = Some(account.name().to_owned());
             }
@@ -296,23 +378,10 @@ impl Guard {
         if let Some(id) = self.request_id.take() {
             headers.insert(REQUEST_ID_HEADER, id);
         }
-        if let Some(name) = account.as_ref().and_then(|a| a.name_header()) {
+        if let Some(name) = context.account.as_ref().and_then(|a| a.name_header()) {
             headers.insert(ACCOUNT_HEADER, name.clone());
         }
-        self.account = account;
-    }
-
-    /// Whether the body is an SSE stream, and whether it is JSON.
-    fn content_kind<B>(response: &Response<B>) -> (bool, bool) {
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        (
-            content_type.starts_with("text/event-stream"),
-            content_type.starts_with("application/json"),
-        )
+        self.account = context.account;
     }
 
     fn first_byte(&mut self) {
@@ -342,11 +411,11 @@ impl Guard {
             record.success = false;
             record.error = Some(error);
         }
-        self.recorder.record(record);
+        self.shared.recorder.record(record);
     }
 }
 
-impl Drop for Guard {
+impl<P> Drop for Guard<P> {
     fn drop(&mut self) {
         if self.record.is_some() {
             let stage = if self.record.as_ref().is_some_and(|r| r.status.is_some()) {

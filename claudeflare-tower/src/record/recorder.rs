@@ -1,7 +1,6 @@
 //! Where records go.
 
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
 use super::RequestRecord;
 
@@ -27,7 +26,6 @@ where
 #[derive(Debug, Default)]
 pub struct MemoryRecorder {
     records: Mutex<Vec<RequestRecord>>,
-    added: tokio::sync::Notify,
 }
 
 impl MemoryRecorder {
@@ -38,19 +36,6 @@ impl MemoryRecorder {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
-
-    /// Wait until there are at least `count` records, or `timeout` passes; returns the records.
-    pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<RequestRecord> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.added.notified();
-            let records = self.records();
-            if records.len() >= count || tokio::time::Instant::now() >= deadline {
-                return records;
-            }
-            let _ = tokio::time::timeout_at(deadline, notified).await;
-        }
-    }
 }
 
 impl Recorder for MemoryRecorder {
@@ -59,7 +44,6 @@ impl Recorder for MemoryRecorder {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(record);
-        self.added.notify_waiters();
     }
 }
 

@@ -1,25 +1,23 @@
-//! The `RateLimit` layer: reads each upstream response's status, rate-limit headers and (for
-//! the statuses whose meaning depends on it) error body, marks the account, and tells `Failover`
-//! what the response means with an [`Outcome`] in the response extensions.
+//! The `Classify` layer: asks the [`Provider`] what each upstream response means (from its
+//! status, headers and, for the statuses whose meaning depends on it, its error body), applies
+//! that to the account through the [`AccountPool`], and puts the [`Outcome`] in the request's
+//! [`RequestContext`] for `Failover`.
 //!
 //! ```
-//! use claudeflare_tower::{AccountPool, ratelimit::RateLimitLayer};
+//! use claudeflare_tower::{AccountPool, classify::ClassifyLayer};
 //! use tower::ServiceBuilder;
-//! # fn wrap<S>(upstream: S) -> claudeflare_tower::ratelimit::RateLimit<S> {
+//! # fn wrap<S>(upstream: S) -> claudeflare_tower::classify::Classify<S> {
 //! let pool = AccountPool::default();
-//! ServiceBuilder::new().layer(RateLimitLayer::new(pool)).service(upstream)
+//! ServiceBuilder::new().layer(ClassifyLayer::new(pool)).service(upstream)
 //! # }
 //! ```
 //!
-//! The account comes from the [`SelectedAccount`] request extension; without one the response
-//! still gets its `Outcome`, and nothing is marked.
+//! The account is the context's; without one the outcome is still noted, and nothing is
+//! marked.
 //!
-//! The error bodies of 400, 403 and 429 answers are read before the response is handed on (they
-//! are small JSON envelopes; at most [`ERROR_BODY_LIMIT`] bytes), because their message decides
+//! Error bodies the provider needs (Anthropic's: 400, 403 and 429 envelopes) are read before the
+//! response is handed on (at most [`ERROR_BODY_LIMIT`] bytes), because their message decides
 //! between a ban, a scoped refusal and a rate limit. Every other body streams through untouched.
-
-mod classify;
-mod headers;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,92 +25,123 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use chrono::{DateTime, Utc};
-use http::{Request, Response, StatusCode, header};
+use chrono::Utc;
+use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-pub use classify::{ErrorBody, Outcome};
-pub use headers::{DEFAULT_COOLDOWN, MAX_RESET, RateLimitInfo};
-
 use crate::BoxError;
-use crate::account::{AccountEntry, LiveState};
-use crate::ext::SelectedAccount;
+use crate::account::AccountEntry;
+use crate::context::RequestContext;
 use crate::pool::AccountPool;
+use crate::provider::{Anthropic, Outcome, Provider};
 
 /// The largest error body read to classify a response. Anthropic's envelopes are a few hundred
 /// bytes; a bigger one is not an envelope worth the memory.
 pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
-/// Marks accounts from upstream responses. See the [module docs](self).
+/// Classifies upstream responses and marks accounts. See the [module docs](self).
 #[derive(Debug, Clone)]
-pub struct RateLimitLayer {
+pub struct ClassifyLayer<P = Anthropic> {
     pool: AccountPool,
+    provider: P,
 }
 
-impl RateLimitLayer {
-    /// Marks go to accounts of `pool`, whose store persists them.
+impl ClassifyLayer {
+    /// Anthropic's responses; marks go to accounts of `pool`, whose store persists them.
     pub fn new(pool: AccountPool) -> Self {
-        Self { pool }
+        Self::with_provider(Anthropic::new(), pool)
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
+impl<P> ClassifyLayer<P> {
+    /// Responses of `provider`; marks go to accounts of `pool`.
+    pub fn with_provider(provider: P, pool: AccountPool) -> Self {
+        Self { pool, provider }
+    }
+}
+
+impl<S, P: Clone> Layer<S> for ClassifyLayer<P> {
+    type Service = Classify<S, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit {
+        Classify {
             inner,
             pool: self.pool.clone(),
+            provider: self.provider.clone(),
         }
     }
 }
 
-/// The service of [`RateLimitLayer`].
+/// The service of [`ClassifyLayer`].
 #[derive(Debug, Clone)]
-pub struct RateLimit<S> {
+pub struct Classify<S, P = Anthropic> {
     inner: S,
     pool: AccountPool,
+    provider: P,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for Classify<S, P>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
+    P: Provider,
     ResBody: Body<Data = Bytes> + From<Bytes>,
     ResBody::Error: Into<BoxError>,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, ResBody>;
+    type Future = ResponseFuture<S::Future, ResBody, P>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let account = req
-            .extensions()
-            .get::<SelectedAccount>()
-            .map(|a| Arc::clone(&a.0));
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let context = RequestContext::get_or_insert(&mut req);
         ResponseFuture {
             state: State::Waiting {
                 future: self.inner.call(req),
             },
-            account,
-            pool: self.pool.clone(),
+            judge: Judge {
+                account: context.account(),
+                context,
+                pool: self.pool.clone(),
+                provider: self.provider.clone(),
+            },
         }
     }
 }
 
+/// What a response is judged with.
+struct Judge<P> {
+    context: RequestContext,
+    account: Option<Arc<AccountEntry>>,
+    pool: AccountPool,
+    provider: P,
+}
+
+impl<P: Provider> Judge<P> {
+    /// Classify the response, mark the account, and note the outcome in the context.
+    fn judge<B>(&mut self, response: &Response<B>, body: Option<&[u8]>) {
+        let now = Utc::now();
+        let seen = self
+            .provider
+            .classify(response.status(), response.headers(), body, now);
+        if let Some(account) = self.account.take() {
+            self.pool.observe(&account, &seen, now);
+        }
+        self.context.set_outcome(seen.outcome);
+    }
+}
+
 pin_project! {
-    /// Future of [`RateLimit`].
-    pub struct ResponseFuture<F, B> {
+    /// Future of [`Classify`].
+    pub struct ResponseFuture<F, B, P> {
         #[pin]
         state: State<F, B>,
-        account: Option<Arc<AccountEntry>>,
-        pool: AccountPool,
+        judge: Judge<P>,
     }
 }
 
@@ -131,12 +160,13 @@ pin_project! {
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, B>
+impl<F, B, E, P> Future for ResponseFuture<F, B, P>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
     B: Body<Data = Bytes> + From<Bytes>,
     B::Error: Into<BoxError>,
+    P: Provider,
 {
     type Output = Result<Response<B>, BoxError>;
 
@@ -146,8 +176,10 @@ where
             let next = match this.state.as_mut().project() {
                 StateProj::Waiting { future } => {
                     let response = std::task::ready!(future.poll(cx)).map_err(Into::into)?;
-                    if !classify::needs_body(response.status()) || !is_json(&response) {
-                        return Poll::Ready(Ok(judge(this.account, this.pool, response, None)));
+                    let provider = &this.judge.provider;
+                    if !provider.needs_body(response.status(), response.headers()) {
+                        this.judge.judge(&response, None);
+                        return Poll::Ready(Ok(response));
                     }
                     let (parts, body) = response.into_parts();
                     State::Reading {
@@ -174,17 +206,12 @@ where
                         }
                     }
                     let Some(parts) = parts.take() else {
-                        return Poll::Ready(Err("ratelimit polled after completion".into()));
+                        return Poll::Ready(Err("classify polled after completion".into()));
                     };
                     let bytes = std::mem::take(read).freeze();
-                    let error = ErrorBody::parse(&bytes);
-                    let response = Response::from_parts(parts, B::from(bytes));
-                    return Poll::Ready(Ok(judge(
-                        this.account,
-                        this.pool,
-                        response,
-                        error.as_ref(),
-                    )));
+                    let response = Response::from_parts(parts, B::from(bytes.clone()));
+                    this.judge.judge(&response, Some(&bytes));
+                    return Poll::Ready(Ok(response));
                 }
             };
             this.state.set(next);
@@ -192,110 +219,11 @@ where
     }
 }
 
-fn is_json<B>(response: &Response<B>) -> bool {
-    response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"))
-}
-
-/// Classify `response`, mark the account, and put the [`Outcome`] in the response extensions.
-fn judge<B>(
-    account: &mut Option<Arc<AccountEntry>>,
-    pool: &AccountPool,
-    mut response: Response<B>,
-    error: Option<&ErrorBody>,
-) -> Response<B> {
-    let now = Utc::now();
-    let info = RateLimitInfo::from_headers(response.headers(), now);
-    let outcome = Outcome::classify(response.status(), &info, error, now);
-    if let Some(account) = account.take() {
-        let (limited_until, live) = apply(&account, response.status(), &info, outcome, now);
-        if let Some(until) = limited_until {
-            pool.rate_limited(&account, until);
-        }
-        pool.save(&account, &live);
-        let message = error.map_or("", |e| e.message.as_str());
-        match outcome {
-            Outcome::Forbidden => {
-                tracing::error!(
-                    account = account.name(),
-                    reason = message,
-                    "the upstream refused this account (disabled or banned?); it is out of rotation until you resume or re-authenticate it"
-                );
-                let reason = if message.is_empty() {
-                    "the upstream answered 403 permission_error"
-                } else {
-                    message
-                };
-                pool.forbidden(&account, reason);
-            }
-            Outcome::ScopedRefusal => tracing::warn!(
-                account = account.name(),
-                reason = message,
-                "refused for this request's model or beta only; trying the next account, this one stays in rotation"
-            ),
-            Outcome::ExtraUsageRequired => tracing::warn!(
-                account = account.name(),
-                reason = message,
-                "a billing-policy refusal (extra usage), not a rate limit; the account stays in rotation"
-            ),
-            _ => {}
-        }
-    }
-    response.extensions_mut().insert(outcome);
-    response
-}
-
-/// Record on the account what one response said; returns the new rate limit, if any, and the
-/// account's live state after it (taken under the same lock).
-fn apply(
-    account: &AccountEntry,
-    status: StatusCode,
-    info: &RateLimitInfo,
-    outcome: Outcome,
-    now: DateTime<Utc>,
-) -> (Option<DateTime<Utc>>, LiveState) {
-    let limited_until = match outcome {
-        Outcome::RateLimited { until } => Some(until),
-        // A refusal scoped to one model or beta says nothing about the account's other requests.
-        Outcome::ScopedRefusal => None,
-        // A limited unified status on another response still means the next request will fail.
-        _ if info.status_is_limited() => Some(info.limited_until(now)),
-        _ => None,
-    };
-    let mut state = account.lock();
-    let live = &mut state.live;
-    live.request_count += 1;
-    live.total_requests += 1;
-    live.last_used = Some(now);
-    if live.session_start.is_some() {
-        live.session_request_count += 1;
-    }
-    if let Some(status) = &info.unified_status {
-        live.rate_limit_status = Some(status.clone());
-    }
-    if info.unified_reset.is_some() {
-        live.rate_limit_reset = info.unified_reset;
-    }
-    if info.utilization_5h.is_some() {
-        live.utilization_5h = info.utilization_5h;
-        live.utilization_5h_reset = info.reset_5h;
-    }
-    if info.utilization_7d.is_some() {
-        live.utilization_7d = info.utilization_7d;
-        live.utilization_7d_reset = info.reset_7d;
-    }
-    if let Some(until) = limited_until {
-        live.rate_limited_until = Some(until);
-    }
-    let live = live.clone();
-    drop(state);
-    if let Some(until) = limited_until {
-        tracing::warn!(account = account.name(), %status, until = %until, "account rate-limited");
-    }
-    (limited_until, live)
+/// The outcome `Classify` noted for the attempt in `context`, or what the status implies.
+pub(crate) fn outcome_of<B>(context: &RequestContext, response: &Response<B>) -> Outcome {
+    context
+        .outcome()
+        .unwrap_or_else(|| Outcome::from_status(response.status()))
 }
 
 #[cfg(test)]
@@ -303,6 +231,7 @@ mod tests {
     use super::*;
     use crate::account::Account;
     use crate::body::ProxyBody;
+    use crate::provider::DEFAULT_COOLDOWN;
     use chrono::TimeDelta;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
@@ -334,10 +263,10 @@ mod tests {
         }
     }
 
-    async fn respond(pool: &AccountPool, reply: Reply) -> Response<ProxyBody> {
+    async fn respond(pool: &AccountPool, reply: Reply) -> (Response<ProxyBody>, Outcome) {
         let account = pool.get("a").unwrap();
         let service =
-            RateLimitLayer::new(pool.clone()).layer(tower::service_fn(move |_req: Request<()>| {
+            ClassifyLayer::new(pool.clone()).layer(tower::service_fn(move |_req: Request<()>| {
                 let mut builder = Response::builder().status(reply.status);
                 for (k, v) in &reply.headers {
                     builder = builder.header(*k, v.as_str());
@@ -346,16 +275,14 @@ mod tests {
                 async move { Ok::<_, std::convert::Infallible>(response) }
             }));
         let mut req = Request::new(());
-        req.extensions_mut().insert(SelectedAccount(account));
-        service.oneshot(req).await.unwrap()
+        let context = RequestContext::get_or_insert(&mut req);
+        context.set_account(account);
+        let response = service.oneshot(req).await.unwrap();
+        (response, context.outcome().unwrap())
     }
 
     async fn through(pool: &AccountPool, reply: Reply) -> Outcome {
-        *respond(pool, reply)
-            .await
-            .extensions()
-            .get::<Outcome>()
-            .unwrap()
+        respond(pool, reply).await.1
     }
 
     #[tokio::test]
@@ -426,11 +353,8 @@ mod tests {
             "rate_limit_error",
             "Extra usage is required for long context requests.",
         );
-        let response = respond(&pool, long_context).await;
-        assert_eq!(
-            response.extensions().get::<Outcome>(),
-            Some(&Outcome::ScopedRefusal)
-        );
+        let (response, outcome) = respond(&pool, long_context).await;
+        assert_eq!(outcome, Outcome::ScopedRefusal);
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert!(
             String::from_utf8_lossy(&body).contains("Extra usage is required"),

@@ -3,10 +3,10 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use http::HeaderMap;
 
+use crate::provider::{DEFAULT_COOLDOWN, Limits};
+
 /// The longest reset claudeflare believes; anything further is capped to this.
 pub const MAX_RESET: TimeDelta = TimeDelta::hours(24);
-/// How long an account is benched when a limited response names no usable reset.
-pub const DEFAULT_COOLDOWN: TimeDelta = TimeDelta::seconds(60);
 
 /// Unified statuses that mean the account cannot take requests now.
 const LIMITED_STATUSES: [&str; 4] = ["rejected", "rate_limited", "blocked", "payment_required"];
@@ -144,6 +144,18 @@ impl RateLimitInfo {
             x_ratelimit_reset: seen.x_ratelimit_reset.and_then(epoch_seconds),
             standard_reset: binding.or(latest),
         }
+    }
+
+    /// The account-level part, for the pool.
+    pub fn limits(&self) -> Limits {
+        let mut limits = Limits::default();
+        limits.status.clone_from(&self.unified_status);
+        limits.reset = self.unified_reset;
+        limits.utilization_5h = self.utilization_5h;
+        limits.reset_5h = self.reset_5h;
+        limits.utilization_7d = self.utilization_7d;
+        limits.reset_7d = self.reset_7d;
+        limits
     }
 
     /// Whether any rate-limit header was present.

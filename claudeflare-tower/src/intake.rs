@@ -1,13 +1,13 @@
-//! The `Buffer` layer: reads the request body once into memory, so `Failover` can send it again,
-//! and notes the model and stream flag for `Record`.
+//! The `Intake` layer: reads the request body once into memory, so `Failover` can send it again,
+//! and notes its model and stream flag in the [`RequestContext`] for `Record`.
 //!
 //! A body over the limit is refused with 413 in Anthropic's envelope before anything is sent
 //! upstream (at once when `content-length` says so), and so is, with 400, a path that could
 //! leave `/v1/` (a dot-segment, raw or percent-encoded).
 //!
 //! ```
-//! use claudeflare_tower::buffer::BufferLayer;
-//! let layer = BufferLayer::new(32 * 1024 * 1024);
+//! use claudeflare_tower::intake::IntakeLayer;
+//! let layer = IntakeLayer::new(32 * 1024 * 1024);
 //! ```
 
 use std::borrow::Cow;
@@ -22,8 +22,8 @@ use serde::Deserialize;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::ProxyBody;
+use crate::context::RequestContext;
 use crate::error::error_response;
-use crate::ext::RequestMeta;
 use crate::setting::Setting;
 use crate::{BoxError, BoxFuture};
 
@@ -32,11 +32,11 @@ pub const DEFAULT_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 /// Buffers request bodies up to a limit. See the [module docs](self).
 #[derive(Debug, Clone)]
-pub struct BufferLayer {
+pub struct IntakeLayer {
     limit: Setting<usize>,
 }
 
-impl BufferLayer {
+impl IntakeLayer {
     /// Bodies up to `limit` bytes; a [`Setting`] lets it change while serving.
     pub fn new(limit: impl Into<Setting<usize>>) -> Self {
         Self {
@@ -45,26 +45,26 @@ impl BufferLayer {
     }
 }
 
-impl Default for BufferLayer {
+impl Default for IntakeLayer {
     fn default() -> Self {
         Self::new(DEFAULT_BODY_LIMIT)
     }
 }
 
-impl<S> Layer<S> for BufferLayer {
-    type Service = Buffer<S>;
+impl<S> Layer<S> for IntakeLayer {
+    type Service = Intake<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Buffer {
+        Intake {
             inner,
             limit: self.limit.clone(),
         }
     }
 }
 
-/// The service of [`BufferLayer`].
+/// The service of [`IntakeLayer`].
 #[derive(Debug, Clone)]
-pub struct Buffer<S> {
+pub struct Intake<S> {
     inner: S,
     limit: Setting<usize>,
 }
@@ -73,7 +73,7 @@ pub struct Buffer<S> {
 /// serde_json without being kept. A borrowed struct read this way was measured faster than the
 /// hand-written skimmer it replaced: 174 µs against 215 µs for a 500 KB request, 3.1 against
 /// 3.4 µs for a 5 KB one (Criterion, `request_json` bench; BENCHMARKS.md).
-fn read_meta(body: &[u8]) -> RequestMeta {
+fn read_meta(body: &[u8]) -> (Option<String>, bool) {
     #[derive(Deserialize)]
     struct Wire<'a> {
         #[serde(borrow)]
@@ -81,15 +81,15 @@ fn read_meta(body: &[u8]) -> RequestMeta {
         stream: Option<bool>,
     }
     match serde_json::from_slice::<Wire<'_>>(body) {
-        Ok(wire) => RequestMeta {
-            model: wire.model.map(Cow::into_owned),
-            stream: wire.stream.unwrap_or(false),
-        },
-        Err(_) => RequestMeta::default(),
+        Ok(wire) => (
+            wire.model.map(Cow::into_owned),
+            wire.stream.unwrap_or(false),
+        ),
+        Err(_) => (None, false),
     }
 }
 
-impl<S, B> Service<Request<B>> for Buffer<S>
+impl<S, B> Service<Request<B>> for Intake<S>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ProxyBody>, Error = Infallible>
         + Clone
@@ -108,13 +108,14 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if let Err(refused) = crate::path::check(req.uri().path()) {
             let response = error_response(StatusCode::BAD_REQUEST, refused.message());
             return Box::pin(async move { Ok(response) });
         }
         let inner = self.inner.clone();
         let limit = *self.limit.current();
+        let context = RequestContext::get_or_insert(&mut req);
         Box::pin(async move {
             let declared = req
                 .headers()
@@ -135,11 +136,10 @@ where
                     return Ok(error_response(StatusCode::BAD_REQUEST, &message));
                 }
             };
-            let meta = read_meta(&bytes);
+            let (model, stream) = read_meta(&bytes);
+            context.set_request(model, stream);
             let req = Request::from_parts(parts, Full::new(bytes));
-            let mut response = inner.oneshot(req).await?;
-            response.extensions_mut().insert(meta);
-            Ok(response)
+            inner.oneshot(req).await
         })
     }
 }
@@ -157,15 +157,9 @@ mod tests {
     fn meta_is_read_from_json() {
         let meta =
             read_meta(br#"{"model":"claude-opus-4-1","max_tokens":5,"stream":true,"messages":[]}"#);
-        assert_eq!(
-            meta,
-            RequestMeta {
-                model: Some("claude-opus-4-1".into()),
-                stream: true
-            }
-        );
-        assert_eq!(read_meta(b""), RequestMeta::default());
-        assert_eq!(read_meta(b"not json"), RequestMeta::default());
+        assert_eq!(meta, (Some("claude-opus-4-1".into()), true));
+        assert_eq!(read_meta(b""), (None, false));
+        assert_eq!(read_meta(b"not json"), (None, false));
     }
 
     fn post(body: &'static str) -> Request<Full<Bytes>> {
@@ -180,7 +174,7 @@ mod tests {
             let bytes = req.into_body().collect().await.unwrap().to_bytes();
             Ok::<_, Infallible>(Response::new(ProxyBody::full(bytes)))
         });
-        let service = BufferLayer::new(10).layer(echo);
+        let service = IntakeLayer::new(10).layer(echo);
         let response = service.clone().oneshot(post("0123456789")).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(

@@ -9,42 +9,11 @@
 //! bodies of those statuses are read (they are small JSON envelopes).
 
 use chrono::{DateTime, Utc};
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::headers::RateLimitInfo;
-
-/// What an upstream response means for the request and the account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Outcome {
-    /// 1xx–3xx: hand it to the client.
-    Success,
-    /// A 4xx (or a 501 or 505) that another try or account would answer the same way: hand it
-    /// to the client.
-    ClientError,
-    /// A 400 saying the request needs extra usage (third-party traffic on a subscription billed
-    /// to extra usage): a billing-policy refusal, not a rate limit. Handed to the client; no
-    /// account is benched.
-    ExtraUsageRequired,
-    /// 429: the account rests until then; try the next account now.
-    RateLimited {
-        /// When the account may be used again.
-        until: DateTime<Utc>,
-    },
-    /// A 429 scoped to this request's model or beta (long context needing extra usage,
-    /// `out_of_credits`): try the next account, keep this one in rotation.
-    ScopedRefusal,
-    /// A 403 `permission_error`: the account is disabled or banned. Try the next account; this
-    /// one stays out of rotation until a person acts.
-    Forbidden,
-    /// 401: the credential was refused.
-    AuthFailed,
-    /// 529: Anthropic is overloaded; retry with backoff, then the next account.
-    Overloaded,
-    /// 5xx: retry with backoff, then the next account.
-    ServerError,
-}
+use crate::provider::{Classification, DEFAULT_COOLDOWN, Outcome, StreamError};
 
 /// `error.type` and `error.message` of Anthropic's error envelope.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -85,60 +54,73 @@ pub(crate) fn needs_body(status: StatusCode) -> bool {
     matches!(status.as_u16(), 400 | 403 | 429)
 }
 
-impl Outcome {
-    /// Classify a response from its status, rate-limit headers and error body (when it has one
-    /// and it was read), received at `now`.
-    pub fn classify(
-        status: StatusCode,
-        info: &RateLimitInfo,
-        error: Option<&ErrorBody>,
-        now: DateTime<Utc>,
-    ) -> Self {
-        let extra_usage = error.is_some_and(ErrorBody::mentions_extra_usage);
-        match status.as_u16() {
-            429 if info.overage_disabled_reason.as_deref() == Some("out_of_credits")
-                || extra_usage =>
-            {
-                Outcome::ScopedRefusal
-            }
-            429 => Outcome::RateLimited {
-                until: info.limited_until(now),
-            },
-            403 if error.is_some_and(|e| e.kind == "permission_error") => Outcome::Forbidden,
-            400 if extra_usage => Outcome::ExtraUsageRequired,
-            401 => Outcome::AuthFailed,
-            529 => Outcome::Overloaded,
-            // Not implemented, HTTP version not supported: the same answer however often asked.
-            501 | 505 => Outcome::ClientError,
-            500..=599 => Outcome::ServerError,
-            400..=499 => Outcome::ClientError,
-            _ => Outcome::Success,
+/// Classify a response from its status, rate-limit headers and error body (when it has one and
+/// it was read), received at `now`.
+pub(crate) fn outcome(
+    status: StatusCode,
+    info: &RateLimitInfo,
+    error: Option<&ErrorBody>,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let extra_usage = error.is_some_and(ErrorBody::mentions_extra_usage);
+    match status.as_u16() {
+        429 if info.overage_disabled_reason.as_deref() == Some("out_of_credits") || extra_usage => {
+            Outcome::ScopedRefusal
         }
+        429 => Outcome::RateLimited {
+            until: info.limited_until(now),
+        },
+        403 if error.is_some_and(|e| e.kind == "permission_error") => Outcome::Forbidden,
+        400 if extra_usage => Outcome::ExtraUsageRequired,
+        // Not implemented, HTTP version not supported: the same answer however often asked.
+        _ => Outcome::from_status(status),
     }
+}
 
-    /// Classify from the status alone (a response that did not pass through `RateLimit`).
-    pub fn from_status(status: StatusCode) -> Self {
-        Self::classify(status, &RateLimitInfo::default(), None, Utc::now())
-    }
+/// The whole reading of a response: its outcome, when to bench the account, its limits and the
+/// upstream's reason.
+pub(crate) fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+    now: DateTime<Utc>,
+) -> Classification {
+    let info = RateLimitInfo::from_headers(headers, now);
+    let error = body.and_then(ErrorBody::parse);
+    let outcome = outcome(status, &info, error.as_ref(), now);
+    let bench_until = match outcome {
+        Outcome::RateLimited { until } => Some(until),
+        // A refusal scoped to one model or beta says nothing about the account's other requests.
+        Outcome::ScopedRefusal => None,
+        // A limited unified status on another response still means the next request will fail.
+        _ if info.status_is_limited() => Some(info.limited_until(now)),
+        _ => None,
+    };
+    let mut classification = Classification::new(outcome);
+    classification.bench_until = bench_until;
+    classification.limits = info.limits();
+    classification.reason = error.map(|e| e.message).filter(|m| !m.is_empty());
+    classification
+}
 
-    /// A short, recognisable label for a request record of this outcome, when it is one of the
-    /// answers that look alike (so the history tells them apart).
-    pub fn label(self) -> Option<&'static str> {
-        match self {
-            Outcome::ExtraUsageRequired => {
-                Some("extra usage required (billing refusal; no account benched)")
-            }
-            Outcome::ScopedRefusal => Some("refused for this model or beta (account kept)"),
-            Outcome::Forbidden => Some("account refused by the upstream (out of rotation)"),
-            _ => None,
-        }
-    }
+/// An error event inside a 200 stream: a rate limit announced there still benches the account
+/// (for the default cooldown: the event carries no reset); anything else (`overloaded_error`,
+/// `api_error`) failed this request only.
+pub(crate) fn classify_stream_error(error: &StreamError, now: DateTime<Utc>) -> Classification {
+    let outcome = match error.kind.as_str() {
+        "rate_limit_error" => Outcome::RateLimited {
+            until: now + DEFAULT_COOLDOWN,
+        },
+        _ => Outcome::ServerError,
+    };
+    let mut classification = Classification::new(outcome);
+    classification.reason = Some(error.message.clone()).filter(|m| !m.is_empty());
+    classification
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratelimit::DEFAULT_COOLDOWN;
 
     fn error(kind: &str, message: &str) -> ErrorBody {
         ErrorBody {
@@ -151,7 +133,7 @@ mod tests {
     fn statuses_classify() {
         let now = Utc::now();
         let info = RateLimitInfo::default();
-        let c = |s: u16| Outcome::classify(StatusCode::from_u16(s).unwrap(), &info, None, now);
+        let c = |s: u16| outcome(StatusCode::from_u16(s).unwrap(), &info, None, now);
         assert_eq!(c(200), Outcome::Success);
         assert_eq!(c(400), Outcome::ClientError);
         assert_eq!(c(401), Outcome::AuthFailed);
@@ -178,9 +160,8 @@ mod tests {
     fn answers_that_look_alike_are_told_apart() {
         let now = Utc::now();
         let info = RateLimitInfo::default();
-        let c = |s: u16, e: &ErrorBody| {
-            Outcome::classify(StatusCode::from_u16(s).unwrap(), &info, Some(e), now)
-        };
+        let c =
+            |s: u16, e: &ErrorBody| outcome(StatusCode::from_u16(s).unwrap(), &info, Some(e), now);
         let ban = error(
             "permission_error",
             "OAuth authentication is currently not allowed for this organization.",
@@ -210,7 +191,7 @@ mod tests {
             ..RateLimitInfo::default()
         };
         assert_eq!(
-            Outcome::classify(StatusCode::TOO_MANY_REQUESTS, &out_of_credits, None, now),
+            outcome(StatusCode::TOO_MANY_REQUESTS, &out_of_credits, None, now),
             Outcome::ScopedRefusal
         );
     }

@@ -1,13 +1,11 @@
-//! [`HttpRefresher`]: the OAuth refresh grant against Anthropic's token endpoint.
+//! The OAuth refresh grant against Anthropic's token endpoint, through the control-plane client.
 
 use chrono::{TimeDelta, Utc};
 use http::{Uri, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::BoxFuture;
-use crate::account::AccountInfo;
-use crate::auth::{RefreshError, TokenPair, TokenRefresher};
+use crate::auth::{RefreshError, TokenPair};
 
 /// Anthropic's public OAuth client id, used by Claude Code.
 pub const DEFAULT_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
@@ -22,25 +20,23 @@ const DEFINITIVE: [&str; 4] = [
     "unsupported_grant_type",
 ];
 
-/// Refreshes tokens with the JSON refresh grant. Keeps new tokens in memory only: wrap it, or
-/// implement [`TokenRefresher`] yourself, to store them.
-#[derive(Debug, Clone)]
-pub struct HttpRefresher {
+/// A token endpoint and the OAuth client that uses it.
+#[derive(Debug)]
+pub(super) struct Endpoint {
     token_url: Uri,
     client_id: String,
 }
 
-impl HttpRefresher {
-    /// Refresh at `token_url` as OAuth client `client_id`.
-    pub fn new(token_url: Uri, client_id: impl Into<String>) -> Self {
+impl Endpoint {
+    pub(super) fn new(token_url: Uri, client_id: String) -> Self {
         Self {
             token_url,
-            client_id: client_id.into(),
+            client_id,
         }
     }
 
-    /// The refresh grant; `Rejected` when the server says the token is dead.
-    pub async fn refresh_token(
+    /// The JSON refresh grant; `Rejected` when the server says the token is dead.
+    pub(super) async fn refresh(
         &self,
         refresh_token: &SecretString,
     ) -> Result<TokenPair, RefreshError> {
@@ -96,14 +92,4 @@ struct Grant {
 struct OAuthError {
     error: Option<String>,
     error_description: Option<String>,
-}
-
-impl TokenRefresher for HttpRefresher {
-    fn refresh<'a>(
-        &'a self,
-        _account: &'a AccountInfo,
-        refresh_token: &'a SecretString,
-    ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
-        Box::pin(self.refresh_token(refresh_token))
-    }
 }

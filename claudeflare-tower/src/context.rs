@@ -1,0 +1,191 @@
+//! [`RequestContext`]: the one value the layers share about a request.
+//!
+//! The outermost layer of the stack puts it in the request's extensions; the layers below fill
+//! it in on the way down, each its own part:
+//!
+//! | part | written by | read by |
+//! |---|---|---|
+//! | model, stream flag | `Intake` | `Record` |
+//! | candidates | `Select` | `Failover` |
+//! | account of the attempt | `Failover` | `Auth`, `Classify`, `Record` |
+//! | switches to another account, backoff time | `Failover` | `Record` |
+//! | upstream time | `Upstream` | `Record` |
+//! | outcome of the attempt | `Classify` | `Failover`, `Record` |
+//!
+//! Data flows one way: nothing is put in response extensions, and `Record` reads the context
+//! once, when the response headers arrive (the rest it reads from the body as it passes).
+//!
+//! A layer used on its own finds no context and inserts a fresh one, so every layer works
+//! alone; to hand `Auth` or `Classify` an account without `Failover`, put a context with
+//! [`RequestContext::set_account`] in the request yourself.
+//!
+//! The parts sit behind one uncontended mutex, taken for a few field reads or writes at a time
+//! and never across an `.await`. One allocation per request, where the six extension types it
+//! replaces cost one each, and again for every attempt's copy of the extensions.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use http::Request;
+
+use crate::account::AccountEntry;
+use crate::provider::Outcome;
+
+/// What the layers know about one request. Cheap to clone: clones share the same parts.
+#[derive(Clone, Default)]
+pub struct RequestContext {
+    parts: Arc<Mutex<Parts>>,
+}
+
+#[derive(Default)]
+struct Parts {
+    model: Option<String>,
+    stream: bool,
+    candidates: Arc<[Arc<AccountEntry>]>,
+    account: Option<Arc<AccountEntry>>,
+    switches: u32,
+    upstream: Duration,
+    backoff: Duration,
+    outcome: Option<Outcome>,
+}
+
+impl std::fmt::Debug for RequestContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = self.lock();
+        f.debug_struct("RequestContext")
+            .field("model", &parts.model)
+            .field("stream", &parts.stream)
+            .field("candidates", &parts.candidates.len())
+            .field("account", &parts.account.as_ref().map(|a| a.name()))
+            .field("switches", &parts.switches)
+            .field("outcome", &parts.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request's context held when its response headers arrived (see
+/// [`RequestContext::snapshot`]).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// `model` of the request body.
+    pub model: Option<String>,
+    /// `stream` of the request body.
+    pub stream: bool,
+    /// The account of the last attempt: the one that served the response, or the last one
+    /// refused.
+    pub account: Option<Arc<AccountEntry>>,
+    /// Times the request moved to another account.
+    pub switches: u32,
+    /// Time the upstream took to send response headers, summed over attempts.
+    pub upstream: Duration,
+    /// Backoff sleeps between retries.
+    pub backoff: Duration,
+    /// What the last attempt's response meant, when `Classify` saw it.
+    pub outcome: Option<Outcome>,
+}
+
+impl RequestContext {
+    /// A fresh, empty context.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The context of `req`, if a layer put one there.
+    pub fn of<B>(req: &Request<B>) -> Option<&Self> {
+        req.extensions().get::<Self>()
+    }
+
+    /// The context of `req`, inserted first if there is none.
+    pub fn get_or_insert<B>(req: &mut Request<B>) -> Self {
+        req.extensions_mut().get_or_insert_default::<Self>().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Parts> {
+        // Nothing panics while holding it; a poisoned lock still holds consistent parts.
+        self.parts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Note the request's `model` and `stream` flag.
+    pub fn set_request(&self, model: Option<String>, stream: bool) {
+        let mut parts = self.lock();
+        parts.model = model;
+        parts.stream = stream;
+    }
+
+    /// The accounts the request may use, in the order to try them.
+    pub fn set_candidates(&self, candidates: Vec<Arc<AccountEntry>>) {
+        self.lock().candidates = candidates.into();
+    }
+
+    /// The accounts the request may use, in order.
+    pub fn candidates(&self) -> Arc<[Arc<AccountEntry>]> {
+        Arc::clone(&self.lock().candidates)
+    }
+
+    /// The account the next attempt goes to.
+    pub fn set_account(&self, account: Arc<AccountEntry>) {
+        self.lock().account = Some(account);
+    }
+
+    /// The account of the current (or last) attempt.
+    pub fn account(&self) -> Option<Arc<AccountEntry>> {
+        self.lock().account.clone()
+    }
+
+    /// The request moved to account `account`, the next candidate.
+    pub(crate) fn switch_to(&self, account: Arc<AccountEntry>) {
+        let mut parts = self.lock();
+        parts.account = Some(account);
+        parts.switches = parts.switches.saturating_add(1);
+    }
+
+    /// The upstream took `time` to answer one attempt (or to fail).
+    pub(crate) fn add_upstream_time(&self, time: Duration) {
+        self.lock().upstream += time;
+    }
+
+    /// A retry waited `time` first.
+    pub(crate) fn add_backoff(&self, time: Duration) {
+        self.lock().backoff += time;
+    }
+
+    /// What the current attempt's response meant.
+    pub(crate) fn set_outcome(&self, outcome: Outcome) {
+        self.lock().outcome = Some(outcome);
+    }
+
+    /// What the current attempt's response meant, when `Classify` saw it.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.lock().outcome
+    }
+
+    /// A new attempt starts: forget the last one's outcome.
+    pub(crate) fn clear_outcome(&self) {
+        self.lock().outcome = None;
+    }
+
+    /// Everything the context holds now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.read(|model| model.clone())
+    }
+
+    /// Everything the context holds, the model moved out rather than copied: for `Record`, the
+    /// last reader.
+    pub(crate) fn take(&self) -> Snapshot {
+        self.read(Option::take)
+    }
+
+    fn read(&self, model: impl FnOnce(&mut Option<String>) -> Option<String>) -> Snapshot {
+        let mut parts = self.lock();
+        Snapshot {
+            model: model(&mut parts.model),
+            stream: parts.stream,
+            account: parts.account.clone(),
+            switches: parts.switches,
+            upstream: parts.upstream,
+            backoff: parts.backoff,
+            outcome: parts.outcome,
+        }
+    }
+}
