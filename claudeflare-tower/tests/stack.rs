@@ -19,8 +19,8 @@ use claudeflare_tower::provider::{Anthropic, Classification, DEFAULT_COOLDOWN, O
 use claudeflare_tower::record::{MemoryRecorder, RequestRecord};
 use claudeflare_tower::strategy::{RoundRobin, StrategyHandle};
 use claudeflare_tower::{
-    Account, AccountInfo, AccountPool, AccountStatus, Balancer, BoxFuture, Credentials, Mode,
-    OAuthTokens,
+    Account, AccountEntry, AccountInfo, AccountPool, AccountStatus, Balancer, BoxFuture,
+    Credentials, LiveState, Mode, OAuthTokens, StateStore,
 };
 use http::Method;
 use http_body_util::BodyExt;
@@ -56,7 +56,14 @@ impl Harness {
         accounts: Vec<Account>,
         configure: impl FnOnce(Balancer, &MockUpstream) -> Balancer,
     ) -> Self {
-        let pool = AccountPool::new(accounts);
+        Self::with_pool(mock, AccountPool::new(accounts), configure).await
+    }
+
+    async fn with_pool(
+        mock: MockUpstream,
+        pool: AccountPool,
+        configure: impl FnOnce(Balancer, &MockUpstream) -> Balancer,
+    ) -> Self {
         let recorder = Arc::new(MemoryRecorder::default());
         let balancer = Balancer::new(pool.clone())
             .upstream_url(mock.url().parse::<http::Uri>().unwrap())
@@ -1040,4 +1047,267 @@ async fn a_501_or_505_is_not_retried() {
     assert_eq!(h.message(false).await.status, 501);
     assert_eq!(h.message(false).await.status, 505);
     assert_eq!(h.tried(), ["key-a", "key-a"]);
+}
+
+/// What a [`StateStore`] heard: rate-limit marks and saved states, per account id.
+#[derive(Default)]
+struct Heard {
+    rate_limits: Mutex<Vec<(String, chrono::DateTime<Utc>)>>,
+    saved: Mutex<Vec<(String, LiveState)>>,
+}
+
+impl StateStore for Heard {
+    fn save(&self, account_id: &str, state: &LiveState) {
+        let saved = (account_id.to_owned(), state.clone());
+        self.saved.lock().unwrap().push(saved);
+    }
+
+    fn rate_limited(&self, account: &AccountEntry, until: chrono::DateTime<Utc>) {
+        let mark = (account.id().to_owned(), until);
+        self.rate_limits.lock().unwrap().push(mark);
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limit_inside_a_stream_benches_the_account_through_the_pool() {
+    let mock = MockUpstream::start().await;
+    let in_stream = Reply::StreamError {
+        kind: "rate_limit_error".into(),
+    };
+    mock.script("key-a", [in_stream]);
+    let heard = Arc::new(Heard::default());
+    let accounts = vec![
+        Account::api_key("a", "key-a"),
+        Account::api_key("b", "key-b"),
+    ];
+    let pool = AccountPool::with_store(accounts, heard.clone());
+    let h = Harness::with_pool(mock, pool, |b, _| b).await;
+    let a = h.pool.get("a").unwrap();
+    let before = Utc::now();
+
+    let response = h.message(true).await;
+    assert_eq!(
+        response.status, 200,
+        "the stream had started: it is the client's"
+    );
+    let body = response.text();
+    assert!(
+        body.contains("event: error") && body.contains("rate_limit_error"),
+        "the client sees the upstream's own error event: {body}"
+    );
+    let record = &h.records(1).await[0];
+    assert!(!record.success);
+    assert!(
+        record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("stream error: rate_limit_error")),
+        "{record:?}"
+    );
+    assert_eq!(record.usage.input_tokens, INPUT_TOKENS);
+
+    // Benched for the default cooldown, like a 429 without a reset…
+    let until = a.limited_until(Utc::now()).expect("benched");
+    assert!(until >= before + DEFAULT_COOLDOWN && until <= Utc::now() + DEFAULT_COOLDOWN);
+    // …and the store heard it (persisted, counted in metrics), not just the entry in memory.
+    let marks = heard.rate_limits.lock().unwrap().clone();
+    assert_eq!(marks, [(a.id().to_owned(), until)]);
+    let last_saved = heard
+        .saved
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(id, _)| id == a.id())
+        .map(|(_, live)| live.clone())
+        .unwrap();
+    assert_eq!(last_saved.rate_limited_until, Some(until));
+    assert_eq!(last_saved.request_count, 1, "the request is counted once");
+
+    let next = h.message(false).await;
+    assert_eq!(next.header("x-claudeflare-account"), Some("b"));
+}
+
+#[tokio::test]
+async fn an_overload_inside_a_stream_fails_the_request_only() {
+    let h = Harness::keys(&["a"]).await;
+    let in_stream = Reply::StreamError {
+        kind: "overloaded_error".into(),
+    };
+    h.mock.script("key-a", [in_stream]);
+    let response = h.message(true).await;
+    assert!(response.text().contains("overloaded_error"));
+    let record = &h.records(1).await[0];
+    assert!(
+        record
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("overloaded_error")
+    );
+    assert!(h.pool.get("a").unwrap().is_available(Utc::now()));
+}
+
+/// A provider of our own: Anthropic's conventions, plus a header of the gateway in front of it.
+/// No layer knows about it; the whole stack runs on it.
+#[derive(Clone)]
+struct Gateway {
+    anthropic: Anthropic,
+}
+
+impl Provider for Gateway {
+    type Tap = <Anthropic as Provider>::Tap;
+
+    fn name(&self) -> &'static str {
+        "gateway"
+    }
+
+    fn upstream_uri(
+        &self,
+        uri: &http::Uri,
+    ) -> Result<http::Uri, claudeflare_tower::provider::InvalidUpstream> {
+        self.anthropic.upstream_uri(uri)
+    }
+
+    fn strip_client_credentials(&self, headers: &mut http::HeaderMap) {
+        self.anthropic.strip_client_credentials(headers);
+    }
+
+    fn authorize(&self, headers: &mut http::HeaderMap, mode: Mode, credential: http::HeaderValue) {
+        self.anthropic.authorize(headers, mode, credential);
+        headers.insert(
+            "x-gateway-tenant",
+            http::HeaderValue::from_static("claudeflare"),
+        );
+    }
+
+    fn needs_body(&self, status: http::StatusCode, headers: &http::HeaderMap) -> bool {
+        self.anthropic.needs_body(status, headers)
+    }
+
+    fn classify(
+        &self,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        body: Option<&[u8]>,
+        now: chrono::DateTime<Utc>,
+    ) -> Classification {
+        // The gateway answers 503 when its backend is rate-limited.
+        if status == http::StatusCode::SERVICE_UNAVAILABLE {
+            let until = now + TimeDelta::seconds(30);
+            return Classification::new(Outcome::RateLimited { until });
+        }
+        self.anthropic.classify(status, headers, body, now)
+    }
+
+    fn classify_stream_error(
+        &self,
+        error: &claudeflare_tower::provider::StreamError,
+        now: chrono::DateTime<Utc>,
+    ) -> Classification {
+        self.anthropic.classify_stream_error(error, now)
+    }
+
+    fn tap(&self, headers: &http::HeaderMap) -> Self::Tap {
+        self.anthropic.tap(headers)
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        refresh_token: &'a secrecy::SecretString,
+    ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
+        self.anthropic.refresh(refresh_token)
+    }
+}
+
+#[tokio::test]
+async fn a_provider_of_ones_own_runs_the_whole_stack() {
+    let mock = MockUpstream::start().await;
+    mock.script("key-a", [Reply::status(503)]);
+    let gateway = Gateway {
+        anthropic: Anthropic::new().base_url(mock.url().parse::<http::Uri>().unwrap()),
+    };
+    let accounts = vec![
+        Account::api_key("a", "key-a"),
+        Account::api_key("b", "key-b"),
+    ];
+    let pool = AccountPool::new(accounts);
+    let recorder = Arc::new(MemoryRecorder::default());
+    let service = Balancer::with_provider(gateway, pool.clone())
+        .recorder(recorder.clone())
+        .build();
+    let app = axum::Router::new().route_service("/v1/{*rest}", service);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TestClient::new(format!("http://{}", listener.local_addr().unwrap()));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let response = client
+        .post_json("/v1/messages", &request_body(true), &[])
+        .await;
+    server.abort();
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("x-claudeflare-account"),
+        Some("b"),
+        "the provider's own reading of a 503 failed it over at once"
+    );
+    let seen = mock.requests();
+    assert_eq!(
+        seen.len(),
+        2,
+        "no retry on a: the provider called it a rate limit"
+    );
+    assert!(
+        seen.iter()
+            .all(|r| r.headers["x-gateway-tenant"] == "claudeflare")
+    );
+    assert!(!pool.get("a").unwrap().is_available(Utc::now()));
+    let records = recorder.records();
+    assert_eq!(records[0].usage.output_tokens, OUTPUT_TOKENS);
+}
+
+#[tokio::test]
+async fn layers_compose_by_hand_over_a_client_of_ones_own() {
+    use claudeflare_tower::RequestContext;
+    use claudeflare_tower::classify::ClassifyLayer;
+    use claudeflare_tower::upstream::Upstream;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let mock = MockUpstream::start().await;
+    mock.script("key-a", [Reply::rate_limited(120)]);
+    let pool = AccountPool::new(vec![Account::api_key("a", "key-a")]);
+    let anthropic = Anthropic::new().base_url(mock.url().parse::<http::Uri>().unwrap());
+    // Plain HTTP, no TLS stack: any hyper-util client will do.
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let service = ServiceBuilder::new()
+        .layer(ClassifyLayer::new(pool.clone()))
+        .service(Upstream::from_client(anthropic, client));
+
+    let mut request = http::Request::post("/v1/messages")
+        .header("x-api-key", "key-a")
+        .body(http_body_util::Full::new(Bytes::from(
+            request_body(false).to_string(),
+        )))
+        .unwrap();
+    let context = RequestContext::get_or_insert(&mut request);
+    context.set_account(pool.get("a").unwrap());
+    let response = service.oneshot(request).await.unwrap();
+
+    assert_eq!(response.status(), 429);
+    assert!(matches!(
+        context.outcome(),
+        Some(Outcome::RateLimited { .. })
+    ));
+    let a = pool.get("a").unwrap();
+    assert!(
+        !a.is_available(Utc::now()),
+        "Classify benched the context's account"
+    );
+    assert_eq!(a.live().request_count, 1);
+    assert!(
+        context.snapshot().upstream > Duration::ZERO,
+        "Upstream timed the attempt"
+    );
 }

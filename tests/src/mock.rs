@@ -68,6 +68,13 @@ pub enum Reply {
     },
     /// Never answer (until the client gives up).
     Stall,
+    /// A 200 stream that starts a message, then announces an error of this `error.type`
+    /// (`rate_limit_error`, `overloaded_error`) as `event: error` and ends (anthropic.md: "A
+    /// limit can also arrive inside a 200 stream").
+    StreamError {
+        /// `error.type` of the event.
+        kind: String,
+    },
 }
 
 impl Reply {
@@ -585,6 +592,18 @@ async fn handle(
             json_response(200, &message_json(&model), &request_id)
         }
         Reply::Message => sse_response(&shared, &model, &request_id, Duration::ZERO, None, None),
+        Reply::StreamError { kind } => {
+            let mut bytes = sse::message_stream(&model);
+            // Cut after `message_start` and its first content event, as a limit hit mid-answer.
+            let cut = bytes
+                .windows(b"event: ping".len())
+                .position(|w| w == b"event: ping")
+                .unwrap_or(bytes.len());
+            bytes.truncate(cut);
+            let error = json!({"type": "error", "error": {"type": kind, "message": format!("mock: {kind} in the stream")}});
+            bytes.extend_from_slice(format!("event: error\ndata: {error}\n\n").as_bytes());
+            sse_body_response(&shared, bytes, &request_id, Duration::ZERO, None, None)
+        }
         Reply::Stream {
             delay,
             fail_after,
@@ -831,6 +850,18 @@ fn sse_response(
     chunk_size: Option<usize>,
 ) -> Response {
     let bytes = sse::message_stream(model);
+    sse_body_response(shared, bytes, request_id, delay, fail_after, chunk_size)
+}
+
+/// An SSE response sending `bytes`.
+fn sse_body_response(
+    shared: &Arc<Shared>,
+    bytes: Vec<u8>,
+    request_id: &str,
+    delay: Duration,
+    fail_after: Option<usize>,
+    chunk_size: Option<usize>,
+) -> Response {
     let chunks = match chunk_size {
         Some(size) => bytes
             .chunks(size.max(1))
