@@ -9,8 +9,6 @@ use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::provider::Classification;
-
 /// How an account authenticates to Anthropic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -572,43 +570,11 @@ impl AccountEntry {
         state.live.session_request_count = account.live.session_request_count;
     }
 
-    /// Apply what a provider read in a response (`counted`: one more request) or in a stream
-    /// (not counted again) at `now`. Returns the live state after it, taken under the same lock.
-    pub(crate) fn observe(
-        &self,
-        seen: &Classification,
-        counted: bool,
-        now: DateTime<Utc>,
-    ) -> LiveState {
+    /// Change the live state under the entry's lock; returns the state after the change.
+    pub(crate) fn update_live(&self, change: impl FnOnce(&mut LiveState)) -> LiveState {
         let mut state = self.lock();
-        let live = &mut state.live;
-        if counted {
-            live.request_count += 1;
-            live.total_requests += 1;
-            live.last_used = Some(now);
-            if live.session_start.is_some() {
-                live.session_request_count += 1;
-            }
-        }
-        let limits = &seen.limits;
-        if let Some(status) = &limits.status {
-            live.rate_limit_status = Some(status.clone());
-        }
-        if limits.reset.is_some() {
-            live.rate_limit_reset = limits.reset;
-        }
-        if limits.utilization_5h.is_some() {
-            live.utilization_5h = limits.utilization_5h;
-            live.utilization_5h_reset = limits.reset_5h;
-        }
-        if limits.utilization_7d.is_some() {
-            live.utilization_7d = limits.utilization_7d;
-            live.utilization_7d_reset = limits.reset_7d;
-        }
-        if let Some(until) = seen.bench_until {
-            live.rate_limited_until = Some(until);
-        }
-        live.clone()
+        change(&mut state.live);
+        state.live.clone()
     }
 
     /// Account name and mode, for logs and the token refresher.

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{TimeDelta, Utc};
 use http::{HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use secrecy::SecretString;
@@ -34,34 +34,11 @@ use crate::account::{AccountEntry, AccountInfo, Credentials, Mode, OAuthTokens};
 use crate::context::RequestContext;
 use crate::pool::AccountPool;
 use crate::provider::{Anthropic, Provider};
+pub use crate::provider::{RefreshError, TokenPair};
 use crate::{BoxError, BoxFuture};
 
 /// Tokens expiring sooner than this are refreshed before use.
 pub const REFRESH_MARGIN: TimeDelta = TimeDelta::minutes(5);
-
-/// A fresh token pair from a refresh.
-#[derive(Debug, Clone)]
-pub struct TokenPair {
-    /// The new access token.
-    pub access_token: SecretString,
-    /// The rotated refresh token, when the server sent one (keep the old one otherwise).
-    pub refresh_token: Option<SecretString>,
-    /// When the new access token expires.
-    pub expires_at: DateTime<Utc>,
-}
-
-/// Why a refresh failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RefreshError {
-    /// The refresh token is no longer accepted (`invalid_grant` and the like): only a new login
-    /// helps.
-    #[error("the refresh token was rejected: {0}")]
-    Rejected(String),
-    /// Network trouble or a server error: try again later.
-    #[error("token refresh failed: {0}")]
-    Temporary(BoxError),
-}
 
 /// Gets new tokens for subscription accounts, and stores them before they are used.
 pub trait TokenRefresher: Send + Sync + 'static {

@@ -8,6 +8,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::BoxError;
 
+/// How long a control-plane call may wait for its connection.
+pub const CONTROL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a control-plane call may take in all.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most a control-plane answer may hold (they are small JSON documents).
@@ -21,7 +23,7 @@ const MAX_ANSWER: usize = 1024 * 1024;
 /// CLI's, a test's), rarely (a refresh every few hours, a usage poll every few minutes).
 pub fn client() -> Result<reqwest::Client, BoxError> {
     reqwest::Client::builder()
-        .connect_timeout(crate::upstream::DEFAULT_CONNECT_TIMEOUT)
+        .connect_timeout(CONTROL_CONNECT_TIMEOUT)
         .timeout(CONTROL_TIMEOUT)
         .build()
         .map_err(Into::into)

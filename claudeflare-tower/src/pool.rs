@@ -202,7 +202,7 @@ impl AccountPool {
         counted: bool,
         now: DateTime<Utc>,
     ) {
-        let live = account.observe(seen, counted, now);
+        let live = account.update_live(|live| apply_to_live(live, seen, counted, now));
         if let Some(until) = seen.bench_until {
             tracing::warn!(account = account.name(), until = %until, "account rate-limited");
             if let Some(store) = &self.inner.store {
@@ -269,6 +269,37 @@ impl AccountPool {
         if let Some(store) = &self.inner.store {
             store.save(account.id(), live);
         }
+    }
+}
+
+/// What one response (`counted`: one more request) or one error inside a stream (already
+/// counted) changes in an account's live state.
+fn apply_to_live(live: &mut LiveState, seen: &Classification, counted: bool, now: DateTime<Utc>) {
+    if counted {
+        live.request_count += 1;
+        live.total_requests += 1;
+        live.last_used = Some(now);
+        if live.session_start.is_some() {
+            live.session_request_count += 1;
+        }
+    }
+    let limits = &seen.limits;
+    if let Some(status) = &limits.status {
+        live.rate_limit_status = Some(status.clone());
+    }
+    if limits.reset.is_some() {
+        live.rate_limit_reset = limits.reset;
+    }
+    if limits.utilization_5h.is_some() {
+        live.utilization_5h = limits.utilization_5h;
+        live.utilization_5h_reset = limits.reset_5h;
+    }
+    if limits.utilization_7d.is_some() {
+        live.utilization_7d = limits.utilization_7d;
+        live.utilization_7d_reset = limits.reset_7d;
+    }
+    if let Some(until) = seen.bench_until {
+        live.rate_limited_until = Some(until);
     }
 }
 

@@ -22,10 +22,10 @@ use secrecy::SecretString;
 
 pub use anthropic::Anthropic;
 
-use crate::BoxFuture;
+use serde::{Deserialize, Serialize};
+
 use crate::account::Mode;
-use crate::auth::{RefreshError, TokenPair};
-use crate::record::Usage;
+use crate::{BoxError, BoxFuture};
 
 /// An upstream API and its conventions. See the [module docs](self).
 pub trait Provider: Clone + Send + Sync + 'static {
@@ -46,7 +46,7 @@ pub trait Provider: Clone + Send + Sync + 'static {
     fn authorize(&self, headers: &mut HeaderMap, mode: Mode, credential: HeaderValue);
 
     /// Whether a response's meaning depends on its (error) body, which `Classify` then reads,
-    /// up to [`ERROR_BODY_LIMIT`](crate::classify::ERROR_BODY_LIMIT), before handing it on.
+    /// up to 64 KiB, before handing it on.
     fn needs_body(&self, status: StatusCode, headers: &HeaderMap) -> bool;
 
     /// What a response received at `now` means, from its status, headers and (when
@@ -70,6 +70,70 @@ pub trait Provider: Clone + Send + Sync + 'static {
         &'a self,
         refresh_token: &'a SecretString,
     ) -> BoxFuture<'a, Result<TokenPair, RefreshError>>;
+}
+
+/// Token counts of one response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    pub cache_read_input_tokens: u64,
+    /// Input tokens written to the prompt cache, both lifetimes (5-minute and 1-hour).
+    pub cache_creation_input_tokens: u64,
+    /// Of `cache_creation_input_tokens`, those written to the 1-hour cache (priced higher than
+    /// the 5-minute writes); 0 when the answer did not split them.
+    #[serde(default)]
+    pub cache_creation_1h_input_tokens: u64,
+}
+
+impl Usage {
+    /// Take the split of cache writes by lifetime: the 1-hour part, and the total when the answer
+    /// gave only the split.
+    pub(crate) fn split_cache_creation(
+        &mut self,
+        five_minutes: Option<u64>,
+        one_hour: Option<u64>,
+    ) {
+        let (five_minutes, one_hour) = (five_minutes.unwrap_or(0), one_hour.unwrap_or(0));
+        self.cache_creation_1h_input_tokens = one_hour;
+        self.cache_creation_input_tokens = self
+            .cache_creation_input_tokens
+            .max(five_minutes.saturating_add(one_hour));
+    }
+
+    /// Cache writes to the 5-minute cache.
+    pub fn cache_creation_5m_input_tokens(&self) -> u64 {
+        self.cache_creation_input_tokens
+            .saturating_sub(self.cache_creation_1h_input_tokens)
+    }
+}
+
+/// A fresh token pair from a refresh.
+#[derive(Debug, Clone)]
+pub struct TokenPair {
+    /// The new access token.
+    pub access_token: SecretString,
+    /// The rotated refresh token, when the server sent one (keep the old one otherwise).
+    pub refresh_token: Option<SecretString>,
+    /// When the new access token expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Why a refresh failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefreshError {
+    /// The refresh token is no longer accepted (`invalid_grant` and the like): only a new login
+    /// helps.
+    #[error("the refresh token was rejected: {0}")]
+    Rejected(String),
+    /// Network trouble or a server error: try again later.
+    #[error("token refresh failed: {0}")]
+    Temporary(BoxError),
 }
 
 /// How long an account is benched when a limited response names no usable reset.

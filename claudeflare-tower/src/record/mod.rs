@@ -35,7 +35,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
@@ -46,52 +46,13 @@ use crate::BoxError;
 use crate::account::AccountEntry;
 use crate::context::RequestContext;
 use crate::pool::AccountPool;
+pub use crate::provider::Usage;
 use crate::provider::{Anthropic, Provider};
 
 /// Response header naming the account that served the request.
 pub const ACCOUNT_HEADER: &str = "x-claudeflare-account";
 /// Response header carrying claudeflare's id of the request.
 pub const REQUEST_ID_HEADER: &str = "x-claudeflare-request-id";
-
-/// Token counts of one response.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct Usage {
-    /// Uncached input tokens.
-    pub input_tokens: u64,
-    /// Output tokens.
-    pub output_tokens: u64,
-    /// Input tokens read from the prompt cache.
-    pub cache_read_input_tokens: u64,
-    /// Input tokens written to the prompt cache, both lifetimes (5-minute and 1-hour).
-    pub cache_creation_input_tokens: u64,
-    /// Of `cache_creation_input_tokens`, those written to the 1-hour cache (priced higher than
-    /// the 5-minute writes); 0 when the answer did not split them.
-    #[serde(default)]
-    pub cache_creation_1h_input_tokens: u64,
-}
-
-impl Usage {
-    /// Take the split of cache writes by lifetime: the 1-hour part, and the total when the answer
-    /// gave only the split.
-    pub(crate) fn split_cache_creation(
-        &mut self,
-        five_minutes: Option<u64>,
-        one_hour: Option<u64>,
-    ) {
-        let (five_minutes, one_hour) = (five_minutes.unwrap_or(0), one_hour.unwrap_or(0));
-        self.cache_creation_1h_input_tokens = one_hour;
-        self.cache_creation_input_tokens = self
-            .cache_creation_input_tokens
-            .max(five_minutes.saturating_add(one_hour));
-    }
-
-    /// Cache writes to the 5-minute cache.
-    pub fn cache_creation_5m_input_tokens(&self) -> u64 {
-        self.cache_creation_input_tokens
-            .saturating_sub(self.cache_creation_1h_input_tokens)
-    }
-}
 
 /// What happened to one client request.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -25,10 +25,12 @@ pub use headers::{MAX_RESET, RateLimitInfo};
 pub use oauth::{DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL};
 pub use usage::{JsonSummary, JsonTap, SseTap};
 
-use super::{Classification, InvalidUpstream, Provider, StreamError, TapSummary, UsageTap};
+use super::{
+    Classification, InvalidUpstream, Provider, RefreshError, StreamError, TapSummary, TokenPair,
+    UsageTap,
+};
 use crate::BoxFuture;
 use crate::account::Mode;
-use crate::auth::{RefreshError, TokenPair};
 use crate::setting::Setting;
 
 /// Anthropic's API.

@@ -5,7 +5,7 @@ use http::{Uri, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::auth::{RefreshError, TokenPair};
+use crate::provider::{RefreshError, TokenPair};
 
 /// Anthropic's public OAuth client id, used by Claude Code.
 pub const DEFAULT_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";

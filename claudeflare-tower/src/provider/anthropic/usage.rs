@@ -13,8 +13,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::provider::StreamError;
-use crate::record::Usage;
+use crate::provider::{StreamError, Usage};
 
 /// Lines longer than this are never needed (usage events are small) and are skipped.
 const MAX_LINE: usize = 256 * 1024;
