@@ -11,6 +11,7 @@ use axum::extract::Request;
 use axum::response::Response;
 use claudeflare_tower::BalancerService;
 use http::{HeaderName, header};
+use pin_project_lite::pin_project;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tower::{Service, ServiceExt};
@@ -64,33 +65,48 @@ impl Service<Request> for App {
 
     fn call(&mut self, req: Request) -> AppFuture {
         if req.uri().path().starts_with("/v1/") {
-            AppFuture::Proxy(self.balancer.call(req))
+            let future = self.balancer.call(req);
+            AppFuture {
+                kind: Kind::Proxy { future },
+            }
         } else {
-            AppFuture::Other(self.main.spawn(self.router.clone().oneshot(req)))
+            let task = self.main.spawn(self.router.clone().oneshot(req));
+            AppFuture {
+                kind: Kind::Other { task },
+            }
         }
     }
 }
 
-/// The future of [`App`].
-// The large variant is the common one (every proxied request): boxing it would cost an
-// allocation per request to save bytes on the rare one.
-#[allow(clippy::large_enum_variant)]
-pub enum AppFuture {
-    /// A proxied request.
-    Proxy(<BalancerService as Service<Request>>::Future),
-    /// Anything else, on the main runtime.
-    Other(JoinHandle<Result<Response, Infallible>>),
+pin_project! {
+    /// The future of [`App`].
+    pub struct AppFuture {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project! {
+    /// The proxy variant is the large and the common one (every proxied request): boxing it
+    /// would cost an allocation per request to save bytes on the rare one.
+    #[project = KindProj]
+    enum Kind {
+        // A proxied request.
+        Proxy { #[pin] future: <BalancerService as Service<Request>>::Future },
+        // Anything else, on the main runtime.
+        Other { task: JoinHandle<Result<Response, Infallible>> },
+    }
 }
 
 impl Future for AppFuture {
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Self::Proxy(future) => Pin::new(future)
+        match self.project().kind.project() {
+            KindProj::Proxy { future } => future
                 .poll(cx)
                 .map(|result| result.map(|response| response.map(Body::new))),
-            Self::Other(task) => Pin::new(task).poll(cx).map(|joined| {
+            KindProj::Other { task } => Pin::new(task).poll(cx).map(|joined| {
                 joined.unwrap_or_else(|error| {
                     // A handler panicked (or the runtime is shutting down).
                     tracing::error!(%error, "a request handler failed");

@@ -146,6 +146,7 @@ pub struct OAuthTokens {
 
 /// What an account is, as configured and stored.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Account {
     /// Stable identifier.
     pub id: String,
@@ -666,6 +667,7 @@ fn status_of(state: &State, now: DateTime<Utc>) -> AccountStatus {
 
 /// Identity of an account, without secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AccountInfo {
     /// Stable identifier.
     pub id: String,

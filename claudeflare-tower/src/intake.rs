@@ -12,20 +12,25 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body::Body;
+use http_body_util::combinators::Collect;
 use http_body_util::{BodyExt, Full, Limited};
+use pin_project_lite::pin_project;
 use serde::Deserialize;
-use tower::{Layer, Service, ServiceExt};
+use tower::util::Oneshot;
+use tower::{Layer, Service};
 
+use crate::BoxError;
 use crate::body::ProxyBody;
 use crate::context::RequestContext;
 use crate::error::error_response;
 use crate::setting::Setting;
-use crate::{BoxError, BoxFuture};
 
 /// Anthropic's own request size limit, the default.
 pub const DEFAULT_BODY_LIMIT: usize = 32 * 1024 * 1024;
@@ -91,56 +96,150 @@ fn read_meta(body: &[u8]) -> (Option<String>, bool) {
 
 impl<S, B> Service<Request<B>> for Intake<S>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ProxyBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: Body<Data = Bytes> + Send + 'static,
+    S: Service<Request<Full<Bytes>>, Response = Response<ProxyBody>, Error = Infallible> + Clone,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
+    type Future = ResponseFuture<S, B>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Readiness is checked on the inner service once the body is in, in `call`.
+        // Readiness is checked on the inner service once the body is in.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if let Err(refused) = crate::path::check(req.uri().path()) {
             let response = error_response(StatusCode::BAD_REQUEST, refused.message());
-            return Box::pin(async move { Ok(response) });
+            return ResponseFuture::answer(response);
         }
-        let inner = self.inner.clone();
         let limit = *self.limit.current();
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return ResponseFuture::answer(too_large(limit));
+        }
         let context = RequestContext::get_or_insert(&mut req);
-        Box::pin(async move {
-            let declared = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|len| len > limit as u64) {
-                return Ok(too_large(limit));
-            }
-            let (parts, body) = req.into_parts();
-            let bytes = match Limited::new(body, limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                    return Ok(too_large(limit));
-                }
-                Err(error) => {
-                    let message = format!("could not read the request body: {error}");
-                    return Ok(error_response(StatusCode::BAD_REQUEST, &message));
+        let (parts, body) = req.into_parts();
+        ResponseFuture {
+            state: State::Reading {
+                collect: Limited::new(body, limit).collect(),
+                parts: Some(parts),
+                inner: Some(self.inner.clone()),
+                context,
+                limit,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`Intake`].
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<Full<Bytes>>>,
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<Full<Bytes>>>,
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        /// Reading the body.
+        Reading {
+            #[pin]
+            collect: Collect<Limited<B>>,
+            parts: Option<http::request::Parts>,
+            inner: Option<S>,
+            context: RequestContext,
+            limit: usize,
+        },
+        /// Handed on.
+        Calling { #[pin] future: Oneshot<S, Request<Full<Bytes>>> },
+        /// Answered here.
+        Answer { response: Option<Response<ProxyBody>> },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<Full<Bytes>>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn answer(response: Response<ProxyBody>) -> Self {
+        Self {
+            state: State::Answer {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ProxyBody>, Error = Infallible>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let next = match this.state.as_mut().project() {
+                StateProj::Answer { response } => match response.take() {
+                    Some(response) => return Poll::Ready(Ok(response)),
+                    None => panic!("intake::ResponseFuture polled after completion"),
+                },
+                StateProj::Calling { future } => return future.poll(cx),
+                StateProj::Reading {
+                    collect,
+                    parts,
+                    inner,
+                    context,
+                    limit,
+                } => {
+                    let bytes = match std::task::ready!(collect.poll(cx)) {
+                        Ok(collected) => collected.to_bytes(),
+                        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                            return Poll::Ready(Ok(too_large(*limit)));
+                        }
+                        Err(error) => {
+                            let message = format!("could not read the request body: {error}");
+                            return Poll::Ready(Ok(error_response(
+                                StatusCode::BAD_REQUEST,
+                                &message,
+                            )));
+                        }
+                    };
+                    // Taken once: the state moves on to `Calling` right below.
+                    let (Some(parts), Some(inner)) = (parts.take(), inner.take()) else {
+                        panic!("intake::ResponseFuture polled after completion");
+                    };
+                    let (model, stream) = read_meta(&bytes);
+                    context.set_request(model, stream);
+                    let req = Request::from_parts(parts, Full::new(bytes));
+                    State::Calling {
+                        future: Oneshot::new(inner, req),
+                    }
                 }
             };
-            let (model, stream) = read_meta(&bytes);
-            context.set_request(model, stream);
-            let req = Request::from_parts(parts, Full::new(bytes));
-            inner.oneshot(req).await
-        })
+            this.state.set(next);
+        }
     }
 }
 
@@ -152,6 +251,7 @@ fn too_large(limit: usize) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
 
     #[test]
     fn meta_is_read_from_json() {

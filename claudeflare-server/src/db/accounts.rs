@@ -173,16 +173,12 @@ fn shell(model: &Model) -> Result<Account, DbError> {
     live.needs_reauth = model.needs_reauth;
     live.forbidden = model.forbidden;
     live.status_reason = model.status_reason.clone();
-    Ok(Account {
-        id: model.id.clone(),
-        name: model.name.clone(),
-        mode,
-        tier,
-        paused: model.paused,
-        credentials,
-        created_at: model.created_at,
-        live,
-    })
+    let mut account = Account::new(model.name.clone(), mode, credentials).with_tier(tier);
+    account.id.clone_from(&model.id);
+    account.paused = model.paused;
+    account.created_at = model.created_at;
+    account.live = live;
+    Ok(account)
 }
 
 /// `Ok` when a row was changed, else the account does not exist.
