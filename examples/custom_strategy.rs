@@ -42,8 +42,8 @@ async fn main() -> std::io::Result<()> {
         Account::api_key("b", key("CLAUDE_KEY_B")),
     ]);
 
-    // The handle can switch strategies later, e.g. back to a built-in one by name:
-    // handle.set(strategy::by_name("session", strategy::DEFAULT_SESSION_DURATION)?);
+    // The handle can switch strategies later, e.g. back to a built-in one:
+    // handle.set(Box::new(strategy::Session::default()));
     let handle = StrategyHandle::new(Box::new(LeastUtilized));
     let service = Balancer::new(pool).strategy(handle.clone()).build();
     println!("strategy in use: {}", handle.get().name());

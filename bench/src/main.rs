@@ -43,7 +43,7 @@ struct Plan {
 
 const FULL: Plan = Plan {
     latency_rounds: 10,
-    latency_per_round: 500,
+    latency_per_round: 2000,
     throughput_rounds: 9,
     throughput_round: Duration::from_millis(1500),
     connections: 32,
@@ -230,6 +230,9 @@ async fn stats(address: SocketAddr) -> serde_json::Value {
     client.get("/api/stats").await.json()
 }
 
+/// The pause after each latency round, for the work it caused to finish (see its use).
+const SETTLE: Duration = Duration::from_millis(150);
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -295,6 +298,10 @@ async fn run(args: &[String]) {
             )
             .await;
             target.requests += plan.latency_per_round as u64;
+            // Work a round leaves behind (claudeflare writes its last records 20 ms after they
+            // end) must not land in the next target's round: it would slow that target down and
+            // flatter this one. wrk, which runs one target at a time, sees it where it belongs.
+            tokio::time::sleep(SETTLE).await;
         }
     }
     let proxies = [None, bare.child.id(), claudeflare.child.id()];
