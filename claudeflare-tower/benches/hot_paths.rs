@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
-use claudeflare_tower::provider::anthropic::{RateLimitInfo, SseTap};
+use claudeflare_tower::provider::{Anthropic, Provider, UsageTap};
 use claudeflare_tower::record::{NoopRecorder, RecordLayer};
 use claudeflare_tower::strategy::{self, Strategy};
 use claudeflare_tower::{Account, AccountEntry, ProxyBody, RequestContext, Tier};
@@ -74,8 +74,11 @@ fn headers(c: &mut Criterion) {
         map.insert(k, HeaderValue::from_static(v));
     }
     let now = Utc::now();
-    c.bench_function("ratelimit/parse headers", |b| {
-        b.iter(|| black_box(RateLimitInfo::from_headers(black_box(&map), now)))
+    let anthropic = Anthropic::new();
+    let ok = http::StatusCode::OK;
+    // The provider's whole reading of a response: the header scan and the classification.
+    c.bench_function("classify/rate-limit headers", |b| {
+        b.iter(|| black_box(anthropic.classify(ok, black_box(&map), None, now)))
     });
 }
 
@@ -97,16 +100,21 @@ fn sse_tap(c: &mut Criterion) {
     let stream = long_stream();
     let mut group = c.benchmark_group("sse tap");
     group.throughput(Throughput::Bytes(stream.len() as u64));
+    let anthropic = Anthropic::new();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
     for size in [1024, 16 * 1024] {
         let chunks: Vec<&[u8]> = stream.chunks(size).collect();
         group.bench_function(format!("{size}-byte chunks"), |b| {
             b.iter(|| {
-                let mut tap = SseTap::default();
+                let mut tap = anthropic.tap(&headers);
                 for chunk in &chunks {
                     tap.feed(black_box(chunk));
                 }
-                tap.finish();
-                black_box(tap.usage())
+                black_box(tap.finish())
             })
         });
     }

@@ -64,7 +64,7 @@ pub trait TokenRefresher: Send + Sync + 'static {
 /// A [`TokenRefresher`] that uses the provider's refresh grant and keeps the new tokens in
 /// memory only: the default of [`AuthLayer`].
 #[derive(Debug, Clone)]
-pub struct ProviderRefresher<P>(pub P);
+pub(crate) struct ProviderRefresher<P>(pub(crate) P);
 
 impl<P: Provider> TokenRefresher for ProviderRefresher<P> {
     fn refresh<'a>(

@@ -28,7 +28,7 @@
 //!
 //! # Design
 //!
-//! The loop is tower's own [`Retry`] middleware, driven by [`FailoverPolicy`]: the policy
+//! The loop is tower's own [`Retry`] middleware, driven by a `FailoverPolicy`: the policy
 //! holds the candidate cursor, the retry count on the current account and whether a token
 //! refresh was already tried, and decides from the attempt's [`Outcome`] (which `Classify`
 //! notes in the context) or from the error's type. Moving to the next account is the policy
@@ -124,11 +124,12 @@ pub struct Failover<S> {
     not_ready: Option<String>,
 }
 
-/// What [`Failover`] does after each attempt. See the [module docs](self#design).
+/// What [`Failover`] does after each attempt: a [`Policy`] for tower's [`Retry`]. See the
+/// [module docs](self#design).
 ///
 /// Cloned for every request (by [`Retry`]), fresh: the cursor starts at the first candidate.
 #[derive(Debug, Clone)]
-pub struct FailoverPolicy {
+pub(crate) struct FailoverPolicy {
     retry: Setting<RetryConfig>,
     /// Index of the current candidate.
     index: usize,
@@ -140,7 +141,7 @@ pub struct FailoverPolicy {
 
 impl FailoverPolicy {
     /// A policy with these retries per account.
-    pub fn new(retry: impl Into<Setting<RetryConfig>>) -> Self {
+    pub(crate) fn new(retry: impl Into<Setting<RetryConfig>>) -> Self {
         Self {
             retry: retry.into(),
             index: 0,
@@ -300,7 +301,7 @@ fn final_answer(error: &BoxError) -> Response<ProxyBody> {
 pin_project! {
     /// The wait before the next attempt: none when moving to another account, the backoff
     /// before a retry on the same one.
-    pub struct Pause {
+    pub(crate) struct Pause {
         #[pin]
         sleep: Option<tokio::time::Sleep>,
     }

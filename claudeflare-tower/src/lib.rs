@@ -24,15 +24,15 @@
 //! | [`record`] | one [`RequestRecord`](record::RequestRecord) per request, usage read from the body as it passes |
 //! | [`intake`] | reads the body once (so it can be retried), 413 over the limit, notes model and stream flag |
 //! | [`select`] | candidate accounts from the [`strategy`], 503 when none |
-//! | [`failover`] | retries with backoff, then the next account (tower's `Retry` with a [`FailoverPolicy`](failover::FailoverPolicy)) |
+//! | [`failover`] | retries with backoff, then the next account (tower's `Retry` driven by a failover policy) |
 //! | [`auth`] | the account's credentials instead of the client's; token refresh |
 //! | [`classify`] | what each response means for the request and the account |
 //! | [`upstream`] | the hyper client |
 //!
 //! Two things tie them together, and only these two: the [`RequestContext`] that the outermost
 //! layer puts in the request's extensions and the layers below fill in (data flows one way),
-//! and the [`Provider`](provider::Provider), which holds everything upstream-specific
-//! ([`Anthropic`](provider::Anthropic) by default).
+//! and the [`Provider`], which holds everything upstream-specific
+//! ([`Anthropic`] by default).
 //!
 //! # Features
 //!

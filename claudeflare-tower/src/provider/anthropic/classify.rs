@@ -17,7 +17,7 @@ use crate::provider::{Classification, DEFAULT_COOLDOWN, Outcome, StreamError};
 
 /// `error.type` and `error.message` of Anthropic's error envelope.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// `error.type`, e.g. `permission_error`.
     pub kind: String,
     /// `error.message`.
@@ -26,7 +26,7 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     /// Read an error envelope; `None` when `bytes` is not one.
-    pub fn parse(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn parse(bytes: &[u8]) -> Option<Self> {
         #[derive(Deserialize)]
         struct Envelope {
             error: Inner,

@@ -6,14 +6,14 @@ use http::HeaderMap;
 use crate::provider::{DEFAULT_COOLDOWN, Limits};
 
 /// The longest reset claudeflare believes; anything further is capped to this.
-pub const MAX_RESET: TimeDelta = TimeDelta::hours(24);
+pub(crate) const MAX_RESET: TimeDelta = TimeDelta::hours(24);
 
 /// Unified statuses that mean the account cannot take requests now.
 const LIMITED_STATUSES: [&str; 4] = ["rejected", "rate_limited", "blocked", "payment_required"];
 
 /// What the rate-limit headers of one response say. Malformed values are ignored.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RateLimitInfo {
+pub(crate) struct RateLimitInfo {
     /// `anthropic-ratelimit-unified-status`.
     pub unified_status: Option<String>,
     /// `anthropic-ratelimit-unified-reset` (epoch seconds).
@@ -113,7 +113,7 @@ fn retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
 
 impl RateLimitInfo {
     /// Parse the headers of a response received at `now`.
-    pub fn from_headers(headers: &HeaderMap, now: DateTime<Utc>) -> Self {
+    pub(crate) fn from_headers(headers: &HeaderMap, now: DateTime<Utc>) -> Self {
         let seen = Seen::read(headers);
         let mut binding = None;
         let mut latest = None;
@@ -147,7 +147,7 @@ impl RateLimitInfo {
     }
 
     /// The account-level part, for the pool.
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         let mut limits = Limits::default();
         limits.status.clone_from(&self.unified_status);
         limits.reset = self.unified_reset;
@@ -159,12 +159,13 @@ impl RateLimitInfo {
     }
 
     /// Whether any rate-limit header was present.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Self::default()
     }
 
     /// Whether the unified status says the account is limited.
-    pub fn status_is_limited(&self) -> bool {
+    pub(crate) fn status_is_limited(&self) -> bool {
         self.unified_status
             .as_deref()
             .is_some_and(|s| LIMITED_STATUSES.contains(&s))
@@ -172,7 +173,7 @@ impl RateLimitInfo {
 
     /// Until when a limited account should rest: the first usable reset in the future, capped
     /// at 24 h; 60 s when none is given.
-    pub fn limited_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+    pub(crate) fn limited_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         [
             self.unified_reset,
             self.retry_after,

@@ -32,7 +32,7 @@ enum Event {
 
 /// Incremental SSE parser that keeps only usage, model and errors.
 #[derive(Debug)]
-pub struct SseTap {
+pub(crate) struct SseTap {
     event: Event,
     /// A line that started in an earlier chunk.
     partial: Vec<u8>,
@@ -147,7 +147,7 @@ struct WireEvent {
 
 impl SseTap {
     /// Feed the next chunk of the stream.
-    pub fn feed(&mut self, mut chunk: &[u8]) {
+    pub(crate) fn feed(&mut self, mut chunk: &[u8]) {
         while let Some(end) = memchr::memchr(b'\n', chunk) {
             let (head, rest) = chunk.split_at(end);
             chunk = &rest[1..];
@@ -264,7 +264,7 @@ impl SseTap {
     }
 
     /// The stream ended: dispatch an event that lacked its final blank line.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if !self.partial.is_empty() && !self.skipping {
             let line = std::mem::take(&mut self.partial);
             self.line(&line);
@@ -273,36 +273,36 @@ impl SseTap {
     }
 
     /// Tokens seen so far.
-    pub fn usage(&self) -> Usage {
+    pub(crate) fn usage(&self) -> Usage {
         self.usage
     }
 
     /// The model named in `message_start`.
-    pub fn model(&self) -> Option<&str> {
+    pub(crate) fn model(&self) -> Option<&str> {
         self.model.as_deref()
     }
 
     /// An `event: error` seen in the stream.
-    pub fn error(&self) -> Option<&StreamError> {
+    pub(crate) fn error(&self) -> Option<&StreamError> {
         self.error.as_ref()
     }
 
     /// Whether the bytes so far end at an event boundary (so a frame can be appended cleanly).
-    pub fn at_boundary(&self) -> bool {
+    pub(crate) fn at_boundary(&self) -> bool {
         self.at_boundary && self.partial.is_empty() && !self.skipping
     }
 }
 
 /// Collects a JSON body to read its `usage` and `model` at the end.
 #[derive(Debug, Default)]
-pub struct JsonTap {
+pub(crate) struct JsonTap {
     body: Vec<u8>,
     overflow: bool,
 }
 
 /// What a finished JSON body said.
 #[derive(Debug, Default, PartialEq)]
-pub struct JsonSummary {
+pub(crate) struct JsonSummary {
     /// Its usage.
     pub usage: Usage,
     /// Its model.
@@ -313,7 +313,7 @@ pub struct JsonSummary {
 
 impl JsonTap {
     /// Feed the next chunk.
-    pub fn feed(&mut self, chunk: &[u8]) {
+    pub(crate) fn feed(&mut self, chunk: &[u8]) {
         if self.overflow {
             return;
         }
@@ -328,7 +328,7 @@ impl JsonTap {
     /// Read the collected body: only its top-level `model`, `usage` and `error` are kept, the
     /// rest (the content) is skipped by serde_json. A body that is not one whole JSON object
     /// tells nothing; a `usage` whose counts are not numbers is left out.
-    pub fn finish(&mut self) -> JsonSummary {
+    pub(crate) fn finish(&mut self) -> JsonSummary {
         #[derive(Deserialize)]
         struct WireAnswer<'a> {
             #[serde(borrow)]
