@@ -25,7 +25,7 @@ bare="$(address "$dir/bare.out" | head -1)"
 export CLAUDEFLARE_CONFIG_PATH="$dir/claudeflare.json" CLAUDEFLARE_UPSTREAM_URL="$mock" NO_COLOR=1
 for n in 1 2 3; do "$bin/claudeflare-server" add "account-$n" --api-key "sk-ant-api03-bench-$n" >/dev/null; done
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-PORT="$port" "${server[@]}" "$bin/claudeflare-server" 2> "$dir/claudeflare.log" >/dev/null & pids+=($!)
+env ${SERVER_ENV:-} PORT="$port" "${server[@]}" "$bin/claudeflare-server" 2> "$dir/claudeflare.log" >/dev/null & pids+=($!)
 claudeflare="http://127.0.0.1:$port"
 for _ in $(seq 50); do curl -sf -o /dev/null "$claudeflare/health" && break; sleep 0.1; done
 

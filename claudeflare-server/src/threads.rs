@@ -133,6 +133,17 @@ async fn serve(
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    // A timer always due within a second. tokio wakes its I/O driver (an eventfd write, and one
+    // more turn of `epoll_wait`) whenever a new timer is due sooner than every pending one, even
+    // from the driver's own thread; without this one, the timers each request arms (hyper's
+    // header-read timeout, the upstream's first-byte timeout) did so 0.86 times per request
+    // under wrk at 1 connection (strace). Dropped with the thread's runtime.
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+        }
+    });
     loop {
         let (stream, peer, permit) = tokio::select! {
             handed = connections.recv() => match handed {
