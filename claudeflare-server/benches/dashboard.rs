@@ -72,11 +72,13 @@ fn main() {
         println!("seeded {REQUESTS} requests in {:.1} s", seeding.elapsed().as_secs_f64());
 
         let pool = AccountPool::new(["work", "home", "spare"].iter().map(|n| Account::api_key(*n, "k")).collect());
+        let config = Setting::new(Config::default());
         let state = AppState {
             db,
             pool,
             strategy: StrategyHandle::new(Box::new(Session::default())),
-            config: Setting::new(Config::default()),
+            access: claudeflare_server::access::Access::new(config.clone()),
+            config,
             config_path: Arc::new(dir.path().join("claudeflare.json")),
             overrides: Setting::new(Overrides::default()),
             metrics: Arc::new(Metrics::new()),

@@ -9,7 +9,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use claudeflare_tower::BalancerService;
+use std::sync::Arc;
+
+use claudeflare_tower::{BalancerService, RequestContext};
 use http::{HeaderName, header};
 use pin_project_lite::pin_project;
 use tokio::runtime::Handle;
@@ -19,6 +21,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::access::{Access, InFlight, Refusal};
 use crate::state::AppState;
 use crate::{api, dashboard};
 
@@ -38,6 +41,7 @@ pub struct App {
     balancer: BalancerService,
     router: Router,
     main: Handle,
+    access: Access,
 }
 
 impl App {
@@ -46,8 +50,77 @@ impl App {
     pub fn new(state: AppState, balancer: BalancerService, main: Handle) -> Self {
         Self {
             balancer,
+            access: state.access.clone(),
             router: router(state),
             main,
+        }
+    }
+
+    /// The access rules, checked before anything else runs: who may send this request
+    /// (see the `access` module). For a proxied request of a client key, its place under the
+    /// key's limits.
+    fn gate(&self, req: &mut Request, proxied: bool) -> Result<Option<InFlight>, Refusal> {
+        let access = &self.access;
+        let refuse = Err;
+        if access.cross_site(req.method(), req.headers()) {
+            return refuse(Refusal::forbidden(
+                "cross-site requests are refused: a web page may not use or change claudeflare",
+            ));
+        }
+        let path = req.uri().path();
+        if !proxied
+            && path.starts_with("/api/")
+            && changes_state(req.method())
+            && has_body(req.headers())
+        {
+            let json = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("application/json")
+                });
+            if !json {
+                return refuse(Refusal::new(
+                    http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "request bodies must be JSON (content-type: application/json)",
+                ));
+            }
+        }
+        if !access.keys_exist() {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok());
+            if !access.host_allowed(host) {
+                return refuse(Refusal::forbidden(
+                    "this server answers only its own machine (a loopback Host) until a client key exists; add the name to allowed_hosts to reach it by another",
+                ));
+            }
+            return Ok(None);
+        }
+        if proxied {
+            let Some(key) = Access::presented(req.headers()).and_then(|k| access.find(k)) else {
+                return refuse(Refusal::new(
+                    http::StatusCode::UNAUTHORIZED,
+                    "a valid client key is required (x-api-key or authorization: Bearer)",
+                ));
+            };
+            let admitted = match access.admit(&key) {
+                Ok(admitted) => admitted,
+                Err(refusal) => return refuse(refusal),
+            };
+            RequestContext::get_or_insert(req).set_client(Arc::clone(&key.name));
+            return Ok(Some(admitted));
+        }
+        if matches!(path, "/health" | "/login" | "/logout") {
+            return Ok(None);
+        }
+        match access.admin(req.headers()) {
+            Ok(()) => Ok(None),
+            Err(refusal) => refuse(refusal),
         }
     }
 }
@@ -63,11 +136,23 @@ impl Service<Request> for App {
         Service::<Request>::poll_ready(&mut self.balancer, cx)
     }
 
-    fn call(&mut self, req: Request) -> AppFuture {
-        if req.uri().path().starts_with("/v1/") {
+    fn call(&mut self, mut req: Request) -> AppFuture {
+        let proxied = req.uri().path().starts_with("/v1/");
+        let admitted = match self.gate(&mut req, proxied) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                let response = refusal_response(&refusal, proxied, req.uri().path());
+                return AppFuture {
+                    kind: Kind::Answer {
+                        response: Some(response),
+                    },
+                };
+            }
+        };
+        if proxied {
             let future = self.balancer.call(req);
             AppFuture {
-                kind: Kind::Proxy { future },
+                kind: Kind::Proxy { future, admitted },
             }
         } else {
             let task = self.main.spawn(self.router.clone().oneshot(req));
@@ -91,8 +176,13 @@ pin_project! {
     /// would cost an allocation per request to save bytes on the rare one.
     #[project = KindProj]
     enum Kind {
-        // A proxied request.
-        Proxy { #[pin] future: <BalancerService as Service<Request>>::Future },
+        // A proxied request, and its place under its key's limits.
+        Proxy {
+            #[pin] future: <BalancerService as Service<Request>>::Future,
+            admitted: Option<InFlight>,
+        },
+        // Refused before anything ran.
+        Answer { response: Option<Response> },
         // Anything else, on the main runtime.
         Other { task: JoinHandle<Result<Response, Infallible>> },
     }
@@ -103,9 +193,24 @@ impl Future for AppFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Proxy { future } => future
-                .poll(cx)
-                .map(|result| result.map(|response| response.map(Body::new))),
+            KindProj::Proxy { future, admitted } => {
+                let response = std::task::ready!(future.poll(cx));
+                // The key's place is held until the response body ends.
+                let admitted = admitted.take();
+                Poll::Ready(response.map(|response| {
+                    response.map(|body| match admitted {
+                        Some(admitted) => Body::new(Holding {
+                            body,
+                            _held: admitted,
+                        }),
+                        None => Body::new(body),
+                    })
+                }))
+            }
+            KindProj::Answer { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => panic!("app::AppFuture polled after completion"),
+            },
             KindProj::Other { task } => Pin::new(task).poll(cx).map(|joined| {
                 joined.unwrap_or_else(|error| {
                     // A handler panicked (or the runtime is shutting down).
@@ -141,4 +246,96 @@ fn router(state: AppState) -> Router {
             HeaderName::from_static("x-api-key"),
         ]))
         .with_state(state)
+}
+
+pin_project! {
+    /// A response body that holds something (a key's place under its limits) until it ends or
+    /// is dropped.
+    struct Holding<B, T> {
+        #[pin]
+        body: B,
+        _held: T,
+    }
+}
+
+impl<B: http_body::Body, T> http_body::Body for Holding<B, T> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn changes_state(method: &http::Method) -> bool {
+    !matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    )
+}
+
+fn has_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|length| length > 0)
+}
+
+/// A refusal as the client expects it: Anthropic's envelope on `/v1`, the login page for a
+/// person on the dashboard who is not logged in, `{"error"}` elsewhere.
+fn refusal_response(refusal: &Refusal, proxied: bool, path: &str) -> Response {
+    let mut response = if proxied {
+        let kind = match refusal.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            415 => "invalid_request_error",
+            _ => "rate_limit_error",
+        };
+        let body = serde_json::json!({
+            "type": "error",
+            "error": {"type": kind, "message": format!("claudeflare: {}", refusal.message)},
+        });
+        json_response(body)
+    } else if refusal.status == http::StatusCode::UNAUTHORIZED
+        && !path.starts_with("/api/")
+        && path != "/metrics"
+    {
+        let mut page = Response::new(Body::from(dashboard::login_page(None).into_string()));
+        page.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        page
+    } else {
+        json_response(serde_json::json!({ "error": refusal.message }))
+    };
+    *response.status_mut() = refusal.status;
+    if let Some(seconds) = refusal.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from(seconds));
+    }
+    response
+}
+
+fn json_response(body: serde_json::Value) -> Response {
+    let mut response = Response::new(Body::from(body.to_string()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }

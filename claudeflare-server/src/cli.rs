@@ -92,6 +92,55 @@ pub enum Command {
         /// The account's name (or id).
         name: Option<String>,
     },
+    /// Client keys: who may use the balancer, and (admin keys) its API and dashboard.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// `keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a client key and print it (once: only its hash is stored).
+    Add {
+        /// A unique name for the key (it names the key's requests in the history).
+        name: String,
+        /// May also use the API, the metrics and the dashboard.
+        #[arg(long)]
+        admin: bool,
+        /// Requests per minute, at most.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        rpm: Option<u32>,
+        /// Requests in flight, at most.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        concurrency: Option<u32>,
+        /// Estimated cost per calendar month (UTC), in USD, at most.
+        #[arg(long, value_parser = parse_budget)]
+        monthly_budget_usd: Option<f64>,
+    },
+    /// List the keys (name, admin, limits, created, last used, requests and cost this month;
+    /// never the key).
+    List {
+        /// As JSON (the objects of /api/keys).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: requests with it are refused from then on.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
+}
+
+fn parse_budget(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(budget) if budget.is_finite() && budget >= 0.0 => Ok(budget),
+        _ => Err(format!(
+            "`{value}` is not an amount of US dollars (e.g. 25 or 7.5)"
+        )),
+    }
 }
 
 /// `--mode`.

@@ -437,3 +437,97 @@ pub async fn clear_history() -> anyhow::Result<()> {
     println!("Deleted {count} request(s) from the history.");
     Ok(())
 }
+
+/// `keys add`, `keys list`, `keys revoke`.
+pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
+    use crate::cli::KeysCommand;
+    use crate::db::keys;
+    let Context { db, .. } = open().await?;
+    match command {
+        KeysCommand::Add {
+            name,
+            admin,
+            rpm,
+            concurrency,
+            monthly_budget_usd,
+        } => {
+            let limits = keys::Limits {
+                rpm,
+                concurrency,
+                monthly_budget_usd,
+            };
+            let created = keys::create(&db, &name, admin, limits).await?;
+            let kind = if admin { "admin key" } else { "key" };
+            eprintln!(
+                "Created the {kind} `{name}`. It is shown once, here; only its hash is stored:"
+            );
+            println!("{}", created.key);
+            eprintln!(
+                "Clients send it as x-api-key or `authorization: Bearer` (ANTHROPIC_API_KEY for Claude Code and the SDKs)."
+            );
+        }
+        KeysCommand::List { json } => {
+            let list = keys::list_json(&db).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!(
+                    "No client keys: the server answers only this machine. Create one with `claudeflare-server keys add NAME`."
+                );
+            } else {
+                let when = |v: &serde_json::Value| {
+                    v.as_str()
+                        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                        .map_or_else(
+                            || "never".to_owned(),
+                            |d| d.to_utc().to_rfc3339_opts(SecondsFormat::Secs, true),
+                        )
+                };
+                let limit = |v: &serde_json::Value| {
+                    if v.is_null() {
+                        "-".to_owned()
+                    } else {
+                        v.to_string()
+                    }
+                };
+                println!(
+                    "{:<16} {:<5} {:<10} {:>5} {:>6} {:>10} {:<20} {:<20} {:>9} {:>10}",
+                    "NAME",
+                    "ADMIN",
+                    "KEY",
+                    "RPM",
+                    "INFLT",
+                    "BUDGET $",
+                    "CREATED",
+                    "LAST USED",
+                    "REQUESTS",
+                    "COST $"
+                );
+                for key in &list {
+                    println!(
+                        "{:<16} {:<5} {:<10} {:>5} {:>6} {:>10} {:<20} {:<20} {:>9} {:>10.4}",
+                        key["name"].as_str().unwrap_or_default(),
+                        if key["admin"].as_bool().unwrap_or(false) {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        format!("{}…", key["hint"].as_str().unwrap_or_default()),
+                        limit(&key["rpm"]),
+                        limit(&key["concurrency"]),
+                        limit(&key["monthly_budget_usd"]),
+                        when(&key["created_at"]),
+                        when(&key["last_used_at"]),
+                        key["requests_this_month"],
+                        key["cost_this_month_usd"].as_f64().unwrap_or(0.0),
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke { name } => {
+            keys::revoke(&db, &name).await?;
+            println!("Revoked the key `{name}`; running servers refuse it within 2 seconds.");
+        }
+    }
+    Ok(())
+}

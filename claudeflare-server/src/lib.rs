@@ -1,6 +1,7 @@
 //! The claudeflare reference server as a library: what `claudeflare-server` is made of (proxy
 //! app, API, dashboard, CLI commands, configuration, persistence). The binary is `main.rs`.
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod background;

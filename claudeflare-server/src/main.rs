@@ -82,5 +82,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ClearHistory => commands::clear_history().await,
         Command::Reauth { name, api_key } => commands::reauth(&name, api_key).await,
         Command::Refresh { name } => commands::refresh(name.as_deref()).await,
+        Command::Keys { command } => commands::keys(command).await,
     }
 }

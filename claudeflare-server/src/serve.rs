@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::Access;
 use crate::app::App;
 use crate::background::{self, UsageMap};
 use crate::config::{self, Config, Overrides};
@@ -105,6 +106,7 @@ struct Server {
     queue: mpsc::Receiver<(RequestRecord, f64)>,
     refresher: Arc<dyn TokenRefresher>,
     health: Arc<Health>,
+    access: Access,
 }
 
 impl Server {
@@ -154,7 +156,11 @@ impl Server {
             live.config.clone(),
             Arc::clone(&metrics),
         ));
+        let access = Access::new(live.config.clone());
+        access.load(&db).await?;
+        refuse_to_serve_everyone(&config, &access)?;
         let server = Self {
+            access,
             path,
             url,
             config,
@@ -195,6 +201,7 @@ impl Server {
             dropped: Arc::clone(&self.dropped),
             usage: Arc::clone(&self.usage),
             health: Arc::clone(&self.health),
+            access: self.access.clone(),
         };
         let threads = std::thread::available_parallelism()
             .map_or(1, NonZeroUsize::get)
@@ -304,6 +311,7 @@ impl Server {
             self.live.config.clone(),
             stop.clone(),
         ));
+        tasks.spawn(self.access.run(db.clone(), stop.clone()));
         tasks.spawn(crate::health::watch_database(
             db::sqlite_path(&self.url),
             self.health,
@@ -319,6 +327,27 @@ impl Server {
         ));
         tasks
     }
+}
+
+/// A server on a non-loopback address with no client key would let anyone who can reach it use
+/// every account and change the settings: refuse, unless the user said so.
+fn refuse_to_serve_everyone(config: &Config, access: &Access) -> anyhow::Result<()> {
+    let loopback = config.host == "localhost"
+        || config
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback || access.keys_exist() || config.allow_unauthenticated {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {} with no client key: anyone who can reach it could use every account. \
+         Create a key first (`claudeflare-server keys add NAME --admin`), or set allow_unauthenticated \
+         (CLAUDEFLARE_ALLOW_UNAUTHENTICATED=true) if something in front of it already checks who may connect",
+        config.host
+    )
 }
 
 /// File descriptors kept for everything but client connections: the database, the log, the

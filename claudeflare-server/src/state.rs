@@ -35,4 +35,6 @@ pub struct AppState {
     pub usage: Arc<crate::background::UsageMap>,
     /// Problems `/health` reports.
     pub health: Arc<crate::health::Health>,
+    /// Client keys and dashboard sessions.
+    pub access: crate::access::Access,
 }

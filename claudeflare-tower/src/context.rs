@@ -5,6 +5,7 @@
 //!
 //! | part | written by | read by |
 //! |---|---|---|
+//! | client (who sent it) | your service, before the stack | `Record` |
 //! | model, stream flag | `Intake` | `Record` |
 //! | candidates | `Select` | `Failover` |
 //! | account of the attempt | `Failover` | `Auth`, `Classify`, `Record` |
@@ -39,6 +40,7 @@ pub struct RequestContext {
 
 #[derive(Default)]
 struct Parts {
+    client: Option<Arc<str>>,
     model: Option<String>,
     stream: bool,
     candidates: Arc<[Arc<AccountEntry>]>,
@@ -68,6 +70,8 @@ impl std::fmt::Debug for RequestContext {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct Snapshot {
+    /// Who sent it (see [`RequestContext::set_client`]).
+    pub client: Option<Arc<str>>,
     /// `model` of the request body.
     pub model: Option<String>,
     /// `stream` of the request body.
@@ -104,6 +108,11 @@ impl RequestContext {
     fn lock(&self) -> MutexGuard<'_, Parts> {
         // Nothing panics while holding it; a poisoned lock still holds consistent parts.
         self.parts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Note who sent the request (the name of a client key, say), for its record.
+    pub fn set_client(&self, client: Arc<str>) {
+        self.lock().client = Some(client);
     }
 
     /// Note the request's `model` and `stream` flag.
@@ -179,6 +188,7 @@ impl RequestContext {
     fn read(&self, model: impl FnOnce(&mut Option<String>) -> Option<String>) -> Snapshot {
         let mut parts = self.lock();
         Snapshot {
+            client: parts.client.clone(),
             model: model(&mut parts.model),
             stream: parts.stream,
             account: parts.account.clone(),

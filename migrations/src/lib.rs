@@ -8,6 +8,7 @@ mod m20261121_000002_token_coordination;
 mod m20261121_000003_request_rollups;
 mod m20261122_000004_drop_unused_request_index;
 mod m20261129_000005_account_blocks;
+mod m20261129_000006_client_keys;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000003_request_rollups::Migration),
             Box::new(m20261122_000004_drop_unused_request_index::Migration),
             Box::new(m20261129_000005_account_blocks::Migration),
+            Box::new(m20261129_000006_client_keys::Migration),
         ]
     }
 }

@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/accounts/{id}/resume", post(resume))
         .route("/api/requests", get(requests))
         .route("/api/config", get(config))
+        .route("/api/keys", get(keys))
         .route("/api/config/strategy", get(strategy).post(set_strategy))
         .route("/api/strategies", get(strategies))
 }
@@ -107,12 +108,19 @@ pub async fn accounts(State(state): State<AppState>) -> Json<Value> {
 #[derive(serde::Deserialize)]
 pub struct RequestsQuery {
     limit: Option<u64>,
+    account: Option<String>,
+    api_key: Option<String>,
 }
 
-/// `GET /api/requests?limit=N`: newest first, 50 by default, at most 1000.
+/// `GET /api/requests?limit=N[&account=NAME][&api_key=NAME]`: newest first, 50 by default, at
+/// most 1000.
 pub async fn requests(
     State(state): State<AppState>,
-    ApiQuery(RequestsQuery { limit }): ApiQuery<RequestsQuery>,
+    ApiQuery(RequestsQuery {
+        limit,
+        account,
+        api_key,
+    }): ApiQuery<RequestsQuery>,
 ) -> ApiResult {
     let limit = match limit {
         None => 50,
@@ -123,8 +131,20 @@ pub async fn requests(
         }
         Some(limit) => limit.min(1000),
     };
+    let filter = requests::Filter {
+        account,
+        api_key,
+        ..requests::Filter::default()
+    };
     Ok(Json(json!(
-        requests::newest(&state.db, limit, &requests::Filter::default()).await?
+        requests::newest(&state.db, limit, &filter).await?
+    )))
+}
+
+/// `GET /api/keys`: the client keys as `keys list --json` shows them (never a key).
+pub async fn keys(State(state): State<AppState>) -> ApiResult {
+    Ok(Json(Value::Array(
+        crate::db::keys::list_json(&state.db).await?,
     )))
 }
 

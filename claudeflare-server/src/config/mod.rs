@@ -79,6 +79,11 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     /// Price overrides (USD per million tokens) by model id, alias or prefix.
     pub pricing: BTreeMap<String, Price>,
+    /// `Host` names answered besides the loopback ones while no client key exists.
+    pub allowed_hosts: Vec<String>,
+    /// Serve on a non-loopback `host` with no client key (anyone who can reach the port may
+    /// then use every account).
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for Config {
@@ -110,12 +115,14 @@ impl Default for Config {
             header_read_timeout_ms: 30_000,
             shutdown_grace_seconds: 30,
             pricing: BTreeMap::new(),
+            allowed_hosts: Vec::new(),
+            allow_unauthenticated: false,
         }
     }
 }
 
 /// File keys, which are also `CLAUDEFLARE_<KEY>` in the environment.
-const KEYS: [&str; 25] = [
+const KEYS: [&str; 27] = [
     "port",
     "host",
     "lb_strategy",
@@ -141,6 +148,8 @@ const KEYS: [&str; 25] = [
     "header_read_timeout_ms",
     "shutdown_grace_seconds",
     "pricing",
+    "allowed_hosts",
+    "allow_unauthenticated",
 ];
 
 /// Environment names without the prefix, kept from the original tool.

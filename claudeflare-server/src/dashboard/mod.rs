@@ -7,7 +7,10 @@
 mod assets;
 mod charts;
 mod format;
+mod login;
 mod view;
+
+pub use login::login_page;
 
 use std::collections::HashMap;
 
@@ -33,6 +36,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(page))
         .route("/dashboard", get(page))
+        .route("/login", get(login::show).post(login::log_in))
+        .route("/logout", axum::routing::post(login::log_out))
 }
 
 /// Requests listed in the history.
@@ -147,7 +152,7 @@ pub async fn gather(state: &AppState, filter: Filter) -> Result<Data, DbError> {
     })
 }
 
-/// The history filter from the query string (`account`, `status`; empty means all).
+/// The history filter from the query string (`account`, `status`, `api_key`; empty means all).
 fn filter_of(query: &HashMap<String, String>) -> Filter {
     let get = |key: &str| {
         query
@@ -158,6 +163,7 @@ fn filter_of(query: &HashMap<String, String>) -> Filter {
     Filter {
         account: get("account"),
         status: get("status"),
+        api_key: get("api_key"),
     }
 }
 

@@ -132,6 +132,48 @@ pub mod request {
         pub cache_creation_input_tokens: i64,
         /// Estimated cost.
         pub cost_usd: f64,
+        /// The name of the client key the request came with (null when none was required).
+        pub api_key: Option<String>,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `client_keys`: who may use the balancer (and, with `admin`, its API and dashboard).
+pub mod client_key {
+    use sea_orm::entity::prelude::*;
+
+    /// One client key; the key itself is never stored, only its SHA-256.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "client_keys")]
+    pub struct Model {
+        /// Stable id.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        /// Unique name.
+        #[sea_orm(unique)]
+        pub name: String,
+        /// SHA-256 of the key, hex.
+        #[sea_orm(unique)]
+        pub hash: String,
+        /// The key's first characters.
+        pub hint: String,
+        /// May use the API and the dashboard.
+        pub admin: bool,
+        /// Requests per minute, at most.
+        pub rpm: Option<i64>,
+        /// Requests in flight, at most.
+        pub concurrency: Option<i64>,
+        /// Estimated cost per calendar month (UTC), at most.
+        pub monthly_budget_usd: Option<f64>,
+        /// Created at.
+        pub created_at: DateTimeUtc,
+        /// Last request with it.
+        pub last_used_at: Option<DateTimeUtc>,
     }
 
     /// No relations.

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod entities;
+pub mod keys;
 pub mod requests;
 pub mod rollups;
 
@@ -47,6 +48,12 @@ pub enum DbError {
     /// The name is taken.
     #[error("an account named `{0}` already exists")]
     DuplicateName(String),
+    /// No client key with that name.
+    #[error("no client key named `{0}`")]
+    UnknownKey(String),
+    /// The key name is taken.
+    #[error("a client key named `{0}` already exists")]
+    DuplicateKey(String),
     /// A secret cannot be decrypted with the current key.
     #[error(
         "cannot decrypt the credentials of account `{0}`: the secret key is not the one they were stored with; restore that key (CLAUDEFLARE_SECRET_KEY or secret.key), or run `claudeflare-server reauth {0}`"

@@ -15,7 +15,7 @@ use super::entities::request::{Column, Entity, Model};
 use super::{DbError, int, placeholders, rollups};
 
 /// The columns of a row, in the order [`write`] binds them.
-const COLUMNS: [Column; 20] = [
+const COLUMNS: [Column; 21] = [
     Column::Id,
     Column::Timestamp,
     Column::Method,
@@ -36,6 +36,7 @@ const COLUMNS: [Column; 20] = [
     Column::CacheReadInputTokens,
     Column::CacheCreationInputTokens,
     Column::CostUsd,
+    Column::ApiKey,
 ];
 
 /// How many rows each `INSERT` of a batch carries: a batch goes in power-of-two chunks of at
@@ -186,6 +187,7 @@ where
                 bind(&mut args, int(record.usage.cache_read_input_tokens))?;
                 bind(&mut args, int(record.usage.cache_creation_input_tokens))?;
                 bind(&mut args, *cost)?;
+                bind(&mut args, record.client.as_deref())?;
             }
             sqlx::query_with(statements.inserts[chunk].as_str(), args)
                 .execute(&mut *txn)
@@ -222,6 +224,8 @@ pub struct Filter {
     pub account: Option<String>,
     /// "ok", "error", or an HTTP status code.
     pub status: Option<String>,
+    /// Sent with this client key (by name).
+    pub api_key: Option<String>,
 }
 
 /// The newest `limit` requests matching `filter`, newest first.
@@ -233,6 +237,9 @@ pub async fn newest(
     let mut query = Entity::find();
     if let Some(account) = &filter.account {
         query = query.filter(Column::AccountName.eq(account.as_str()));
+    }
+    if let Some(key) = &filter.api_key {
+        query = query.filter(Column::ApiKey.eq(key.as_str()));
     }
     match filter.status.as_deref() {
         Some("ok") => query = query.filter(Column::Success.eq(true)),
@@ -316,6 +323,7 @@ mod tests {
         stored.usage.cache_read_input_tokens = 17;
         stored.usage.cache_creation_input_tokens = 18;
         stored.usage.cache_creation_1h_input_tokens = 9;
+        stored.client = Some("team".into());
         insert_batch(&db, &[(stored, 0.25)]).await.unwrap();
         let rows = newest(&db, 10, &Filter::default()).await.unwrap();
         assert_eq!(
@@ -341,6 +349,7 @@ mod tests {
                 cache_read_input_tokens: 17,
                 cache_creation_input_tokens: 18,
                 cost_usd: 0.25,
+                api_key: Some("team".into()),
             }]
         );
         assert_eq!(
@@ -396,6 +405,7 @@ mod tests {
         let filter = |account: Option<&str>, status: Option<&str>| Filter {
             account: account.map(str::to_owned),
             status: status.map(str::to_owned),
+            ..Filter::default()
         };
         assert_eq!(newest(&db, 3, &Filter::default()).await.unwrap().len(), 3);
         assert!(

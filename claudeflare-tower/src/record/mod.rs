@@ -91,6 +91,9 @@ pub struct RequestRecord {
     pub model: Option<String>,
     /// Whether it was a streaming request.
     pub stream: bool,
+    /// Who sent it, when the embedding service knows (the name of a client key, say; see
+    /// [`RequestContext::set_client`]).
+    pub client: Option<String>,
     /// Tokens.
     #[serde(flatten)]
     pub usage: Usage,
@@ -122,6 +125,7 @@ impl RequestRecord {
             failover_attempts: 0,
             model: None,
             stream: false,
+            client: None,
             usage: Usage::default(),
         }
     }
@@ -330,6 +334,7 @@ impl<P> Guard<P> {
             record.failover_attempts = context.switches;
             record.model = context.model;
             record.stream = context.stream;
+            record.client = context.client.as_deref().map(str::to_owned);
             if let Some(account) = &context.account {
                 record.account_id = Some(account.id().to_owned());
                 record.account = Some(account.name().to_owned());

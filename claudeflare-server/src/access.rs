@@ -1,0 +1,557 @@
+//! Who may use the server (contract: "Access (client keys and admin)").
+//!
+//! - With no client key, the server is for the machine it runs on: only loopback `Host` names
+//!   (and `allowed_hosts`) are answered, so a web page cannot reach it through DNS rebinding.
+//! - Once a key exists, `/v1/*` needs one (`x-api-key` or `authorization: Bearer`), and the API,
+//!   the metrics and the dashboard need an admin key, or the session cookie of a dashboard login.
+//! - A state-changing request a browser marks as cross-site is refused, whatever it carries, and
+//!   `/api/*` takes bodies only as JSON: a cross-site page can neither read nor change anything
+//!   (no CORS header is ever sent).
+//!
+//! Every check runs on the HTTP thread from memory: the keys are read from the database every
+//! second (so a new or revoked key reaches every instance on a shared database within about
+//! that), stored by their SHA-256, and found with one hash of the presented key and one map
+//! lookup.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
+use claudeflare_tower::Setting;
+use http::{HeaderMap, Method, StatusCode, header};
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db::keys::{self, Limits};
+use crate::db::{DbError, entities::client_key};
+
+/// The dashboard's session cookie.
+pub const SESSION_COOKIE: &str = "claudeflare_session";
+/// How long a dashboard login lasts.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// A client key as the server checks it.
+#[derive(Debug)]
+pub struct ClientKey {
+    /// Its id (for `last_used_at`).
+    pub id: String,
+    /// Its name, which names its requests.
+    pub name: Arc<str>,
+    /// May use the API and the dashboard.
+    pub admin: bool,
+    /// Its limits.
+    pub limits: Limits,
+    /// Requests in flight now.
+    pub in_flight: AtomicU64,
+    /// Requests of the current minute: (minute, count).
+    minute: Mutex<(u64, u32)>,
+}
+
+/// The keys, by the SHA-256 of the key.
+#[derive(Debug, Default)]
+struct KeySet {
+    by_digest: HashMap<[u8; 32], Arc<ClientKey>>,
+}
+
+/// A dashboard login.
+struct Session {
+    key: Arc<str>,
+    until: Instant,
+}
+
+/// Why a request is refused, and how to say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status.
+    pub status: StatusCode,
+    /// What to say.
+    pub message: String,
+    /// `retry-after`, in seconds.
+    pub retry_after: Option<u64>,
+}
+
+impl Refusal {
+    /// 403, saying `message`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// `status`, saying `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// Keys, sessions and the access rules. Cheap to clone.
+#[derive(Clone)]
+pub struct Access {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keys: Setting<KeySet>,
+    config: Setting<Config>,
+    sessions: Mutex<HashMap<String, Session>>,
+    /// Ids of keys used since the last write of `last_used_at`.
+    used: Mutex<HashSet<String>>,
+    /// This month's estimated cost per key name, from every instance's records.
+    spent: Mutex<HashMap<Arc<str>, f64>>,
+}
+
+impl Access {
+    /// No key yet; [`run`](Self::run) loads them.
+    pub fn new(config: Setting<Config>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                keys: Setting::new(KeySet::default()),
+                config,
+                sessions: Mutex::default(),
+                used: Mutex::default(),
+                spent: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Whether any client key exists.
+    pub fn keys_exist(&self) -> bool {
+        !self.inner.keys.current().by_digest.is_empty()
+    }
+
+    /// Load the keys from `db` now.
+    pub async fn load(&self, db: &DatabaseConnection) -> Result<(), DbError> {
+        let models = keys::all(db).await?;
+        let current = self.inner.keys.current();
+        let mut by_digest = HashMap::with_capacity(models.len());
+        for model in models {
+            let digest = decode_hash(&model.hash);
+            let Some(digest) = digest else {
+                tracing::warn!(
+                    key = model.name,
+                    "a client key's stored hash is not valid; it is ignored"
+                );
+                continue;
+            };
+            // An unchanged key keeps its entry, with its in-flight count and minute.
+            let kept = current
+                .by_digest
+                .get(&digest)
+                .filter(|k| same(k, &model))
+                .cloned();
+            by_digest.insert(digest, kept.unwrap_or_else(|| Arc::new(entry(&model))));
+        }
+        drop(current);
+        self.inner.keys.set(KeySet { by_digest });
+        Ok(())
+    }
+
+    /// Reload the keys every second and this month's spending every 5 s, and store when keys
+    /// were last used, until `stop`.
+    pub async fn run(self, db: DatabaseConnection, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => break,
+            }
+            if let Err(error) = self.load(&db).await {
+                tracing::warn!(%error, "could not read the client keys; keeping the ones known");
+            }
+            if ticks % 5 == 0 && self.keys_exist() {
+                self.refresh_spending(&db).await;
+            }
+            if ticks % 10 == 0 {
+                self.store_last_used(&db).await;
+            }
+            self.drop_expired_sessions();
+            ticks += 1;
+        }
+        self.store_last_used(&db).await;
+    }
+
+    async fn refresh_spending(&self, db: &DatabaseConnection) {
+        match keys::usage_since(db, keys::month_start(Utc::now())).await {
+            Ok(usage) => {
+                let spent = usage
+                    .into_iter()
+                    .map(|(name, _, cost)| (Arc::from(name), cost))
+                    .collect();
+                *self
+                    .inner
+                    .spent
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = spent;
+            }
+            Err(error) => tracing::warn!(%error, "could not read this month's spending per key"),
+        }
+    }
+
+    async fn store_last_used(&self, db: &DatabaseConnection) {
+        let ids: Vec<String> = std::mem::take(
+            &mut *self
+                .inner
+                .used
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect();
+        if let Err(error) = keys::touch(db, &ids, Utc::now()).await {
+            tracing::warn!(%error, "could not store when client keys were last used");
+        }
+    }
+
+    /// The key `presented` is, if it is one.
+    pub fn find(&self, presented: &str) -> Option<Arc<ClientKey>> {
+        let digest = keys::digest(presented);
+        self.inner.keys.current().by_digest.get(&digest).cloned()
+    }
+
+    /// The key a request presents: `x-api-key`, or `authorization: Bearer`.
+    pub fn presented(headers: &HeaderMap) -> Option<&str> {
+        if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+            return Some(key.trim());
+        }
+        let authorization = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = authorization.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
+
+    /// Whether `host` (a `Host` header's value) may be answered while no key exists.
+    pub fn host_allowed(&self, host: Option<&str>) -> bool {
+        let Some(host) = host else {
+            return false;
+        };
+        let name = host_name(host);
+        if is_loopback(name) {
+            return true;
+        }
+        let config = self.inner.config.current();
+        config
+            .allowed_hosts
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(host) || allowed.eq_ignore_ascii_case(name))
+    }
+
+    /// Whether a browser marks this state-changing request as cross-site: `Sec-Fetch-Site:
+    /// cross-site`, or an `Origin` that is neither the request's `Host` nor in `allowed_hosts`.
+    pub fn cross_site(&self, method: &Method, headers: &HeaderMap) -> bool {
+        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            return false;
+        }
+        if headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+        {
+            return true;
+        }
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return false;
+        };
+        let Some(origin_host) = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.parse::<http::Uri>().ok())
+            .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()))
+        else {
+            // `Origin: null` (a sandboxed frame, a file) or garbage: not this site.
+            return true;
+        };
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if host.is_some_and(|h| h.eq_ignore_ascii_case(&origin_host)) {
+            return false;
+        }
+        let config = self.inner.config.current();
+        let name = host_name(&origin_host);
+        !config
+            .allowed_hosts
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&origin_host) || a.eq_ignore_ascii_case(name))
+    }
+
+    /// Take a request of `key` in, or say which limit it is over. The guard ends it.
+    pub fn admit(&self, key: &Arc<ClientKey>) -> Result<InFlight, Refusal> {
+        let limits = key.limits;
+        if let Some(budget) = limits.monthly_budget_usd {
+            let spent = self
+                .inner
+                .spent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key.name)
+                .copied()
+                .unwrap_or(0.0);
+            if spent >= budget {
+                let now = Utc::now();
+                let next = keys::month_start(now + chrono::Months::new(1));
+                let seconds = u64::try_from((next - now).num_seconds())
+                    .unwrap_or(0)
+                    .max(1);
+                return Err(Refusal {
+                    retry_after: Some(seconds),
+                    ..Refusal::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "the key `{}` reached its monthly budget of ${budget:.2} (spent ${spent:.2} this month, UTC)",
+                            key.name
+                        ),
+                    )
+                });
+            }
+        }
+        let before = key.in_flight.fetch_add(1, Ordering::AcqRel);
+        // Counted in from here: dropping the guard (refused below, or at the response's end)
+        // counts it out.
+        let guard = InFlight(Arc::clone(key));
+        if let Some(limit) = limits.concurrency {
+            if before >= u64::from(limit) {
+                return Err(Refusal {
+                    retry_after: Some(1),
+                    ..Refusal::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "the key `{}` is over its limit of {limit} requests in flight",
+                            key.name
+                        ),
+                    )
+                });
+            }
+        }
+        if let Some(rpm) = limits.rpm {
+            let now = Utc::now().timestamp();
+            let minute = u64::try_from(now / 60).unwrap_or(0);
+            let mut current = key.minute.lock().unwrap_or_else(PoisonError::into_inner);
+            if current.0 != minute {
+                *current = (minute, 0);
+            }
+            if current.1 >= rpm {
+                let seconds = u64::try_from(60 - now.rem_euclid(60)).unwrap_or(1).max(1);
+                return Err(Refusal {
+                    retry_after: Some(seconds),
+                    ..Refusal::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "the key `{}` is over its limit of {rpm} requests per minute",
+                            key.name
+                        ),
+                    )
+                });
+            }
+            current.1 += 1;
+        }
+        self.inner
+            .used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.id.clone());
+        Ok(guard)
+    }
+
+    /// Start a dashboard session for admin key `key`; returns the cookie's value (random, not
+    /// the key).
+    pub fn start_session(&self, key: &ClientKey) -> String {
+        use aes_gcm::aead::rand_core::RngCore;
+        let mut bytes = [0u8; 32];
+        aes_gcm::aead::OsRng.fill_bytes(&mut bytes);
+        let token = URL_SAFE_NO_PAD.encode(bytes);
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                token.clone(),
+                Session {
+                    key: Arc::clone(&key.name),
+                    until: Instant::now() + SESSION_LIFETIME,
+                },
+            );
+        token
+    }
+
+    /// End the session `token`.
+    pub fn end_session(&self, token: &str) {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(token);
+    }
+
+    /// Whether `token` is a live session of a key that still exists and is still admin.
+    pub fn session_is_admin(&self, token: &str) -> bool {
+        let sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(session) = sessions.get(token).filter(|s| s.until > Instant::now()) else {
+            return false;
+        };
+        self.inner
+            .keys
+            .current()
+            .by_digest
+            .values()
+            .any(|k| k.admin && k.name == session.key)
+    }
+
+    fn drop_expired_sessions(&self) {
+        let now = Instant::now();
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, session| session.until > now);
+    }
+
+    /// The session token of a request's cookie, if it has one.
+    pub fn session_token(headers: &HeaderMap) -> Option<String> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(cookie::Cookie::split_parse)
+            .filter_map(Result::ok)
+            .find(|c| c.name() == SESSION_COOKIE)
+            .map(|c| c.value().to_owned())
+    }
+
+    /// Whether a request carries admin rights: an admin key as `Bearer` (or `x-api-key`), or a
+    /// dashboard session. `Err` says why not: 401 (nothing usable) or 403 (a key, not admin).
+    pub fn admin(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        if let Some(presented) = Self::presented(headers) {
+            return match self.find(presented) {
+                Some(key) if key.admin => Ok(()),
+                Some(key) => Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    format!("the key `{}` is not an admin key", key.name),
+                )),
+                None => Err(Refusal::new(StatusCode::UNAUTHORIZED, "invalid key")),
+            };
+        }
+        if Self::session_token(headers).is_some_and(|t| self.session_is_admin(&t)) {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "an admin key is required (authorization: Bearer KEY, or log in on the dashboard)",
+        ))
+    }
+}
+
+/// A request of a key in flight; dropping it ends it.
+#[derive(Debug)]
+pub struct InFlight(Arc<ClientKey>);
+
+impl InFlight {
+    /// The key.
+    pub fn key(&self) -> &Arc<ClientKey> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn entry(model: &client_key::Model) -> ClientKey {
+    let count = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+    ClientKey {
+        id: model.id.clone(),
+        name: Arc::from(model.name.as_str()),
+        admin: model.admin,
+        limits: Limits {
+            rpm: count(model.rpm),
+            concurrency: count(model.concurrency),
+            monthly_budget_usd: model.monthly_budget_usd,
+        },
+        in_flight: AtomicU64::new(0),
+        minute: Mutex::new((0, 0)),
+    }
+}
+
+/// Whether an entry still says what the stored key says.
+fn same(key: &ClientKey, model: &client_key::Model) -> bool {
+    let fresh = entry(model);
+    key.id == fresh.id
+        && key.name == fresh.name
+        && key.admin == fresh.admin
+        && key.limits == fresh.limits
+}
+
+fn decode_hash(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The name part of a `Host` value (`[::1]:8080` → `[::1]`, `localhost:8080` → `localhost`).
+fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(name, _)| &host[..=name.len()]);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+fn is_loopback(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    if name.eq_ignore_ascii_case("localhost") || name.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_names_with_any_port() {
+        for host in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:1",
+            "127.1.2.3",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(is_loopback(host_name(host)), "{host}");
+        }
+        for host in [
+            "example.com",
+            "evil.localhost.example.com:80",
+            "10.0.0.1:8080",
+            "[::2]:1",
+        ] {
+            assert!(!is_loopback(host_name(host)), "{host}");
+        }
+    }
+
+    #[test]
+    fn hashes_round_trip() {
+        let hash = keys::hash("cfk_x");
+        assert_eq!(decode_hash(&hash), Some(keys::digest("cfk_x")));
+        assert_eq!(decode_hash("zz"), None);
+    }
+}

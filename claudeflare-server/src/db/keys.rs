@@ -1,0 +1,232 @@
+//! Client keys: created, listed and revoked by the CLI (and listed by the API); read by every
+//! running server, which checks requests against them in memory.
+//!
+//! A key is `cfk_` and 43 characters of URL-safe base64 (32 random bytes, 256 bits). Only its
+//! SHA-256 is stored: a key this random needs no slow hash (there is nothing to guess from a
+//! dictionary), so checking one costs a hash of 47 bytes and a map lookup.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, Set, Statement,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::DbError;
+use super::entities::client_key::{ActiveModel, Column, Entity, Model};
+
+/// What every client key starts with, so one is recognisable in a config file or a log.
+pub const PREFIX: &str = "cfk_";
+
+/// Per-key limits (`None`: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Limits {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Requests in flight.
+    pub concurrency: Option<u32>,
+    /// Estimated cost per calendar month (UTC), in USD.
+    pub monthly_budget_usd: Option<f64>,
+}
+
+/// A new key: its record, and the key itself (shown once, never stored).
+pub struct Created {
+    /// The record.
+    pub model: Model,
+    /// The key.
+    pub key: String,
+}
+
+/// A fresh random key.
+fn generate() -> String {
+    use aes_gcm::aead::rand_core::RngCore;
+    let mut bytes = [0u8; 32];
+    aes_gcm::aead::OsRng.fill_bytes(&mut bytes);
+    format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The stored form of `key`: its SHA-256, hex.
+pub fn hash(key: &str) -> String {
+    hex(&digest(key))
+}
+
+/// The SHA-256 of `key`.
+pub fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(64), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Create a key named `name`.
+pub async fn create(
+    db: &impl ConnectionTrait,
+    name: &str,
+    admin: bool,
+    limits: Limits,
+) -> Result<Created, DbError> {
+    if Entity::find()
+        .filter(Column::Name.eq(name))
+        .one(db)
+        .await?
+        .is_some()
+    {
+        return Err(DbError::DuplicateKey(name.to_owned()));
+    }
+    let key = generate();
+    let model = ActiveModel {
+        id: Set(uuid::Uuid::new_v4().to_string()),
+        name: Set(name.to_owned()),
+        hash: Set(hash(&key)),
+        hint: Set(key.chars().take(PREFIX.len() + 4).collect()),
+        admin: Set(admin),
+        rpm: Set(limits.rpm.map(i64::from)),
+        concurrency: Set(limits.concurrency.map(i64::from)),
+        monthly_budget_usd: Set(limits.monthly_budget_usd),
+        created_at: Set(Utc::now()),
+        last_used_at: Set(None),
+    }
+    .insert(db)
+    .await?;
+    Ok(Created { model, key })
+}
+
+/// Every key, oldest first.
+pub async fn all(db: &impl ConnectionTrait) -> Result<Vec<Model>, DbError> {
+    Ok(Entity::find()
+        .order_by_asc(Column::CreatedAt)
+        .all(db)
+        .await?)
+}
+
+/// Revoke (delete) the key named `name`.
+pub async fn revoke(db: &impl ConnectionTrait, name: &str) -> Result<(), DbError> {
+    let deleted = Entity::delete_many()
+        .filter(Column::Name.eq(name))
+        .exec(db)
+        .await?;
+    if deleted.rows_affected == 0 {
+        return Err(DbError::UnknownKey(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// Note that the keys with these ids were used at `at`.
+pub async fn touch(
+    db: &impl ConnectionTrait,
+    ids: &[String],
+    at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    Entity::update_many()
+        .col_expr(Column::LastUsedAt, sea_orm::sea_query::Expr::value(at))
+        .filter(Column::Id.is_in(ids.iter().map(String::as_str)))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// The start of the calendar month (UTC) of `now`.
+pub fn month_start(now: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .single()
+        .unwrap_or(now)
+}
+
+/// Requests and estimated cost of each key (by name) since `since`, from every instance's
+/// records.
+pub async fn usage_since(
+    db: &impl ConnectionTrait,
+    since: DateTime<Utc>,
+) -> Result<Vec<(String, i64, f64)>, DbError> {
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT api_key, COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0) AS cost \
+             FROM requests WHERE api_key IS NOT NULL AND timestamp >= $1 GROUP BY api_key"
+        }
+        _ => {
+            "SELECT api_key, COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0) AS cost \
+             FROM requests WHERE api_key IS NOT NULL AND timestamp >= ? GROUP BY api_key"
+        }
+    };
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, [since.into()]))
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push((
+            row.try_get::<String>("", "api_key")?,
+            row.try_get::<i64>("", "requests")?,
+            row.try_get::<f64>("", "cost")?,
+        ));
+    }
+    Ok(out)
+}
+
+/// The object of `GET /api/keys` and `keys list --json`: never the key, only its first
+/// characters.
+pub fn json(model: &Model, requests: i64, cost: f64) -> serde_json::Value {
+    serde_json::json!({
+        "name": model.name,
+        "admin": model.admin,
+        "hint": model.hint,
+        "rpm": model.rpm,
+        "concurrency": model.concurrency,
+        "monthly_budget_usd": model.monthly_budget_usd,
+        "created_at": model.created_at,
+        "last_used_at": model.last_used_at,
+        "requests_this_month": requests,
+        "cost_this_month_usd": cost,
+    })
+}
+
+/// Every key as [`json`] shows it, with this month's requests and cost.
+pub async fn list_json(db: &impl ConnectionTrait) -> Result<Vec<serde_json::Value>, DbError> {
+    let usage = usage_since(db, month_start(Utc::now())).await?;
+    let keys = all(db).await?;
+    Ok(keys
+        .iter()
+        .map(|key| {
+            let (requests, cost) = usage
+                .iter()
+                .find(|(name, ..)| *name == key.name)
+                .map_or((0, 0.0), |(_, requests, cost)| (*requests, *cost));
+            json(key, requests, cost)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_long_random_and_recognisable() {
+        let (a, b) = (generate(), generate());
+        assert_ne!(a, b);
+        assert!(a.starts_with(PREFIX));
+        assert_eq!(a.len(), PREFIX.len() + 43, "32 bytes of base64");
+        assert_eq!(hash(&a).len(), 64);
+        assert_ne!(hash(&a), hash(&b));
+    }
+
+    #[test]
+    fn a_month_starts_on_the_first_at_midnight_utc() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 29, 21, 5, 3).unwrap();
+        assert_eq!(
+            month_start(now),
+            Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
+        );
+    }
+}
