@@ -505,3 +505,62 @@ async fn per_key_limits_refuse_before_any_account_is_used() {
         "over its budget once its cost is recorded"
     );
 }
+
+/// Anthropic's Python SDK, as a user runs it: `ANTHROPIC_BASE_URL` at claudeflare,
+/// `ANTHROPIC_API_KEY` a client key (sent as `x-api-key`), or `auth_token` (sent as `Bearer`).
+/// Skipped when the SDK is not installed, except under CI (`.ci/run` installs it).
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropics_sdk_works_with_a_client_key() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import anthropic"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Anthropic's Python SDK is missing (pip install anthropic)"
+        );
+        eprintln!("skipped: Anthropic's Python SDK is not installed");
+        return;
+    }
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    let team = create_key(&env, &["team"]);
+    let server = env.start();
+    let script = r#"
+import anthropic
+model = "claude-sonnet-4-20250514"
+hi = [{"role": "user", "content": "hi"}]
+client = anthropic.Anthropic(max_retries=0)
+message = client.messages.create(model=model, max_tokens=16, messages=hi)
+print("json", message.usage.output_tokens)
+with client.messages.stream(model=model, max_tokens=16, messages=hi) as stream:
+    print("stream", len(stream.get_final_text()) > 0)
+bearer = anthropic.Anthropic(api_key=None, auth_token=client.api_key, max_retries=0)
+print("bearer", bearer.messages.create(model=model, max_tokens=16, messages=hi).usage.output_tokens)
+try:
+    anthropic.Anthropic(api_key="cfk_wrong", max_retries=0).messages.create(model=model, max_tokens=16, messages=hi)
+except anthropic.AuthenticationError as error:
+    print("refused", error.status_code)
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("ANTHROPIC_BASE_URL", &server.url)
+        .env("ANTHROPIC_API_KEY", &team)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = said.lines().collect();
+    let expected = format!("json {}", claudeflare_testkit::OUTPUT_TOKENS);
+    assert_eq!(lines[0], expected);
+    assert_eq!(lines[1], "stream True");
+    assert_eq!(
+        lines[2],
+        format!("bearer {}", claudeflare_testkit::OUTPUT_TOKENS)
+    );
+    assert_eq!(lines[3], "refused 401");
+}

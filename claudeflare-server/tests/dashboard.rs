@@ -558,3 +558,154 @@ async fn the_dashboard_works_in_a_real_browser() {
     screenshot(&client, "dashboard-phone").await;
     client.close().await.unwrap();
 }
+
+/// With client keys: the login page, then the dashboard's own refresh and actions, which must
+/// keep working through the session cookie (in better-ccflare, turning keys on broke the
+/// dashboard's internal calls).
+#[tokio::test(flavor = "multi_thread")]
+async fn with_keys_the_dashboard_logs_in_and_its_refresh_and_actions_work() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["work", "home"]);
+    let boss = env
+        .ok(&["keys", "add", "boss", "--admin"])
+        .trim()
+        .to_owned();
+    let team = env.ok(&["keys", "add", "team"]).trim().to_owned();
+    let server = env.start();
+    let admin = format!("Bearer {boss}");
+    let Some((_driver, client)) = browser(&env.dir.path().join("chromium")).await else {
+        return;
+    };
+    client
+        .goto(&format!("{}/dashboard", server.url))
+        .await
+        .unwrap();
+    // Not logged in: the login page.
+    assert!(
+        text_of(&client, "h1")
+            .await
+            .unwrap()
+            .contains("claudeflare")
+    );
+    on_element(&client, "#key", |field| {
+        let boss = boss.clone();
+        async move { field.send_keys(&boss).await }
+    })
+    .await;
+    click(&client, "form[action='/login'] button[type=submit]").await;
+    let mut url = String::new();
+    for _ in 0..100 {
+        url = client.current_url().await.unwrap().to_string();
+        if url.ends_with("/dashboard") && text_of(&client, "#accounts").await.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(url.ends_with("/dashboard"), "{url}");
+    let keys = text_of(&client, "#keys").await.expect("the keys section");
+    assert!(keys.contains("boss") && keys.contains("team"), "{keys}");
+    assert!(
+        !keys.contains(&boss) && !keys.contains(&team),
+        "never a key on the page"
+    );
+    client
+        .execute("window.__marker = 'kept'", vec![])
+        .await
+        .unwrap();
+
+    // The refresh (every 5 s, through the cookie) shows a request sent meanwhile with a key.
+    let sent = server
+        .client
+        .post_json(
+            "/v1/messages",
+            &json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
+                "messages": [{"role": "user", "content": "hi"}]}),
+            &[("x-api-key", team.as_str())],
+        )
+        .await;
+    assert_eq!(sent.status, 200);
+    let mut shown = false;
+    for _ in 0..150 {
+        if text_of(&client, "#requests tbody")
+            .await
+            .is_some_and(|rows| rows.contains("team"))
+        {
+            shown = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shown, "the refresh showed the request and its key");
+
+    // An action: pause `home`.
+    let home = server
+        .client
+        .send(
+            http::Method::GET,
+            "/api/accounts",
+            &[("authorization", admin.as_str())],
+            bytes::Bytes::new(),
+        )
+        .await
+        .json();
+    let home_id = home
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "home")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    click(
+        &client,
+        &format!("button[data-action=pause][data-account='{home_id}']"),
+    )
+    .await;
+    wait_for_toast(&client, "home paused").await;
+    // And revoke `team` (the page asks first).
+    client
+        .execute("window.confirm = () => true", vec![])
+        .await
+        .unwrap();
+    click(&client, "button[data-revoke='team']").await;
+    wait_for_toast(&client, "Key team revoked").await;
+    assert_eq!(
+        client
+            .execute("return window.__marker", vec![])
+            .await
+            .unwrap(),
+        json!("kept"),
+        "no full reload"
+    );
+    let after = server
+        .client
+        .post_json(
+            "/v1/messages",
+            &json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
+                "messages": [{"role": "user", "content": "hi"}]}),
+            &[("x-api-key", team.as_str())],
+        )
+        .await;
+    assert_eq!(after.status, 401, "the revoked key is refused");
+    screenshot(&client, "dashboard-with-keys").await;
+
+    // Log out: the page is the login page again.
+    click(&client, "form.logout button").await;
+    let mut out = false;
+    for _ in 0..100 {
+        if client
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .ends_with("/login")
+        {
+            out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(out, "logged out");
+    client.close().await.unwrap();
+}

@@ -27,7 +27,9 @@ pub enum ApiError {
 impl From<DbError> for ApiError {
     fn from(error: DbError) -> Self {
         match error {
-            DbError::UnknownAccount(_) => ApiError::NotFound(error.to_string()),
+            DbError::UnknownAccount(_) | DbError::UnknownKey(_) => {
+                ApiError::NotFound(error.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "API request failed");
                 ApiError::Internal(other.to_string())

@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/requests", get(requests))
         .route("/api/config", get(config))
         .route("/api/keys", get(keys))
+        .route("/api/keys/{name}/revoke", post(revoke_key))
         .route("/api/config/strategy", get(strategy).post(set_strategy))
         .route("/api/strategies", get(strategies))
 }
@@ -139,6 +140,17 @@ pub async fn requests(
     Ok(Json(json!(
         requests::newest(&state.db, limit, &filter).await?
     )))
+}
+
+/// `POST /api/keys/:name/revoke`: requests with the key are refused from then on (within a
+/// second on every instance).
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult {
+    crate::db::keys::revoke(&state.db, &name).await?;
+    state.access.load(&state.db).await?;
+    Ok(Json(json!({ "name": name, "revoked": true })))
 }
 
 /// `GET /api/keys`: the client keys as `keys list --json` shows them (never a key).

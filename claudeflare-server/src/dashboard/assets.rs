@@ -66,7 +66,7 @@ button { cursor:pointer; font-weight:600; } button:hover { border-color:var(--ac
 /// sections every 5 s that leaves alone the one the user is working in.
 pub const JS: &str = r#"
 (() => {
-  const sections = ['controls', 'overview', 'accounts', 'analytics', 'history'];
+  const sections = ['controls', 'overview', 'accounts', 'keys', 'analytics', 'history'];
   let busy = 0;
   const toast = (message, ok) => {
     const el = document.getElementById('toast');
@@ -97,6 +97,14 @@ pub const JS: &str = r#"
     }
   });
   document.addEventListener('click', (event) => {
+    const revoke = event.target.closest('button[data-revoke]');
+    if (revoke) {
+      const name = revoke.dataset.revoke;
+      if (!confirm('Revoke the key ' + name + '? Requests with it are refused from then on.')) return;
+      revoke.disabled = true;
+      act(() => post('/api/keys/' + encodeURIComponent(name) + '/revoke'), () => 'Key ' + name + ' revoked');
+      return;
+    }
     const button = event.target.closest('button[data-action]');
     if (!button) return;
     button.disabled = true;

@@ -83,6 +83,8 @@ pub struct Data {
     pub requests: Vec<RequestRow>,
     /// The history filter.
     pub filter: Filter,
+    /// The client keys (as `/api/keys` shows them); empty when there are none.
+    pub keys: Vec<serde_json::Value>,
 }
 
 /// Fill the gaps of a series so every key in `keys` has a value.
@@ -148,6 +150,7 @@ pub async fn gather(state: &AppState, filter: Filter) -> Result<Data, DbError> {
         by_account: rollups::series(db, days_from, By::Account).await?,
         by_model: rollups::series(db, days_from, By::Model).await?,
         requests: requests::newest(db, HISTORY, &filter).await?,
+        keys: crate::db::keys::list_json(db).await?,
         filter,
     })
 }

@@ -1,7 +1,7 @@
 //! The page's markup. maud escapes every value, so account names and error messages cannot
 //! inject markup.
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat};
 use claudeflare_tower::{AccountStatus, Mode, Tier};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
@@ -36,6 +36,7 @@ pub fn page(data: &Data) -> Markup {
                 main {
                     (overview(data))
                     (accounts(data))
+                    (keys(data))
                     (analytics(data))
                     (history(data))
                 }
@@ -69,6 +70,9 @@ fn controls(data: &Data) -> Markup {
             }
             @if !sticky && data.has_max {
                 p.advice role="note" { (STICKY_ADVICE) }
+            }
+            @if !data.keys.is_empty() {
+                form.logout method="post" action="/logout" { button type="submit" { "Log out" } }
             }
         }
     }
@@ -347,6 +351,54 @@ fn breakdown(id: &str, caption: &str, what: &str, rows: &[(String, Totals)]) -> 
     }
 }
 
+fn keys(data: &Data) -> Markup {
+    if data.keys.is_empty() {
+        return html! {};
+    }
+    let limit = |v: &serde_json::Value| {
+        if v.is_null() {
+            "–".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
+    let when = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.to_utc())
+    };
+    html! {
+        section #keys aria-labelledby="keys-title" {
+            h2 #keys-title { "Client keys" }
+            div.scroll {
+                table {
+                    thead { tr {
+                        th scope="col" { "Key" } th scope="col" { "Admin" } th scope="col" { "Per minute" }
+                        th scope="col" { "In flight" } th scope="col" { "Budget / month" } th scope="col" { "Requests this month" }
+                        th scope="col" { "Cost this month" } th scope="col" { "Last used" } th scope="col" { span.visually-hidden { "Actions" } }
+                    } }
+                    tbody {
+                        @for key in &data.keys {
+                            @let name = key["name"].as_str().unwrap_or_default();
+                            tr data-key=(name) {
+                                td { strong { (name) } div.sub { code { (key["hint"].as_str().unwrap_or_default()) "…" } } }
+                                td { @if key["admin"].as_bool().unwrap_or(false) { span.pill.warn { "admin" } } @else { "no" } }
+                                td { (limit(&key["rpm"])) }
+                                td { (limit(&key["concurrency"])) }
+                                td { @if key["monthly_budget_usd"].is_null() { "–" } @else { (usd(key["monthly_budget_usd"].as_f64().unwrap_or(0.0))) } }
+                                td { (key["requests_this_month"]) }
+                                td { (usd(key["cost_this_month_usd"].as_f64().unwrap_or(0.0))) }
+                                td { (ago(when(&key["last_used_at"]), data.now)) }
+                                td { button type="button" data-revoke=(name) { "Revoke " span.visually-hidden { (name) } } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn history(data: &Data) -> Markup {
     let filter = &data.filter;
     let statuses = [
@@ -369,6 +421,16 @@ fn history(data: &Data) -> Markup {
                         option value=(row.view.name) selected[filter.account.as_deref() == Some(row.view.name.as_str())] { (row.view.name) }
                     }
                 }
+                @if !data.keys.is_empty() {
+                    label for="filter-key" { "Key" }
+                    select #filter-key name="api_key" {
+                        option value="" { "all" }
+                        @for key in &data.keys {
+                            @let name = key["name"].as_str().unwrap_or_default();
+                            option value=(name) selected[filter.api_key.as_deref() == Some(name)] { (name) }
+                        }
+                    }
+                }
                 label for="filter-status" { "Status" }
                 select #filter-status name="status" {
                     @for (value, label) in statuses {
@@ -382,10 +444,10 @@ fn history(data: &Data) -> Markup {
                     thead { tr {
                         th scope="col" { "Time" } th scope="col" { "Account" } th scope="col" { "Model" } th scope="col" { "Status" }
                         th scope="col" { "Latency" } th scope="col" { "First byte" } th scope="col" { "Tokens in / out / cache" }
-                        th scope="col" { "Cost" } th scope="col" { "Failovers" } th scope="col" { "Error" }
+                        th scope="col" { "Cost" } th scope="col" { "Failovers" } th scope="col" { "Key" } th scope="col" { "Error" }
                     } }
                     tbody {
-                        @if data.requests.is_empty() { tr { td colspan="10" .empty { "No requests to show." } } }
+                        @if data.requests.is_empty() { tr { td colspan="11" .empty { "No requests to show." } } }
                         @for r in &data.requests {
                             tr.failed[!r.success] {
                                 td { time datetime=(r.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)) { (clock(r.timestamp, data.now)) } }
@@ -397,6 +459,7 @@ fn history(data: &Data) -> Markup {
                                 td { (count(r.input_tokens)) " / " (count(r.output_tokens)) " / " (count(r.cache_read_input_tokens + r.cache_creation_input_tokens)) }
                                 td { (usd(r.cost_usd)) }
                                 td { (r.failover_attempts) }
+                                td { (r.api_key.as_deref().unwrap_or("–")) }
                                 td.error-text { (r.error.as_deref().unwrap_or("")) }
                             }
                         }
