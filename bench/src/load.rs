@@ -15,6 +15,9 @@ use tokio::net::TcpStream;
 const JSON: &str = r#"{"model":"claude-sonnet-4-20250514","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
 const STREAM: &str = r#"{"model":"claude-sonnet-4-20250514","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 
+/// The client key requests carry (`--keys`); without one, a placeholder the server ignores.
+pub static CLIENT_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// A keep-alive connection to `address`.
 pub async fn connect(address: SocketAddr) -> SendRequest<Full<Bytes>> {
     let stream = TcpStream::connect(address)
@@ -34,7 +37,10 @@ fn request(address: SocketAddr, stream: bool) -> Request<Full<Bytes>> {
         .header(header::HOST, address.to_string())
         .header(header::CONTENT_TYPE, "application/json")
         .header("anthropic-version", "2023-06-01")
-        .header("x-api-key", "client-key")
+        .header(
+            "x-api-key",
+            CLIENT_KEY.get().map_or("client-key", String::as_str),
+        )
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .expect("a valid request")
 }

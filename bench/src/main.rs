@@ -3,6 +3,7 @@
 //! ```sh
 //! cargo run --release -p claudeflare-bench              # the full run (about a minute)
 //! cargo run -p claudeflare-bench -- --smoke             # a 2-second check that it still works
+//! cargo run --release -p claudeflare-bench -- --keys     # with a client key required and sent
 //! ```
 //!
 //! Starts, each in its own process on loopback: a zero-latency mock upstream (JSON, and SSE of 20
@@ -227,7 +228,21 @@ impl CpuCounters {
 
 async fn stats(address: SocketAddr) -> serde_json::Value {
     let client = claudeflare_testkit::TestClient::new(format!("http://{address}"));
-    client.get("/api/stats").await.json()
+    let admin = load::CLIENT_KEY.get().map(|key| format!("Bearer {key}"));
+    let headers: Vec<(&str, &str)> = admin
+        .as_deref()
+        .map(|bearer| ("authorization", bearer))
+        .into_iter()
+        .collect();
+    client
+        .send(
+            http::Method::GET,
+            "/api/stats",
+            &headers,
+            bytes::Bytes::new(),
+        )
+        .await
+        .json()
 }
 
 /// The pause after each latency round, for the work it caused to finish (see its use).
@@ -273,7 +288,8 @@ async fn run(args: &[String]) {
         command
     })
     .await;
-    let claudeflare = targets::start_claudeflare(&server, mock.address, folder.path()).await;
+    let keys = args.iter().any(|a| a == "--keys");
+    let claudeflare = targets::start_claudeflare(&server, mock.address, folder.path(), keys).await;
     let mut all = [
         Target::new("direct", mock.address),
         Target::new("bare proxy", bare.address),

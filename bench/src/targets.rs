@@ -226,8 +226,14 @@ pub fn server_binary(explicit: Option<PathBuf>) -> PathBuf {
     path
 }
 
-/// Start claudeflare-server with three API-key accounts, recording to SQLite, against `upstream`.
-pub async fn start_claudeflare(binary: &Path, upstream: SocketAddr, folder: &Path) -> Process {
+/// Start claudeflare-server with three API-key accounts, recording to SQLite, against `upstream`;
+/// with `keys`, an admin client key exists (requests then need it, and the load sends it).
+pub async fn start_claudeflare(
+    binary: &Path,
+    upstream: SocketAddr,
+    folder: &Path,
+    keys: bool,
+) -> Process {
     let env = |command: &mut Command| {
         command
             .env_clear()
@@ -250,6 +256,19 @@ pub async fn start_claudeflare(binary: &Path, upstream: SocketAddr, folder: &Pat
             .await
             .expect("run add");
         assert!(status.success(), "adding an account failed");
+    }
+    if keys {
+        let mut add = Command::new(binary);
+        env(&mut add);
+        let output = add
+            .args(["keys", "add", "bench", "--admin"])
+            .stderr(Stdio::null())
+            .output()
+            .await
+            .expect("run keys add");
+        assert!(output.status.success(), "adding a client key failed");
+        let key = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let _ = crate::load::CLIENT_KEY.set(key);
     }
     // The server's log (one line per request) goes to a file, as it would in a deployment: read
     // through a pipe, it would make this process, the load generator, busier during
