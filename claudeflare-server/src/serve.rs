@@ -70,9 +70,10 @@ impl Live {
             || new.max_connections != old.max_connections
             || new.header_read_timeout_ms != old.header_read_timeout_ms
             || new.shutdown_grace_seconds != old.shutdown_grace_seconds
+            || new.allow_unauthenticated != old.allow_unauthenticated
         {
             tracing::warn!(
-                "host, port, log_format, max_connections, header_read_timeout_ms and shutdown_grace_seconds take effect at the next start"
+                "host, port, log_format, max_connections, header_read_timeout_ms, shutdown_grace_seconds and allow_unauthenticated take effect at the next start"
             );
         }
         self.config.set(new);
