@@ -13,6 +13,7 @@
 //! that), stored by their SHA-256, and found with one hash of the presented key and one map
 //! lookup.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +23,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use claudeflare_tower::Setting;
+use headers::authorization::Bearer;
+use headers::{Authorization, HeaderMapExt, Host, Origin};
 use http::{HeaderMap, Method, StatusCode, header};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
@@ -218,29 +221,31 @@ impl Access {
     }
 
     /// The key a request presents: `x-api-key`, or `authorization: Bearer`.
-    pub fn presented(headers: &HeaderMap) -> Option<&str> {
+    pub fn presented(headers: &HeaderMap) -> Option<Cow<'_, str>> {
         if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-            return Some(key.trim());
+            return Some(Cow::Borrowed(key.trim()));
         }
-        let authorization = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        let (scheme, token) = authorization.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        let bearer = headers.typed_get::<Authorization<Bearer>>()?;
+        Some(Cow::Owned(bearer.token().to_owned()))
     }
 
-    /// Whether `host` (a `Host` header's value) may be answered while no key exists.
-    pub fn host_allowed(&self, host: Option<&str>) -> bool {
-        let Some(host) = host else {
+    /// Whether a request's `Host` may be answered while no key exists: a loopback name, or one
+    /// in `allowed_hosts`.
+    pub fn host_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(host) = headers.typed_get::<Host>() else {
             return false;
         };
-        let name = host_name(host);
-        if is_loopback(name) {
-            return true;
-        }
+        is_loopback(host.hostname()) || self.listed(&host)
+    }
+
+    /// Whether `host` is in `allowed_hosts` (by name, or name and port).
+    fn listed(&self, host: &Host) -> bool {
         let config = self.inner.config.current();
-        config
-            .allowed_hosts
-            .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(host) || allowed.eq_ignore_ascii_case(name))
+        let with_port = host.to_string();
+        config.allowed_hosts.iter().any(|allowed| {
+            allowed.eq_ignore_ascii_case(host.hostname())
+                || allowed.eq_ignore_ascii_case(&with_port)
+        })
     }
 
     /// Whether a browser marks this state-changing request as cross-site: `Sec-Fetch-Site:
@@ -255,28 +260,24 @@ impl Access {
         {
             return true;
         }
-        let Some(origin) = headers.get(header::ORIGIN) else {
-            return false;
-        };
-        let Some(origin_host) = origin
-            .to_str()
-            .ok()
-            .and_then(|o| o.parse::<http::Uri>().ok())
-            .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()))
-        else {
-            // `Origin: null` (a sandboxed frame, a file) or garbage: not this site.
-            return true;
-        };
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        if host.is_some_and(|h| h.eq_ignore_ascii_case(&origin_host)) {
+        if !headers.contains_key(header::ORIGIN) {
             return false;
         }
-        let config = self.inner.config.current();
-        let name = host_name(&origin_host);
-        !config
-            .allowed_hosts
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(&origin_host) || a.eq_ignore_ascii_case(name))
+        // `Origin: null` (a sandboxed frame, a file) or garbage: not this site.
+        let Some(origin) = headers.typed_get::<Origin>().filter(|o| !o.is_null()) else {
+            return true;
+        };
+        let authority = match origin.port() {
+            Some(port) => format!("{}:{port}", origin.hostname()),
+            None => origin.hostname().to_owned(),
+        };
+        let Ok(origin_host) = authority.parse::<http::uri::Authority>().map(Host::from) else {
+            return true;
+        };
+        let same = headers
+            .typed_get::<Host>()
+            .is_some_and(|host| same_host(&host, &origin_host));
+        !same && !self.listed(&origin_host)
     }
 
     /// Take a request of `key` in, or say which limit it is over. The guard ends it.
@@ -430,7 +431,7 @@ impl Access {
     /// dashboard session. `Err` says why not: 401 (nothing usable) or 403 (a key, not admin).
     pub fn admin(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         if let Some(presented) = Self::presented(headers) {
-            return match self.find(presented) {
+            return match self.find(&presented) {
                 Some(key) if key.admin => Ok(()),
                 Some(key) => Err(Refusal::new(
                     StatusCode::FORBIDDEN,
@@ -502,14 +503,10 @@ fn decode_hash(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The name part of a `Host` value (`[::1]:8080` → `[::1]`, `localhost:8080` → `localhost`).
-fn host_name(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host
-            .split_once(']')
-            .map_or(host, |(name, _)| &host[..=name.len()]);
-    }
-    host.rsplit_once(':').map_or(host, |(name, _)| name)
+/// Whether two hosts are the same name and port (an absent port being the scheme's default on
+/// both sides: a browser leaves it out of `Origin` exactly when the `Host` leaves it out).
+fn same_host(a: &Host, b: &Host) -> bool {
+    a.hostname().eq_ignore_ascii_case(b.hostname()) && a.port() == b.port()
 }
 
 fn is_loopback(name: &str) -> bool {
@@ -526,9 +523,15 @@ fn is_loopback(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn host(value: &'static str) -> Host {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, http::HeaderValue::from_static(value));
+        headers.typed_get::<Host>().unwrap()
+    }
+
     #[test]
     fn loopback_names_with_any_port() {
-        for host in [
+        for value in [
             "localhost",
             "localhost:8080",
             "127.0.0.1:1",
@@ -536,15 +539,15 @@ mod tests {
             "[::1]:8080",
             "[::1]",
         ] {
-            assert!(is_loopback(host_name(host)), "{host}");
+            assert!(is_loopback(host(value).hostname()), "{value}");
         }
-        for host in [
+        for value in [
             "example.com",
             "evil.localhost.example.com:80",
             "10.0.0.1:8080",
             "[::2]:1",
         ] {
-            assert!(!is_loopback(host_name(host)), "{host}");
+            assert!(!is_loopback(host(value).hostname()), "{value}");
         }
     }
 

@@ -90,11 +90,7 @@ impl App {
             }
         }
         if !access.keys_exist() {
-            let host = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok());
-            if !access.host_allowed(host) {
+            if !access.host_allowed(req.headers()) {
                 return refuse(Refusal::forbidden(
                     "this server answers only its own machine (a loopback Host) until a client key exists; add the name to allowed_hosts to reach it by another",
                 ));
@@ -102,7 +98,7 @@ impl App {
             return Ok(None);
         }
         if proxied {
-            let Some(key) = Access::presented(req.headers()).and_then(|k| access.find(k)) else {
+            let Some(key) = Access::presented(req.headers()).and_then(|k| access.find(&k)) else {
                 return refuse(Refusal::new(
                     http::StatusCode::UNAUTHORIZED,
                     "a valid client key is required (x-api-key or authorization: Bearer)",

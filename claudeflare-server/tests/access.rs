@@ -564,3 +564,59 @@ except anthropic.AuthenticationError as error:
     );
     assert_eq!(lines[3], "refused 401");
 }
+
+/// Two servers on one PostgreSQL database: a key created or revoked with the CLI reaches both
+/// within 2 seconds, and a monthly budget counts the requests of both.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_and_budgets_are_shared_by_servers_on_one_database() {
+    let Some(env) = Env::new(common::Backend::Postgres).await else {
+        return;
+    };
+    env.add_keys(&["a"]);
+    let _admin = create_key(&env, &["boss", "--admin"]);
+    let (one, two) = (env.start(), env.start());
+    let shared = create_key(&env, &["shared", "--monthly-budget-usd", "0.0015"]);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            message_with(&one, &[("x-api-key", shared.as_str())])
+                .await
+                .status
+                == 200
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            message_with(&two, &[("x-api-key", shared.as_str())])
+                .await
+                .status
+                == 200
+        })
+        .await
+    );
+    // One request on each: together over the budget (about $0.00104 each), which both see.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let refused = |r: &TestResponse| r.status == 429 && r.text().contains("monthly budget");
+            refused(&message_with(&one, &[("x-api-key", shared.as_str())]).await)
+                && refused(&message_with(&two, &[("x-api-key", shared.as_str())]).await)
+        })
+        .await,
+        "the budget counts every instance's requests"
+    );
+    let other = create_key(&env, &["other"]);
+    env.ok(&["keys", "revoke", "other"]);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            message_with(&one, &[("x-api-key", other.as_str())])
+                .await
+                .status
+                == 401
+                && message_with(&two, &[("x-api-key", other.as_str())])
+                    .await
+                    .status
+                    == 401
+        })
+        .await
+    );
+}
