@@ -350,11 +350,16 @@ impl Access {
             }
             current.1 += 1;
         }
-        self.inner
+        let mut used = self
+            .inner
             .used
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.id.clone());
+            .unwrap_or_else(PoisonError::into_inner);
+        // Copied once per key between two writes of `last_used_at`, not once per request.
+        if !used.contains(&key.id) {
+            used.insert(key.id.clone());
+        }
+        drop(used);
         Ok(guard)
     }
 
