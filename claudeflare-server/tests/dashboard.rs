@@ -614,16 +614,16 @@ async fn with_keys_the_dashboard_logs_in_and_its_refresh_and_actions_work() {
         .unwrap();
 
     // The refresh (every 5 s, through the cookie) shows a request sent meanwhile with a key.
-    let sent = server
-        .client
-        .post_json(
-            "/v1/messages",
-            &json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
-                "messages": [{"role": "user", "content": "hi"}]}),
-            &[("x-api-key", team.as_str())],
-        )
-        .await;
-    assert_eq!(sent.status, 200);
+    let with_team = || async {
+        let body = json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let headers = [("x-api-key", team.as_str())];
+        server
+            .client
+            .post_json("/v1/messages", &body, &headers)
+            .await
+    };
+    assert_eq!(with_team().await.status, 200);
     let mut shown = false;
     for _ in 0..150 {
         if text_of(&client, "#requests tbody")
@@ -678,16 +678,7 @@ async fn with_keys_the_dashboard_logs_in_and_its_refresh_and_actions_work() {
         json!("kept"),
         "no full reload"
     );
-    let after = server
-        .client
-        .post_json(
-            "/v1/messages",
-            &json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
-                "messages": [{"role": "user", "content": "hi"}]}),
-            &[("x-api-key", team.as_str())],
-        )
-        .await;
-    assert_eq!(after.status, 401, "the revoked key is refused");
+    assert_eq!(with_team().await.status, 401, "the revoked key is refused");
     screenshot(&client, "dashboard-with-keys").await;
 
     // Log out: the page is the login page again.
