@@ -31,6 +31,10 @@ async fn send(
         .await
 }
 
+async fn get_with(server: &Server, path: &str, headers: &[(&str, &str)]) -> TestResponse {
+    send(server, Method::GET, path, headers, "").await
+}
+
 /// A message request presenting `headers` (a key, say).
 async fn message_with(server: &Server, headers: &[(&str, &str)]) -> TestResponse {
     let mut all = vec![
@@ -76,17 +80,10 @@ async fn without_keys_only_this_machine_is_answered_and_no_page_can_change_anyth
 
     // Loopback names, any port, and allowed_hosts are answered; others are refused (DNS rebinding).
     for host in ["localhost", "127.0.0.1:9", "[::1]:8080", "proxy.lan:1234"] {
-        let response = send(&server, Method::GET, "/health", &[("host", host)], "").await;
+        let response = get_with(&server, "/health", &[("host", host)]).await;
         assert_eq!(response.status, 200, "{host}: {}", response.text());
     }
-    let rebound = send(
-        &server,
-        Method::GET,
-        "/api/stats",
-        &[("host", "evil.example")],
-        "",
-    )
-    .await;
+    let rebound = get_with(&server, "/api/stats", &[("host", "evil.example")]).await;
     assert_eq!(rebound.status, 403);
     assert!(
         rebound.json()["error"]
@@ -165,14 +162,7 @@ async fn without_keys_only_this_machine_is_answered_and_no_page_can_change_anyth
     assert_no_cors(&changed);
     let script = server.post("/api/accounts/a/pause", "").await;
     assert_eq!(script.status, 200, "{}", script.text());
-    let with_origin = send(
-        &server,
-        Method::GET,
-        "/api/stats",
-        &[("origin", "http://evil.example")],
-        "",
-    )
-    .await;
+    let with_origin = get_with(&server, "/api/stats", &[("origin", "http://evil.example")]).await;
     assert_eq!(with_origin.status, 200, "reads are not state changes");
     assert_no_cors(&with_origin);
 }
@@ -191,16 +181,9 @@ async fn a_non_loopback_host_without_a_key_does_not_start() {
     env.set("CLAUDEFLARE_ALLOW_UNAUTHENTICATED", "true");
     let server = env.start_with(&["serve", "--host", "0.0.0.0"]);
     // Still only loopback names (and allowed_hosts) while no key exists.
-    let local = send(
-        &server,
-        Method::GET,
-        "/health",
-        &[("host", "localhost")],
-        "",
-    )
-    .await;
+    let local = get_with(&server, "/health", &[("host", "localhost")]).await;
     assert_eq!(local.status, 200);
-    let other = send(&server, Method::GET, "/health", &[("host", "10.1.2.3")], "").await;
+    let other = get_with(&server, "/health", &[("host", "10.1.2.3")]).await;
     assert_eq!(other.status, 403);
 }
 
@@ -265,23 +248,9 @@ async fn keys_guard_the_proxy_and_admin_keys_the_api() {
             "{path}: {}",
             anonymous.text()
         );
-        let refused = send(
-            &server,
-            Method::GET,
-            path,
-            &[("authorization", not_admin.as_str())],
-            "",
-        )
-        .await;
+        let refused = get_with(&server, path, &[("authorization", not_admin.as_str())]).await;
         assert_eq!(refused.status, 403, "{path}");
-        let allowed = send(
-            &server,
-            Method::GET,
-            path,
-            &[("authorization", admin.as_str())],
-            "",
-        )
-        .await;
+        let allowed = get_with(&server, path, &[("authorization", admin.as_str())]).await;
         assert_eq!(allowed.status, 200, "{path}: {}", allowed.text());
         assert!(!allowed.text().contains(&team) && !allowed.text().contains(&boss));
     }
