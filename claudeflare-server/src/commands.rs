@@ -451,6 +451,9 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
             concurrency,
             monthly_budget_usd,
         } => {
+            if name.trim().is_empty() || name.chars().any(char::is_control) {
+                bail!("a key needs a name of visible characters (it names its requests)");
+            }
             let limits = keys::Limits {
                 rpm,
                 concurrency,

@@ -205,6 +205,11 @@ async fn keys_guard_the_proxy_and_admin_keys_the_api() {
         (Some("boss"), Some(true))
     );
     assert_eq!(listed[0]["hint"].as_str().unwrap().len(), 8);
+    let unnamed = env.cli(&["keys", "add", " "]);
+    assert!(!unnamed.status.success());
+    assert!(String::from_utf8_lossy(&unnamed.stderr).contains("needs a name"));
+    let over = env.cli(&["keys", "add", "x", "--monthly-budget-usd", "-3"]);
+    assert!(!over.status.success(), "a negative budget is refused");
     let duplicate = env.cli(&["keys", "add", "team"]);
     assert!(!duplicate.status.success());
     assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
