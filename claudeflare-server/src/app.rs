@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
 use claudeflare_tower::{BalancerService, RequestContext};
@@ -300,38 +300,20 @@ fn refusal_response(refusal: &Refusal, proxied: bool, path: &str) -> Response {
             415 => "invalid_request_error",
             _ => "rate_limit_error",
         };
-        let body = serde_json::json!({
-            "type": "error",
-            "error": {"type": kind, "message": format!("claudeflare: {}", refusal.message)},
-        });
-        json_response(body)
+        api::error::envelope(refusal.status, kind, &refusal.message)
     } else if refusal.status == http::StatusCode::UNAUTHORIZED
         && !path.starts_with("/api/")
         && path != "/metrics"
     {
-        let mut page = Response::new(Body::from(dashboard::login_page(None).into_string()));
-        page.headers_mut().insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        page
+        let page = axum::response::Html(dashboard::login_page(None).into_string());
+        (refusal.status, page).into_response()
     } else {
-        json_response(serde_json::json!({ "error": refusal.message }))
+        api::error::ApiError::Status(refusal.status, refusal.message.clone()).into_response()
     };
-    *response.status_mut() = refusal.status;
     if let Some(seconds) = refusal.retry_after {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, http::HeaderValue::from(seconds));
     }
-    response
-}
-
-fn json_response(body: serde_json::Value) -> Response {
-    let mut response = Response::new(Body::from(body.to_string()));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
     response
 }

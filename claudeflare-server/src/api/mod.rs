@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::config::{self, StrategyName};
 use crate::db::{accounts, requests, rollups};
 use crate::state::AppState;
-mod error;
+pub mod error;
 mod extract;
 
 pub use error::ApiError;
@@ -278,12 +278,8 @@ pub async fn method_not_allowed(method: http::Method, uri: Uri) -> ApiError {
 pub async fn not_found(uri: Uri) -> Response {
     let path = uri.path();
     if path.starts_with("/v1") {
-        // Anthropic's envelope, as the SDKs expect under /v1.
-        let envelope = json!({
-            "type": "error",
-            "error": {"type": "not_found_error", "message": format!("claudeflare: no route for {path}")},
-        });
-        return (StatusCode::NOT_FOUND, Json(envelope)).into_response();
+        let message = format!("no route for {path}");
+        return error::envelope(StatusCode::NOT_FOUND, "not_found_error", &message);
     }
     ApiError::NotFound(format!("no route for {path}")).into_response()
 }
