@@ -4,6 +4,7 @@
 //! cargo run --release -p claudeflare-bench              # the full run (about a minute)
 //! cargo run -p claudeflare-bench -- --smoke             # a 2-second check that it still works
 //! cargo run --release -p claudeflare-bench -- --keys     # with a client key required and sent
+//! cargo run --release -p claudeflare-bench -- --no-wrk   # latency by its own client, wrk or not
 //! ```
 //!
 //! Starts, each in its own process on loopback: a zero-latency mock upstream (JSON, and SSE of 20
@@ -12,7 +13,8 @@
 //! direct / bare proxy / claudeflare, alternating between them round by round so machine noise
 //! hits all three alike:
 //!
-//! - latency p50, p90, p99 at 1 connection, and what each proxy adds over direct;
+//! - latency p50, p90, p99 at 1 connection, and what each proxy adds over direct, measured by wrk
+//!   when it is installed (`--no-wrk` for the benchmark's own client; see the `wrk` module);
 //! - requests per second at 32 connections;
 //! - for a stream: time to first byte, total time, and how far each event's arrival drifts from
 //!   its arrival on a direct connection;
@@ -23,6 +25,7 @@
 
 mod load;
 mod targets;
+mod wrk;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +38,10 @@ use tokio::process::Command;
 /// How much to measure.
 struct Plan {
     latency_rounds: usize,
+    /// Requests per latency round, for the benchmark's own client.
     latency_per_round: usize,
+    /// How long a latency round lasts when wrk drives it.
+    wrk_round: Duration,
     throughput_rounds: usize,
     throughput_round: Duration,
     connections: usize,
@@ -45,6 +51,7 @@ struct Plan {
 const FULL: Plan = Plan {
     latency_rounds: 10,
     latency_per_round: 2000,
+    wrk_round: Duration::from_secs(1),
     throughput_rounds: 9,
     throughput_round: Duration::from_millis(1500),
     connections: 32,
@@ -54,6 +61,7 @@ const FULL: Plan = Plan {
 const SMOKE: Plan = Plan {
     latency_rounds: 2,
     latency_per_round: 50,
+    wrk_round: Duration::from_secs(1),
     throughput_rounds: 1,
     throughput_round: Duration::from_millis(300),
     connections: 32,
@@ -64,6 +72,11 @@ struct Target {
     name: &'static str,
     address: SocketAddr,
     latency: Histogram<u64>,
+    /// With wrk: p50, p90 and p99 of each latency round.
+    wrk_rounds: Vec<[f64; 3]>,
+    /// Requests that may or may not have reached the target: wrk ends a round with one in
+    /// flight, which the target may have answered (and claudeflare recorded) or not.
+    unfinished: u64,
     rps: Vec<f64>,
     first_byte: Vec<Duration>,
     total: Vec<Duration>,
@@ -89,6 +102,8 @@ impl Target {
             name,
             address,
             latency: Histogram::new(3).expect("a histogram"),
+            wrk_rounds: Vec::new(),
+            unfinished: 0,
             rps: Vec::new(),
             first_byte: Vec::new(),
             total: Vec::new(),
@@ -98,8 +113,13 @@ impl Target {
         }
     }
 
-    fn p(&self, quantile: f64) -> f64 {
-        self.latency.value_at_quantile(quantile) as f64
+    /// Latency percentile `QUANTILES[i]`, in µs: with wrk, the median over its rounds.
+    fn p(&self, i: usize) -> f64 {
+        if self.wrk_rounds.is_empty() {
+            self.latency.value_at_quantile(QUANTILES[i]) as f64
+        } else {
+            median(&self.wrk_rounds.iter().map(|r| r[i]).collect::<Vec<_>>())
+        }
     }
 
     fn median_rps(&self) -> f64 {
@@ -133,6 +153,9 @@ impl Target {
             .collect()
     }
 }
+
+/// The latency percentiles reported: p50, p90, p99.
+const QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -300,20 +323,41 @@ async fn run(args: &[String]) {
         mock.address, bare.address, claudeflare.address
     );
 
+    let wrk = if smoke || args.iter().any(|a| a == "--no-wrk") {
+        None
+    } else {
+        wrk::Wrk::find(folder.path()).await
+    };
+    println!(
+        "latency at 1 connection measured by {}",
+        if wrk.is_some() {
+            "wrk"
+        } else {
+            "the benchmark's own client"
+        }
+    );
     for target in &mut all {
         let mut warm = Histogram::new(3).expect("a histogram");
         load::latency_on_own_thread(target.address, 200, &mut warm).await;
         target.requests += 200;
     }
+    let key = load::CLIENT_KEY.get().map_or("client-key", String::as_str);
     for _ in 0..plan.latency_rounds {
         for target in &mut all {
-            load::latency_on_own_thread(
-                target.address,
-                plan.latency_per_round,
-                &mut target.latency,
-            )
-            .await;
-            target.requests += plan.latency_per_round as u64;
+            if let Some(wrk) = &wrk {
+                let round = wrk.round(target.address, plan.wrk_round, key).await;
+                target.wrk_rounds.push(round.percentiles);
+                target.requests += round.requests;
+                target.unfinished += 1;
+            } else {
+                load::latency_on_own_thread(
+                    target.address,
+                    plan.latency_per_round,
+                    &mut target.latency,
+                )
+                .await;
+                target.requests += plan.latency_per_round as u64;
+            }
             // Work a round leaves behind (claudeflare writes its last records 20 ms after they
             // end) must not land in the next target's round: it would slow that target down and
             // flatter this one. wrk, which runs one target at a time, sees it where it belongs.
@@ -360,7 +404,8 @@ fn report(
     let [direct, bare, claudeflare] = all else {
         return;
     };
-    let added = |t: &Target| t.p(0.5) - direct.p(0.5);
+    let wrk_used = !claudeflare.wrk_rounds.is_empty();
+    let added = |t: &Target| t.p(0) - direct.p(0);
     let direct_events = direct.event_offsets();
     let drift = |t: &Target| {
         t.event_offsets()
@@ -386,9 +431,9 @@ fn report(
         println!(
             "{:<12} {:>8.0} {:>8.0} {:>8.0} {:>10.0} {:>9.0} {:>9.2} {:>10.2} {:>9.2}",
             t.name,
-            t.p(0.5),
-            t.p(0.9),
-            t.p(0.99),
+            t.p(0),
+            t.p(1),
+            t.p(2),
             added(t),
             t.median_rps(),
             ms(&t.first_byte),
@@ -447,12 +492,22 @@ fn report(
         ),
         (
             "dropped records",
-            format!(
-                "{dropped} ({recorded} of {} recorded)",
-                claudeflare.requests
-            ),
+            if claudeflare.unfinished == 0 {
+                format!(
+                    "{dropped} ({recorded} of {} recorded)",
+                    claudeflare.requests
+                )
+            } else {
+                format!(
+                    "{dropped} ({recorded} of {}–{} recorded)",
+                    claudeflare.requests,
+                    claudeflare.requests + claudeflare.unfinished
+                )
+            },
             "0",
-            dropped == 0 && recorded == claudeflare.requests,
+            dropped == 0
+                && (claudeflare.requests..=claudeflare.requests + claudeflare.unfinished)
+                    .contains(&recorded),
         ),
         (
             "stream event drift",
@@ -478,12 +533,13 @@ fn report(
         "smoke": smoke,
         "targets": all.iter().map(|t| json!({
             "name": t.name,
-            "latency_us": {"p50": t.p(0.5), "p90": t.p(0.9), "p99": t.p(0.99), "added_p50": added(t)},
+            "latency_us": {"p50": t.p(0), "p90": t.p(1), "p99": t.p(2), "added_p50": added(t)},
             "rps_32": t.median_rps(),
             "cpu_per_request_us": {"load_generator": t.cpu_median().load_us, "mock": t.cpu_median().mock_us, "proxy": t.cpu_median().proxy_us},
             "machine_idle": t.cpu_median().idle,
             "stream": {"first_byte_ms": ms(&t.first_byte), "total_ms": ms(&t.total), "drift_ms": drift(t)},
         })).collect::<Vec<_>>(),
+        "latency_instrument": if wrk_used { "wrk" } else { "claudeflare-bench" },
         "claudeflare": {"peak_rss_mib": peak_mib, "rss_mib": rss_mib, "dropped_records": dropped, "recorded": recorded, "sent": claudeflare.requests},
         "ratios": {"added_p50_vs_bare": latency_ratio, "throughput_vs_bare": throughput_ratio},
         "checks": checks.iter().map(|(what, value, target, ok)| json!({"check": what, "value": value, "target": target, "ok": ok})).collect::<Vec<_>>(),
