@@ -64,7 +64,10 @@ struct KeySet {
 /// A dashboard login.
 struct Session {
     key: Arc<str>,
-    until: Instant,
+    until: chrono::DateTime<Utc>,
+    /// When this instance started it: a reload that was reading the database meanwhile must not
+    /// drop it.
+    started_here: Option<Instant>,
 }
 
 /// Why a request is refused, and how to say it.
@@ -103,6 +106,8 @@ pub struct Access {
 struct Inner {
     keys: Setting<KeySet>,
     config: Setting<Config>,
+    /// Dashboard logins by the SHA-256 (hex) of their cookie: this instance's and, reloaded
+    /// from the database, every other instance's.
     sessions: Mutex<HashMap<String, Session>>,
     /// Ids of keys used since the last write of `last_used_at`.
     used: Mutex<HashSet<String>>,
@@ -156,10 +161,11 @@ impl Access {
         Ok(())
     }
 
-    /// Reload the keys every second and this month's spending every 5 s, and store when keys
-    /// were last used, until `stop`.
+    /// Reload the keys twice a second (a key made or revoked on another instance of a shared
+    /// database is honoured here within a second) and this month's spending every 5 s, and
+    /// store when keys were last used every 10 s, until `stop`.
     pub async fn run(self, db: DatabaseConnection, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
         loop {
@@ -170,13 +176,15 @@ impl Access {
             if let Err(error) = self.load(&db).await {
                 tracing::warn!(%error, "could not read the client keys; keeping the ones known");
             }
-            if ticks % 5 == 0 && self.keys_exist() {
+            if let Err(error) = self.load_sessions(&db).await {
+                tracing::warn!(%error, "could not read the dashboard logins; keeping the ones known");
+            }
+            if ticks % 10 == 0 && self.keys_exist() {
                 self.refresh_spending(&db).await;
             }
-            if ticks % 10 == 0 {
+            if ticks % 20 == 0 {
                 self.store_last_used(&db).await;
             }
-            self.drop_expired_sessions();
             ticks += 1;
         }
         self.store_last_used(&db).await;
@@ -363,44 +371,44 @@ impl Access {
         Ok(guard)
     }
 
-    /// Start a dashboard session for admin key `key`; returns the cookie's value (random, not
-    /// the key).
-    pub fn start_session(&self, key: &ClientKey) -> String {
+    /// Start a dashboard session for admin key `key`, stored so that every instance of the
+    /// database honours it; returns the cookie's value (random, not the key; only its SHA-256
+    /// is stored).
+    pub async fn start_session(
+        &self,
+        db: &DatabaseConnection,
+        key: &ClientKey,
+    ) -> Result<String, DbError> {
         use aes_gcm::aead::rand_core::RngCore;
         let mut bytes = [0u8; 32];
         aes_gcm::aead::OsRng.fill_bytes(&mut bytes);
         let token = URL_SAFE_NO_PAD.encode(bytes);
-        self.inner
-            .sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                token.clone(),
-                Session {
-                    key: Arc::clone(&key.name),
-                    until: Instant::now() + SESSION_LIFETIME,
-                },
-            );
-        token
+        let digest = keys::hash(&token);
+        let until = Utc::now() + SESSION_LIFETIME;
+        keys::add_session(db, &digest, &key.name, until).await?;
+        self.sessions().insert(
+            digest,
+            Session {
+                key: Arc::clone(&key.name),
+                until,
+                started_here: Some(Instant::now()),
+            },
+        );
+        Ok(token)
     }
 
-    /// End the session `token`.
-    pub fn end_session(&self, token: &str) {
-        self.inner
-            .sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(token);
+    /// End the session `token`, on every instance.
+    pub async fn end_session(&self, db: &DatabaseConnection, token: &str) -> Result<(), DbError> {
+        let digest = keys::hash(token);
+        self.sessions().remove(&digest);
+        keys::end_session(db, &digest).await
     }
 
     /// Whether `token` is a live session of a key that still exists and is still admin.
     pub fn session_is_admin(&self, token: &str) -> bool {
-        let sessions = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(session) = sessions.get(token).filter(|s| s.until > Instant::now()) else {
+        let digest = keys::hash(token);
+        let sessions = self.sessions();
+        let Some(session) = sessions.get(&digest).filter(|s| s.until > Utc::now()) else {
             return false;
         };
         self.inner
@@ -411,13 +419,37 @@ impl Access {
             .any(|k| k.admin && k.name == session.key)
     }
 
-    fn drop_expired_sessions(&self) {
-        let now = Instant::now();
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.inner
             .sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, session| session.until > now);
+    }
+
+    /// Take the stored sessions: every instance's logins, and no more those ended anywhere.
+    async fn load_sessions(&self, db: &DatabaseConnection) -> Result<(), DbError> {
+        let read_at = Instant::now();
+        let stored = keys::sessions(db, Utc::now()).await?;
+        let mut sessions: HashMap<String, Session> = stored
+            .into_iter()
+            .map(|s| {
+                let session = Session {
+                    key: Arc::from(s.key_name),
+                    until: s.expires_at,
+                    started_here: None,
+                };
+                (s.digest, session)
+            })
+            .collect();
+        let mut current = self.sessions();
+        for (digest, session) in current.drain() {
+            // Started while the database was being read: it may not be in what was read.
+            if session.started_here.is_some_and(|at| at >= read_at) {
+                sessions.entry(digest).or_insert(session);
+            }
+        }
+        *current = sessions;
+        Ok(())
     }
 
     /// The session token of a request's cookie, if it has one.

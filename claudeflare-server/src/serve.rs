@@ -29,7 +29,7 @@ use crate::recorder::{self, ServerRecorder};
 use crate::refresher::ServerRefresher;
 use crate::secrets::Cipher;
 use crate::state::AppState;
-use crate::store::{self, DbStore, Skipped, Versions};
+use crate::store::{self, DbStore, Exchange, Ledger, Skipped};
 use crate::threads::{HttpThreads, Limits};
 
 /// HTTP threads at most, however many cores there are. Each has its own upstream connections,
@@ -98,7 +98,7 @@ struct Server {
     cipher: Cipher,
     pool: AccountPool,
     store: Arc<DbStore>,
-    versions: Arc<Versions>,
+    ledger: Ledger,
     skipped: Arc<Skipped>,
     usage: Arc<UsageMap>,
     metrics: Arc<Metrics>,
@@ -130,10 +130,11 @@ impl Server {
         db::accounts::seal_plaintext(&db, &cipher).await?;
 
         let metrics = Arc::new(Metrics::new());
-        let versions = Arc::new(Versions::default());
+        let mut ledger = Ledger::default();
         let store = Arc::new(DbStore::new(Arc::clone(&metrics)));
         let skipped = Arc::new(Skipped::default());
-        let pool = store::load_pool(&db, &cipher, Arc::clone(&store), &versions, &skipped).await?;
+        let pool =
+            store::load_pool(&db, &cipher, Arc::clone(&store), &mut ledger, &skipped).await?;
         let usage = Arc::new(UsageMap::default());
         usage.load(&db::accounts::all(&db).await?);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -171,7 +172,7 @@ impl Server {
             cipher,
             pool,
             store,
-            versions,
+            ledger,
             skipped,
             usage,
             metrics,
@@ -281,18 +282,15 @@ impl Server {
             Arc::clone(&self.metrics),
             stop.clone(),
         ));
-        tasks.spawn(store::write_live_states(
-            db.clone(),
-            self.store,
-            Arc::clone(&self.versions),
-            stop.clone(),
-        ));
-        tasks.spawn(store::sync(
-            db.clone(),
-            self.cipher,
-            self.pool.clone(),
-            self.versions,
-            self.skipped,
+        tasks.spawn(store::exchange(
+            Exchange {
+                db: db.clone(),
+                cipher: self.cipher,
+                pool: self.pool.clone(),
+                store: self.store,
+                ledger: self.ledger,
+                skipped: self.skipped,
+            },
             stop.clone(),
         ));
         tasks.spawn(background::refresh_ahead(

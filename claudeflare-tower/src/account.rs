@@ -571,8 +571,10 @@ impl AccountEntry {
         state.live.session_request_count = account.live.session_request_count;
     }
 
-    /// Change the live state under the entry's lock; returns the state after the change.
-    pub(crate) fn update_live(&self, change: impl FnOnce(&mut LiveState)) -> LiveState {
+    /// Change the live state under the entry's lock; returns the state after the change. For a
+    /// store that folds in what other instances of the balancer stored: nothing counted
+    /// meanwhile by this one is lost.
+    pub fn update_live(&self, change: impl FnOnce(&mut LiveState)) -> LiveState {
         let mut state = self.lock();
         change(&mut state.live);
         state.live.clone()

@@ -9,6 +9,7 @@ mod m20261121_000003_request_rollups;
 mod m20261122_000004_drop_unused_request_index;
 mod m20261129_000005_account_blocks;
 mod m20261129_000006_client_keys;
+mod m20261130_000007_several_instances;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_drop_unused_request_index::Migration),
             Box::new(m20261129_000005_account_blocks::Migration),
             Box::new(m20261129_000006_client_keys::Migration),
+            Box::new(m20261130_000007_several_instances::Migration),
         ]
     }
 }

@@ -64,7 +64,16 @@ pub async fn log_in(State(state): State<AppState>, Form(form): Form<LoginForm>) 
             "That key is not an admin key: it can use the proxy, not the dashboard.",
         );
     }
-    let token = state.access.start_session(&key);
+    let token = match state.access.start_session(&state.db, &key).await {
+        Ok(token) => token,
+        Err(error) => {
+            tracing::error!(%error, "could not store a dashboard login");
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The login could not be stored; try again in a moment.",
+            );
+        }
+    };
     let cookie = Cookie::build((SESSION_COOKIE, token))
         .http_only(true)
         .same_site(SameSite::Strict)
@@ -79,7 +88,9 @@ pub async fn log_in(State(state): State<AppState>, Form(form): Form<LoginForm>) 
 /// `POST /logout`: the session ends, and the cookie goes.
 pub async fn log_out(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(token) = Access::session_token(&headers) {
-        state.access.end_session(&token);
+        if let Err(error) = state.access.end_session(&state.db, &token).await {
+            tracing::error!(%error, "could not end a dashboard login everywhere");
+        }
     }
     let mut gone = Cookie::build((SESSION_COOKIE, "")).path("/").build();
     gone.make_removal();

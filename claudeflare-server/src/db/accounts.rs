@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use claudeflare_tower::{Account, Credentials, LiveState, Mode, OAuthTokens, Tier};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
-    SqlErr,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
 };
 use secrecy::ExposeSecret;
 
@@ -75,6 +75,7 @@ pub async fn insert(
         token_version: Set(0),
         refresh_lease_until: Set(None),
         usage: Set(None),
+        live_version: Set(0),
     };
     match model.insert(db).await {
         Ok(_) => Ok(()),
@@ -157,6 +158,16 @@ fn shell(model: &Model) -> Result<Account, DbError> {
             expires_at: model.token_expires_at.unwrap_or(model.created_at),
         }),
     };
+    let mut account = Account::new(model.name.clone(), mode, credentials).with_tier(tier);
+    account.id.clone_from(&model.id);
+    account.paused = model.paused;
+    account.created_at = model.created_at;
+    account.live = live(model);
+    Ok(account)
+}
+
+/// The live state stored in a row.
+pub fn live(model: &Model) -> LiveState {
     let mut live = LiveState::default();
     live.rate_limited_until = model.rate_limited_until;
     live.rate_limit_status = model.rate_limit_status.clone();
@@ -173,12 +184,7 @@ fn shell(model: &Model) -> Result<Account, DbError> {
     live.needs_reauth = model.needs_reauth;
     live.forbidden = model.forbidden;
     live.status_reason = model.status_reason.clone();
-    let mut account = Account::new(model.name.clone(), mode, credentials).with_tier(tier);
-    account.id.clone_from(&model.id);
-    account.paused = model.paused;
-    account.created_at = model.created_at;
-    account.live = live;
-    Ok(account)
+    live
 }
 
 /// `Ok` when a row was changed, else the account does not exist.
@@ -255,19 +261,33 @@ pub async fn reset_counters(db: &impl ConnectionTrait) -> Result<u64, DbError> {
     Ok(result.rows_affected)
 }
 
-/// Write the live state the server keeps, unless a counter reset happened since `epoch` (the
-/// server adopts the reset first). Returns whether the row was written.
+/// Change the shared live state of account `id` in one transaction: read the row (locked
+/// against other instances on PostgreSQL), let `next` decide what to store from it (`None`:
+/// nothing), write that with the live version bumped. Returns the row as it was read and the
+/// new live version, or `None` when the account is gone or nothing was written.
 ///
 /// The blocks (`needs_reauth`, `forbidden` and their reason) are not part of it: they are written
 /// at once by [`set_block`] and cleared by a person (`reauth`, `resume`), so a live state taken
 /// before either can never undo it.
-pub async fn save_live(
-    db: &impl ConnectionTrait,
+pub async fn share_live(
+    db: &DatabaseConnection,
     id: &str,
-    epoch: i64,
-    live: &LiveState,
-) -> Result<bool, DbError> {
-    let result = Entity::update_many()
+    next: impl FnOnce(&Model) -> Option<LiveState>,
+) -> Result<Option<(Model, LiveState, i64)>, DbError> {
+    let txn = db.begin().await?;
+    let mut find = Entity::find_by_id(id.to_owned());
+    if db.get_database_backend() == DbBackend::Postgres {
+        // Two instances merging into the same row take turns: neither overwrites the other.
+        find = find.lock_exclusive();
+    }
+    let Some(row) = find.one(&txn).await? else {
+        return Ok(None);
+    };
+    let Some(live) = next(&row) else {
+        return Ok(None);
+    };
+    let version = row.live_version + 1;
+    Entity::update_many()
         .col_expr(
             Column::RateLimitedUntil,
             Expr::value(live.rate_limited_until),
@@ -298,11 +318,12 @@ pub async fn save_live(
             Column::Utilization7dReset,
             Expr::value(live.utilization_7d_reset),
         )
+        .col_expr(Column::LiveVersion, Expr::value(version))
         .filter(Column::Id.eq(id))
-        .filter(Column::CountersEpoch.eq(epoch))
-        .exec(db)
+        .exec(&txn)
         .await?;
-    Ok(result.rows_affected > 0)
+    txn.commit().await?;
+    Ok(Some((row, live, version)))
 }
 
 /// Store refreshed OAuth tokens (bumping the token version, releasing the refresh lease).
@@ -478,11 +499,6 @@ pub async fn seal_plaintext(db: &impl ConnectionTrait, cipher: &Cipher) -> Resul
             .await?;
     }
     Ok(())
-}
-
-/// The version and counter epoch of a stored account.
-pub fn versions(model: &Model) -> (i64, i64) {
-    (model.version, model.counters_epoch)
 }
 
 /// The view `list` shows of a stored account; one whose secrets cannot be decrypted shows as

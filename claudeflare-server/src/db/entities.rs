@@ -72,6 +72,8 @@ pub mod account {
         pub utilization_5h_reset: Option<DateTimeUtc>,
         /// When the window of `utilization_7d` resets.
         pub utilization_7d_reset: Option<DateTimeUtc>,
+        /// Bumped by every write of the live state, so other instances see it changed.
+        pub live_version: i64,
     }
 
     /// No relations.
@@ -174,6 +176,30 @@ pub mod client_key {
         pub created_at: DateTimeUtc,
         /// Last request with it.
         pub last_used_at: Option<DateTimeUtc>,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `dashboard_sessions`: the dashboard's logins, shared by every instance of a database.
+pub mod dashboard_session {
+    use sea_orm::entity::prelude::*;
+
+    /// One login; the cookie's value is never stored, only its SHA-256.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "dashboard_sessions")]
+    pub struct Model {
+        /// SHA-256 of the cookie's value, hex.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub digest: String,
+        /// The admin key that logged in.
+        pub key_name: String,
+        /// Ends then.
+        pub expires_at: DateTimeUtc,
     }
 
     /// No relations.

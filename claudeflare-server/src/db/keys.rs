@@ -58,7 +58,8 @@ pub fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Hex digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::with_capacity(64), |mut out, b| {
         let _ = write!(out, "{b:02x}");
@@ -117,6 +118,44 @@ pub async fn revoke(db: &impl ConnectionTrait, name: &str) -> Result<(), DbError
         return Err(DbError::UnknownKey(name.to_owned()));
     }
     Ok(())
+}
+
+/// Store a dashboard login: the SHA-256 (hex) of its cookie, the admin key's name, its end.
+pub async fn add_session(
+    db: &impl ConnectionTrait,
+    digest: &str,
+    key_name: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    use super::entities::dashboard_session::ActiveModel;
+    ActiveModel {
+        digest: Set(digest.to_owned()),
+        key_name: Set(key_name.to_owned()),
+        expires_at: Set(expires_at),
+    }
+    .insert(db)
+    .await?;
+    Ok(())
+}
+
+/// End a dashboard login.
+pub async fn end_session(db: &impl ConnectionTrait, digest: &str) -> Result<(), DbError> {
+    use super::entities::dashboard_session::Entity;
+    Entity::delete_by_id(digest.to_owned()).exec(db).await?;
+    Ok(())
+}
+
+/// The dashboard logins that have not ended at `now` (and those that have are deleted).
+pub async fn sessions(
+    db: &impl ConnectionTrait,
+    now: DateTime<Utc>,
+) -> Result<Vec<super::entities::dashboard_session::Model>, DbError> {
+    use super::entities::dashboard_session::{Column, Entity};
+    Entity::delete_many()
+        .filter(Column::ExpiresAt.lte(now))
+        .exec(db)
+        .await?;
+    Ok(Entity::find().all(db).await?)
 }
 
 /// Note that the keys with these ids were used at `at`.

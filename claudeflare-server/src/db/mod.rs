@@ -133,10 +133,45 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, DbError> {
             url: shown.clone(),
             source,
         })?;
-    migrations::Migrator::up(&db, None)
+    migrate(&db)
         .await
         .map_err(|source| DbError::Migrate { url: shown, source })?;
     Ok(db)
+}
+
+/// The advisory lock PostgreSQL instances take to migrate one at a time ("claudeflare" in
+/// ASCII, an arbitrary key of this application's own).
+const MIGRATION_LOCK: i64 = 0x636c_6175_6465_666c;
+
+/// Run the migrations that have not run yet.
+///
+/// Several instances on one PostgreSQL database may start at once (a rolling upgrade, a
+/// restart of all): each waits for a session advisory lock, held on a connection of its own
+/// while the migrations run on the others, so one migrates and the rest find nothing left to do.
+/// Instances still serving on the previous version keep working: a migration only adds.
+async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let Some(pool) = (db.get_database_backend() == DbBackend::Postgres)
+        .then(|| db.get_postgres_connection_pool())
+    else {
+        return migrations::Migrator::up(db, None).await;
+    };
+    let failed = |error: sea_orm::sqlx::Error| DbErr::Custom(error.to_string());
+    let mut holder = pool.acquire().await.map_err(failed)?;
+    sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *holder)
+        .await
+        .map_err(failed)?;
+    let migrated = migrations::Migrator::up(db, None).await;
+    let unlocked = sea_orm::sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *holder)
+        .await;
+    if unlocked.is_err() {
+        // Closing the connection releases the lock all the same.
+        holder.close_on_drop();
+    }
+    migrated
 }
 
 /// A counter as a database integer (saturating).
