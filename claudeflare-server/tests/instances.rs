@@ -22,8 +22,12 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The contract's bound on how long a change on one instance takes to reach the others.
 const SHARED_WITHIN: Duration = Duration::from_secs(1);
 
+/// Three servers, started at the same moment.
 fn three(env: &Env) -> [Server; 3] {
-    [env.start(), env.start(), env.start()]
+    std::thread::scope(|scope| {
+        let starting = [(); 3].map(|()| scope.spawn(|| env.start()));
+        starting.map(|server| server.join().unwrap())
+    })
 }
 
 fn served_by(response: &TestResponse) -> &str {
@@ -69,6 +73,28 @@ fn upstream_requests(env: &Env, name: &str) -> usize {
                 .is_some_and(|k| k == key.as_str())
         })
         .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_starting_at_once_on_a_new_database_migrate_it_once() {
+    let _serial = SERIAL.lock().await;
+    let Some(env) = Env::new(Backend::Postgres).await else {
+        return;
+    };
+    // Nothing ran on the database before: the three race to create every table.
+    let servers = three(&env);
+    for server in &servers {
+        assert_eq!(server.get("/health").await.status, 200);
+        assert_eq!(server.json("/api/accounts").await, json!([]));
+    }
+    env.add_keys(&["a"]);
+    for server in &servers {
+        let listed = eventually(Duration::from_secs(2), || async {
+            server.account("a").await["name"] == "a"
+        })
+        .await;
+        assert!(listed, "{}", server.log());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
