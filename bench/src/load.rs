@@ -65,7 +65,7 @@ async fn send(
 }
 
 /// One non-streaming request, read to the end; its time.
-async fn once(sender: &mut SendRequest<Full<Bytes>>, address: SocketAddr) -> Duration {
+pub async fn once(sender: &mut SendRequest<Full<Bytes>>, address: SocketAddr) -> Duration {
     let start = Instant::now();
     let response = send(sender, address, false).await;
     response

@@ -5,6 +5,9 @@
 //! cargo run -p claudeflare-bench -- --smoke             # a 2-second check that it still works
 //! cargo run --release -p claudeflare-bench -- --keys     # with a client key required and sent
 //! cargo run --release -p claudeflare-bench -- --no-wrk   # latency by its own client, wrk or not
+//! cargo run --release -p claudeflare-bench -- --postgres postgres://postgres@127.0.0.1/test
+//!                                                         # claudeflare recording to PostgreSQL
+//! cargo run --release -p claudeflare-bench -- --soak 600  # 10 minutes of load, memory sampled
 //! ```
 //!
 //! Starts, each in its own process on loopback: a zero-latency mock upstream (JSON, and SSE of 20
@@ -24,6 +27,7 @@
 //! (`target/claudeflare-bench.json`, or `--json PATH`). It asserts nothing: CI runs `--smoke`.
 
 mod load;
+mod soak;
 mod targets;
 mod wrk;
 
@@ -312,7 +316,38 @@ async fn run(args: &[String]) {
     })
     .await;
     let keys = args.iter().any(|a| a == "--keys");
-    let claudeflare = targets::start_claudeflare(&server, mock.address, folder.path(), keys).await;
+    // `--postgres ADMIN_URL`: a database of its own next to that one, dropped at the end.
+    let postgres =
+        value("--postgres").map(|url| targets::ScratchDatabase::create(&url.to_string_lossy()));
+    let claudeflare = targets::start_claudeflare(
+        &server,
+        mock.address,
+        folder.path(),
+        keys,
+        postgres.as_ref().map(|db| db.url.as_str()),
+    )
+    .await;
+    if let Some(seconds) = value("--soak") {
+        let seconds: u64 = seconds
+            .to_string_lossy()
+            .parse()
+            .expect("--soak takes a number of seconds");
+        let pid = claudeflare.child.id().expect("claudeflare's pid");
+        println!(
+            "soaking {} (claudeflare, {}) for {seconds} s…",
+            claudeflare.address,
+            if postgres.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            }
+        );
+        let soaked = soak::run(claudeflare.address, pid, Duration::from_secs(seconds)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let stats = stats(claudeflare.address).await;
+        report_soak(&soaked, &stats, value("--json"));
+        return;
+    }
     let mut all = [
         Target::new("direct", mock.address),
         Target::new("bare proxy", bare.address),
@@ -391,6 +426,41 @@ async fn run(args: &[String]) {
     let stats = stats(claudeflare.address).await;
     let (peak_mib, rss_mib) = claudeflare.child.id().map(memory).unwrap_or_default();
     report(&all, &stats, peak_mib, rss_mib, smoke, value("--json"));
+}
+
+fn report_soak(soaked: &soak::Soak, stats: &serde_json::Value, json_path: Option<PathBuf>) {
+    let dropped = stats["dropped_records"].as_u64().unwrap_or(u64::MAX);
+    let recorded = stats["total_requests"].as_u64().unwrap_or(0);
+    let sent = soaked.json + soaked.streams;
+    println!();
+    println!(
+        "resident memory: {:.1} MiB once warm (after {:.0} s), peak {:.1} MiB, end {:.1} MiB",
+        soaked.start_mib(),
+        soaked.warm_up,
+        soaked.peak_mib(),
+        soaked.end_mib()
+    );
+    println!(
+        "growth once warm: {:+.1} MiB per hour (least squares over {} samples)",
+        soaked.growth_per_hour(),
+        soaked.samples.len()
+    );
+    println!(
+        "requests: {} JSON, {} streams; recorded {recorded} of {sent}, dropped {dropped}",
+        soaked.json, soaked.streams
+    );
+    let json = json!({
+        "soak": soaked.json(),
+        "claudeflare": {"recorded": recorded, "sent": sent, "dropped_records": dropped},
+    });
+    let path = json_path.unwrap_or_else(default_json_path);
+    match std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    ) {
+        Ok(()) => println!("\nwrote {}", path.display()),
+        Err(error) => eprintln!("could not write {}: {error}", path.display()),
+    }
 }
 
 fn report(

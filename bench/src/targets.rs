@@ -226,13 +226,15 @@ pub fn server_binary(explicit: Option<PathBuf>) -> PathBuf {
     path
 }
 
-/// Start claudeflare-server with three API-key accounts, recording to SQLite, against `upstream`;
-/// with `keys`, an admin client key exists (requests then need it, and the load sends it).
+/// Start claudeflare-server with three API-key accounts, recording to SQLite (or to the
+/// PostgreSQL database `database_url`), against `upstream`; with `keys`, an admin client key
+/// exists (requests then need it, and the load sends it).
 pub async fn start_claudeflare(
     binary: &Path,
     upstream: SocketAddr,
     folder: &Path,
     keys: bool,
+    database_url: Option<&str>,
 ) -> Process {
     let env = |command: &mut Command| {
         command
@@ -241,6 +243,9 @@ pub async fn start_claudeflare(
             .env("CLAUDEFLARE_CONFIG_PATH", folder.join("claudeflare.json"))
             .env("CLAUDEFLARE_UPSTREAM_URL", format!("http://{upstream}"))
             .env("NO_COLOR", "1");
+        if let Some(url) = database_url {
+            command.env("DATABASE_URL", url);
+        }
     };
     for (name, key) in [
         ("one", "sk-ant-api03-bench-1"),
@@ -306,4 +311,53 @@ fn announced(text: &str) -> Option<SocketAddr> {
         .next()?
         .parse()
         .ok()
+}
+
+/// A PostgreSQL database made for one run (with `psql`, from the admin URL `--postgres` gave),
+/// dropped when this is dropped.
+pub struct ScratchDatabase {
+    admin_url: String,
+    name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl ScratchDatabase {
+    /// Create `claudeflare_bench_<pid>` next to the database of `admin_url`.
+    pub fn create(admin_url: &str) -> Self {
+        let name = format!("claudeflare_bench_{}", std::process::id());
+        psql(admin_url, &format!("DROP DATABASE IF EXISTS {name}"));
+        psql(admin_url, &format!("CREATE DATABASE {name}"));
+        let base = admin_url
+            .split('?')
+            .next()
+            .and_then(|url| url.rsplit_once('/'))
+            .map_or(admin_url, |(base, _)| base);
+        Self {
+            url: format!("{base}/{name}"),
+            admin_url: admin_url.to_owned(),
+            name,
+        }
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let output = std::process::Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .expect("run psql (the PostgreSQL client, Debian's postgresql-client) for --postgres");
+    assert!(
+        output.status.success(),
+        "psql failed on {sql:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

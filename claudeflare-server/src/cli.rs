@@ -98,6 +98,15 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The terminal dashboard, over the HTTP API of a running server.
+    Tui {
+        /// The server (default: this machine, on the configured port).
+        #[arg(long)]
+        url: Option<String>,
+        /// An admin key, needed once client keys exist.
+        #[arg(long, env = "CLAUDEFLARE_ADMIN_KEY", hide_env_values = true)]
+        key: Option<String>,
+    },
 }
 
 /// `keys …`.

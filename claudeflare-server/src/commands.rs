@@ -534,3 +534,26 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `tui`: the terminal dashboard of the server at `url`, by default this machine's on the
+/// configured port.
+pub async fn tui(url: Option<String>, key: Option<String>) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "tui draws on a terminal: run it in one (its input and output are not a terminal here)"
+        );
+    }
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let config = config::load(&config::config_path(), &config::Overrides::default())?;
+            let host = match config.host.as_str() {
+                "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+                host => host,
+            };
+            format!("http://{host}:{}", config.port)
+        }
+    };
+    crate::tui::run(url, key).await
+}

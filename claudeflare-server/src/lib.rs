@@ -23,5 +23,6 @@ pub mod serve;
 pub mod state;
 pub mod store;
 pub mod threads;
+pub mod tui;
 pub mod usage;
 pub mod views;

@@ -83,5 +83,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reauth { name, api_key } => commands::reauth(&name, api_key).await,
         Command::Refresh { name } => commands::refresh(name.as_deref()).await,
         Command::Keys { command } => commands::keys(command).await,
+        Command::Tui { url, key } => commands::tui(url, key).await,
     }
 }

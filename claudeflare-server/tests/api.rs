@@ -187,6 +187,9 @@ async fn bad_input_gets_json_errors() {
         200,
         "clamped to 1000"
     );
+    let response = server.get("/api/requests?status=broken").await;
+    assert_eq!(response.status, 400);
+    assert!(error(&response).contains("status"), "{}", response.text());
 
     let response = server
         .post("/api/config/strategy", r#"{"strategy": "random"}"#)
@@ -342,4 +345,36 @@ async fn the_dashboard_is_compressed_for_browsers_that_ask() {
         .await;
     assert_eq!(stats.header("content-encoding"), None);
     assert_eq!(stats.json()["total_requests"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hourly_totals_and_the_failure_filter() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    env.mock
+        .script(&key("a"), [claudeflare_testkit::Reply::status(400)]);
+    let server = env.start();
+    assert_eq!(server.message(false).await.status, 400);
+    for _ in 0..2 {
+        assert_eq!(server.message(false).await.status, 200);
+    }
+    let recorded = common::eventually(std::time::Duration::from_secs(3), || async {
+        server.json("/api/stats").await["total_requests"] == 3
+    })
+    .await;
+    assert!(recorded);
+    let hourly = server.json("/api/stats/hourly").await;
+    let hours = hourly.as_array().unwrap();
+    assert_eq!(hours.len(), 1, "{hourly}");
+    let this_hour = chrono::Utc::now().format("%Y-%m-%dT%H").to_string();
+    assert_eq!(hours[0]["hour"], this_hour.as_str());
+    assert_eq!(hours[0]["total_requests"], 3);
+    assert_eq!(hours[0]["successful_requests"], 2);
+    assert!(hours[0]["output_tokens"].as_u64().unwrap() > 0);
+
+    let failed = server.json("/api/requests?status=error").await;
+    assert_eq!(failed.as_array().unwrap().len(), 1, "{failed}");
+    assert_eq!(failed[0]["status"], 400);
+    let ok = server.json("/api/requests?status=ok").await;
+    assert_eq!(ok.as_array().unwrap().len(), 2);
 }

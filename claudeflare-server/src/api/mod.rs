@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/stats", get(stats))
+        .route("/api/stats/hourly", get(hourly))
         .route("/api/accounts", get(accounts))
         .route("/api/accounts/{id}/tier", post(set_tier))
         .route("/api/accounts/{id}/pause", post(pause))
@@ -96,6 +97,23 @@ pub async fn stats(State(state): State<AppState>) -> ApiResult {
     })))
 }
 
+/// `GET /api/stats/hourly`: the last 24 hours that saw requests, oldest first, each with the
+/// totals of `/api/stats` (every instance's requests).
+pub async fn hourly(State(state): State<AppState>) -> ApiResult {
+    let since = Utc::now() - chrono::TimeDelta::hours(23);
+    let series = rollups::series(&state.db, since, rollups::By::Hour).await?;
+    Ok(Json(Value::Array(
+        series
+            .into_iter()
+            .map(|(hour, totals)| {
+                let mut entry = json!(totals);
+                entry["hour"] = json!(hour);
+                entry
+            })
+            .collect(),
+    )))
+}
+
 /// `GET /api/accounts`: each account with `usage` (subscription usage; null when unknown).
 pub async fn accounts(State(state): State<AppState>) -> Json<Value> {
     let list: Vec<Value> = crate::views::accounts(&state.pool, Utc::now())
@@ -111,16 +129,18 @@ pub struct RequestsQuery {
     limit: Option<u64>,
     account: Option<String>,
     api_key: Option<String>,
+    status: Option<String>,
 }
 
-/// `GET /api/requests?limit=N[&account=NAME][&api_key=NAME]`: newest first, 50 by default, at
-/// most 1000.
+/// `GET /api/requests?limit=N[&account=NAME][&api_key=NAME][&status=ok|error|CODE]`: newest
+/// first, 50 by default, at most 1000.
 pub async fn requests(
     State(state): State<AppState>,
     ApiQuery(RequestsQuery {
         limit,
         account,
         api_key,
+        status,
     }): ApiQuery<RequestsQuery>,
 ) -> ApiResult {
     let limit = match limit {
@@ -132,10 +152,18 @@ pub async fn requests(
         }
         Some(limit) => limit.min(1000),
     };
+    if let Some(status) = status.as_deref()
+        && !matches!(status, "ok" | "error")
+        && status.parse::<u16>().is_err()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "status must be ok, error or an HTTP status code, not {status:?}"
+        )));
+    }
     let filter = requests::Filter {
         account,
         api_key,
-        ..requests::Filter::default()
+        status,
     };
     Ok(Json(json!(
         requests::newest(&state.db, limit, &filter).await?
