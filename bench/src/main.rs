@@ -453,14 +453,7 @@ fn report_soak(soaked: &soak::Soak, stats: &serde_json::Value, json_path: Option
         "soak": soaked.json(),
         "claudeflare": {"recorded": recorded, "sent": sent, "dropped_records": dropped},
     });
-    let path = json_path.unwrap_or_else(default_json_path);
-    match std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    ) {
-        Ok(()) => println!("\nwrote {}", path.display()),
-        Err(error) => eprintln!("could not write {}: {error}", path.display()),
-    }
+    write_json(&json, json_path);
 }
 
 fn report(
@@ -614,10 +607,15 @@ fn report(
         "ratios": {"added_p50_vs_bare": latency_ratio, "throughput_vs_bare": throughput_ratio},
         "checks": checks.iter().map(|(what, value, target, ok)| json!({"check": what, "value": value, "target": target, "ok": ok})).collect::<Vec<_>>(),
     });
-    let path = json_path.unwrap_or_else(default_json_path);
+    write_json(&json, json_path);
+}
+
+/// Write the report to `path` (default: [`default_json_path`]).
+fn write_json(json: &serde_json::Value, path: Option<PathBuf>) {
+    let path = path.unwrap_or_else(default_json_path);
     match std::fs::write(
         &path,
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
+        serde_json::to_string_pretty(json).unwrap_or_default(),
     ) {
         Ok(()) => println!("\nwrote {}", path.display()),
         Err(error) => eprintln!("could not write {}: {error}", path.display()),

@@ -18,8 +18,10 @@ use crate::pricing::Pricing;
 
 /// Records waiting for the writer at most.
 pub const QUEUE: usize = 4096;
-/// Records per transaction at most.
-const BATCH: usize = 1024;
+/// Records per transaction at most: all the queue holds. A writer that fell behind (PostgreSQL
+/// with both cores busy, where every statement waits for two processes to be scheduled) catches
+/// up in one transaction rather than four.
+const BATCH: usize = QUEUE;
 /// How long the writer waits for a batch to fill.
 const LINGER: Duration = Duration::from_millis(20);
 

@@ -149,7 +149,7 @@ async fn a_session_moved_on_one_is_followed_by_the_others() {
     env.add_keys(&["a", "b"]);
     let servers = three(&env);
     // All three start at once: each opens a session, and they end on one (the newest).
-    let first = first_requests_at_once(&servers).await;
+    let first = at_once(&servers, 1).await;
     assert!(first.iter().all(|r| served_by(r) == "a"));
     let same_session = eventually(Duration::from_secs(2), || async {
         let mut starts = Vec::new();
@@ -189,16 +189,20 @@ async fn a_session_moved_on_one_is_followed_by_the_others() {
     }
 }
 
-/// The first request on each server, sent at the same moment.
-async fn first_requests_at_once(servers: &[Server; 3]) -> Vec<TestResponse> {
+/// A message request's body.
+fn message() -> serde_json::Value {
+    json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// `count` messages sent at the same moment to each server; the answers, server by server.
+async fn at_once(servers: &[Server], count: usize) -> Vec<TestResponse> {
     let mut set = tokio::task::JoinSet::new();
     for (i, server) in servers.iter().enumerate() {
-        let client = server.client.clone();
-        set.spawn(async move {
-            let body = json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
-                "messages": [{"role": "user", "content": "hi"}]});
-            (i, client.post_json("/v1/messages", &body, &[]).await)
-        });
+        for _ in 0..count {
+            let client = server.client.clone();
+            set.spawn(async move { (i, client.post_json("/v1/messages", &message(), &[]).await) });
+        }
     }
     let mut answers: Vec<(usize, TestResponse)> = Vec::new();
     while let Some(answer) = set.join_next().await {
@@ -220,25 +224,10 @@ async fn an_expired_token_is_refreshed_once_for_requests_on_all_three() {
     env.mock.set_token_expires_in(8 * 3600);
     env.mock.set_token_delay(Duration::from_millis(300));
     let servers = three(&env);
-    let mut set = tokio::task::JoinSet::new();
-    for server in &servers {
-        for _ in 0..10 {
-            let client = server.client.clone();
-            set.spawn(async move {
-                let body = json!({"model": "claude-sonnet-4-20250514", "messages": []});
-                client.post_json("/v1/messages", &body, &[]).await.status
-            });
-        }
+    for answer in at_once(&servers, 10).await {
+        assert_eq!(answer.status, 200, "{}", answer.text());
     }
-    while let Some(status) = set.join_next().await {
-        assert_eq!(status.unwrap(), 200);
-    }
-    let refreshes: Vec<_> = env
-        .mock
-        .grants()
-        .into_iter()
-        .filter(|g| g.grant_type == "refresh_token")
-        .collect();
+    let refreshes = env.mock.refreshes();
     assert_eq!(refreshes.len(), 1, "{refreshes:?}");
     let (access, _) = env.mock.tokens("m").unwrap();
     let bearer = format!("Bearer {access}");
@@ -260,19 +249,8 @@ async fn stats_history_and_counters_cover_every_instance() {
     env.add_keys(&["a"]);
     let servers = three(&env);
     // 20 requests on each at once, all on the same account: its counters must add up.
-    let mut set = tokio::task::JoinSet::new();
-    for server in &servers {
-        for _ in 0..20 {
-            let client = server.client.clone();
-            set.spawn(async move {
-                let body = json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
-                    "messages": [{"role": "user", "content": "hi"}]});
-                client.post_json("/v1/messages", &body, &[]).await.status
-            });
-        }
-    }
-    while let Some(status) = set.join_next().await {
-        assert_eq!(status.unwrap(), 200);
+    for answer in at_once(&servers, 20).await {
+        assert_eq!(answer.status, 200, "{}", answer.text());
     }
     for server in &servers {
         let complete = eventually(Duration::from_secs(3), || async {
@@ -312,10 +290,8 @@ async fn a_key_revoked_on_one_is_refused_by_all_within_a_second() {
         let client = server.client.clone();
         let key = key.to_owned();
         async move {
-            let body = json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
-                "messages": [{"role": "user", "content": "hi"}]});
             client
-                .post_json("/v1/messages", &body, &[("x-api-key", key.as_str())])
+                .post_json("/v1/messages", &message(), &[("x-api-key", key.as_str())])
                 .await
                 .status
         }
@@ -368,8 +344,8 @@ async fn killing_one_instance_mid_stream_loses_nothing_of_the_others() {
             chunk_size: None,
         }],
     );
-    let body = json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16, "stream": true,
-        "messages": [{"role": "user", "content": "hi"}]});
+    let mut body = message();
+    body["stream"] = json!(true);
     let stream = victim
         .client
         .open(
@@ -385,12 +361,15 @@ async fn killing_one_instance_mid_stream_loses_nothing_of_the_others() {
     let load = |server: &Server| {
         let client = server.client.clone();
         tokio::spawn(async move {
-            let body = json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
-                "messages": [{"role": "user", "content": "hi"}]});
             let mut statuses = Vec::new();
             let until = Instant::now() + Duration::from_millis(1500);
             while Instant::now() < until {
-                statuses.push(client.post_json("/v1/messages", &body, &[]).await.status);
+                statuses.push(
+                    client
+                        .post_json("/v1/messages", &message(), &[])
+                        .await
+                        .status,
+                );
             }
             statuses
         })

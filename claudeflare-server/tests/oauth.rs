@@ -148,12 +148,7 @@ async fn an_expired_token_is_refreshed_once_for_20_requests_and_the_rotation_sur
     while let Some(status) = set.join_next().await {
         assert_eq!(status.unwrap(), 200);
     }
-    let refreshes: Vec<_> = env
-        .mock
-        .grants()
-        .into_iter()
-        .filter(|g| g.grant_type == "refresh_token")
-        .collect();
+    let refreshes = env.mock.refreshes();
     assert_eq!(refreshes.len(), 1, "{refreshes:?}");
     assert!(refreshes[0].accepted);
     let (access, _) = env.mock.tokens("m").unwrap();
@@ -175,12 +170,7 @@ async fn an_expired_token_is_refreshed_once_for_20_requests_and_the_rotation_sur
         env.mock.requests().pop().unwrap().headers["authorization"],
         format!("Bearer {access}").as_str()
     );
-    let refreshes = env
-        .mock
-        .grants()
-        .into_iter()
-        .filter(|g| g.grant_type == "refresh_token")
-        .count();
+    let refreshes = env.mock.refreshes().len();
     assert_eq!(refreshes, 1, "no refresh needed after the restart");
 }
 
@@ -224,12 +214,7 @@ async fn a_refresh_racing_between_the_cli_and_the_server_loses_no_account() {
         })
         .await
     );
-    let refreshes: Vec<_> = env
-        .mock
-        .grants()
-        .into_iter()
-        .filter(|g| g.grant_type == "refresh_token")
-        .collect();
+    let refreshes = env.mock.refreshes();
     assert_eq!(
         refreshes.len(),
         1,

@@ -40,16 +40,21 @@ impl Screen {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_tui_shows_accounts_and_requests_and_switches_the_strategy() {
-    let env = Env::sqlite().await;
-    env.add_keys(&["alpha", "beta"]);
-    let server = env.start();
-
+/// `claudeflare-server tui` with `args` in a pseudo-terminal of `cols` × `rows`: the process,
+/// its screen, and the keyboard.
+fn spawn_tui(
+    args: &[&str],
+    cols: u16,
+    rows: u16,
+) -> (
+    Box<dyn portable_pty::Child + Send + Sync>,
+    Screen,
+    Box<dyn Write + Send>,
+) {
     let pty = native_pty_system()
         .openpty(PtySize {
-            rows: 48,
-            cols: 160,
+            rows,
+            cols,
             pixel_width: 0,
             pixel_height: 0,
         })
@@ -58,11 +63,12 @@ async fn the_tui_shows_accounts_and_requests_and_switches_the_strategy() {
     command.env_clear();
     command.env("PATH", std::env::var("PATH").unwrap_or_default());
     command.env("TERM", "xterm-256color");
-    command.args(["tui", "--url", &server.url]);
-    let mut child = pty.slave.spawn_command(command).unwrap();
+    command.arg("tui");
+    command.args(args);
+    let child = pty.slave.spawn_command(command).unwrap();
     drop(pty.slave);
     let screen = Screen {
-        parser: Arc::new(Mutex::new(vt100::Parser::new(48, 160, 0))),
+        parser: Arc::new(Mutex::new(vt100::Parser::new(rows, cols, 0))),
         raw: Arc::default(),
     };
     let mut reader = pty.master.try_clone_reader().unwrap();
@@ -77,7 +83,31 @@ async fn the_tui_shows_accounts_and_requests_and_switches_the_strategy() {
             raw.lock().unwrap().extend_from_slice(&buffer[..n]);
         }
     });
-    let mut keys = pty.master.take_writer().unwrap();
+    let keys = pty.master.take_writer().unwrap();
+    // The master side stays open as long as the reader and the writer do.
+    (child, screen, keys)
+}
+
+/// Wait for `child` to exit (at most 5 s) and check it succeeded.
+fn exits_cleanly(child: &mut Box<dyn portable_pty::Child + Send + Sync>, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "the TUI did not quit on {after}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tui_shows_accounts_and_requests_and_switches_the_strategy() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["alpha", "beta"]);
+    let server = env.start();
+
+    let (mut child, screen, mut keys) = spawn_tui(&["--url", &server.url], 160, 48);
     let mut press = |key: &str| {
         keys.write_all(key.as_bytes()).unwrap();
         keys.flush().unwrap();
@@ -109,15 +139,7 @@ async fn the_tui_shows_accounts_and_requests_and_switches_the_strategy() {
     assert_eq!(server.account("alpha").await["paused"], true);
 
     press("q");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the TUI did not quit on q");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status:?}");
+    exits_cleanly(&mut child, "q");
     std::thread::sleep(Duration::from_millis(100));
     let raw = String::from_utf8_lossy(&screen.raw.lock().unwrap()).into_owned();
     assert!(
@@ -131,55 +153,19 @@ async fn the_tui_shows_accounts_and_requests_and_switches_the_strategy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_server_is_said_and_tried_again() {
-    let pty = native_pty_system()
-        .openpty(PtySize {
-            rows: 24,
-            cols: 80,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .unwrap();
     // A port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut command = CommandBuilder::new(BIN);
-    command.env_clear();
-    command.env("TERM", "xterm-256color");
-    command.args(["tui", "--url", &format!("http://127.0.0.1:{port}")]);
-    let mut child = pty.slave.spawn_command(command).unwrap();
-    drop(pty.slave);
-    let screen = Screen {
-        parser: Arc::new(Mutex::new(vt100::Parser::new(24, 80, 0))),
-        raw: Arc::default(),
-    };
-    let mut reader = pty.master.try_clone_reader().unwrap();
-    let parser = Arc::clone(&screen.parser);
-    std::thread::spawn(move || {
-        let mut buffer = [0u8; 8192];
-        while let Ok(n) = reader.read(&mut buffer) {
-            if n == 0 {
-                break;
-            }
-            parser.lock().unwrap().process(&buffer[..n]);
-        }
-    });
+    let url = format!("http://127.0.0.1:{port}");
+    let (mut child, screen, mut keys) = spawn_tui(&["--url", &url], 80, 24);
     screen.wait_for(&["cannot be reached", "connection refused"]);
     // Ctrl-C leaves cleanly too.
-    let mut keys = pty.master.take_writer().unwrap();
     keys.write_all(b"\x03").unwrap();
     keys.flush().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the TUI did not quit on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    exits_cleanly(&mut child, "Ctrl-C");
 }
 
 #[test]

@@ -454,6 +454,13 @@ impl MockUpstream {
         self.shared.lock().grants.clone()
     }
 
+    /// The calls of the token endpoint that refreshed (or tried to refresh) a token.
+    pub fn refreshes(&self) -> Vec<Grant> {
+        let mut grants = self.grants();
+        grants.retain(|g| g.grant_type == "refresh_token");
+        grants
+    }
+
     /// Streams whose client went away before the end.
     pub fn cancelled_streams(&self) -> usize {
         self.shared.cancelled_streams.load(Ordering::SeqCst)
