@@ -10,6 +10,7 @@ mod m20261122_000004_drop_unused_request_index;
 mod m20261129_000005_account_blocks;
 mod m20261129_000006_client_keys;
 mod m20261130_000007_several_instances;
+mod m20261130_000008_keyed_requests_index;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000005_account_blocks::Migration),
             Box::new(m20261129_000006_client_keys::Migration),
             Box::new(m20261130_000007_several_instances::Migration),
+            Box::new(m20261130_000008_keyed_requests_index::Migration),
         ]
     }
 }
