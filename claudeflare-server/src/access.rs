@@ -184,6 +184,9 @@ impl Access {
             }
             if ticks % 20 == 0 {
                 self.store_last_used(&db).await;
+                if let Err(error) = keys::drop_ended_sessions(&db, Utc::now()).await {
+                    tracing::warn!(%error, "could not delete the dashboard logins that ended");
+                }
             }
             ticks += 1;
         }

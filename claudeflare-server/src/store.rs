@@ -297,6 +297,8 @@ pub async fn exchange(mut exchange: Exchange, stop: CancellationToken) {
     let mut ticks = 0u32;
     // After a failed write, the next tries wait longer (up to 5 s) so an outage is not hammered.
     let mut retry_at: Option<(tokio::time::Instant, Duration)> = None;
+    // Reads fail every tick while the database is away: said once, and once it is back.
+    let mut read_failing = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -320,8 +322,17 @@ pub async fn exchange(mut exchange: Exchange, stop: CancellationToken) {
             };
         }
         if shared || ticks % SQLITE_READ_EVERY == 0 {
-            if let Err(error) = exchange.read().await {
-                tracing::error!(%error, "could not read accounts from the database");
+            match exchange.read().await {
+                Err(error) if !read_failing => {
+                    read_failing = true;
+                    tracing::error!(%error, "could not read accounts from the database; trying again");
+                }
+                Err(_) => {}
+                Ok(()) if read_failing => {
+                    read_failing = false;
+                    tracing::info!("the accounts are read from the database again");
+                }
+                Ok(()) => {}
             }
         }
     }

@@ -145,17 +145,29 @@ pub async fn end_session(db: &impl ConnectionTrait, digest: &str) -> Result<(), 
     Ok(())
 }
 
-/// The dashboard logins that have not ended at `now` (and those that have are deleted).
+/// The dashboard logins that have not ended at `now`.
 pub async fn sessions(
     db: &impl ConnectionTrait,
     now: DateTime<Utc>,
 ) -> Result<Vec<super::entities::dashboard_session::Model>, DbError> {
     use super::entities::dashboard_session::{Column, Entity};
+    Ok(Entity::find()
+        .filter(Column::ExpiresAt.gt(now))
+        .all(db)
+        .await?)
+}
+
+/// Delete the dashboard logins that ended before `now`.
+pub async fn drop_ended_sessions(
+    db: &impl ConnectionTrait,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    use super::entities::dashboard_session::{Column, Entity};
     Entity::delete_many()
         .filter(Column::ExpiresAt.lte(now))
         .exec(db)
         .await?;
-    Ok(Entity::find().all(db).await?)
+    Ok(())
 }
 
 /// Note that the keys with these ids were used at `at`.
