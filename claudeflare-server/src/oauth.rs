@@ -319,11 +319,14 @@ pub async fn coordinated_refresh(
 ) -> Result<TokenPair, RefreshError> {
     let temporary = |e: DbError| RefreshError::Temporary(e.into());
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(45);
+    // Tokens another process refreshed since `presented` was read, still good for a while.
+    let refreshed_elsewhere = |stored: &OAuthTokens| {
+        stored.refresh_token.expose_secret() != presented.expose_secret()
+            && stored.expires_at > Utc::now() + TimeDelta::minutes(1)
+    };
     loop {
         let stored = stored_tokens(db, cipher, id).await.map_err(temporary)?;
-        if stored.refresh_token.expose_secret() != presented.expose_secret()
-            && stored.expires_at > Utc::now() + TimeDelta::minutes(1)
-        {
+        if refreshed_elsewhere(&stored) {
             tracing::info!(account = id, "using tokens another process refreshed");
             return Ok(pair(stored));
         }
@@ -332,6 +335,16 @@ pub async fn coordinated_refresh(
             .await
             .map_err(temporary)?
         {
+            // Read again under the lease: another process may have refreshed between the read
+            // above and taking the lease (it stored its tokens and let the lease go). Refreshing
+            // with the token read before would present a rotated refresh token, which the
+            // upstream refuses (and may take for a stolen one).
+            let stored = stored_tokens(db, cipher, id).await.map_err(temporary)?;
+            if refreshed_elsewhere(&stored) {
+                let _ = accounts::release_refresh_lease(db, id).await;
+                tracing::info!(account = id, "using tokens another process refreshed");
+                return Ok(pair(stored));
+            }
             let token_url = config
                 .oauth_token_url
                 .parse()

@@ -6,9 +6,10 @@
 //! [`DbStore`] which account changed. One task, [`exchange`], then does both directions in turn,
 //! every 200 ms:
 //!
-//! 1. **Out**: for each account this instance changed, it reads the stored row (locked with
-//!    `SELECT … FOR UPDATE` on PostgreSQL, so two instances take turns), folds this instance's
-//!    changes into it, and writes the result with the row's `live_version` bumped. Blocks
+//! 1. **Out**: for each account this instance changed, it reads the stored row, folds this
+//!    instance's changes into it, and writes the result with the row's `live_version` bumped,
+//!    only if the version is still the one it read (a compare-and-set: when another instance
+//!    wrote meanwhile, nothing is written, and the next tick reads and folds again). Blocks
 //!    (needs re-auth, forbidden) do not wait for the tick.
 //! 2. **In**: it reads every account row (every tick on PostgreSQL, every second on SQLite, where
 //!    no other instance writes) and folds in what changed: settings (pause, tier, credentials,
@@ -378,12 +379,20 @@ impl Exchange {
             (!reset).then(|| rebase(&accounts::live(row), &ours, &known.live))
         })
         .await?;
-        if reset {
-            self.store.dirty_again(id.to_owned());
-            return Ok(());
-        }
-        let Some((_, written, live_version)) = stored else {
-            return Ok(());
+        let (written, live_version) = match stored {
+            accounts::Shared::Written(_, written, live_version) => (written, live_version),
+            // Another instance wrote first: folded again on the next tick.
+            accounts::Shared::Raced => {
+                self.store.dirty_again(id.to_owned());
+                return Ok(());
+            }
+            accounts::Shared::Nothing => {
+                if reset {
+                    // The read adopts the reset first; then this is stored.
+                    self.store.dirty_again(id.to_owned());
+                }
+                return Ok(());
+            }
         };
         // What other instances had stored is now in `written`: the pool takes it, keeping what
         // it counted since `ours`.

@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use claudeflare_tower::{Account, Credentials, LiveState, Mode, OAuthTokens, Tier};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, Set, SqlErr,
 };
 use secrecy::ExposeSecret;
 
@@ -261,10 +261,26 @@ pub async fn reset_counters(db: &impl ConnectionTrait) -> Result<u64, DbError> {
     Ok(result.rows_affected)
 }
 
-/// Change the shared live state of account `id` in one transaction: read the row (locked
-/// against other instances on PostgreSQL), let `next` decide what to store from it (`None`:
-/// nothing), write that with the live version bumped. Returns the row as it was read and the
-/// new live version, or `None` when the account is gone or nothing was written.
+/// How [`share_live`] went.
+pub enum Shared {
+    /// Nothing to write: the account is gone, or `next` said so.
+    Nothing,
+    /// Another process wrote the live state between the read and the write: nothing written;
+    /// read it again and fold again.
+    Raced,
+    /// Written: the row as it was read, what was written, and the new live version.
+    Written(Box<Model>, LiveState, i64),
+}
+
+/// Change the shared live state of account `id`: read the row, let `next` decide what to store
+/// from it (`None`: nothing), and write that with the live version bumped, only if no other
+/// process wrote it meanwhile (a compare-and-set on `live_version`, so two instances never
+/// overwrite each other's changes).
+///
+/// No transaction spans the read and the write: on SQLite in WAL mode, a transaction that read
+/// and then writes after another connection's commit fails at once with "database is locked"
+/// (the busy timeout does not apply), which the record writer's commits made happen every few
+/// seconds under load.
 ///
 /// The blocks (`needs_reauth`, `forbidden` and their reason) are not part of it: they are written
 /// at once by [`set_block`] and cleared by a person (`reauth`, `resume`), so a live state taken
@@ -273,21 +289,15 @@ pub async fn share_live(
     db: &DatabaseConnection,
     id: &str,
     next: impl FnOnce(&Model) -> Option<LiveState>,
-) -> Result<Option<(Model, LiveState, i64)>, DbError> {
-    let txn = db.begin().await?;
-    let mut find = Entity::find_by_id(id.to_owned());
-    if db.get_database_backend() == DbBackend::Postgres {
-        // Two instances merging into the same row take turns: neither overwrites the other.
-        find = find.lock_exclusive();
-    }
-    let Some(row) = find.one(&txn).await? else {
-        return Ok(None);
+) -> Result<Shared, DbError> {
+    let Some(row) = Entity::find_by_id(id.to_owned()).one(db).await? else {
+        return Ok(Shared::Nothing);
     };
     let Some(live) = next(&row) else {
-        return Ok(None);
+        return Ok(Shared::Nothing);
     };
     let version = row.live_version + 1;
-    Entity::update_many()
+    let written = Entity::update_many()
         .col_expr(
             Column::RateLimitedUntil,
             Expr::value(live.rate_limited_until),
@@ -320,10 +330,13 @@ pub async fn share_live(
         )
         .col_expr(Column::LiveVersion, Expr::value(version))
         .filter(Column::Id.eq(id))
-        .exec(&txn)
+        .filter(Column::LiveVersion.eq(row.live_version))
+        .exec(db)
         .await?;
-    txn.commit().await?;
-    Ok(Some((row, live, version)))
+    if written.rows_affected == 0 {
+        return Ok(Shared::Raced);
+    }
+    Ok(Shared::Written(Box::new(row), live, version))
 }
 
 /// Store refreshed OAuth tokens (bumping the token version, releasing the refresh lease).
