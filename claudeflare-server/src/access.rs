@@ -176,7 +176,10 @@ impl Access {
             if let Err(error) = self.load(&db).await {
                 tracing::warn!(%error, "could not read the client keys; keeping the ones known");
             }
-            if let Err(error) = self.load_sessions(&db).await {
+            // Logins need an admin key: without keys there is nothing to read.
+            if self.keys_exist()
+                && let Err(error) = self.load_sessions(&db).await
+            {
                 tracing::warn!(%error, "could not read the dashboard logins; keeping the ones known");
             }
             if ticks % 10 == 0 && self.keys_exist() {

@@ -115,7 +115,6 @@ fn key_of(code: KeyCode, modifiers: KeyModifiers) -> Option<Key> {
         KeyCode::BackTab => Key::BackTab,
         KeyCode::Up => Key::Up,
         KeyCode::Down => Key::Down,
-        KeyCode::Enter => Key::Enter,
         KeyCode::Esc => Key::Esc,
         _ => return None,
     })

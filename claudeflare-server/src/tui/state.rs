@@ -180,8 +180,6 @@ pub enum Key {
     Up,
     /// Down arrow.
     Down,
-    /// Enter.
-    Enter,
     /// Escape.
     Esc,
     /// Ctrl-C.
