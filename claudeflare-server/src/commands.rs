@@ -150,6 +150,23 @@ fn given_key(api_key: &str) -> anyhow::Result<Credentials> {
 }
 
 /// `add NAME [--mode] [--tier] [--api-key KEY]`.
+/// `text` with control characters escaped (`\n`, `\u{1b}`), for a terminal.
+fn printable(text: &str) -> String {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        text.to_owned()
+    }
+}
+
 pub async fn add(
     name: &str,
     mode: Option<ModeArg>,
@@ -159,6 +176,14 @@ pub async fn add(
     let name = name.trim();
     if name.is_empty() {
         bail!("the account name must not be empty");
+    }
+    if name.chars().any(char::is_control) {
+        // An ESC, CR or LF would be printed as it is by `list` and in the log (a newline forges a
+        // log line); the name is shown escaped here.
+        bail!(
+            "the account name `{}` has control characters; use visible characters only",
+            name.escape_default()
+        );
     }
     if api_key.is_some() && mode.map(Mode::from) == Some(Mode::Max) {
         bail!("--api-key makes a console account; --mode max needs the OAuth flow");
@@ -339,7 +364,8 @@ pub async fn list(json: bool) -> anyhow::Result<()> {
         .iter()
         .map(|(v, usage)| {
             [
-                v.name.clone(),
+                // A name stored before control characters were refused is shown escaped.
+                printable(&v.name),
                 v.mode.to_string(),
                 v.tier.to_string(),
                 status_text(v),

@@ -8,9 +8,18 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+/// What a problem is about: one problem of each kind at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Problem {
+    /// The SQLite file was deleted or replaced.
+    DatabaseFile,
+    /// Request records cannot be stored (or a write of them stalls).
+    Records,
+}
+
 /// Problems by what they are about; empty when healthy.
 #[derive(Debug, Default)]
-pub struct Health(Mutex<BTreeMap<&'static str, String>>);
+pub struct Health(Mutex<BTreeMap<Problem, String>>);
 
 impl Health {
     /// The problems now, in words.
@@ -23,19 +32,20 @@ impl Health {
             .collect()
     }
 
-    /// Report a problem about `what` (logged once, until it is solved).
-    fn report(&self, what: &'static str, problem: String) {
+    /// Report a problem about `what` (logged once when it starts).
+    pub fn report(&self, what: Problem, problem: String) {
         let mut problems = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if problems.get(what) != Some(&problem) {
+        if !problems.contains_key(&what) {
             tracing::error!(problem = %problem, "the server is degraded");
-            problems.insert(what, problem);
         }
+        problems.insert(what, problem);
     }
 
-    fn solved(&self, what: &'static str) {
+    /// `what` is no longer a problem.
+    pub fn solved(&self, what: Problem) {
         let mut problems = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if problems.remove(what).is_some() {
-            tracing::info!(what, "solved: the server is healthy again");
+        if problems.remove(&what).is_some() {
+            tracing::info!(?what, "solved: the server is healthy again");
         }
     }
 }
@@ -74,16 +84,16 @@ pub async fn watch_database(
             () = stop.cancelled() => return,
         }
         match identity(&path) {
-            Some(now) if now == opened => health.solved("database"),
+            Some(now) if now == opened => health.solved(Problem::DatabaseFile),
             Some(_) => health.report(
-                "database",
+                Problem::DatabaseFile,
                 format!(
                     "the database file {} was replaced while the server runs: what it stores now goes to the old, deleted file; restart the server",
                     path.display()
                 ),
             ),
             None => health.report(
-                "database",
+                Problem::DatabaseFile,
                 format!(
                     "the database file {} was deleted while the server runs (its folder too?): what it stores now is lost when it stops; restore the file or restart the server",
                     path.display()

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{DbError, requests};
+use crate::health::{Health, Problem};
 use crate::metrics::{CostLabels, Metrics, RequestLabels, StatusLabel};
 use crate::pricing::Pricing;
 
@@ -165,10 +166,13 @@ fn log(record: &RequestRecord, cost: f64) {
 
 /// Where the record writer stores batches: the database, or a stand-in in tests.
 pub trait RecordSink: Send + Sync + 'static {
-    /// Store `batch` in one transaction; on an error nothing of it is stored.
+    /// Store `batch` in one transaction; on an error nothing of it is stored. With `recheck`
+    /// (the batch was tried before, or comes back from the spill file), what is already stored
+    /// of it is left out.
     fn insert<'a>(
         &'a self,
         batch: &'a [(RequestRecord, f64)],
+        recheck: bool,
     ) -> BoxFuture<'a, Result<(), DbError>>;
 }
 
@@ -176,8 +180,9 @@ impl RecordSink for DatabaseConnection {
     fn insert<'a>(
         &'a self,
         batch: &'a [(RequestRecord, f64)],
+        recheck: bool,
     ) -> BoxFuture<'a, Result<(), DbError>> {
-        Box::pin(requests::insert_batch(self, batch))
+        Box::pin(requests::insert_batch(self, batch, recheck))
     }
 }
 
@@ -187,8 +192,12 @@ const FIRST_RETRY_WAIT: Duration = Duration::from_millis(100);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 /// After a stop, how long the writer keeps trying to store what is left.
 const STOP_RETRY: Duration = Duration::from_secs(10);
-/// While writes fail, one log line per this long.
-const FAILING_LOG_EVERY: Duration = Duration::from_secs(30);
+/// While writes fail, one log line per this long (after the first).
+const FAILING_LOG_EVERY: Duration = Duration::from_secs(60);
+/// A write still running after this long is said to be stalled (a table lock, a database that
+/// stopped answering): logged and shown by `/health` while it lasts, not only once the queue
+/// overflows.
+const STALLED_AFTER: Duration = Duration::from_secs(3);
 
 /// Store queued records in batches (one transaction each) until `stop`, then store what is
 /// queued.
@@ -202,6 +211,7 @@ pub async fn write_records(
     mut receiver: mpsc::Receiver<(RequestRecord, f64)>,
     dropped: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -230,7 +240,7 @@ pub async fn write_records(
             }
             continue;
         }
-        if !store(&sink, &batch, &stop, stopping).await {
+        if !store(&sink, &batch, &health, &stop, stopping).await {
             let count = batch.len() as u64;
             dropped.fetch_add(count, Ordering::Relaxed);
             metrics.dropped_records.inc_by(count);
@@ -250,6 +260,7 @@ pub async fn write_records(
 async fn store(
     sink: &impl RecordSink,
     batch: &[(RequestRecord, f64)],
+    health: &Health,
     stop: &CancellationToken,
     mut stopping: bool,
 ) -> bool {
@@ -258,8 +269,12 @@ async fn store(
     let mut logged_at: Option<tokio::time::Instant> = None;
     let mut give_up_at = stopping.then(|| tokio::time::Instant::now() + STOP_RETRY);
     loop {
-        let error = match sink.insert(batch).await {
+        // A batch tried before may have been stored by a commit whose answer was lost.
+        let recheck = failing_since.is_some();
+        let inserted = watch_stall(sink.insert(batch, recheck), batch.len(), health).await;
+        let error = match inserted {
             Ok(()) => {
+                health.solved(Problem::Records);
                 if let Some(since) = failing_since {
                     tracing::info!(
                         count = batch.len(),
@@ -273,6 +288,10 @@ async fn store(
         };
         let now = tokio::time::Instant::now();
         failing_since.get_or_insert(now);
+        health.report(
+            Problem::Records,
+            format!("the database takes no writes ({error}); request records are kept in memory and stored once it does"),
+        );
         if logged_at.is_none_or(|at| now - at >= FAILING_LOG_EVERY) {
             tracing::error!(
                 %error,
@@ -296,6 +315,31 @@ async fn store(
             }
         }
         wait = (wait * 2).min(MAX_RETRY_WAIT);
+    }
+}
+
+/// Await `insert`; if it takes longer than [`STALLED_AFTER`], say so (in the log and on
+/// `/health`) while it goes on.
+async fn watch_stall<F: std::future::Future<Output = Result<(), DbError>>>(
+    insert: F,
+    count: usize,
+    health: &Health,
+) -> Result<(), DbError> {
+    tokio::pin!(insert);
+    let started = tokio::time::Instant::now();
+    let mut every = tokio::time::interval_at(started + STALLED_AFTER, FAILING_LOG_EVERY);
+    loop {
+        tokio::select! {
+            done = &mut insert => return done,
+            _ = every.tick() => {
+                let seconds = started.elapsed().as_secs();
+                tracing::warn!(count, seconds, "a write of request records has not finished; the database may be locked or unreachable");
+                health.report(
+                    Problem::Records,
+                    format!("a write of request records has not finished after {seconds} s (the database may be locked or unreachable); records are kept in memory meanwhile"),
+                );
+            }
+        }
     }
 }
 
@@ -339,6 +383,7 @@ mod tests {
         fn insert<'a>(
             &'a self,
             batch: &'a [(RequestRecord, f64)],
+            _recheck: bool,
         ) -> BoxFuture<'a, Result<(), DbError>> {
             Box::pin(async move {
                 self.attempts.fetch_add(1, Ordering::SeqCst);
@@ -382,6 +427,7 @@ mod tests {
             receiver,
             Arc::clone(&dropped),
             Arc::new(Metrics::new()),
+            Arc::default(),
             stopped,
         ));
         Writer {

@@ -280,6 +280,7 @@ impl Server {
             self.queue,
             Arc::clone(&self.dropped),
             Arc::clone(&self.metrics),
+            Arc::clone(&self.health),
             stop.clone(),
         ));
         tasks.spawn(store::exchange(

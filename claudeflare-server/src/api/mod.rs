@@ -41,10 +41,17 @@ pub fn router() -> Router<AppState> {
 
 /// `GET /health`.
 ///
-/// `"degraded"` with the `problems` when the server found something wrong with its own files
-/// while running (it still serves).
+/// `"degraded"` with the `problems` when the server found something wrong while running (it
+/// still serves): its database file gone, request records that cannot be stored or were
+/// dropped, a write that stalls.
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
-    let problems = state.health.problems();
+    let mut problems = state.health.problems();
+    let dropped = state.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    if dropped > 0 {
+        problems.push(format!(
+            "{dropped} request records could not be stored and were dropped since the server started (see the log)"
+        ));
+    }
     let mut answer = json!({
         "status": if problems.is_empty() { "ok" } else { "degraded" },
         "accounts": state.pool.len(),

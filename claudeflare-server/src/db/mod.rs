@@ -5,6 +5,7 @@ pub mod entities;
 pub mod keys;
 pub mod requests;
 pub mod rollups;
+mod sqlite;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -126,7 +127,9 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, DbError> {
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
                 .statement_cache_capacity(16)
-        });
+        })
+        // Only writable connections outside any transaction are kept (see the `sqlite` module).
+        .map_sqlx_sqlite_pool_opts(sqlite::guard);
     let db = Database::connect(options)
         .await
         .map_err(|source| DbError::Connect {

@@ -14,6 +14,8 @@ use sea_orm::{
 use super::entities::request::{Column, Entity, Model};
 use super::{DbError, int, placeholders, rollups};
 
+mod copy;
+
 /// The columns of a row, in the order [`write`] binds them.
 const COLUMNS: [Column; 21] = [
     Column::Id,
@@ -39,21 +41,19 @@ const COLUMNS: [Column; 21] = [
     Column::ApiKey,
 ];
 
-/// How many rows each `INSERT` of a batch carries: a batch goes in power-of-two chunks, so a
-/// handful of statement shapes keeps the prepared-statement cache small and warm whatever the
-/// batch sizes. SQLite, in process, takes chunks of at most 64 rows (each statement small);
-/// PostgreSQL up to 1,024 (21,504 parameters of its 65,535), since every statement is a round
-/// trip to another process: with 64-row chunks a full batch took 16 of them, and under the
-/// benchmark's load, with both cores busy, each waited for the writer and the database to be
-/// scheduled, so the writer stored about 1,500 records a second and dropped the rest.
-const CHUNKS: [usize; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
-/// The chunks SQLite uses: the first 7 of [`CHUNKS`].
-const SQLITE_CHUNKS: usize = 7;
+/// How many rows each SQLite `INSERT` of a batch carries: a batch goes in power-of-two chunks
+/// of at most 64 rows, so a handful of statement shapes keeps the prepared-statement cache small
+/// and warm whatever the batch sizes. (PostgreSQL takes a batch in one `COPY`: see
+/// [`write_postgres`].)
+const CHUNKS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 
 /// The write path's statements for one backend, built once.
 struct Statements {
-    /// `INSERT INTO requests … VALUES (…), …` for each chunk size this backend uses.
+    backend: DbBackend,
+    /// `INSERT INTO requests … VALUES (…), …` for each of [`CHUNKS`] (SQLite).
     inserts: Vec<String>,
+    /// `COPY requests (…) FROM STDIN (FORMAT binary)` (PostgreSQL).
+    copy: String,
     /// [`rollups::upsert_sql`].
     rollup: String,
     /// Run first in each batch's transaction.
@@ -74,13 +74,13 @@ impl Statements {
                 rows.join(", ")
             )
         };
-        let sizes = if backend == DbBackend::Postgres {
-            &CHUNKS[..]
-        } else {
-            &CHUNKS[..SQLITE_CHUNKS]
-        };
         Self {
-            inserts: sizes.iter().map(|&rows| insert(rows)).collect(),
+            backend,
+            inserts: CHUNKS.iter().map(|&rows| insert(rows)).collect(),
+            copy: format!(
+                "COPY requests ({}) FROM STDIN (FORMAT binary)",
+                columns.join(", ")
+            ),
             rollup: rollups::upsert_sql(backend),
             // The commit returns without waiting for the WAL to reach the disk: the same trade
             // as SQLite's `synchronous = NORMAL` (a crash of the database can lose the last
@@ -104,17 +104,24 @@ impl Statements {
 }
 
 /// Insert a batch of finished requests (with their costs) and update the rollups, in one
-/// transaction.
+/// transaction. With `recheck` (a batch tried before, or read back from the spill file), the
+/// requests already stored are left out first, so that a batch whose commit went through
+/// unseen (the connection lost on the way back) is not stored twice: the request id is the key.
 ///
 /// This is the one write on the proxy's busy path, so it goes to sqlx directly, under sea-orm:
 /// statements built once, no `RETURNING`. Measured with callgrind under the benchmark's load,
 /// the record writer went from about 12,900 to 3,700 instructions per request on the worker
-/// threads this way (BENCHMARKS.md, third round). The batch is only borrowed, so a failed write leaves
-/// it whole for the writer to try again; a failed transaction is rolled back at once, so the
-/// connection goes back to the pool without a transaction (and its lock) still open.
+/// threads this way (BENCHMARKS.md, third round). The batch is only borrowed, so a failed write
+/// leaves it whole for the writer to try again.
+///
+/// The write runs on a connection of its own from the pool, and a connection whose write failed
+/// is closed, never given back: after a failed `COMMIT` the driver's idea of the connection's
+/// transaction may no longer be SQLite's (see the `sqlite` module), and a connection that lost
+/// PostgreSQL mid-transaction is of no further use either.
 pub async fn insert_batch(
     db: &DatabaseConnection,
     batch: &[(RequestRecord, f64)],
+    recheck: bool,
 ) -> Result<(), DbError> {
     if batch.is_empty() {
         return Ok(());
@@ -123,112 +130,195 @@ pub async fn insert_batch(
     let statements = Statements::of(backend);
     // `db::open` connects to these two backends only (the others are not compiled in).
     let result = match backend {
-        DbBackend::Postgres => write(db.get_postgres_connection_pool(), statements, batch).await,
-        _ => write(db.get_sqlite_connection_pool(), statements, batch).await,
+        DbBackend::Postgres => {
+            write_postgres(db.get_postgres_connection_pool(), statements, batch, recheck).await
+        }
+        _ => write_sqlite(db.get_sqlite_connection_pool(), statements, batch, recheck).await,
     };
     result.map_err(|error| DbErr::Exec(RuntimeErr::SqlxError(Arc::new(error))).into())
 }
 
-/// [`insert_batch`] on either backend's pool.
-async fn write<DB>(
-    pool: &sqlx::Pool<DB>,
+/// [`insert_batch`] on SQLite: `BEGIN IMMEDIATE` takes the write lock before anything is read
+/// (a deferred transaction that reads the rollups first could be refused at its first write
+/// without waiting), rows go in multi-row `INSERT`s, and the batch counts as stored only if
+/// SQLite is out of the transaction once the commit returns.
+async fn write_sqlite(
+    pool: &sqlx::SqlitePool,
     statements: &'static Statements,
     batch: &[(RequestRecord, f64)],
-) -> Result<(), sqlx::Error>
-where
-    DB: sqlx::Database,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> DateTime<Utc>: Encode<'q, DB> + Type<DB>,
-    for<'q> i32: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<i32>: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Type<DB>,
-    for<'q> f64: Encode<'q, DB> + Type<DB>,
-{
-    let mut txn = pool.begin().await?;
-    // The statements in an async block of their own, so that whatever fails among them, the
-    // transaction is rolled back here, at once (not whenever the connection is next used).
-    let written = async {
-        if let Some(prelude) = statements.prelude {
-            sqlx::query(prelude).execute(&mut *txn).await?;
-        }
-        for (hour, account, model, sums) in rollups::additions(batch) {
-            let mut args = DB::Arguments::default();
-            bind(&mut args, hour)?;
-            bind(&mut args, account)?;
-            bind(&mut args, model)?;
-            for sum in [
-                sums.requests,
-                sums.successes,
-                sums.response_time_ms,
-                sums.input_tokens,
-                sums.output_tokens,
-                sums.cache_read,
-                sums.cache_creation,
-            ] {
-                bind(&mut args, sum)?;
-            }
-            bind(&mut args, sums.cost)?;
-            sqlx::query_with(statements.rollup.as_str(), args)
-                .execute(&mut *txn)
-                .await?;
-        }
-        let mut rest = batch.len();
-        let mut rows = batch.iter();
-        while rest > 0 {
-            let sizes = &CHUNKS[..statements.inserts.len()];
-            let chunk = sizes.partition_point(|&size| size <= rest) - 1;
-            let mut args = DB::Arguments::default();
-            args.reserve(CHUNKS[chunk] * COLUMNS.len(), 0);
-            for (record, cost) in rows.by_ref().take(CHUNKS[chunk]) {
-                // In the order of `COLUMNS`.
-                bind(&mut args, record.id.as_str())?;
-                bind(&mut args, record.timestamp)?;
-                bind(&mut args, record.method.as_str())?;
-                bind(&mut args, record.path.as_str())?;
-                bind(&mut args, record.account_id.as_deref())?;
-                bind(&mut args, record.account.as_deref())?;
-                bind(&mut args, record.status.map(i32::from))?;
-                bind(&mut args, record.success)?;
-                bind(&mut args, record.error.as_deref())?;
-                bind(&mut args, int(record.response_time_ms))?;
-                bind(&mut args, record.first_byte_ms.map(int))?;
-                bind(&mut args, record.upstream_ms.map(int))?;
-                bind(
-                    &mut args,
-                    i32::try_from(record.failover_attempts).unwrap_or(i32::MAX),
-                )?;
-                bind(&mut args, record.model.as_deref())?;
-                bind(&mut args, record.stream)?;
-                bind(&mut args, int(record.usage.input_tokens))?;
-                bind(&mut args, int(record.usage.output_tokens))?;
-                bind(&mut args, int(record.usage.cache_read_input_tokens))?;
-                bind(&mut args, int(record.usage.cache_creation_input_tokens))?;
-                bind(&mut args, *cost)?;
-                bind(&mut args, record.client.as_deref())?;
-            }
-            sqlx::query_with(statements.inserts[chunk].as_str(), args)
-                .execute(&mut *txn)
-                .await?;
-            rest -= CHUNKS[chunk];
+    recheck: bool,
+) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = pool.acquire().await?;
+    let result = async {
+        let mut txn = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = prepare::<sqlx::Sqlite>(&mut txn, statements, batch, recheck).await?;
+        insert_values(&mut txn, statements, &rows).await?;
+        txn.commit().await?;
+        if !super::sqlite::sound(&mut conn).await? {
+            return Err(sqlx::Error::Protocol(
+                "the commit returned, but SQLite is still inside a transaction".into(),
+            ));
         }
         Ok(())
     }
     .await;
-    match written {
-        Ok(()) => txn.commit().await,
-        Err(error) => {
-            if let Err(rollback) = txn.rollback().await {
-                tracing::debug!(error = %rollback, "could not roll back the failed record write");
-            }
-            Err(error)
-        }
+    if result.is_err() {
+        conn.close_on_drop();
     }
+    result
+}
+
+/// [`insert_batch`] on PostgreSQL: rows go in one binary `COPY`.
+async fn write_postgres(
+    pool: &sqlx::PgPool,
+    statements: &'static Statements,
+    batch: &[(RequestRecord, f64)],
+    recheck: bool,
+) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = pool.acquire().await?;
+    let result = async {
+        let mut txn = conn.begin().await?;
+        if let Some(prelude) = statements.prelude {
+            sqlx::query(prelude).execute(&mut *txn).await?;
+        }
+        let rows = prepare::<sqlx::Postgres>(&mut txn, statements, batch, recheck).await?;
+        if !rows.is_empty() {
+            let mut copy = txn.copy_in_raw(&statements.copy).await?;
+            copy.send(copy::binary(&rows)).await?;
+            copy.finish().await?;
+        }
+        txn.commit().await
+    }
+    .await;
+    if result.is_err() {
+        conn.close_on_drop();
+    }
+    result
+}
+
+/// What of `batch` to insert (all of it, or with `recheck` what is not stored yet), with the
+/// rollups of those rows added.
+async fn prepare<'b, DB>(
+    conn: &mut DB::Connection,
+    statements: &'static Statements,
+    batch: &'b [(RequestRecord, f64)],
+    recheck: bool,
+) -> Result<Vec<&'b (RequestRecord, f64)>, sqlx::Error>
+where
+    DB: sqlx::Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB> + sqlx::Decode<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let mut rows: Vec<&(RequestRecord, f64)> = batch.iter().collect();
+    if recheck {
+        let stored = stored_ids::<DB>(conn, statements.backend, batch).await?;
+        rows.retain(|(record, _)| !stored.contains(record.id.as_str()));
+    }
+    for (hour, account, model, sums) in rollups::additions(rows.iter().copied()) {
+        let mut args = DB::Arguments::default();
+        bind(&mut args, hour)?;
+        bind(&mut args, account)?;
+        bind(&mut args, model)?;
+        for sum in [
+            sums.requests,
+            sums.successes,
+            sums.response_time_ms,
+            sums.input_tokens,
+            sums.output_tokens,
+            sums.cache_read,
+            sums.cache_creation,
+        ] {
+            bind(&mut args, sum)?;
+        }
+        bind(&mut args, sums.cost)?;
+        sqlx::query_with(statements.rollup.as_str(), args)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(rows)
+}
+
+/// The ids of `batch` already in the table.
+async fn stored_ids<DB>(
+    conn: &mut DB::Connection,
+    backend: DbBackend,
+    batch: &[(RequestRecord, f64)],
+) -> Result<std::collections::HashSet<String>, sqlx::Error>
+where
+    DB: sqlx::Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> String: sqlx::Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use sqlx::Row;
+    // Only placeholders are formatted into it; the ids are bound.
+    let sql = format!(
+        "SELECT id FROM requests WHERE id IN ({})",
+        placeholders(backend, batch.len()).join(", ")
+    );
+    let mut args = DB::Arguments::default();
+    for (record, _) in batch {
+        bind(&mut args, record.id.as_str())?;
+    }
+    let found = sqlx::query_with(sqlx::AssertSqlSafe(sql), args).fetch_all(&mut *conn).await?;
+    found.iter().map(|row| row.try_get::<String, _>(0)).collect()
+}
+
+/// The rows in multi-row `INSERT`s of the sizes of [`SQLITE_CHUNKS`].
+async fn insert_values(
+    conn: &mut sqlx::SqliteConnection,
+    statements: &'static Statements,
+    rows: &[&(RequestRecord, f64)],
+) -> Result<(), sqlx::Error> {
+    let mut rest = rows.len();
+    let mut rows = rows.iter();
+    while rest > 0 {
+        let sizes = &CHUNKS[..statements.inserts.len()];
+        let chunk = sizes.partition_point(|&size| size <= rest) - 1;
+        let mut args = sqlx::sqlite::SqliteArguments::default();
+        args.reserve(CHUNKS[chunk] * COLUMNS.len(), 0);
+        for (record, cost) in rows.by_ref().take(CHUNKS[chunk]) {
+            // In the order of `COLUMNS`.
+            bind::<sqlx::Sqlite, _>(&mut args, record.id.as_str())?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.timestamp)?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.method.as_str())?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.path.as_str())?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.account_id.as_deref())?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.account.as_deref())?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.status.map(i32::from))?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.success)?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.error.as_deref())?;
+            bind::<sqlx::Sqlite, _>(&mut args, int(record.response_time_ms))?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.first_byte_ms.map(int))?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.upstream_ms.map(int))?;
+            bind::<sqlx::Sqlite, _>(
+                &mut args,
+                i32::try_from(record.failover_attempts).unwrap_or(i32::MAX),
+            )?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.model.as_deref())?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.stream)?;
+            bind::<sqlx::Sqlite, _>(&mut args, int(record.usage.input_tokens))?;
+            bind::<sqlx::Sqlite, _>(&mut args, int(record.usage.output_tokens))?;
+            bind::<sqlx::Sqlite, _>(&mut args, int(record.usage.cache_read_input_tokens))?;
+            bind::<sqlx::Sqlite, _>(&mut args, int(record.usage.cache_creation_input_tokens))?;
+            bind::<sqlx::Sqlite, _>(&mut args, *cost)?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.client.as_deref())?;
+        }
+        sqlx::query_with(statements.inserts[chunk].as_str(), args)
+            .execute(&mut *conn)
+            .await?;
+        rest -= CHUNKS[chunk];
+    }
+    Ok(())
 }
 
 /// Add `value` to a statement's arguments.
@@ -347,7 +437,7 @@ mod tests {
         stored.usage.cache_creation_input_tokens = 18;
         stored.usage.cache_creation_1h_input_tokens = 9;
         stored.client = Some("team".into());
-        insert_batch(&db, &[(stored, 0.25)]).await.unwrap();
+        insert_batch(&db, &[(stored, 0.25)], false).await.unwrap();
         let rows = newest(&db, 10, &Filter::default()).await.unwrap();
         assert_eq!(
             rows,
@@ -393,7 +483,7 @@ mod tests {
                 )
             })
             .collect();
-        insert_batch(&db, &batch).await.unwrap();
+        insert_batch(&db, &batch, false).await.unwrap();
         let totals = rollups::totals(&db, None).await.unwrap();
         assert_eq!(
             (
@@ -417,7 +507,7 @@ mod tests {
             [("a", 500), ("b", 500)]
         );
         // A second batch adds to the same hours.
-        insert_batch(&db, &[(record(5000, TimeDelta::days(1)), 1.0)])
+        insert_batch(&db, &[(record(5000, TimeDelta::days(1)), 1.0)], false)
             .await
             .unwrap();
         assert_eq!(

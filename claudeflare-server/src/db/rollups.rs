@@ -30,7 +30,9 @@ pub(super) struct Sums {
 
 /// A batch's additions to the rollups: one per hour (`YYYY-MM-DDTHH`), account and model ('' for
 /// none), in key order.
-pub(super) fn additions(batch: &[(RequestRecord, f64)]) -> Vec<(String, &str, &str, Sums)> {
+pub(super) fn additions<'a>(
+    batch: impl IntoIterator<Item = &'a (RequestRecord, f64)>,
+) -> Vec<(String, &'a str, &'a str, Sums)> {
     // Keyed by the hour's number and borrowed names: nothing is formatted or copied per record.
     let mut sums: BTreeMap<(i64, &str, &str), Sums> = BTreeMap::new();
     for (record, cost) in batch {
