@@ -149,7 +149,6 @@ fn given_key(api_key: &str) -> anyhow::Result<Credentials> {
     Ok(Credentials::ApiKey(api_key.to_owned().into()))
 }
 
-/// `add NAME [--mode] [--tier] [--api-key KEY]`.
 /// `text` with control characters escaped (`\n`, `\u{1b}`), for a terminal.
 fn printable(text: &str) -> String {
     if text.chars().any(char::is_control) {
@@ -167,6 +166,7 @@ fn printable(text: &str) -> String {
     }
 }
 
+/// `add NAME [--mode] [--tier] [--api-key KEY]`.
 pub async fn add(
     name: &str,
     mode: Option<ModeArg>,

@@ -131,7 +131,13 @@ pub async fn insert_batch(
     // `db::open` connects to these two backends only (the others are not compiled in).
     let result = match backend {
         DbBackend::Postgres => {
-            write_postgres(db.get_postgres_connection_pool(), statements, batch, recheck).await
+            write_postgres(
+                db.get_postgres_connection_pool(),
+                statements,
+                batch,
+                recheck,
+            )
+            .await
         }
         _ => write_sqlite(db.get_sqlite_connection_pool(), statements, batch, recheck).await,
     };
@@ -269,8 +275,13 @@ where
     for (record, _) in batch {
         bind(&mut args, record.id.as_str())?;
     }
-    let found = sqlx::query_with(sqlx::AssertSqlSafe(sql), args).fetch_all(&mut *conn).await?;
-    found.iter().map(|row| row.try_get::<String, _>(0)).collect()
+    let found = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+        .fetch_all(&mut *conn)
+        .await?;
+    found
+        .iter()
+        .map(|row| row.try_get::<String, _>(0))
+        .collect()
 }
 
 /// The rows in multi-row `INSERT`s of the sizes of [`SQLITE_CHUNKS`].

@@ -22,6 +22,12 @@
 //! SQLite (it falls back without an error), and with its shared memory read-only it reads a
 //! view of the log that may never catch up.
 //!
+//! (The `-shm` file itself must stay writable: SQLite writes to it through a shared mapping,
+//! and ext4 answers the first write to a mapped page of an immutable file with SIGBUS
+//! (`ext4_page_mkwrite`), which ends any SQLite program, this one included, in
+//! `walTryBeginRead`. Seen 2 of 3 tries with `chattr +i` on `-shm` too; no SQLite setting short of
+//! an exclusive lock, which would keep the CLI out, avoids it.)
+//!
 //! So a new connection must be writable, and a connection going back to the pool must be
 //! outside any transaction, both by sqlx's count and by SQLite's own flag; any other is closed,
 //! and the pool opens a fresh one. The record writer also closes any connection whose write
