@@ -44,6 +44,7 @@ struct Live {
     retry: Setting<claudeflare_tower::failover::RetryConfig>,
     upstream: Setting<http::Uri>,
     body_limit: Setting<usize>,
+    body_read_timeout: Setting<Duration>,
     pricing: Setting<Pricing>,
     log: LogHandle,
 }
@@ -60,6 +61,8 @@ impl Live {
         self.retry.set(new.retry());
         self.upstream.set(new.upstream_uri());
         self.body_limit.set(new.max_request_body_bytes);
+        self.body_read_timeout
+            .set(Duration::from_millis(new.body_read_timeout_ms));
         self.pricing.set(Pricing::new(new.pricing.clone()));
         if new.log_level != old.log_level {
             self.log.set_level(new.log_level);
@@ -144,6 +147,7 @@ impl Server {
             retry: Setting::new(config.retry()),
             upstream: Setting::new(config.upstream_uri()),
             body_limit: Setting::new(config.max_request_body_bytes),
+            body_read_timeout: Setting::new(Duration::from_millis(config.body_read_timeout_ms)),
             pricing: Setting::new(Pricing::new(config.pricing.clone())),
             log,
         };
@@ -266,6 +270,7 @@ impl Server {
             .retry(self.live.retry.clone())
             .upstream_url(self.live.upstream.clone())
             .body_limit(self.live.body_limit.clone())
+            .body_read_timeout(self.live.body_read_timeout.clone())
             .build()
     }
 

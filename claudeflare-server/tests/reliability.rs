@@ -479,3 +479,34 @@ async fn records_made_while_the_database_files_are_immutable_are_all_stored() {
     // And the CLI is not locked out.
     assert!(env.cli(&["pause", "a"]).status.success());
 }
+
+/// Stalled request bodies (20 clients that send 4 MB of a 30 MB body and stop) are answered
+/// 408 once `body_read_timeout_ms` has passed, their connections closed and their memory
+/// freed; nothing of them reaches an account.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_request_bodies_are_cut_at_the_read_timeout() {
+    let mut env = Env::sqlite().await;
+    env.set("CLAUDEFLARE_BODY_READ_TIMEOUT_MS", "1500");
+    env.add_keys(&["a"]);
+    let server = env.start();
+    let address = address(&server);
+    let head = "POST /v1/messages HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nx-api-key: x\r\ncontent-length: 30000000\r\n\r\n";
+    let chunk = vec![b' '; 4_000_000];
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&chunk).await.unwrap();
+        clients.push(stream);
+    }
+    for mut stream in clients {
+        let answer = read_all(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("did not arrive in time"), "{answer}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(env.mock.requests().len(), 0, "nothing reached the upstream");
+    // Served as usual meanwhile and after.
+    assert_eq!(server.message(false).await.status, 200);
+}

@@ -1,6 +1,9 @@
 //! The `Intake` layer: reads the request body once into memory, so `Failover` can send it again,
 //! and notes its model and stream flag in the [`RequestContext`] for `Record`.
 //!
+//! A body not read whole within the read timeout (60 s by default) is refused with 408, so a
+//! client that sends part of a body and stalls holds no memory past it.
+//!
 //! A body over the limit is refused with 413 in Anthropic's envelope before anything is sent
 //! upstream (at once when `content-length` says so), and so is, with 400, a path that could
 //! leave `/v1/` (a dot-segment, raw or percent-encoded).
@@ -15,6 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -34,11 +38,14 @@ use crate::setting::Setting;
 
 /// Anthropic's own request size limit, the default.
 pub const DEFAULT_BODY_LIMIT: usize = 32 * 1024 * 1024;
+/// How long a whole request body may take to arrive, by default.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Buffers request bodies up to a limit. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct IntakeLayer {
     limit: Setting<usize>,
+    read_timeout: Setting<Duration>,
 }
 
 impl IntakeLayer {
@@ -46,7 +53,14 @@ impl IntakeLayer {
     pub fn new(limit: impl Into<Setting<usize>>) -> Self {
         Self {
             limit: limit.into(),
+            read_timeout: Setting::new(DEFAULT_READ_TIMEOUT),
         }
+    }
+
+    /// How long a whole body may take to arrive ([`DEFAULT_READ_TIMEOUT`] unless set).
+    pub fn read_timeout(mut self, timeout: impl Into<Setting<Duration>>) -> Self {
+        self.read_timeout = timeout.into();
+        self
     }
 }
 
@@ -63,6 +77,7 @@ impl<S> Layer<S> for IntakeLayer {
         Intake {
             inner,
             limit: self.limit.clone(),
+            read_timeout: self.read_timeout.clone(),
         }
     }
 }
@@ -72,6 +87,7 @@ impl<S> Layer<S> for IntakeLayer {
 pub struct Intake<S> {
     inner: S,
     limit: Setting<usize>,
+    read_timeout: Setting<Duration>,
 }
 
 /// The request's top-level `model` and `stream`, everything else (the conversation) skipped by
@@ -128,6 +144,7 @@ where
         ResponseFuture {
             state: State::Reading {
                 collect: Limited::new(body, limit).collect(),
+                deadline: tokio::time::sleep(*self.read_timeout.current()),
                 parts: Some(parts),
                 inner: Some(self.inner.clone()),
                 context,
@@ -162,6 +179,8 @@ pin_project! {
         Reading {
             #[pin]
             collect: Collect<Limited<B>>,
+            #[pin]
+            deadline: tokio::time::Sleep,
             parts: Option<http::request::Parts>,
             inner: Option<S>,
             context: RequestContext,
@@ -208,12 +227,23 @@ where
                 StateProj::Calling { future } => return future.poll(cx),
                 StateProj::Reading {
                     collect,
+                    deadline,
                     parts,
                     inner,
                     context,
                     limit,
                 } => {
-                    let bytes = match std::task::ready!(collect.poll(cx)) {
+                    let collected = match collect.poll(cx) {
+                        Poll::Ready(collected) => collected,
+                        Poll::Pending => {
+                            std::task::ready!(deadline.poll(cx));
+                            return Poll::Ready(Ok(error_response(
+                                StatusCode::REQUEST_TIMEOUT,
+                                "the request body did not arrive in time",
+                            )));
+                        }
+                    };
+                    let bytes = match collected {
                         Ok(collected) => collected.to_bytes(),
                         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
                             return Poll::Ready(Ok(too_large(*limit)));

@@ -42,6 +42,7 @@ pub struct Balancer<P = Anthropic> {
     refresher: Option<Arc<dyn TokenRefresher>>,
     retry: Setting<RetryConfig>,
     body_limit: Setting<usize>,
+    body_read_timeout: Setting<Duration>,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
     shutdown: Option<CancellationToken>,
@@ -72,6 +73,7 @@ impl<P: Provider> Balancer<P> {
             refresher: None,
             retry: Setting::default(),
             body_limit: Setting::new(DEFAULT_BODY_LIMIT),
+            body_read_timeout: Setting::new(crate::intake::DEFAULT_READ_TIMEOUT),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             shutdown: None,
@@ -109,6 +111,12 @@ impl<P: Provider> Balancer<P> {
         self
     }
 
+    /// How long a whole request body may take to arrive (408 past it).
+    pub fn body_read_timeout(mut self, timeout: impl Into<Setting<Duration>>) -> Self {
+        self.body_read_timeout = timeout.into();
+        self
+    }
+
     /// Upstream connect and first-byte timeouts.
     pub fn timeouts(mut self, connect: Duration, first_byte: Duration) -> Self {
         self.connect_timeout = connect;
@@ -136,7 +144,7 @@ impl<P: Provider> Balancer<P> {
         }
         ServiceBuilder::new()
             .layer(record)
-            .layer(IntakeLayer::new(self.body_limit))
+            .layer(IntakeLayer::new(self.body_limit).read_timeout(self.body_read_timeout))
             .layer(SelectLayer::new(self.pool.clone(), self.strategy))
             .layer(FailoverLayer::new(self.retry))
             .layer(auth)

@@ -59,6 +59,8 @@ pub struct Config {
     pub create_api_key_url: String,
     /// Largest request body accepted.
     pub max_request_body_bytes: usize,
+    /// How long a whole request body may take to arrive, in milliseconds (408 past it).
+    pub body_read_timeout_ms: u64,
     /// Days of request history kept.
     pub request_retention_days: u32,
     /// Subscription usage endpoint.
@@ -107,6 +109,7 @@ impl Default for Config {
             create_api_key_url: "https://api.anthropic.com/api/oauth/claude_cli/create_api_key"
                 .into(),
             max_request_body_bytes: claudeflare_tower::intake::DEFAULT_BODY_LIMIT,
+            body_read_timeout_ms: 60_000,
             request_retention_days: 30,
             oauth_usage_url: "https://api.anthropic.com/api/oauth/usage".into(),
             usage_poll_interval_seconds: 300,
@@ -122,7 +125,7 @@ impl Default for Config {
 }
 
 /// File keys, which are also `CLAUDEFLARE_<KEY>` in the environment.
-const KEYS: [&str; 27] = [
+const KEYS: [&str; 28] = [
     "port",
     "host",
     "lb_strategy",
@@ -140,6 +143,7 @@ const KEYS: [&str; 27] = [
     "oauth_redirect_uri",
     "create_api_key_url",
     "max_request_body_bytes",
+    "body_read_timeout_ms",
     "request_retention_days",
     "oauth_usage_url",
     "usage_poll_interval_seconds",
