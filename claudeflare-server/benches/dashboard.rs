@@ -67,7 +67,7 @@ fn main() {
         let seeding = Instant::now();
         for chunk in (0..REQUESTS).collect::<Vec<_>>().chunks(5000) {
             let batch: Vec<_> = chunk.iter().map(|&i| (record(i), 0.01)).collect();
-            requests::insert_batch(&db, &batch).await.expect("seeding");
+            requests::insert_batch(&db, &batch, false).await.expect("seeding");
         }
         println!("seeded {REQUESTS} requests in {:.1} s", seeding.elapsed().as_secs_f64());
 

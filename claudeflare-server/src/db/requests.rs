@@ -484,6 +484,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_tried_again_after_its_commit_went_through_is_not_stored_twice() {
+        let db = crate::db::open("sqlite::memory:").await.unwrap();
+        let first: Vec<_> = (0..10)
+            .map(|i| (record(i, TimeDelta::hours(1)), 1.0))
+            .collect();
+        insert_batch(&db, &first, false).await.unwrap();
+        // The same batch again (its commit's answer was lost), now with two new records.
+        let mut again = first.clone();
+        again.extend((10..12).map(|i| (record(i, TimeDelta::hours(1)), 1.0)));
+        insert_batch(&db, &again, true).await.unwrap();
+        assert_eq!(
+            newest(&db, 100, &Filter::default()).await.unwrap().len(),
+            12
+        );
+        let totals = rollups::totals(&db, None).await.unwrap();
+        assert_eq!(totals.total_requests, 12, "the rollups count each once too");
+        assert!((totals.total_cost_usd - 12.0).abs() < 1e-9);
+        // Without the recheck, the key refuses the duplicates (and nothing of the batch is stored).
+        assert!(insert_batch(&db, &again, false).await.is_err());
+        assert_eq!(rollups::totals(&db, None).await.unwrap().total_requests, 12);
+    }
+
+    #[tokio::test]
     async fn batches_rollups_filters_and_retention() {
         let db = crate::db::open("sqlite::memory:").await.unwrap();
         let batch: Vec<_> = (0..1200)

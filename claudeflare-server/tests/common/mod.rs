@@ -115,6 +115,11 @@ impl Env {
         self.dir.path().join("config").join("claudeflare.json")
     }
 
+    /// The PostgreSQL database's URL, on that backend.
+    pub fn postgres(&self) -> Option<&str> {
+        self.pg.as_ref().map(|pg| pg.url.as_str())
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("config").join("claude-accounts.db")
     }

@@ -1,0 +1,139 @@
+//! Database faults on PostgreSQL while requests are served: backends killed, the table locked.
+//! After each, every request answered is in the table exactly once, counted through a fresh
+//! connection after a clean stop.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Backend, Env, eventually};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+
+async fn connect(url: &str) -> DatabaseConnection {
+    Database::connect(url).await.unwrap()
+}
+
+async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+/// Send `count` requests, 4 at a time; returns how many were answered 200.
+async fn traffic(server: &common::Server, count: usize) -> usize {
+    let mut ok = 0;
+    for _ in 0..count / 4 {
+        let answers = futures_join4(server).await;
+        ok += answers.iter().filter(|s| **s == 200).count();
+    }
+    ok
+}
+
+async fn futures_join4(server: &common::Server) -> [http::StatusCode; 4] {
+    let (a, b, c, d) = tokio::join!(
+        server.message(false),
+        server.message(false),
+        server.message(false),
+        server.message(false)
+    );
+    [a.status, b.status, c.status, d.status]
+}
+
+/// Stop the server cleanly, then count the rows and distinct ids.
+async fn stored(env: &Env, mut server: common::Server) -> (i64, i64) {
+    assert!(
+        server.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        server.log()
+    );
+    let db = connect(env.postgres().unwrap()).await;
+    let rows = scalar(&db, "SELECT count(*) FROM requests").await;
+    let ids = scalar(&db, "SELECT count(DISTINCT id) FROM requests").await;
+    let rolled = scalar(
+        &db,
+        "SELECT COALESCE(sum(requests), 0)::bigint FROM request_rollups",
+    )
+    .await;
+    assert_eq!(rolled, rows, "the rollups count each record once");
+    db.close().await.unwrap();
+    (rows, ids)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backends_killed_under_load_lose_and_repeat_no_record() {
+    let Some(env) = Env::new(Backend::Postgres).await else {
+        return;
+    };
+    env.add_keys(&["a"]);
+    let server = env.start();
+    let admin = connect(env.postgres().unwrap()).await;
+    let name = env
+        .postgres()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let kill = format!(
+        "SELECT count(pg_terminate_backend(pid))::bigint FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    );
+    let mut sent_ok = traffic(&server, 40).await;
+    let mut killed = 0;
+    for _ in 0..5 {
+        killed += scalar(&admin, &kill).await;
+        sent_ok += traffic(&server, 40).await;
+    }
+    assert!(killed > 0, "the server's connections were killed");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            server.json("/api/stats").await["total_requests"] == sent_ok as i64
+        })
+        .await,
+        "{}",
+        server.log()
+    );
+    admin.close().await.unwrap();
+    let (rows, ids) = stored(&env, server).await;
+    assert_eq!((rows, ids), (sent_ok as i64, sent_ok as i64));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_locked_table_delays_records_and_says_so_but_loses_none() {
+    let Some(env) = Env::new(Backend::Postgres).await else {
+        return;
+    };
+    env.add_keys(&["a"]);
+    let server = env.start();
+    let mut sent_ok = traffic(&server, 20).await;
+    // Another session holds the table for 6 s.
+    let locker = connect(env.postgres().unwrap()).await;
+    let txn = sea_orm::TransactionTrait::begin(&locker).await.unwrap();
+    txn.execute_unprepared("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let locked = Instant::now();
+    sent_ok += traffic(&server, 40).await;
+    let log = server
+        .wait_log("a write of request records has not finished")
+        .await;
+    assert!(!log.contains("dropped"), "{log}");
+    let health = server.json("/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(locked.elapsed())).await;
+    txn.rollback().await.unwrap();
+    locker.close().await.unwrap();
+    sent_ok += traffic(&server, 20).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            server.json("/health").await["status"] == "ok"
+        })
+        .await,
+        "{}",
+        server.log()
+    );
+    let (rows, ids) = stored(&env, server).await;
+    assert_eq!((rows, ids), (sent_ok as i64, sent_ok as i64));
+}
