@@ -2,6 +2,8 @@
 //! After each, every request answered is in the table exactly once, counted through a fresh
 //! connection after a clean stop.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 mod common;
 
 use std::time::{Duration, Instant};
