@@ -15,6 +15,8 @@ pub enum Problem {
     DatabaseFile,
     /// Request records cannot be stored (or a write of them stalls).
     Records,
+    /// Request records wait in the spill file, or it takes no writes.
+    Spill,
 }
 
 /// Problems by what they are about; empty when healthy.
@@ -39,6 +41,14 @@ impl Health {
             tracing::error!(problem = %problem, "the server is degraded");
         }
         problems.insert(what, problem);
+    }
+
+    /// Whether there is a problem about `what`.
+    pub fn has(&self, what: Problem) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&what)
     }
 
     /// `what` is no longer a problem.

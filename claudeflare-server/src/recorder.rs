@@ -17,6 +17,9 @@ use crate::health::{Health, Problem};
 use crate::metrics::{CostLabels, Metrics, RequestLabels, StatusLabel};
 use crate::pricing::Pricing;
 
+mod spill;
+pub use spill::{FILE_NAME as SPILL_FILE, Queued, Spill};
+
 /// Records waiting for the writer at most.
 pub const QUEUE: usize = 4096;
 /// Records per transaction at most. (All the queue holds, 4,096, let a writer that fell behind
@@ -28,7 +31,7 @@ const LINGER: Duration = Duration::from_millis(20);
 
 /// The server's [`Recorder`].
 pub struct ServerRecorder {
-    queue: mpsc::Sender<(RequestRecord, f64)>,
+    queue: mpsc::Sender<Queued>,
     dropped: Arc<AtomicU64>,
     pricing: Setting<Pricing>,
     metrics: Arc<Metrics>,
@@ -40,7 +43,7 @@ impl ServerRecorder {
         pricing: Setting<Pricing>,
         metrics: Arc<Metrics>,
         dropped: Arc<AtomicU64>,
-    ) -> (Self, mpsc::Receiver<(RequestRecord, f64)>) {
+    ) -> (Self, mpsc::Receiver<Queued>) {
         let (queue, receiver) = mpsc::channel(QUEUE);
         (
             Self {
@@ -190,7 +193,8 @@ impl RecordSink for DatabaseConnection {
 const FIRST_RETRY_WAIT: Duration = Duration::from_millis(100);
 /// The longest wait between two tries of a failing write.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
-/// After a stop, how long the writer keeps trying to store what is left.
+/// After a stop, how long the writer keeps trying to store what is left; then what is left
+/// stays in the spill file for the next start.
 const STOP_RETRY: Duration = Duration::from_secs(10);
 /// While writes fail, one log line per this long (after the first).
 const FAILING_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -198,80 +202,298 @@ const FAILING_LOG_EVERY: Duration = Duration::from_secs(60);
 /// stopped answering): logged and shown by `/health` while it lasts, not only once the queue
 /// overflows.
 const STALLED_AFTER: Duration = Duration::from_secs(3);
+/// Once the queue holds this many records while the writer is busy, they move to the spill
+/// file: the queue never fills while the file takes them.
+const SPILL_AT: usize = QUEUE / 2;
+/// How often a writer busy with a write (or waiting to try one again) looks at the queue. At
+/// 20,000 requests a second the queue takes 200 records meanwhile, a tenth of [`SPILL_AT`].
+const SPILL_CHECK_EVERY: Duration = Duration::from_millis(10);
 
-/// Store queued records in batches (one transaction each) until `stop`, then store what is
-/// queued.
-///
-/// A batch that cannot be stored (the database is locked, read-only, gone for a moment) is kept
-/// and tried again with a growing wait, so writing resumes by itself the moment the database
-/// takes writes again and nothing recorded meanwhile is lost. While it waits the queue still
-/// takes records, up to its bound; beyond that they are counted as dropped.
-pub async fn write_records(
-    sink: impl RecordSink,
-    mut receiver: mpsc::Receiver<(RequestRecord, f64)>,
+/// The records not yet stored, oldest first: those in the spill file, then the queue's.
+pub struct Backlog {
+    receiver: mpsc::Receiver<Queued>,
+    spill: Spill,
     dropped: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    stop: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut stopping = false;
-    loop {
-        if !stopping {
-            stopping = tokio::select! {
-                received = receiver.recv_many(&mut batch, BATCH) => received == 0,
-                () = stop.cancelled() => true,
-            };
-            if !stopping && batch.len() < BATCH {
-                // Under load, a moment's wait makes one transaction of many records; idle, it
-                // only delays storing by that moment.
-                tokio::time::sleep(LINGER).await;
-            }
+    /// When a spill file error was last logged.
+    spill_logged_at: Option<tokio::time::Instant>,
+}
+
+impl Backlog {
+    /// The queue's receiving end, the spill file, the drop counter and what reports.
+    pub fn new(
+        receiver: mpsc::Receiver<Queued>,
+        spill: Spill,
+        dropped: Arc<AtomicU64>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
+        Self {
+            receiver,
+            spill,
+            dropped,
+            metrics,
+            health,
+            spill_logged_at: None,
         }
-        while batch.len() < BATCH {
-            match receiver.try_recv() {
-                Ok(row) => batch.push(row),
+    }
+
+    /// If the queue is half full, move what it holds to the spill file. When the file took no
+    /// writes last time, only the records held from then are tried again (once a second), and
+    /// the queue fills up to its bound.
+    async fn relieve(&mut self) {
+        if self.spill.holding() {
+            if self
+                .spill_logged_at
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+            {
+                return;
+            }
+            self.spill_to_file(Vec::new()).await;
+        } else if self.receiver.len() >= SPILL_AT {
+            self.spill_queue().await;
+        }
+    }
+
+    /// Move everything queued to the spill file.
+    async fn spill_queue(&mut self) {
+        let count = self.receiver.len();
+        let mut moved = Vec::with_capacity(count);
+        while moved.len() < count {
+            match self.receiver.try_recv() {
+                Ok(queued) => moved.push(queued),
                 Err(_) => break,
             }
         }
+        self.spill_to_file(moved).await;
+    }
+
+    async fn spill_to_file(&mut self, records: Vec<Queued>) {
+        let was_empty = self.spill.is_empty();
+        let spilled = self.spill.push(records).await;
+        self.drop_records(spilled.dropped, "the spill file is full (spill_max_bytes)");
+        if was_empty && spilled.written > 0 {
+            tracing::warn!(
+                file = %self.spill.path().display(),
+                count = spilled.written,
+                "the database is behind; request records wait in the spill file"
+            );
+        }
+        match spilled.error {
+            Some(error) => {
+                let now = tokio::time::Instant::now();
+                if self
+                    .spill_logged_at
+                    .is_none_or(|at| now - at >= FAILING_LOG_EVERY)
+                {
+                    tracing::error!(
+                        %error,
+                        file = %self.spill.path().display(),
+                        "cannot write the spill file; request records are kept in memory, up to the queue's bound"
+                    );
+                }
+                self.spill_logged_at = Some(now);
+                self.health.report(
+                    Problem::Spill,
+                    format!(
+                        "cannot write the spill file {} ({error}); request records beyond the in-memory queue are dropped",
+                        self.spill.path().display()
+                    ),
+                );
+            }
+            None => self.report_waiting(),
+        }
+    }
+
+    fn report_waiting(&self) {
+        let (bytes, held) = self.spill.waiting();
+        if bytes == 0 && held == 0 {
+            return;
+        }
+        self.health.report(
+            Problem::Spill,
+            format!(
+                "the database is behind: {bytes} bytes of request records wait in the spill file {}; they are stored as it takes them",
+                self.spill.path().display()
+            ),
+        );
+    }
+
+    fn drop_records(&self, count: u64, why: &str) {
+        if count == 0 {
+            return;
+        }
+        self.dropped.fetch_add(count, Ordering::Relaxed);
+        self.metrics.dropped_records.inc_by(count);
+        tracing::error!(count, why, "request records are lost");
+    }
+
+    /// Wait for `future`, moving the queue to the spill file when it fills meanwhile.
+    async fn meanwhile<T>(&mut self, future: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(future);
+        let mut check = tokio::time::interval(SPILL_CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                done = &mut future => return done,
+                _ = check.tick() => self.relieve().await,
+            }
+        }
+    }
+}
+
+/// Where the next batch came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The queue (or records held in memory by the spill): lost at a stop unless spilled.
+    Memory,
+    /// The spill file: still in it until it is emptied.
+    File,
+}
+
+/// Store queued records in batches (one transaction each) until `stop`, then store what is
+/// left.
+///
+/// A batch that cannot be stored (the database is locked, read-only, gone for a moment) is kept
+/// and tried again with a growing wait, so writing resumes by itself the moment the database
+/// takes writes again and nothing recorded meanwhile is lost. While it waits (or while a write
+/// takes long), the queue moves to the spill file whenever it is half full; batches are taken
+/// from the file, oldest first, before the queue. Only what the file cannot take beyond
+/// `spill_max_bytes` is dropped. At a stop, what cannot be stored within [`STOP_RETRY`] stays
+/// in the file for the next start.
+pub async fn write_records(sink: impl RecordSink, mut backlog: Backlog, stop: CancellationToken) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let give_up = |deadline: Option<tokio::time::Instant>| {
+        deadline.is_some_and(|at| tokio::time::Instant::now() >= at)
+    };
+    if !backlog.spill.is_empty() {
+        tracing::info!(
+            file = %backlog.spill.path().display(),
+            bytes = backlog.spill.waiting().0,
+            "storing the request records a previous run left in the spill file"
+        );
+    }
+    loop {
+        if deadline.is_none() && stop.is_cancelled() {
+            deadline = Some(tokio::time::Instant::now() + STOP_RETRY);
+        }
+        backlog.relieve().await;
+        let mut recheck = false;
+        let source = if !backlog.spill.is_empty() {
+            if give_up(deadline) {
+                break;
+            }
+            let from_file = backlog.spill.waiting().0 > 0;
+            match backlog.spill.take(&mut batch, BATCH).await {
+                Ok((check, unreadable)) => {
+                    recheck = check;
+                    backlog.drop_records(unreadable, "a line of the spill file cannot be read");
+                }
+                Err(error) => {
+                    tracing::error!(%error, file = %backlog.spill.path().display(), "cannot read the spill file; trying again");
+                    backlog.meanwhile(tokio::time::sleep(MAX_RETRY_WAIT)).await;
+                    continue;
+                }
+            }
+            if from_file {
+                Source::File
+            } else {
+                Source::Memory
+            }
+        } else {
+            if deadline.is_none() {
+                let closed = tokio::select! {
+                    received = backlog.receiver.recv_many(&mut batch, BATCH) => received == 0,
+                    () = stop.cancelled() => true,
+                };
+                if closed {
+                    deadline = Some(tokio::time::Instant::now() + STOP_RETRY);
+                } else if batch.len() < BATCH {
+                    // Under load, a moment's wait makes one transaction of many records;
+                    // idle, it only delays storing by that moment.
+                    backlog.meanwhile(tokio::time::sleep(LINGER)).await;
+                }
+            }
+            while batch.len() < BATCH {
+                match backlog.receiver.try_recv() {
+                    Ok(row) => batch.push(row),
+                    Err(_) => break,
+                }
+            }
+            Source::Memory
+        };
         if batch.is_empty() {
-            if stopping {
+            if deadline.is_some() && backlog.spill.is_empty() {
+                if let Err(error) = backlog.spill.finish().await {
+                    tracing::warn!(%error, file = %backlog.spill.path().display(), "cannot empty the spill file; what it holds is stored already and is checked again at the next start");
+                }
                 return;
             }
             continue;
         }
-        if !store(&sink, &batch, &health, &stop, stopping).await {
-            let count = batch.len() as u64;
-            dropped.fetch_add(count, Ordering::Relaxed);
-            metrics.dropped_records.inc_by(count);
-            tracing::error!(
-                count,
-                "the database still takes no writes after the shutdown; these request records are lost"
-            );
+        let stored = store(&sink, &batch, recheck, &mut backlog, &stop, &mut deadline).await;
+        if stored {
+            if backlog.spill.is_empty() {
+                if backlog.health.has(Problem::Spill) {
+                    tracing::info!(
+                        "the spill file is empty again: every request record in it is stored"
+                    );
+                }
+                backlog.health.solved(Problem::Spill);
+            } else {
+                backlog.report_waiting();
+            }
+        } else if source == Source::Memory {
+            backlog.spill_to_file(std::mem::take(&mut batch)).await;
         }
         batch.clear();
-        // The stop may have come while a write was being tried again.
-        stopping = stopping || stop.is_cancelled();
+        if !stored {
+            break;
+        }
+    }
+    // Stopped, and the database took no writes within `STOP_RETRY`: what is queued goes to the
+    // spill file for the next start; only what even the file cannot take is lost.
+    backlog.spill_queue().await;
+    let (bytes, held) = backlog.spill.waiting();
+    backlog.drop_records(
+        held as u64,
+        "the database and the spill file take no writes after the shutdown",
+    );
+    if bytes > 0 {
+        tracing::warn!(
+            file = %backlog.spill.path().display(),
+            bytes,
+            "the database took no writes before the shutdown; the request records left in the spill file are stored at the next start"
+        );
     }
 }
 
-/// Store `batch`, trying again with a growing wait while it fails. Gives up only once stopping
-/// and [`STOP_RETRY`] has passed; returns whether it was stored.
+/// Store `batch`, trying again with a growing wait while it fails. Gives up only once past the
+/// `deadline` (set at a stop); returns whether it was stored.
 async fn store(
     sink: &impl RecordSink,
     batch: &[(RequestRecord, f64)],
-    health: &Health,
+    recheck: bool,
+    backlog: &mut Backlog,
     stop: &CancellationToken,
-    mut stopping: bool,
+    deadline: &mut Option<tokio::time::Instant>,
 ) -> bool {
     let mut wait = FIRST_RETRY_WAIT;
     let mut failing_since: Option<tokio::time::Instant> = None;
     let mut logged_at: Option<tokio::time::Instant> = None;
-    let mut give_up_at = stopping.then(|| tokio::time::Instant::now() + STOP_RETRY);
     loop {
         // A batch tried before may have been stored by a commit whose answer was lost.
-        let recheck = failing_since.is_some();
-        let inserted = watch_stall(sink.insert(batch, recheck), batch.len(), health).await;
+        let recheck = recheck || failing_since.is_some();
+        let health = Arc::clone(&backlog.health);
+        let inserted = backlog
+            .meanwhile(watch_stall(
+                sink.insert(batch, recheck),
+                batch.len(),
+                &health,
+            ))
+            .await;
         let error = match inserted {
             Ok(()) => {
                 health.solved(Problem::Records);
@@ -290,7 +512,7 @@ async fn store(
         failing_since.get_or_insert(now);
         health.report(
             Problem::Records,
-            format!("the database takes no writes ({error}); request records are kept in memory and stored once it does"),
+            format!("the database takes no writes ({error}); request records are kept (in memory, then in the spill file) and stored once it does"),
         );
         if logged_at.is_none_or(|at| now - at >= FAILING_LOG_EVERY) {
             tracing::error!(
@@ -300,19 +522,22 @@ async fn store(
             );
             logged_at = Some(now);
         }
-        if give_up_at.is_some_and(|at| now >= at) {
+        if deadline.is_some_and(|at| now >= at) {
             return false;
         }
-        if stopping {
-            tokio::time::sleep(wait).await;
-        } else {
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = stop.cancelled() => {
-                    stopping = true;
-                    give_up_at = Some(tokio::time::Instant::now() + STOP_RETRY);
+        backlog
+            .meanwhile(async {
+                match deadline {
+                    Some(_) => tokio::time::sleep(wait).await,
+                    None => tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = stop.cancelled() => {}
+                    },
                 }
-            }
+            })
+            .await;
+        if deadline.is_none() && stop.is_cancelled() {
+            *deadline = Some(tokio::time::Instant::now() + STOP_RETRY);
         }
         wait = (wait * 2).min(MAX_RETRY_WAIT);
     }
@@ -336,7 +561,7 @@ async fn watch_stall<F: std::future::Future<Output = Result<(), DbError>>>(
                 tracing::warn!(count, seconds, "a write of request records has not finished; the database may be locked or unreachable");
                 health.report(
                     Problem::Records,
-                    format!("a write of request records has not finished after {seconds} s (the database may be locked or unreachable); records are kept in memory meanwhile"),
+                    format!("a write of request records has not finished after {seconds} s (the database may be locked or unreachable); records are kept (in memory, then in the spill file) meanwhile"),
                 );
             }
         }
@@ -376,6 +601,7 @@ mod tests {
     struct Flaky {
         failing: AtomicBool,
         attempts: AtomicUsize,
+        rechecked: AtomicUsize,
         stored: Mutex<Vec<String>>,
     }
 
@@ -383,10 +609,13 @@ mod tests {
         fn insert<'a>(
             &'a self,
             batch: &'a [(RequestRecord, f64)],
-            _recheck: bool,
+            recheck: bool,
         ) -> BoxFuture<'a, Result<(), DbError>> {
             Box::pin(async move {
                 self.attempts.fetch_add(1, Ordering::SeqCst);
+                if recheck && !self.failing.load(Ordering::SeqCst) {
+                    self.rechecked.fetch_add(1, Ordering::SeqCst);
+                }
                 if self.failing.load(Ordering::SeqCst) {
                     return Err(DbError::Query(sea_orm::DbErr::Custom(
                         "attempt to write a readonly database".into(),
@@ -410,10 +639,11 @@ mod tests {
 
     struct Writer {
         sink: Arc<Flaky>,
-        queue: mpsc::Sender<(RequestRecord, f64)>,
+        queue: mpsc::Sender<Queued>,
         dropped: Arc<AtomicU64>,
         stop: CancellationToken,
         task: tokio::task::JoinHandle<()>,
+        folder: tempfile::TempDir,
     }
 
     fn writer() -> Writer {
@@ -421,21 +651,23 @@ mod tests {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let task = tokio::spawn(write_records(
-            Arc::clone(&sink),
+        let folder = tempfile::tempdir().unwrap();
+        let spill = Spill::open(folder.path().join(SPILL_FILE), 1 << 30);
+        let backlog = Backlog::new(
             receiver,
+            spill,
             Arc::clone(&dropped),
             Arc::new(Metrics::new()),
             Arc::default(),
-            stopped,
-        ));
+        );
+        let task = tokio::spawn(write_records(Arc::clone(&sink), backlog, stop.clone()));
         Writer {
             sink,
             queue,
             dropped,
             stop,
             task,
+            folder,
         }
     }
 
@@ -472,7 +704,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stop_during_an_outage_counts_what_could_not_be_stored() {
+    async fn a_long_outage_spills_to_the_file_and_loses_nothing() {
+        let w = writer();
+        w.sink.failing.store(true, Ordering::SeqCst);
+        // Three queues' worth of records while the database takes none: they could not all
+        // wait in memory.
+        let total = QUEUE * 3;
+        for id in 0..total {
+            // The proxy would count a drop here: the writer moves the queue to the file
+            // within `SPILL_CHECK_EVERY` of it being half full.
+            assert!(
+                w.queue.try_send((record(id), 0.0)).is_ok(),
+                "the queue filled up at record {id}: it should have gone to the file"
+            );
+            if id % 512 == 0 {
+                tokio::time::sleep(SPILL_CHECK_EVERY * 2).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let spilled = std::fs::metadata(w.folder.path().join(SPILL_FILE))
+            .unwrap()
+            .len();
+        assert!(spilled > 0, "records are in the spill file");
+        assert!(w.sink.stored.lock().unwrap().is_empty());
+
+        w.sink.failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep(MAX_RETRY_WAIT * 2).await;
+        let stored = w.sink.stored.lock().unwrap().clone();
+        let expected: Vec<String> = (0..total).map(|id| format!("req-{id}")).collect();
+        assert_eq!(stored.len(), total);
+        assert_eq!(stored, expected, "in the order they were made");
+        assert_eq!(w.dropped.load(Ordering::SeqCst), 0);
+        w.stop.cancel();
+        w.task.await.unwrap();
+        // All of it stored: the file is emptied.
+        let left = std::fs::metadata(w.folder.path().join(SPILL_FILE))
+            .unwrap()
+            .len();
+        assert_eq!(left, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_an_outage_leaves_the_records_to_the_next_start() {
         let w = writer();
         w.sink.failing.store(true, Ordering::SeqCst);
         for id in 0..5 {
@@ -480,12 +753,40 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         w.stop.cancel();
-        // It keeps trying for a while after the stop, then gives up and says how many.
+        // It keeps trying for a while after the stop, then leaves them in the spill file.
         tokio::time::timeout(STOP_RETRY + MAX_RETRY_WAIT * 2, w.task)
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(w.dropped.load(Ordering::SeqCst), 5);
+        assert_eq!(w.dropped.load(Ordering::SeqCst), 0);
         assert!(w.sink.stored.lock().unwrap().is_empty());
+
+        // The next start stores them, checking what is stored already.
+        let sink = Arc::new(Flaky::default());
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let spill = Spill::open(w.folder.path().join(SPILL_FILE), 1 << 30);
+        let stop = CancellationToken::new();
+        let backlog = Backlog::new(
+            receiver,
+            spill,
+            Arc::clone(&w.dropped),
+            Arc::new(Metrics::new()),
+            Arc::default(),
+        );
+        let task = tokio::spawn(write_records(Arc::clone(&sink), backlog, stop.clone()));
+        queue.try_send((record(5), 0.0)).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stored = sink.stored.lock().unwrap().clone();
+        assert_eq!(
+            stored,
+            ["req-0", "req-1", "req-2", "req-3", "req-4", "req-5"]
+        );
+        assert_eq!(
+            sink.rechecked.load(Ordering::SeqCst),
+            1,
+            "the left batch is checked"
+        );
+        stop.cancel();
+        task.await.unwrap();
     }
 }

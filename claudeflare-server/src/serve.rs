@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use claudeflare_tower::auth::TokenRefresher;
-use claudeflare_tower::record::{Recorder, RequestRecord};
+use claudeflare_tower::intake::BodyBudget;
+use claudeflare_tower::record::Recorder;
 use claudeflare_tower::strategy::StrategyHandle;
 use claudeflare_tower::{AccountPool, Balancer, BalancerService, Setting};
 use sea_orm::DatabaseConnection;
@@ -45,6 +46,9 @@ struct Live {
     upstream: Setting<http::Uri>,
     body_limit: Setting<usize>,
     body_read_timeout: Setting<Duration>,
+    /// Shared by every HTTP thread's balancer; its limit follows `max_buffered_body_bytes`.
+    body_budget: BodyBudget,
+    buffered_limit: Setting<usize>,
     pricing: Setting<Pricing>,
     log: LogHandle,
 }
@@ -63,6 +67,7 @@ impl Live {
         self.body_limit.set(new.max_request_body_bytes);
         self.body_read_timeout
             .set(Duration::from_millis(new.body_read_timeout_ms));
+        self.buffered_limit.set(new.max_buffered_body_bytes);
         self.pricing.set(Pricing::new(new.pricing.clone()));
         if new.log_level != old.log_level {
             self.log.set_level(new.log_level);
@@ -74,14 +79,23 @@ impl Live {
             || new.header_read_timeout_ms != old.header_read_timeout_ms
             || new.shutdown_grace_seconds != old.shutdown_grace_seconds
             || new.allow_unauthenticated != old.allow_unauthenticated
+            || new.spill_max_bytes != old.spill_max_bytes
         {
             tracing::warn!(
-                "host, port, log_format, max_connections, header_read_timeout_ms, shutdown_grace_seconds and allow_unauthenticated take effect at the next start"
+                "host, port, log_format, max_connections, header_read_timeout_ms, shutdown_grace_seconds, allow_unauthenticated and spill_max_bytes take effect at the next start"
             );
         }
         self.config.set(new);
         tracing::info!("configuration reloaded");
     }
+}
+
+/// Where the spill file goes: beside the SQLite file, or in the configuration folder.
+fn spill_folder(url: &str, config_path: &Path) -> PathBuf {
+    db::sqlite_path(url)
+        .and_then(|file| file.parent().map(Path::to_path_buf))
+        .filter(|folder| !folder.as_os_str().is_empty())
+        .unwrap_or_else(|| config::config_folder(config_path).to_path_buf())
 }
 
 /// Run the server until SIGINT or SIGTERM.
@@ -107,7 +121,7 @@ struct Server {
     metrics: Arc<Metrics>,
     dropped: Arc<AtomicU64>,
     recorder: Arc<dyn Recorder>,
-    queue: mpsc::Receiver<(RequestRecord, f64)>,
+    queue: mpsc::Receiver<recorder::Queued>,
     refresher: Arc<dyn TokenRefresher>,
     health: Arc<Health>,
     access: Access,
@@ -141,6 +155,7 @@ impl Server {
         let usage = Arc::new(UsageMap::default());
         usage.load(&db::accounts::all(&db).await?);
         let dropped = Arc::new(AtomicU64::new(0));
+        let buffered_limit = Setting::new(config.max_buffered_body_bytes);
         let live = Live {
             config: Setting::new(config.clone()),
             strategy: StrategyHandle::new(config.strategy()),
@@ -148,6 +163,8 @@ impl Server {
             upstream: Setting::new(config.upstream_uri()),
             body_limit: Setting::new(config.max_request_body_bytes),
             body_read_timeout: Setting::new(Duration::from_millis(config.body_read_timeout_ms)),
+            body_budget: BodyBudget::new(buffered_limit.clone()),
+            buffered_limit,
             pricing: Setting::new(Pricing::new(config.pricing.clone())),
             log,
         };
@@ -271,6 +288,7 @@ impl Server {
             .upstream_url(self.live.upstream.clone())
             .body_limit(self.live.body_limit.clone())
             .body_read_timeout(self.live.body_read_timeout.clone())
+            .body_budget(self.live.body_budget.clone())
             .build()
     }
 
@@ -280,14 +298,18 @@ impl Server {
     fn spawn_background(self, stop: &CancellationToken) -> TaskTracker {
         let tasks = TaskTracker::new();
         let db = &self.db;
-        tasks.spawn(recorder::write_records(
-            db.clone(),
+        let spill = recorder::Spill::open(
+            spill_folder(&self.url, &self.path).join(recorder::SPILL_FILE),
+            self.config.spill_max_bytes,
+        );
+        let backlog = recorder::Backlog::new(
             self.queue,
+            spill,
             Arc::clone(&self.dropped),
             Arc::clone(&self.metrics),
             Arc::clone(&self.health),
-            stop.clone(),
-        ));
+        );
+        tasks.spawn(recorder::write_records(db.clone(), backlog, stop.clone()));
         tasks.spawn(store::exchange(
             Exchange {
                 db: db.clone(),

@@ -2,7 +2,9 @@
 //! and notes its model and stream flag in the [`RequestContext`] for `Record`.
 //!
 //! A body not read whole within the read timeout (60 s by default) is refused with 408, so a
-//! client that sends part of a body and stalls holds no memory past it.
+//! client that sends part of a body and stalls holds no memory past it. The bytes buffered for
+//! bodies at once, across every connection sharing a [`BodyBudget`], are capped too (256 MiB by
+//! default): a body that would go over it is refused with 503 at once (with `retry-after`).
 //!
 //! A body over the limit is refused with 413 in Anthropic's envelope before anything is sent
 //! upstream (at once when `content-length` says so), and so is, with 400, a path that could
@@ -17,14 +19,15 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode, header};
 use http_body::Body;
-use http_body_util::combinators::Collect;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use pin_project_lite::pin_project;
 use serde::Deserialize;
 use tower::util::Oneshot;
@@ -40,12 +43,83 @@ use crate::setting::Setting;
 pub const DEFAULT_BODY_LIMIT: usize = 32 * 1024 * 1024;
 /// How long a whole request body may take to arrive, by default.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// The bytes of request bodies buffered at once, across connections, by default.
+pub const DEFAULT_BUFFERED_LIMIT: usize = 256 * 1024 * 1024;
+
+/// The bytes all request bodies being read or sent upstream may take at once, shared by every
+/// clone (give one to each [`IntakeLayer`] or `Balancer` that should share it).
+#[derive(Debug, Clone)]
+pub struct BodyBudget(Arc<BudgetInner>);
+
+#[derive(Debug)]
+struct BudgetInner {
+    used: AtomicUsize,
+    limit: Setting<usize>,
+}
+
+impl BodyBudget {
+    /// A budget of `limit` bytes; a [`Setting`] lets it change while serving.
+    pub fn new(limit: impl Into<Setting<usize>>) -> Self {
+        Self(Arc::new(BudgetInner {
+            used: AtomicUsize::new(0),
+            limit: limit.into(),
+        }))
+    }
+
+    /// The bytes taken now.
+    pub fn in_use(&self) -> usize {
+        self.0.used.load(Ordering::Relaxed)
+    }
+
+    /// Take `bytes` for `reservation`, if they fit.
+    fn take(&self, reservation: &mut usize, bytes: usize) -> bool {
+        let limit = *self.0.limit.current();
+        let fits = self
+            .0
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= limit)
+            })
+            .is_ok();
+        if fits {
+            *reservation += bytes;
+        }
+        fits
+    }
+}
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        Self::new(DEFAULT_BUFFERED_LIMIT)
+    }
+}
+
+/// Bytes taken from a [`BodyBudget`] for one request, given back when its future is dropped.
+struct Reservation {
+    budget: BodyBudget,
+    bytes: usize,
+}
+
+impl Reservation {
+    fn take(&mut self, bytes: usize) -> bool {
+        self.budget.take(&mut self.bytes, bytes)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.budget.0.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        }
+    }
+}
 
 /// Buffers request bodies up to a limit. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct IntakeLayer {
     limit: Setting<usize>,
     read_timeout: Setting<Duration>,
+    budget: BodyBudget,
 }
 
 impl IntakeLayer {
@@ -54,12 +128,20 @@ impl IntakeLayer {
         Self {
             limit: limit.into(),
             read_timeout: Setting::new(DEFAULT_READ_TIMEOUT),
+            budget: BodyBudget::default(),
         }
     }
 
     /// How long a whole body may take to arrive ([`DEFAULT_READ_TIMEOUT`] unless set).
     pub fn read_timeout(mut self, timeout: impl Into<Setting<Duration>>) -> Self {
         self.read_timeout = timeout.into();
+        self
+    }
+
+    /// The budget of buffered bytes this layer takes from (one of
+    /// [`DEFAULT_BUFFERED_LIMIT`] of its own, shared by its clones, unless set).
+    pub fn budget(mut self, budget: BodyBudget) -> Self {
+        self.budget = budget;
         self
     }
 }
@@ -78,6 +160,7 @@ impl<S> Layer<S> for IntakeLayer {
             inner,
             limit: self.limit.clone(),
             read_timeout: self.read_timeout.clone(),
+            budget: self.budget.clone(),
         }
     }
 }
@@ -88,6 +171,7 @@ pub struct Intake<S> {
     inner: S,
     limit: Setting<usize>,
     read_timeout: Setting<Duration>,
+    budget: BodyBudget,
 }
 
 /// The request's top-level `model` and `stream`, everything else (the conversation) skipped by
@@ -139,11 +223,26 @@ where
         if declared.is_some_and(|len| len > limit as u64) {
             return ResponseFuture::answer(too_large(limit));
         }
+        // A declared length is taken from the budget (and allocated) at once; it is at most
+        // `limit`, checked above.
+        let declared = declared.map_or(0, |len| len as usize);
+        let mut reservation = Reservation {
+            budget: self.budget.clone(),
+            bytes: 0,
+        };
+        if !reservation.take(declared) {
+            return ResponseFuture::answer(too_busy());
+        }
         let context = RequestContext::get_or_insert(&mut req);
         let (parts, body) = req.into_parts();
         ResponseFuture {
+            reservation: Some(reservation),
             state: State::Reading {
-                collect: Limited::new(body, limit).collect(),
+                body,
+                buffer: Buffer {
+                    first: None,
+                    rest: BytesMut::with_capacity(declared),
+                },
                 deadline: tokio::time::sleep(*self.read_timeout.current()),
                 parts: Some(parts),
                 inner: Some(self.inner.clone()),
@@ -162,8 +261,42 @@ pin_project! {
         B: Body,
         B::Error: Into<BoxError>,
     {
+        // Dropped with the future: the bytes taken for the body are given back once the
+        // response has been handed on.
+        reservation: Option<Reservation>,
         #[pin]
         state: State<S, B>,
+    }
+}
+
+/// A body as it arrives: a body in one frame (the usual case) is kept as it came, without a
+/// copy; more frames are gathered in `rest`.
+struct Buffer {
+    first: Option<Bytes>,
+    rest: BytesMut,
+}
+
+impl Buffer {
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len) + self.rest.len()
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(data);
+            return;
+        }
+        if let Some(first) = self.first.take() {
+            self.rest.extend_from_slice(&first);
+        }
+        self.rest.extend_from_slice(&data);
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self.first {
+            Some(first) => first,
+            None => self.rest.freeze(),
+        }
     }
 }
 
@@ -178,7 +311,8 @@ pin_project! {
         /// Reading the body.
         Reading {
             #[pin]
-            collect: Collect<Limited<B>>,
+            body: B,
+            buffer: Buffer,
             #[pin]
             deadline: tokio::time::Sleep,
             parts: Option<http::request::Parts>,
@@ -201,6 +335,7 @@ where
 {
     fn answer(response: Response<ProxyBody>) -> Self {
         Self {
+            reservation: None,
             state: State::Answer {
                 response: Some(response),
             },
@@ -226,36 +361,60 @@ where
                 },
                 StateProj::Calling { future } => return future.poll(cx),
                 StateProj::Reading {
-                    collect,
+                    mut body,
+                    buffer,
                     deadline,
                     parts,
                     inner,
                     context,
                     limit,
                 } => {
-                    let collected = match collect.poll(cx) {
-                        Poll::Ready(collected) => collected,
-                        Poll::Pending => {
-                            std::task::ready!(deadline.poll(cx));
-                            return Poll::Ready(Ok(error_response(
-                                StatusCode::REQUEST_TIMEOUT,
-                                "the request body did not arrive in time",
-                            )));
-                        }
-                    };
-                    let bytes = match collected {
-                        Ok(collected) => collected.to_bytes(),
-                        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                    loop {
+                        let frame = match body.as_mut().poll_frame(cx) {
+                            Poll::Ready(Some(Ok(frame))) => frame,
+                            Poll::Ready(None) => break,
+                            Poll::Ready(Some(Err(error))) => {
+                                let error: BoxError = error.into();
+                                let message = format!("could not read the request body: {error}");
+                                return Poll::Ready(Ok(error_response(
+                                    StatusCode::BAD_REQUEST,
+                                    &message,
+                                )));
+                            }
+                            Poll::Pending => {
+                                std::task::ready!(deadline.poll(cx));
+                                return Poll::Ready(Ok(error_response(
+                                    StatusCode::REQUEST_TIMEOUT,
+                                    "the request body did not arrive in time",
+                                )));
+                            }
+                        };
+                        let Ok(data) = frame.into_data() else {
+                            // Trailers: nothing to keep.
+                            continue;
+                        };
+                        let len = buffer.len() + data.len();
+                        if len > *limit {
                             return Poll::Ready(Ok(too_large(*limit)));
                         }
-                        Err(error) => {
-                            let message = format!("could not read the request body: {error}");
-                            return Poll::Ready(Ok(error_response(
-                                StatusCode::BAD_REQUEST,
-                                &message,
-                            )));
+                        // Set in `call` for every future that reads a body.
+                        let reservation = this
+                            .reservation
+                            .as_mut()
+                            .expect("a reading intake holds a reservation");
+                        if len > reservation.bytes && !reservation.take(len - reservation.bytes) {
+                            return Poll::Ready(Ok(too_busy()));
                         }
-                    };
+                        buffer.push(data);
+                    }
+                    let bytes = std::mem::replace(
+                        buffer,
+                        Buffer {
+                            first: None,
+                            rest: BytesMut::new(),
+                        },
+                    )
+                    .into_bytes();
                     // Taken once: the state moves on to `Calling` right below.
                     let (Some(parts), Some(inner)) = (parts.take(), inner.take()) else {
                         panic!("intake::ResponseFuture polled after completion");
@@ -273,6 +432,18 @@ where
     }
 }
 
+/// The budget of buffered bytes is spent: try again in a moment.
+fn too_busy() -> Response<ProxyBody> {
+    let mut response = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many request bodies are being received at once (max_buffered_body_bytes); try again shortly",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    response
+}
+
 fn too_large(limit: usize) -> Response<ProxyBody> {
     let message = format!("request body is larger than the limit of {limit} bytes");
     error_response(StatusCode::PAYLOAD_TOO_LARGE, &message)
@@ -281,6 +452,29 @@ fn too_large(limit: usize) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+
+    /// A body of `frames` chunks of ten bytes, length unknown.
+    struct Chunks {
+        frames: usize,
+    }
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            if self.frames == 0 {
+                return Poll::Ready(None);
+            }
+            self.frames -= 1;
+            let data = Bytes::from_static(&[b'y'; 10]);
+            Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+        }
+    }
     use tower::ServiceExt;
 
     #[test]
@@ -326,5 +520,57 @@ mod tests {
             .body(Full::new(Bytes::new()))
             .unwrap();
         assert_eq!(service.oneshot(escaping).await.unwrap().status(), 400);
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_shared_budget_get_503_at_once_and_the_bytes_come_back() {
+        // The inner service holds each request until told: its body stays buffered meanwhile.
+        let (release, released) = tokio::sync::watch::channel(false);
+        let hold = tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let mut released = released.clone();
+            async move {
+                released.wait_for(|go| *go).await.unwrap();
+                let bytes = req.into_body().collect().await.unwrap().to_bytes();
+                Ok::<_, Infallible>(Response::new(ProxyBody::full(bytes)))
+            }
+        });
+        let budget = BodyBudget::new(100);
+        let layer = IntakeLayer::new(1000).budget(budget.clone());
+        // Two services (two HTTP threads, say) share the budget.
+        let (one, two) = (layer.layer(hold.clone()), layer.layer(hold));
+
+        let declared = |len: usize| {
+            Request::post("/v1/messages")
+                .header("content-length", len.to_string())
+                .body(Full::new(Bytes::from(vec![b'x'; len])))
+                .unwrap()
+        };
+        let first = tokio::spawn(one.clone().oneshot(declared(60)));
+        tokio::task::yield_now().await;
+        while budget.in_use() < 60 {
+            tokio::task::yield_now().await;
+        }
+        let refused = two.clone().oneshot(declared(50)).await.unwrap();
+        assert_eq!(refused.status(), 503);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        assert_eq!(budget.in_use(), 60, "a refused body takes nothing");
+
+        // A body of unknown length is counted as it arrives, and refused once it would not fit.
+        let chunked = Request::post("/v1/messages")
+            .body(Chunks { frames: 5 })
+            .unwrap();
+        let service = IntakeLayer::new(1000)
+            .budget(budget.clone())
+            .layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
+                Ok::<_, Infallible>(Response::new(ProxyBody::full(Bytes::new())))
+            }));
+        assert_eq!(service.oneshot(chunked).await.unwrap().status(), 503);
+        assert_eq!(budget.in_use(), 60);
+
+        release.send(true).unwrap();
+        assert_eq!(first.await.unwrap().unwrap().status(), 200);
+        assert_eq!(budget.in_use(), 0, "the bytes come back with the answer");
+        assert_eq!(two.oneshot(declared(50)).await.unwrap().status(), 200);
+        assert_eq!(budget.in_use(), 0);
     }
 }

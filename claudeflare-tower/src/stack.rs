@@ -10,7 +10,7 @@ use tower::ServiceBuilder;
 use crate::auth::{Auth, AuthLayer, TokenRefresher};
 use crate::classify::{Classify, ClassifyLayer};
 use crate::failover::{Failover, FailoverLayer, RetryConfig};
-use crate::intake::{DEFAULT_BODY_LIMIT, Intake, IntakeLayer};
+use crate::intake::{BodyBudget, DEFAULT_BODY_LIMIT, Intake, IntakeLayer};
 use crate::pool::AccountPool;
 use crate::provider::{Anthropic, Provider};
 use crate::record::{NoopRecorder, Record, RecordLayer, Recorder};
@@ -43,6 +43,7 @@ pub struct Balancer<P = Anthropic> {
     retry: Setting<RetryConfig>,
     body_limit: Setting<usize>,
     body_read_timeout: Setting<Duration>,
+    body_budget: BodyBudget,
     connect_timeout: Duration,
     first_byte_timeout: Duration,
     shutdown: Option<CancellationToken>,
@@ -74,6 +75,7 @@ impl<P: Provider> Balancer<P> {
             retry: Setting::default(),
             body_limit: Setting::new(DEFAULT_BODY_LIMIT),
             body_read_timeout: Setting::new(crate::intake::DEFAULT_READ_TIMEOUT),
+            body_budget: BodyBudget::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             shutdown: None,
@@ -117,6 +119,13 @@ impl<P: Provider> Balancer<P> {
         self
     }
 
+    /// The bytes request bodies may take at once (503 past it): give the same budget to every
+    /// balancer of a server, or each has its own [`DEFAULT_BUFFERED_LIMIT`](crate::intake::DEFAULT_BUFFERED_LIMIT).
+    pub fn body_budget(mut self, budget: BodyBudget) -> Self {
+        self.body_budget = budget;
+        self
+    }
+
     /// Upstream connect and first-byte timeouts.
     pub fn timeouts(mut self, connect: Duration, first_byte: Duration) -> Self {
         self.connect_timeout = connect;
@@ -144,7 +153,11 @@ impl<P: Provider> Balancer<P> {
         }
         ServiceBuilder::new()
             .layer(record)
-            .layer(IntakeLayer::new(self.body_limit).read_timeout(self.body_read_timeout))
+            .layer(
+                IntakeLayer::new(self.body_limit)
+                    .read_timeout(self.body_read_timeout)
+                    .budget(self.body_budget),
+            )
             .layer(SelectLayer::new(self.pool.clone(), self.strategy))
             .layer(FailoverLayer::new(self.retry))
             .layer(auth)

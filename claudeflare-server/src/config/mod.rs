@@ -61,6 +61,11 @@ pub struct Config {
     pub max_request_body_bytes: usize,
     /// How long a whole request body may take to arrive, in milliseconds (408 past it).
     pub body_read_timeout_ms: u64,
+    /// Bytes of request bodies buffered across all connections at most (503 past it).
+    pub max_buffered_body_bytes: usize,
+    /// Largest size of the spill file, where request records wait while the database takes
+    /// none; what is beyond it is dropped.
+    pub spill_max_bytes: u64,
     /// Days of request history kept.
     pub request_retention_days: u32,
     /// Subscription usage endpoint.
@@ -110,6 +115,8 @@ impl Default for Config {
                 .into(),
             max_request_body_bytes: claudeflare_tower::intake::DEFAULT_BODY_LIMIT,
             body_read_timeout_ms: 60_000,
+            max_buffered_body_bytes: claudeflare_tower::intake::DEFAULT_BUFFERED_LIMIT,
+            spill_max_bytes: 256 << 20,
             request_retention_days: 30,
             oauth_usage_url: "https://api.anthropic.com/api/oauth/usage".into(),
             usage_poll_interval_seconds: 300,
@@ -125,7 +132,7 @@ impl Default for Config {
 }
 
 /// File keys, which are also `CLAUDEFLARE_<KEY>` in the environment.
-const KEYS: [&str; 28] = [
+const KEYS: [&str; 30] = [
     "port",
     "host",
     "lb_strategy",
@@ -144,6 +151,8 @@ const KEYS: [&str; 28] = [
     "create_api_key_url",
     "max_request_body_bytes",
     "body_read_timeout_ms",
+    "max_buffered_body_bytes",
+    "spill_max_bytes",
     "request_retention_days",
     "oauth_usage_url",
     "usage_poll_interval_seconds",

@@ -35,7 +35,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
@@ -54,8 +54,9 @@ pub const ACCOUNT_HEADER: &str = "x-claudeflare-account";
 /// Response header carrying claudeflare's id of the request.
 pub const REQUEST_ID_HEADER: &str = "x-claudeflare-request-id";
 
-/// What happened to one client request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// What happened to one client request. It serializes and reads back whole (the server keeps
+/// records in a file while its database takes no writes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RequestRecord {
     /// claudeflare's id (also in `x-claudeflare-request-id`).

@@ -1,0 +1,394 @@
+//! The spill file: where request records wait on disk once the in-memory queue is half full (the
+//! database takes no writes, or fewer than arrive), to be stored in order later, by this run or
+//! the next one.
+//!
+//! One JSON line per record, `[record, cost]`, appended in batches to a file only the owner can
+//! read (`0600`). The writer takes records back from the front while the file grows at the
+//! back; once everything in it is stored, the file is emptied. What a previous run left is taken
+//! back first, and stored with a check for what is already stored (the run may have stopped
+//! between storing a batch and emptying the file).
+
+use std::io::{self, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use claudeflare_tower::record::RequestRecord;
+use tokio::fs::{File, OpenOptions};
+use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
+
+/// Its name, in the folder of the database (or of the configuration, for PostgreSQL).
+pub const FILE_NAME: &str = "request-records.spill";
+
+/// A record and its cost, as queued.
+pub type Queued = (RequestRecord, f64);
+
+/// The spill file and the writer's place in it.
+pub struct Spill {
+    path: PathBuf,
+    max_bytes: u64,
+    /// The appending handle, opened on the first spill.
+    writer: Option<File>,
+    reader: Option<BufReader<File>>,
+    /// Bytes of whole lines in the file: what is read back, and where the next batch goes.
+    len: u64,
+    /// Bytes of it taken back.
+    read: u64,
+    /// What a previous run left ends here: taken back with a check for what is stored.
+    replay_until: u64,
+    /// Records moved out of the queue whose write to the file failed: written first next
+    /// time, or taken back from here once the file is exhausted.
+    held: Vec<Queued>,
+    /// A failed write could not be undone: the file's end is not [`Self::len`], so nothing more
+    /// is appended to it in this run until it has been read back and emptied.
+    damaged: bool,
+}
+
+/// What a spill did.
+#[derive(Debug, Default)]
+pub struct Spilled {
+    /// Records written to the file.
+    pub written: u64,
+    /// Records that did not fit under `spill_max_bytes`: lost.
+    pub dropped: u64,
+    /// Why the others could not be written (they are held).
+    pub error: Option<io::Error>,
+}
+
+impl Spill {
+    /// The spill file at `path`, capped at `max_bytes`; what a previous run left in it is
+    /// taken back first.
+    pub fn open(path: PathBuf, max_bytes: u64) -> Self {
+        let left = end_whole_lines(&path);
+        Self {
+            path,
+            max_bytes,
+            writer: None,
+            reader: None,
+            len: left,
+            read: 0,
+            replay_until: left,
+            held: Vec::new(),
+            damaged: false,
+        }
+    }
+
+    /// Everything spilled has been stored: empty the file (done by [`Self::take`] otherwise).
+    pub async fn finish(&mut self) -> io::Result<()> {
+        if self.is_empty() {
+            self.empty().await?;
+        }
+        Ok(())
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether every record spilled has been taken back.
+    pub fn is_empty(&self) -> bool {
+        self.read >= self.len && self.held.is_empty()
+    }
+
+    /// Bytes waiting in the file (and records held in memory, when the file takes no writes).
+    pub fn waiting(&self) -> (u64, usize) {
+        (self.len.saturating_sub(self.read), self.held.len())
+    }
+
+    /// Append `records` (after any held from a failed write) to the file. On an error they are
+    /// held, to be written first next time (see [`Self::holding`]); what is over the cap is
+    /// dropped either way.
+    pub async fn push(&mut self, records: impl IntoIterator<Item = Queued>) -> Spilled {
+        self.held.extend(records);
+        let mut spilled = Spilled::default();
+        if self.held.is_empty() {
+            return spilled;
+        }
+        if self.damaged {
+            spilled.error = Some(io::Error::other(
+                "an earlier write to it failed and could not be undone; it takes records again once emptied",
+            ));
+            return spilled;
+        }
+        let mut lines = Vec::with_capacity(self.held.len() * 512);
+        let (len, max) = (self.len, self.max_bytes);
+        self.held.retain(|(record, cost)| {
+            let start = lines.len();
+            // Writing plain data (strings, numbers, a timestamp) to a `Vec` cannot fail.
+            serde_json::to_writer(&mut lines, &(record, cost)).expect("a record serializes");
+            lines.push(b'\n');
+            let fits = len + lines.len() as u64 <= max;
+            if !fits {
+                lines.truncate(start);
+                spilled.dropped += 1;
+            }
+            fits
+        });
+        match self.append(&lines).await {
+            Ok(()) => {
+                spilled.written = self.held.len() as u64;
+                self.held.clear();
+            }
+            Err(error) => spilled.error = Some(error),
+        }
+        spilled
+    }
+
+    /// Whether records are held in memory because the file took no writes.
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    async fn append(&mut self, lines: &[u8]) -> io::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let writer = match &mut self.writer {
+            Some(writer) => writer,
+            None => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&self.path)
+                    .await?;
+                // A file left by an older run may have been made with other permissions.
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .await?;
+                self.writer.insert(file)
+            }
+        };
+        let written = async {
+            writer.write_all(lines).await?;
+            writer.flush().await
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                self.len += lines.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                // Part of the batch may be in the file: cut it off, or write no more to it.
+                if writer.set_len(self.len).await.is_err() {
+                    self.damaged = true;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Take the next records back, up to `max`, into `batch`: from the file, then those held.
+    /// Returns whether they must be checked against what is stored (a previous run's), and how
+    /// many lines could not be read (lost; a run killed mid-write leaves half a line).
+    pub async fn take(&mut self, batch: &mut Vec<Queued>, max: usize) -> io::Result<(bool, u64)> {
+        if self.read >= self.len {
+            self.empty().await?;
+            let count = max.min(self.held.len());
+            batch.extend(self.held.drain(..count));
+            return Ok((false, 0));
+        }
+        let recheck = self.read < self.replay_until;
+        let reader = match &mut self.reader {
+            Some(reader) => reader,
+            None => {
+                let mut file = File::open(&self.path).await?;
+                file.seek(SeekFrom::Start(self.read)).await?;
+                self.reader.insert(BufReader::new(file))
+            }
+        };
+        let mut line = Vec::with_capacity(1024);
+        let mut unreadable = 0;
+        while batch.len() < max && self.read < self.len {
+            line.clear();
+            let count = reader.read_until(b'\n', &mut line).await?;
+            if count == 0 {
+                // The file is shorter than it was: someone else cut it.
+                self.read = self.len;
+                break;
+            }
+            self.read += count as u64;
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Queued>(&line) {
+                Ok(queued) => batch.push(queued),
+                Err(_) => unreadable += 1,
+            }
+        }
+        Ok((recheck, unreadable))
+    }
+
+    /// Everything in the file was taken back and stored: empty it, so it does not grow for ever.
+    async fn empty(&mut self) -> io::Result<()> {
+        if self.len == 0 && !self.damaged {
+            return Ok(());
+        }
+        match &mut self.writer {
+            Some(writer) => writer.set_len(0).await?,
+            None => {
+                OpenOptions::new()
+                    .write(true)
+                    .open(&self.path)
+                    .await?
+                    .set_len(0)
+                    .await?
+            }
+        }
+        if let Some(reader) = &mut self.reader {
+            reader.seek(SeekFrom::Start(0)).await?;
+        }
+        self.len = 0;
+        self.read = 0;
+        self.replay_until = 0;
+        self.damaged = false;
+        Ok(())
+    }
+}
+
+/// The length of the file at `path` (0 if there is none), after ending it with a newline if a
+/// run killed mid-write left half a line: that line is then read (and counted) as unreadable,
+/// and the lines appended after it are whole.
+fn end_whole_lines(path: &Path) -> u64 {
+    use std::io::{Read, Seek, Write};
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(path)
+    else {
+        return 0;
+    };
+    let len = file.metadata().map_or(0, |metadata| metadata.len());
+    if len == 0 {
+        return 0;
+    }
+    let mut last = [0];
+    let ends_whole = file.seek(SeekFrom::Start(len - 1)).is_ok()
+        && file.read_exact(&mut last).is_ok()
+        && last[0] == b'\n';
+    if !ends_whole && file.write_all(b"\n").is_ok() {
+        return len + 1;
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn record(id: usize) -> Queued {
+        let mut record =
+            RequestRecord::new(format!("req-{id}"), Utc::now(), "POST", "/v1/messages");
+        record.status = Some(200);
+        record.success = true;
+        record.account = Some("a\n\u{1b}[31m".into());
+        record.usage.output_tokens = id as u64;
+        (record, id as f64 / 100.0)
+    }
+
+    fn ids(batch: &[Queued]) -> Vec<String> {
+        batch.iter().map(|(record, _)| record.id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn records_come_back_whole_and_in_order_and_the_file_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let mut spill = Spill::open(path.clone(), 1 << 20);
+        assert!(spill.is_empty());
+        assert!(!path.exists(), "no file until something is spilled");
+
+        let first: Vec<Queued> = (0..5).map(record).collect();
+        let pushed = spill.push(first.clone()).await;
+        assert_eq!((pushed.written, pushed.dropped), (5, 0));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let mut batch = Vec::new();
+        assert_eq!(spill.take(&mut batch, 3).await.unwrap(), (false, 0));
+        // More arrive while the first ones are taken back: they come after them.
+        spill.push((5..8).map(record)).await;
+        spill.take(&mut batch, 100).await.unwrap();
+        assert_eq!(ids(&batch), ids(&(0..8).map(record).collect::<Vec<_>>()));
+        assert_eq!(batch[..5], first[..]);
+        assert!(spill.is_empty());
+
+        // Once all of it is stored (the next take), the file is emptied.
+        let mut none = Vec::new();
+        spill.take(&mut none, 100).await.unwrap();
+        assert!(none.is_empty());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        spill.push((8..10).map(record)).await;
+        spill.take(&mut none, 100).await.unwrap();
+        assert_eq!(ids(&none), ["req-8", "req-9"]);
+    }
+
+    #[tokio::test]
+    async fn what_a_previous_run_left_is_taken_back_first_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let mut before = Spill::open(path.clone(), 1 << 20);
+        before.push((0..4).map(record)).await;
+        drop(before);
+        // A run killed mid-write leaves half a line.
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(b"[{\"id\":\"req-ha").unwrap();
+
+        let mut spill = Spill::open(path, 1 << 20);
+        assert!(!spill.is_empty());
+        spill.push((4..6).map(record)).await;
+        let mut batch = Vec::new();
+        let (recheck, unreadable) = spill.take(&mut batch, 4).await.unwrap();
+        assert!(recheck, "a previous run's records may be stored already");
+        assert_eq!(unreadable, 0);
+        assert_eq!(ids(&batch), ["req-0", "req-1", "req-2", "req-3"]);
+        let mut rest = Vec::new();
+        let (_, unreadable) = spill.take(&mut rest, 10).await.unwrap();
+        assert_eq!(unreadable, 1, "the half line");
+        assert_eq!(ids(&rest), ["req-4", "req-5"]);
+    }
+
+    #[tokio::test]
+    async fn only_what_is_beyond_the_cap_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let line = {
+            let mut line = serde_json::to_vec(&record(0)).unwrap();
+            line.push(b'\n');
+            line.len() as u64
+        };
+        let mut spill = Spill::open(path.clone(), line * 3 + 10);
+        let pushed = spill.push((0..5).map(record)).await;
+        assert_eq!((pushed.written, pushed.dropped), (3, 2));
+        let mut batch = Vec::new();
+        spill.take(&mut batch, 10).await.unwrap();
+        assert_eq!(ids(&batch), ["req-0", "req-1", "req-2"]);
+        // Emptied, it takes records again.
+        spill.take(&mut Vec::new(), 10).await.unwrap();
+        assert_eq!(spill.push((5..8).map(record)).await.written, 3);
+    }
+
+    #[tokio::test]
+    async fn records_that_cannot_be_written_are_held_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // A folder where the file should be: every open fails.
+        let path = dir.path().join(FILE_NAME);
+        std::fs::create_dir(&path).unwrap();
+        let mut spill = Spill::open(path.clone(), 1 << 20);
+        assert!(spill.push((0..3).map(record)).await.error.is_some());
+        assert!(spill.holding());
+        assert!(!spill.is_empty());
+        std::fs::remove_dir(&path).unwrap();
+        // Writable again: the held records go first.
+        assert_eq!(spill.push((3..5).map(record)).await.written, 5);
+        let mut batch = Vec::new();
+        spill.take(&mut batch, 10).await.unwrap();
+        assert_eq!(ids(&batch), ["req-0", "req-1", "req-2", "req-3", "req-4"]);
+    }
+}
