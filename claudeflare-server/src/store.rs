@@ -337,9 +337,21 @@ pub async fn exchange(mut exchange: Exchange, stop: CancellationToken) {
             }
         }
     }
-    exchange.write_blocks().await;
-    exchange.write_changes().await;
+    // Bounded: a database that takes no writes must not hold the shutdown for the pool's
+    // acquire timeout once per account.
+    let last = async {
+        exchange.write_blocks().await;
+        exchange.write_changes().await
+    };
+    if !matches!(tokio::time::timeout(STOP_WRITE, last).await, Ok(true)) {
+        tracing::warn!(
+            "the database takes no writes: the accounts' latest state (counters, rate limits) is not stored"
+        );
+    }
 }
+
+/// How long the last write of account state at a shutdown may take.
+const STOP_WRITE: Duration = Duration::from_secs(10);
 
 impl Exchange {
     /// Store the live state of every account changed since the last write; returns whether
@@ -347,6 +359,11 @@ impl Exchange {
     async fn write_changes(&mut self) -> bool {
         let mut failed = None;
         for id in self.store.take() {
+            if failed.is_some() {
+                // The database failed the last write: the others wait for the next try.
+                self.store.dirty_again(id);
+                continue;
+            }
             if let Err(error) = self.write(&id).await {
                 self.store.dirty_again(id);
                 failed = Some(error);

@@ -4,7 +4,8 @@
 //! A body not read whole within the read timeout (60 s by default) is refused with 408, so a
 //! client that sends part of a body and stalls holds no memory past it. The bytes buffered for
 //! bodies at once, across every connection sharing a [`BodyBudget`], are capped too (256 MiB by
-//! default): a body that would go over it is refused with 503 at once (with `retry-after`).
+//! default): a body whose next bytes would go over it is refused with 503 at once (with
+//! `retry-after`), and its bytes are given back.
 //!
 //! A body over the limit is refused with 413 in Anthropic's envelope before anything is sent
 //! upstream (at once when `content-length` says so), and so is, with 400, a path that could
@@ -223,25 +224,20 @@ where
         if declared.is_some_and(|len| len > limit as u64) {
             return ResponseFuture::answer(too_large(limit));
         }
-        // A declared length is taken from the budget (and allocated) at once; it is at most
-        // `limit`, checked above.
-        let declared = declared.map_or(0, |len| len as usize);
-        let mut reservation = Reservation {
-            budget: self.budget.clone(),
-            bytes: 0,
-        };
-        if !reservation.take(declared) {
-            return ResponseFuture::answer(too_busy());
-        }
         let context = RequestContext::get_or_insert(&mut req);
         let (parts, body) = req.into_parts();
         ResponseFuture {
-            reservation: Some(reservation),
+            reservation: Some(Reservation {
+                budget: self.budget.clone(),
+                bytes: 0,
+            }),
             state: State::Reading {
                 body,
                 buffer: Buffer {
                     first: None,
-                    rest: BytesMut::with_capacity(declared),
+                    rest: BytesMut::new(),
+                    // At most `limit`, checked above.
+                    declared: declared.map_or(0, |len| len as usize),
                 },
                 deadline: tokio::time::sleep(*self.read_timeout.current()),
                 parts: Some(parts),
@@ -270,10 +266,12 @@ pin_project! {
 }
 
 /// A body as it arrives: a body in one frame (the usual case) is kept as it came, without a
-/// copy; more frames are gathered in `rest`.
+/// copy or an allocation; more frames are gathered in `rest`, allocated once for the declared
+/// length.
 struct Buffer {
     first: Option<Bytes>,
     rest: BytesMut,
+    declared: usize,
 }
 
 impl Buffer {
@@ -287,6 +285,8 @@ impl Buffer {
             return;
         }
         if let Some(first) = self.first.take() {
+            self.rest
+                .reserve(self.declared.max(first.len() + data.len()));
             self.rest.extend_from_slice(&first);
         }
         self.rest.extend_from_slice(&data);
@@ -412,6 +412,7 @@ where
                         Buffer {
                             first: None,
                             rest: BytesMut::new(),
+                            declared: 0,
                         },
                     )
                     .into_bytes();
