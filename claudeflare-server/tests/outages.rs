@@ -10,63 +10,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use claudeflare_testkit::TestClient;
-use common::{Env, eventually};
+use common::{Answered, Env, clients, eventually, flood};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const SPILL: &str = "request-records.spill";
-
-type Answered = Arc<Mutex<Vec<(String, Instant)>>>;
-
-/// `connections` clients send requests back to back until `until`; returns the ids of those
-/// answered 200 with the time each answer came (every answer must be a 200).
-async fn flood(client: &TestClient, connections: usize, until: Instant) -> Vec<(String, Instant)> {
-    let answered = Answered::default();
-    for result in clients(client, connections, until, &answered).await {
-        result.unwrap();
-    }
-    Arc::into_inner(answered).unwrap().into_inner().unwrap()
-}
-
-/// The clients of [`flood`], each answer added to `answered` as it comes; each client's task
-/// fails at its first request not answered 200 (or not answered at all).
-async fn clients(
-    client: &TestClient,
-    connections: usize,
-    until: Instant,
-    answered: &Answered,
-) -> Vec<Result<(), tokio::task::JoinError>> {
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let client = client.clone();
-            let answered = Arc::clone(answered);
-            tokio::spawn(async move {
-                let body = serde_json::json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
-                    "messages": [{"role": "user", "content": "hi"}]});
-                while Instant::now() < until {
-                    let response = client
-                        .post_json("/v1/messages", &body, &[("x-api-key", "client-key")])
-                        .await;
-                    assert_eq!(response.status, 200, "{}", response.text());
-                    let id = response
-                        .header("x-claudeflare-request-id")
-                        .unwrap()
-                        .to_owned();
-                    answered.lock().unwrap().push((id, Instant::now()));
-                }
-            })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await);
-    }
-    results
-}
 
 /// `chattr FLAG` on the database file and its `-wal` (not `-shm`: see `db/sqlite.rs`).
 fn chattr(db: &Path, flag: &str) -> bool {

@@ -434,3 +434,56 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Requests answered 200: their ids, and when each answer came.
+pub type Answered = Arc<Mutex<Vec<(String, Instant)>>>;
+
+/// `connections` clients send requests back to back until `until`; returns the ids of those
+/// answered 200 with the time each answer came (every answer must be a 200).
+pub async fn flood(
+    client: &TestClient,
+    connections: usize,
+    until: Instant,
+) -> Vec<(String, Instant)> {
+    let answered = Answered::default();
+    for result in clients(client, connections, until, &answered).await {
+        result.unwrap();
+    }
+    Arc::into_inner(answered).unwrap().into_inner().unwrap()
+}
+
+/// The clients of [`flood`], each answer added to `answered` as it comes; each client's task
+/// fails at its first request not answered 200 (or not answered at all).
+pub async fn clients(
+    client: &TestClient,
+    connections: usize,
+    until: Instant,
+    answered: &Answered,
+) -> Vec<Result<(), tokio::task::JoinError>> {
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let client = client.clone();
+            let answered = Arc::clone(answered);
+            tokio::spawn(async move {
+                let body = serde_json::json!({"model": "claude-sonnet-4-20250514", "max_tokens": 16,
+                    "messages": [{"role": "user", "content": "hi"}]});
+                while Instant::now() < until {
+                    let response = client
+                        .post_json("/v1/messages", &body, &[("x-api-key", "client-key")])
+                        .await;
+                    assert_eq!(response.status, 200, "{}", response.text());
+                    let id = response
+                        .header("x-claudeflare-request-id")
+                        .unwrap()
+                        .to_owned();
+                    answered.lock().unwrap().push((id, Instant::now()));
+                }
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await);
+    }
+    results
+}
