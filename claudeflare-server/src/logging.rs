@@ -20,9 +20,17 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 fn filter(log_level: LogLevel) -> EnvFilter {
     let level = log_level.directive();
-    // Our crates at the chosen level; libraries only when something is wrong.
+    // Our crates at the chosen level; libraries only when something is wrong. Except the
+    // database pool's line for each failed connection attempt (several a second while the
+    // database is away): the server says so itself, once and then once a minute. At DEBUG it
+    // is shown.
+    let pool = if level == "debug" {
+        ""
+    } else {
+        ",sqlx_core::pool::inner=off"
+    };
     EnvFilter::new(format!(
-        "warn,claudeflare_server={level},claudeflare_tower={level}"
+        "warn,claudeflare_server={level},claudeflare_tower={level}{pool}"
     ))
 }
 
