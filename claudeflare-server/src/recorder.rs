@@ -205,6 +205,9 @@ const STALLED_AFTER: Duration = Duration::from_secs(3);
 /// Once the queue holds this many records while the writer is busy, they move to the spill
 /// file: the queue never fills while the file takes them.
 const SPILL_AT: usize = QUEUE / 2;
+/// Reads of the spill file that may fail in a row (with [`MAX_RETRY_WAIT`] between them)
+/// before what is left in it is given up.
+const SPILL_READ_TRIES: u32 = 3;
 /// How often a writer busy with a write (or waiting to try one again) looks at the queue. At
 /// 20,000 requests a second the queue takes 200 records meanwhile, a tenth of [`SPILL_AT`].
 const SPILL_CHECK_EVERY: Duration = Duration::from_millis(10);
@@ -365,6 +368,8 @@ enum Source {
 pub async fn write_records(sink: impl RecordSink, mut backlog: Backlog, stop: CancellationToken) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut deadline: Option<tokio::time::Instant> = None;
+    // Reads of the spill file that failed in a row.
+    let mut unreadable_for = 0;
     let give_up = |deadline: Option<tokio::time::Instant>| {
         deadline.is_some_and(|at| tokio::time::Instant::now() >= at)
     };
@@ -388,12 +393,26 @@ pub async fn write_records(sink: impl RecordSink, mut backlog: Backlog, stop: Ca
             let from_file = backlog.spill.waiting().0 > 0;
             match backlog.spill.take(&mut batch, BATCH).await {
                 Ok((check, unreadable)) => {
+                    unreadable_for = 0;
                     recheck = check;
                     backlog.drop_records(unreadable, "a line of the spill file cannot be read");
                 }
                 Err(error) => {
-                    tracing::error!(%error, file = %backlog.spill.path().display(), "cannot read the spill file; trying again");
-                    backlog.meanwhile(tokio::time::sleep(MAX_RETRY_WAIT)).await;
+                    unreadable_for += 1;
+                    if unreadable_for < SPILL_READ_TRIES {
+                        tracing::error!(%error, file = %backlog.spill.path().display(), "cannot read the spill file; trying again");
+                        backlog.meanwhile(tokio::time::sleep(MAX_RETRY_WAIT)).await;
+                    } else {
+                        // The writer must not stop for a file it cannot read: what is left in
+                        // it is given up, said so, and the queue is stored as usual.
+                        let bytes = backlog.spill.skip_rest().await;
+                        tracing::error!(%error, file = %backlog.spill.path().display(), bytes, "cannot read the spill file; the request records left in it are lost");
+                        backlog.health.report(
+                            Problem::Spill,
+                            format!("{bytes} bytes of request records in the spill file {} could not be read and are lost ({error})", backlog.spill.path().display()),
+                        );
+                        unreadable_for = 0;
+                    }
                     continue;
                 }
             }

@@ -219,6 +219,23 @@ impl Spill {
         Ok((recheck, unreadable))
     }
 
+    /// Give up what is left in the file (it cannot be read, or was removed): returns its bytes.
+    /// The file is started afresh; if it cannot even be emptied, nothing more is spilled to it
+    /// until it can.
+    pub async fn skip_rest(&mut self) -> u64 {
+        let skipped = self.len.saturating_sub(self.read);
+        self.reader = None;
+        self.writer = None;
+        self.len = 0;
+        self.read = 0;
+        self.replay_until = 0;
+        self.damaged = match OpenOptions::new().write(true).open(&self.path).await {
+            Ok(file) => file.set_len(0).await.is_err(),
+            Err(error) => error.kind() != io::ErrorKind::NotFound,
+        };
+        skipped
+    }
+
     /// Everything in the file was taken back and stored: empty it, so it does not grow for ever.
     async fn empty(&mut self) -> io::Result<()> {
         if self.len == 0 && !self.damaged {
@@ -226,17 +243,17 @@ impl Spill {
         }
         match &mut self.writer {
             Some(writer) => writer.set_len(0).await?,
-            None => {
-                OpenOptions::new()
-                    .write(true)
-                    .open(&self.path)
-                    .await?
-                    .set_len(0)
-                    .await?
-            }
+            None => match OpenOptions::new().write(true).open(&self.path).await {
+                Ok(file) => file.set_len(0).await?,
+                // Removed by someone: nothing to empty.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            },
         }
         if let Some(reader) = &mut self.reader {
-            reader.seek(SeekFrom::Start(0)).await?;
+            if reader.seek(SeekFrom::Start(0)).await.is_err() {
+                self.reader = None;
+            }
         }
         self.len = 0;
         self.read = 0;
@@ -372,6 +389,24 @@ mod tests {
         // Emptied, it takes records again.
         spill.take(&mut Vec::new(), 10).await.unwrap();
         assert_eq!(spill.push((5..8).map(record)).await.written, 3);
+    }
+
+    #[tokio::test]
+    async fn a_spill_file_removed_under_the_writer_is_given_up_and_started_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let mut spill = Spill::open(path.clone(), 1 << 20);
+        spill.push((0..3).map(record)).await;
+        std::fs::remove_file(&path).unwrap();
+        let mut batch = Vec::new();
+        spill.take(&mut batch, 10).await.unwrap_err();
+        assert!(spill.skip_rest().await > 0);
+        assert!(spill.is_empty());
+        // New records go to a new file, and come back.
+        assert_eq!(spill.push((3..5).map(record)).await.written, 2);
+        assert!(path.exists());
+        spill.take(&mut batch, 10).await.unwrap();
+        assert_eq!(ids(&batch), ["req-3", "req-4"]);
     }
 
     #[tokio::test]
