@@ -402,7 +402,7 @@ where
                             .reservation
                             .as_mut()
                             .expect("a reading intake holds a reservation");
-                        if len > reservation.bytes && !reservation.take(len - reservation.bytes) {
+                        if !reservation.take(data.len()) {
                             return Poll::Ready(Ok(too_busy()));
                         }
                         buffer.push(data);

@@ -155,20 +155,29 @@ async fn write_sqlite(
     recheck: bool,
 ) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
-    let mut conn = pool.acquire().await?;
-    let result = async {
+    on_own_connection(pool, async |conn| {
         let mut txn = conn.begin_with("BEGIN IMMEDIATE").await?;
         let rows = prepare::<sqlx::Sqlite>(&mut txn, statements, batch, recheck).await?;
         insert_values(&mut txn, statements, &rows).await?;
         txn.commit().await?;
-        if !super::sqlite::sound(&mut conn).await? {
+        if !super::sqlite::sound(conn).await? {
             return Err(sqlx::Error::Protocol(
                 "the commit returned, but SQLite is still inside a transaction".into(),
             ));
         }
         Ok(())
-    }
-    .await;
+    })
+    .await
+}
+
+/// Run `write` on a connection of its own from `pool`. A connection whose write failed is
+/// closed, never given back (see [`insert_batch`]).
+async fn on_own_connection<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    write: impl AsyncFnOnce(&mut sqlx::pool::PoolConnection<DB>) -> Result<(), sqlx::Error>,
+) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let result = write(&mut conn).await;
     if result.is_err() {
         conn.close_on_drop();
     }
@@ -183,8 +192,7 @@ async fn write_postgres(
     recheck: bool,
 ) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
-    let mut conn = pool.acquire().await?;
-    let result = async {
+    on_own_connection(pool, async |conn| {
         let mut txn = conn.begin().await?;
         if let Some(prelude) = statements.prelude {
             sqlx::query(prelude).execute(&mut *txn).await?;
@@ -196,12 +204,8 @@ async fn write_postgres(
             copy.finish().await?;
         }
         txn.commit().await
-    }
-    .await;
-    if result.is_err() {
-        conn.close_on_drop();
-    }
-    result
+    })
+    .await
 }
 
 /// What of `batch` to insert (all of it, or with `recheck` what is not stored yet), with the

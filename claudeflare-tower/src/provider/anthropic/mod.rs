@@ -1,5 +1,5 @@
 //! [`Anthropic`]: the Messages API, its rate-limit headers, error envelopes, SSE usage events and
-//! OAuth refresh grant, as `../shared/docs/anthropic.md` describes them.
+//! OAuth refresh grant, as Anthropic serves them in December 2026 (`platform.claude.com` OAuth).
 //!
 //! ```
 //! use claudeflare_tower::provider::Anthropic;
