@@ -112,6 +112,63 @@ impl Usage {
     }
 }
 
+/// What an answer says about its billing beyond the top-level token counts: the speed it ran
+/// at, where it ran, and each attempt that made it (`usage.iterations`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Billing {
+    /// `usage.speed`: `"fast"` when fast mode served it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<String>,
+    /// `usage.inference_geo`: where inference ran (`"us"`, `"global"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_geo: Option<String>,
+    /// `usage.iterations`: the attempts of a server-side fallback (and the steps of a tool loop
+    /// or a compaction), each with its own model and tokens. Empty when the answer listed none;
+    /// then the top-level usage is the whole of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub iterations: Vec<Iteration>,
+}
+
+/// One entry of `usage.iterations`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Iteration {
+    /// Its `type`: `message` (a declined attempt, or an earlier step of a tool loop),
+    /// `fallback_message` (the attempt that served), `compaction`, `advisor_message`, ….
+    pub kind: String,
+    /// The model that ran it; `None` when the entry names none (a compaction: the served
+    /// model's).
+    pub model: Option<String>,
+    /// Its tokens.
+    pub usage: Usage,
+}
+
+impl Iteration {
+    /// An entry of `kind`, run by `model`, that used `usage`.
+    pub fn new(kind: impl Into<String>, model: Option<String>, usage: Usage) -> Self {
+        Self {
+            kind: kind.into(),
+            model,
+            usage,
+        }
+    }
+
+    /// The kind of the entry for the attempt that served a server-side fallback.
+    pub const FALLBACK_MESSAGE: &'static str = "fallback_message";
+}
+
+impl Billing {
+    /// The model of the attempt that served a server-side fallback, when the answer listed one.
+    pub fn fallback_model(&self) -> Option<&str> {
+        self.iterations
+            .iter()
+            .rev()
+            .find(|i| i.kind == Iteration::FALLBACK_MESSAGE)
+            .and_then(|i| i.model.as_deref())
+    }
+}
+
 /// A fresh token pair from a refresh.
 #[derive(Debug, Clone)]
 pub struct TokenPair {
@@ -287,8 +344,11 @@ impl StreamError {
 pub struct TapSummary {
     /// Tokens.
     pub usage: Usage,
-    /// The model the upstream reported.
+    /// The model that served the request, as the answer named it (for a server-side fallback,
+    /// the fallback model).
     pub model: Option<String>,
+    /// Speed, region and attempts, for the cost.
+    pub billing: Billing,
     /// An error the body carried, for the request's record.
     pub error: Option<String>,
     /// An error announced inside a stream, for [`Provider::classify_stream_error`].

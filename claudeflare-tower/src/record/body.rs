@@ -168,7 +168,8 @@ fn keep<P>(guard: &mut Guard<P>, summary: TapSummary) {
         return;
     };
     record.usage = summary.usage;
-    if record.model.is_none() {
+    record.billing = summary.billing;
+    if summary.model.is_some() {
         record.model = summary.model;
     }
 }

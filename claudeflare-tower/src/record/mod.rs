@@ -46,8 +46,8 @@ use crate::BoxError;
 use crate::account::AccountEntry;
 use crate::context::RequestContext;
 use crate::pool::AccountPool;
-pub use crate::provider::Usage;
 use crate::provider::{Anthropic, Provider};
+pub use crate::provider::{Billing, Iteration, Usage};
 
 /// Response header naming the account that served the request.
 pub const ACCOUNT_HEADER: &str = "x-claudeflare-account";
@@ -88,8 +88,12 @@ pub struct RequestRecord {
     pub overhead_us: Option<u64>,
     /// Times the request moved to another account.
     pub failover_attempts: u32,
-    /// Model requested (or reported by the upstream).
+    /// The model that served the request, as the answer named it (for a server-side fallback,
+    /// the fallback model); the one asked for when the answer named none.
     pub model: Option<String>,
+    /// The model the client asked for.
+    #[serde(default)]
+    pub requested_model: Option<String>,
     /// Whether it was a streaming request.
     pub stream: bool,
     /// Who sent it, when the embedding service knows (the name of a client key, say; see
@@ -98,6 +102,10 @@ pub struct RequestRecord {
     /// Tokens.
     #[serde(flatten)]
     pub usage: Usage,
+    /// Speed, region and attempts, as the answer reported them: what a cost needs beyond the
+    /// tokens.
+    #[serde(default)]
+    pub billing: Billing,
 }
 
 impl RequestRecord {
@@ -125,9 +133,11 @@ impl RequestRecord {
             overhead_us: None,
             failover_attempts: 0,
             model: None,
+            requested_model: None,
             stream: false,
             client: None,
             usage: Usage::default(),
+            billing: Billing::default(),
         }
     }
 }
@@ -333,7 +343,7 @@ impl<P> Guard<P> {
             record.status = Some(status.as_u16());
             record.success = !status.is_client_error() && !status.is_server_error();
             record.failover_attempts = context.switches;
-            record.model = context.model;
+            record.requested_model = context.model;
             record.stream = context.stream;
             record.client = context.client.as_deref().map(str::to_owned);
             if let Some(account) = &context.account {
@@ -369,6 +379,9 @@ impl<P> Guard<P> {
             return;
         };
         record.response_time_ms = elapsed_ms(self.started);
+        if record.model.is_none() {
+            record.model.clone_from(&record.requested_model);
+        }
         let error = match (self.label, error) {
             (Some(label), Some(error)) => Some(format!("{label}: {error}")),
             (Some(label), None) => Some(label.to_owned()),

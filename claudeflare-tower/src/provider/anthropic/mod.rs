@@ -262,6 +262,7 @@ impl UsageTap for AnthropicTap {
                 TapSummary {
                     usage: json.usage,
                     model: json.model,
+                    billing: json.billing,
                     error: json.error,
                     stream_error: None,
                 }
@@ -283,6 +284,7 @@ fn sse_summary(tap: &SseTap) -> TapSummary {
     TapSummary {
         usage: tap.usage(),
         model: tap.model().map(str::to_owned),
+        billing: tap.billing().clone(),
         error: None,
         stream_error: None,
     }

@@ -1,7 +1,9 @@
 //! Reading token usage from a response as it streams by, without holding any byte back.
 //!
 //! For SSE, input and cache counts come from `message_start` and the final `output_tokens` from
-//! the last `message_delta`; an `event: error` is remembered. Only the lines of those events are
+//! the last `message_delta`; an `event: error` is remembered. The served model is
+//! `message_start`'s, unless a server-side fallback relabels it: a `fallback` content block
+//! (`to.model`) or a `fallback_message` entry of `usage.iterations`. Only the lines of those events are
 //! copied (and only when a line spans chunks); the bulk of a stream, the content deltas, is
 //! skipped with `memchr`. A JSON body is collected (up to a cap) and read at its end.
 //!
@@ -13,12 +15,15 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::provider::{StreamError, Usage};
+use crate::provider::{Billing, Iteration, StreamError, Usage};
 
 /// Lines longer than this are never needed (usage events are small) and are skipped.
 const MAX_LINE: usize = 256 * 1024;
 /// A non-streaming body larger than this is passed through without reading its usage.
 const MAX_JSON: usize = 16 * 1024 * 1024;
+/// A `content_block_start` longer than this is not a `fallback` block (which is a few hundred
+/// bytes), and is skipped: a web search's results start with one of a hundred kilobytes.
+const MAX_BLOCK_START: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Event {
@@ -26,6 +31,8 @@ enum Event {
     Unnamed,
     /// An event whose data holds usage or an error.
     Wanted,
+    /// A `content_block_start`: wanted when it is a small `fallback` block.
+    BlockStart,
     /// Any other event (`content_block_delta`, `ping`, …).
     Other,
 }
@@ -44,6 +51,9 @@ pub(crate) struct SseTap {
     at_boundary: bool,
     usage: Usage,
     model: Option<String>,
+    /// `to.model` of the last `fallback` block.
+    fallback_to: Option<String>,
+    billing: Billing,
     error: Option<StreamError>,
 }
 
@@ -57,13 +67,24 @@ impl Default for SseTap {
             at_boundary: true,
             usage: Usage::default(),
             model: None,
+            fallback_to: None,
+            billing: Billing::default(),
             error: None,
         }
     }
 }
 
-fn wanted_event(name: &[u8]) -> bool {
-    matches!(name, b"message_start" | b"message_delta" | b"error")
+fn event_kind(name: &[u8]) -> Event {
+    match name {
+        b"message_start" | b"message_delta" | b"error" => Event::Wanted,
+        b"content_block_start" => Event::BlockStart,
+        _ => Event::Other,
+    }
+}
+
+/// Whether the data of a `content_block_start` can be a `fallback` block.
+fn fallback_block(data: &[u8]) -> bool {
+    data.len() <= MAX_BLOCK_START && memchr::memmem::find(data, b"\"fallback\"").is_some()
 }
 
 fn field<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
@@ -77,6 +98,7 @@ fn wanted_data(data: &[u8]) -> bool {
         &b"{\"type\":\"message_start\""[..],
         b"{\"type\":\"message_delta\"",
         b"{\"type\":\"error\"",
+        b"{\"type\":\"content_block_start\"",
     ]
     .iter()
     .any(|prefix| data.starts_with(prefix) || prefix.starts_with(data))
@@ -84,6 +106,21 @@ fn wanted_data(data: &[u8]) -> bool {
 
 #[derive(Deserialize)]
 struct WireUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_creation: Option<WireCacheCreation>,
+    speed: Option<String>,
+    inference_geo: Option<String>,
+    iterations: Option<Vec<WireIteration>>,
+}
+
+#[derive(Deserialize)]
+struct WireIteration {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    model: Option<String>,
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
@@ -121,6 +158,37 @@ impl WireUsage {
             );
         }
     }
+
+    /// Move speed, region and attempts into `billing` (each only when this usage names it).
+    fn billing_into(self, billing: &mut Billing) {
+        if self.speed.is_some() {
+            billing.speed = self.speed;
+        }
+        if self.inference_geo.is_some() {
+            billing.inference_geo = self.inference_geo;
+        }
+        if let Some(iterations) = self.iterations {
+            billing.iterations = iterations.into_iter().map(WireIteration::into).collect();
+        }
+    }
+}
+
+impl From<WireIteration> for Iteration {
+    fn from(wire: WireIteration) -> Self {
+        let tokens = WireUsage {
+            input_tokens: wire.input_tokens,
+            output_tokens: wire.output_tokens,
+            cache_read_input_tokens: wire.cache_read_input_tokens,
+            cache_creation_input_tokens: wire.cache_creation_input_tokens,
+            cache_creation: wire.cache_creation,
+            speed: None,
+            inference_geo: None,
+            iterations: None,
+        };
+        let mut usage = Usage::default();
+        tokens.merge_into(&mut usage);
+        Iteration::new(wire.kind.unwrap_or_default(), wire.model, usage)
+    }
 }
 
 #[derive(Deserialize)]
@@ -137,12 +205,25 @@ struct WireError {
 }
 
 #[derive(Deserialize)]
+struct WireModel {
+    model: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireBlock {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    to: Option<WireModel>,
+}
+
+#[derive(Deserialize)]
 struct WireEvent {
     #[serde(rename = "type")]
     kind: String,
     message: Option<WireMessage>,
     usage: Option<WireUsage>,
     error: Option<WireError>,
+    content_block: Option<WireBlock>,
 }
 
 impl SseTap {
@@ -193,6 +274,7 @@ impl SseTap {
         }
         match (field(line, b"data"), self.event) {
             (Some(_), Event::Wanted) => true,
+            (Some(data), Event::BlockStart) => data.len() <= MAX_BLOCK_START,
             (Some(data), Event::Unnamed) => wanted_data(data),
             _ => false,
         }
@@ -207,15 +289,16 @@ impl SseTap {
         }
         self.at_boundary = false;
         if let Some(name) = field(line, b"event") {
-            self.event = if wanted_event(name) {
-                Event::Wanted
-            } else {
-                Event::Other
-            };
+            self.event = event_kind(name);
         } else if let Some(data) = field(line, b"data") {
             let wanted = match self.event {
                 Event::Wanted => true,
-                Event::Unnamed => wanted_data(data),
+                Event::BlockStart => fallback_block(data),
+                Event::Unnamed => {
+                    wanted_data(data)
+                        && (!data.starts_with(b"{\"type\":\"content_block_start\"")
+                            || fallback_block(data))
+                }
                 Event::Other => false,
             };
             if wanted && data.len() <= MAX_LINE {
@@ -236,15 +319,28 @@ impl SseTap {
             match event.kind.as_str() {
                 "message_start" => {
                     if let Some(message) = event.message {
-                        if let Some(usage) = &message.usage {
+                        if let Some(usage) = message.usage {
                             usage.merge_into(&mut self.usage);
+                            usage.billing_into(&mut self.billing);
                         }
                         self.model = message.model.or(self.model.take());
                     }
                 }
                 "message_delta" => {
-                    if let Some(usage) = &event.usage {
+                    if let Some(usage) = event.usage {
                         usage.merge_into(&mut self.usage);
+                        usage.billing_into(&mut self.billing);
+                    }
+                }
+                "content_block_start" => {
+                    if let Some(WireBlock {
+                        kind: Some(kind),
+                        to: Some(WireModel { model: Some(to) }),
+                    }) = event.content_block
+                    {
+                        if kind == "fallback" {
+                            self.fallback_to = Some(to);
+                        }
                     }
                 }
                 "error" => {
@@ -277,9 +373,18 @@ impl SseTap {
         self.usage
     }
 
-    /// The model named in `message_start`.
+    /// The model that served: the last `fallback` block's `to.model`, else the
+    /// `fallback_message` attempt's, else the one `message_start` named.
     pub(crate) fn model(&self) -> Option<&str> {
-        self.model.as_deref()
+        self.fallback_to
+            .as_deref()
+            .or_else(|| self.billing.fallback_model())
+            .or(self.model.as_deref())
+    }
+
+    /// Speed, region and attempts, as far as the stream said.
+    pub(crate) fn billing(&self) -> &Billing {
+        &self.billing
     }
 
     /// An `event: error` seen in the stream.
@@ -307,6 +412,8 @@ pub(crate) struct JsonSummary {
     pub usage: Usage,
     /// Its model.
     pub model: Option<String>,
+    /// Speed, region and attempts.
+    pub billing: Billing,
     /// `error.message` of an error envelope.
     pub error: Option<String>,
 }
@@ -355,6 +462,10 @@ impl JsonTap {
             .and_then(|u| serde_json::from_str::<WireUsage>(u.get()).ok())
         {
             usage.merge_into(&mut summary.usage);
+            usage.billing_into(&mut summary.billing);
+        }
+        if summary.model.is_none() {
+            summary.model = summary.billing.fallback_model().map(str::to_owned);
         }
         summary
     }
@@ -592,6 +703,123 @@ mod tests {
         let mut tap = JsonTap::default();
         tap.feed(br#"{"model":"m","usage":{"input_tokens":7}"#);
         assert_eq!(tap.finish(), JsonSummary::default());
+    }
+
+    /// A server-side fallback as the Python SDK's `fallback_response.txt` fixture streams it:
+    /// `message_start` names the model asked for, the `fallback` block the one that served.
+    const FALLBACK_STREAM: &str = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_fb\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-opus-4-7\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n",
+        "\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"fallback\",\"from\":{\"model\":\"claude-opus-4-7\"},\"to\":{\"model\":\"claude-sonnet-4-5\"},\"trigger\":{\"type\":\"refusal\",\"category\":null}}}\n",
+        "\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":0}\n",
+        "\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n",
+        "\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"A fallback block: \\\"fallback\\\"\"}}\n",
+        "\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":1}\n",
+        "\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":8,\"iterations\":[{\"type\":\"message\",\"model\":\"claude-opus-4-7\",\"input_tokens\":25,\"output_tokens\":0,\"cache_read_input_tokens\":0,\"cache_creation_input_tokens\":0},{\"type\":\"fallback_message\",\"model\":\"claude-sonnet-4-5\",\"input_tokens\":25,\"output_tokens\":8,\"cache_read_input_tokens\":0,\"cache_creation_input_tokens\":0,\"cache_creation\":{\"ephemeral_5m_input_tokens\":0,\"ephemeral_1h_input_tokens\":0}}]}}\n",
+        "\n",
+        "event: message_stop\n",
+        "data: {\"type\":\"message_stop\"}\n",
+        "\n",
+    );
+
+    #[test]
+    fn a_fallback_block_names_the_served_model_at_every_split() {
+        let bytes = FALLBACK_STREAM.as_bytes();
+        for split in 0..=bytes.len() {
+            let tap = run(&[&bytes[..split], &bytes[split..]]);
+            assert_eq!(tap.model(), Some("claude-sonnet-4-5"), "split at {split}");
+            assert_eq!(tap.usage().output_tokens, 8, "split at {split}");
+            let iterations = &tap.billing().iterations;
+            assert_eq!(iterations.len(), 2, "split at {split}");
+            assert_eq!(iterations[0].kind, "message");
+            assert_eq!(iterations[0].model.as_deref(), Some("claude-opus-4-7"));
+            assert_eq!(iterations[1].kind, Iteration::FALLBACK_MESSAGE);
+            assert_eq!(iterations[1].usage.output_tokens, 8);
+        }
+    }
+
+    #[test]
+    fn without_a_block_the_fallback_attempt_or_message_start_names_the_model() {
+        // Sticky-routed to the fallback model: no block, only the attempt in the iterations.
+        let sticky = FALLBACK_STREAM.replace("\"type\":\"fallback\",", "\"type\":\"other\",");
+        assert_eq!(run(&[sticky.as_bytes()]).model(), Some("claude-sonnet-4-5"));
+        // As `fallback_credit_response.txt` streams a retry on the model asked for: the model
+        // of `message_start`, with `fallback_credit` in the usage (not a token count).
+        let credit = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_c\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":8,\"fallback_credit\":{\"status\":{\"type\":\"redeemed\"}}}}\n\n",
+            "event: message_stop\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+        );
+        let tap = run(&[credit.as_bytes()]);
+        assert_eq!(tap.model(), Some("claude-sonnet-4-5"));
+        assert_eq!(
+            (tap.usage().input_tokens, tap.usage().output_tokens),
+            (25, 8)
+        );
+        assert!(tap.billing().iterations.is_empty());
+    }
+
+    #[test]
+    fn speed_and_region_are_read_from_the_stream_and_the_json_answer() {
+        let stream = STREAM.replace(
+            "\"output_tokens\":1}",
+            "\"output_tokens\":1,\"speed\":\"fast\",\"inference_geo\":\"us\"}",
+        );
+        let tap = run(&[stream.as_bytes()]);
+        assert_eq!(tap.billing().speed.as_deref(), Some("fast"));
+        assert_eq!(tap.billing().inference_geo.as_deref(), Some("us"));
+
+        let mut json = JsonTap::default();
+        json.feed(br#"{"model":"claude-sonnet-4-5","content":[{"type":"fallback","from":{"model":"claude-opus-4-7"},"to":{"model":"claude-sonnet-4-5"}}],"usage":{"input_tokens":25,"output_tokens":8,"speed":"standard","inference_geo":"global","iterations":[{"type":"fallback_message","model":"claude-sonnet-4-5","input_tokens":25,"output_tokens":8}]}}"#);
+        let summary = json.finish();
+        assert_eq!(summary.model.as_deref(), Some("claude-sonnet-4-5"));
+        assert_eq!(summary.billing.speed.as_deref(), Some("standard"));
+        assert_eq!(summary.billing.inference_geo.as_deref(), Some("global"));
+        assert_eq!(summary.billing.iterations.len(), 1);
+        assert_eq!(summary.billing.iterations[0].usage.input_tokens, 25);
+    }
+
+    #[test]
+    fn a_large_block_start_is_skipped_not_gathered() {
+        // A web search's results open with one big `content_block_start`; it names "fallback"
+        // in its text, but is no fallback block and must not relabel the model.
+        let big = format!(
+            "event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{{\"type\":\"web_search_tool_result\",\"content\":\"{} \\\"fallback\\\"\",\"to\":{{\"model\":\"x\"}}}}}}\n\n",
+            "x".repeat(MAX_BLOCK_START)
+        );
+        let stream = STREAM.replacen(
+            "event: content_block_start",
+            &format!("{big}event: content_block_start"),
+            1,
+        );
+        let bytes = stream.as_bytes();
+        for split in (0..bytes.len()).step_by(97) {
+            let tap = run(&[&bytes[..split], &bytes[split..]]);
+            assert_eq!(
+                tap.model(),
+                Some("claude-sonnet-4-20250514"),
+                "split at {split}"
+            );
+            assert!(
+                tap.partial.capacity() <= 2 * MAX_BLOCK_START + 1024,
+                "split at {split}"
+            );
+        }
     }
 }
 
