@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::pricing::Cost;
 use chrono::{TimeDelta, Utc};
 use claudeflare_tower::record::{Recorder, RequestRecord};
 use claudeflare_tower::{BoxFuture, Setting};
@@ -59,10 +60,7 @@ impl ServerRecorder {
 
 impl Recorder for ServerRecorder {
     fn record(&self, mut record: RequestRecord) {
-        let cost = self
-            .pricing
-            .current()
-            .cost(record.model.as_deref(), &record.usage);
+        let cost = self.pricing.current().cost(&record);
         log(&record, cost);
         // The account name is lent to the labels and taken back: no copy for each request.
         let served = record.account.is_some();
@@ -74,14 +72,17 @@ impl Recorder for ServerRecorder {
         if served {
             record.account = Some(labels.account);
         }
-        if cost > 0.0 && record.account.is_some() {
+        if cost.usd > 0.0 && record.account.is_some() {
             // Lent and taken back, like the account name above. A cost needs a model.
             if let Some(model) = record.model.take() {
                 let labels = CostLabels {
                     account: record.account.take().unwrap_or_default(),
                     model,
                 };
-                self.metrics.cost_usd.get_or_create(&labels).inc_by(cost);
+                self.metrics
+                    .cost_usd
+                    .get_or_create(&labels)
+                    .inc_by(cost.usd);
                 record.account = Some(labels.account);
                 record.model = Some(labels.model);
             }
@@ -113,7 +114,7 @@ impl Recorder for ServerRecorder {
     }
 }
 
-fn log(record: &RequestRecord, cost: f64) {
+fn log(record: &RequestRecord, cost: Cost) {
     // Plain `&str` values, not `%`: they are written as they are, without the formatting
     // machinery (this line is written once per request).
     let method = record.method.as_str();
@@ -134,7 +135,7 @@ fn log(record: &RequestRecord, cost: f64) {
             ms,
             tokens_in,
             tokens_out,
-            cost_usd = cost,
+            cost_usd = cost.usd,
             "request"
         );
         return;
@@ -174,7 +175,7 @@ pub trait RecordSink: Send + Sync + 'static {
     /// of it is left out.
     fn insert<'a>(
         &'a self,
-        batch: &'a [(RequestRecord, f64)],
+        batch: &'a [(RequestRecord, Cost)],
         recheck: bool,
     ) -> BoxFuture<'a, Result<(), DbError>>;
 }
@@ -182,7 +183,7 @@ pub trait RecordSink: Send + Sync + 'static {
 impl RecordSink for DatabaseConnection {
     fn insert<'a>(
         &'a self,
-        batch: &'a [(RequestRecord, f64)],
+        batch: &'a [(RequestRecord, Cost)],
         recheck: bool,
     ) -> BoxFuture<'a, Result<(), DbError>> {
         Box::pin(requests::insert_batch(self, batch, recheck))
@@ -493,7 +494,7 @@ pub async fn write_records(sink: impl RecordSink, mut backlog: Backlog, stop: Ca
 /// `deadline` (set at a stop); returns whether it was stored.
 async fn store(
     sink: &impl RecordSink,
-    batch: &[(RequestRecord, f64)],
+    batch: &[(RequestRecord, Cost)],
     recheck: bool,
     backlog: &mut Backlog,
     stop: &CancellationToken,
@@ -627,7 +628,7 @@ mod tests {
     impl RecordSink for Arc<Flaky> {
         fn insert<'a>(
             &'a self,
-            batch: &'a [(RequestRecord, f64)],
+            batch: &'a [(RequestRecord, Cost)],
             recheck: bool,
         ) -> BoxFuture<'a, Result<(), DbError>> {
             Box::pin(async move {
@@ -694,7 +695,7 @@ mod tests {
     async fn every_record_made_during_an_outage_is_stored_after_it() {
         let w = writer();
         for id in 0..10 {
-            w.queue.try_send((record(id), 0.0)).unwrap();
+            w.queue.try_send((record(id), Cost::ZERO)).unwrap();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(w.sink.stored.lock().unwrap().len(), 10);
@@ -702,7 +703,7 @@ mod tests {
         // The database stops taking writes for 20 seconds; traffic goes on.
         w.sink.failing.store(true, Ordering::SeqCst);
         for id in 10..60 {
-            w.queue.try_send((record(id), 0.0)).unwrap();
+            w.queue.try_send((record(id), Cost::ZERO)).unwrap();
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
         let tries = w.sink.attempts.load(Ordering::SeqCst);
@@ -733,7 +734,7 @@ mod tests {
             // The proxy would count a drop here: the writer moves the queue to the file
             // within `SPILL_CHECK_EVERY` of it being half full.
             assert!(
-                w.queue.try_send((record(id), 0.0)).is_ok(),
+                w.queue.try_send((record(id), Cost::ZERO)).is_ok(),
                 "the queue filled up at record {id}: it should have gone to the file"
             );
             if id % 512 == 0 {
@@ -768,7 +769,7 @@ mod tests {
         let w = writer();
         w.sink.failing.store(true, Ordering::SeqCst);
         for id in 0..5 {
-            w.queue.try_send((record(id), 0.0)).unwrap();
+            w.queue.try_send((record(id), Cost::ZERO)).unwrap();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         w.stop.cancel();
@@ -793,7 +794,7 @@ mod tests {
             Arc::default(),
         );
         let task = tokio::spawn(write_records(Arc::clone(&sink), backlog, stop.clone()));
-        queue.try_send((record(5), 0.0)).unwrap();
+        queue.try_send((record(5), Cost::ZERO)).unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let stored = sink.stored.lock().unwrap().clone();
         assert_eq!(

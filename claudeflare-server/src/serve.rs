@@ -25,7 +25,7 @@ use crate::db;
 use crate::health::Health;
 use crate::logging::{self, LogHandle};
 use crate::metrics::Metrics;
-use crate::pricing::Pricing;
+use crate::pricing::{self, Pricing};
 use crate::recorder::{self, ServerRecorder};
 use crate::refresher::ServerRefresher;
 use crate::secrets::Cipher;
@@ -49,6 +49,8 @@ struct Live {
     /// Shared by every HTTP thread's balancer; its limit follows `max_buffered_body_bytes`.
     body_budget: BodyBudget,
     buffered_limit: Setting<usize>,
+    /// The price catalogue in force, under the configuration's overrides in `pricing`.
+    catalogue: Setting<Arc<pricing::Table>>,
     pricing: Setting<Pricing>,
     log: LogHandle,
 }
@@ -68,7 +70,10 @@ impl Live {
         self.body_read_timeout
             .set(Duration::from_millis(new.body_read_timeout_ms));
         self.buffered_limit.set(new.max_buffered_body_bytes);
-        self.pricing.set(Pricing::new(new.pricing.clone()));
+        self.pricing.set(Pricing::new(
+            self.catalogue.get().as_ref().clone(),
+            &new.pricing,
+        ));
         if new.log_level != old.log_level {
             self.log.set_level(new.log_level);
         }
@@ -156,6 +161,7 @@ impl Server {
         usage.load(&db::accounts::all(&db).await?);
         let dropped = Arc::new(AtomicU64::new(0));
         let buffered_limit = Setting::new(config.max_buffered_body_bytes);
+        let catalogue = pricing::load_in_force(&db).await?;
         let live = Live {
             config: Setting::new(config.clone()),
             strategy: StrategyHandle::new(config.strategy()),
@@ -165,7 +171,8 @@ impl Server {
             body_read_timeout: Setting::new(Duration::from_millis(config.body_read_timeout_ms)),
             body_budget: BodyBudget::new(buffered_limit.clone()),
             buffered_limit,
-            pricing: Setting::new(Pricing::new(config.pricing.clone())),
+            catalogue: Setting::new(Arc::clone(&catalogue)),
+            pricing: Setting::new(Pricing::new(catalogue, &config.pricing)),
             log,
         };
         let (recorder, queue) = ServerRecorder::new(
@@ -342,6 +349,22 @@ impl Server {
         tasks.spawn(crate::health::watch_database(
             db::sqlite_path(&self.url),
             self.health,
+            stop.clone(),
+        ));
+        let (catalogue, config, prices) = (
+            self.live.catalogue.clone(),
+            self.live.config.clone(),
+            self.live.pricing.clone(),
+        );
+        let url_config = self.live.config.clone();
+        tasks.spawn(pricing::keep_current(
+            db.clone(),
+            self.live.catalogue.get().as_ref().clone(),
+            move || url_config.get().pricing_url.clone(),
+            move |table: Arc<pricing::Table>| {
+                prices.set(Pricing::new(Arc::clone(&table), &config.get().pricing));
+                catalogue.set(table);
+            },
             stop.clone(),
         ));
         let seen = stamp(&self.path);

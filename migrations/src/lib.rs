@@ -11,6 +11,7 @@ mod m20261129_000005_account_blocks;
 mod m20261129_000006_client_keys;
 mod m20261130_000007_several_instances;
 mod m20261130_000008_keyed_requests_index;
+mod m20261202_000009_prices_as_data;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000006_client_keys::Migration),
             Box::new(m20261130_000007_several_instances::Migration),
             Box::new(m20261130_000008_keyed_requests_index::Migration),
+            Box::new(m20261202_000009_prices_as_data::Migration),
         ]
     }
 }

@@ -84,8 +84,10 @@ pub struct Config {
     /// On SIGTERM or Ctrl-C, how long requests in flight (streams included) may take to finish
     /// before they are cut.
     pub shutdown_grace_seconds: u64,
-    /// Price overrides (USD per million tokens) by model id, alias or prefix.
+    /// Price overrides (USD per million tokens) by whole model id, or a pattern with `*`.
     pub pricing: BTreeMap<String, Price>,
+    /// A price catalogue to install at start and every 24 hours (an http(s) URL or a file).
+    pub pricing_url: Option<String>,
     /// `Host` names answered besides the loopback ones while no client key exists.
     pub allowed_hosts: Vec<String>,
     /// Serve on a non-loopback `host` with no client key (anyone who can reach the port may
@@ -125,6 +127,7 @@ impl Default for Config {
             header_read_timeout_ms: 30_000,
             shutdown_grace_seconds: 30,
             pricing: BTreeMap::new(),
+            pricing_url: None,
             allowed_hosts: Vec::new(),
             allow_unauthenticated: false,
         }
@@ -132,7 +135,7 @@ impl Default for Config {
 }
 
 /// File keys, which are also `CLAUDEFLARE_<KEY>` in the environment.
-const KEYS: [&str; 30] = [
+const KEYS: [&str; 31] = [
     "port",
     "host",
     "lb_strategy",
@@ -161,6 +164,7 @@ const KEYS: [&str; 30] = [
     "header_read_timeout_ms",
     "shutdown_grace_seconds",
     "pricing",
+    "pricing_url",
     "allowed_hosts",
     "allow_unauthenticated",
 ];
@@ -371,6 +375,19 @@ impl Config {
                 return Err(format!("{key} `{url}` must be an http:// or https:// URL"));
             }
         }
+        if let Some(url) = &self.pricing_url {
+            if url.trim().is_empty() {
+                return Err(
+                    "pricing_url is empty; remove it, or give an http(s) URL or a file".into(),
+                );
+            }
+            if url.contains("://") && !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "pricing_url `{url}` must be an http:// or https:// URL, or a file"
+                ));
+            }
+        }
+        crate::pricing::check_overrides(&self.pricing).map_err(|e| e.to_string())?;
         Ok(())
     }
 

@@ -120,8 +120,10 @@ pub mod request {
         pub upstream_ms: Option<i64>,
         /// Account switches.
         pub failover_attempts: i32,
-        /// Model.
+        /// The model that served it.
         pub model: Option<String>,
+        /// The model the client asked for.
+        pub requested_model: Option<String>,
         /// Streaming request.
         pub stream: bool,
         /// Input tokens.
@@ -134,6 +136,8 @@ pub mod request {
         pub cache_creation_input_tokens: i64,
         /// Estimated cost.
         pub cost_usd: f64,
+        /// Whether a price was found for its model (else `cost_usd` counts it as 0).
+        pub price_known: bool,
         /// The name of the client key the request came with (null when none was required).
         pub api_key: Option<String>,
     }
@@ -200,6 +204,35 @@ pub mod dashboard_session {
         pub key_name: String,
         /// Ends then.
         pub expires_at: DateTimeUtc,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `pricing_catalogues`: the price catalogues installed by `pricing update` or `pricing_url`;
+/// the newest is in force.
+pub mod pricing_catalogue {
+    use sea_orm::entity::prelude::*;
+
+    /// One installed catalogue.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "pricing_catalogues")]
+    pub struct Model {
+        /// Grows with each installation.
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// When it was installed.
+        pub installed_at: DateTimeUtc,
+        /// The file or URL it was read from.
+        pub origin: String,
+        /// Its `as_of`.
+        pub as_of: String,
+        /// The catalogue, as JSON.
+        pub catalogue: String,
     }
 
     /// No relations.

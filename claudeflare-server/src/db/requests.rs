@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crate::pricing::Cost;
 use chrono::{DateTime, Utc};
 use claudeflare_tower::record::RequestRecord;
 use sea_orm::sqlx::{self, Arguments, Encode, IntoArguments, Type};
@@ -17,7 +18,7 @@ use super::{DbError, int, placeholders, rollups};
 mod copy;
 
 /// The columns of a row, in the order [`write`] binds them.
-const COLUMNS: [Column; 21] = [
+const COLUMNS: [Column; 23] = [
     Column::Id,
     Column::Timestamp,
     Column::Method,
@@ -32,12 +33,14 @@ const COLUMNS: [Column; 21] = [
     Column::UpstreamMs,
     Column::FailoverAttempts,
     Column::Model,
+    Column::RequestedModel,
     Column::Stream,
     Column::InputTokens,
     Column::OutputTokens,
     Column::CacheReadInputTokens,
     Column::CacheCreationInputTokens,
     Column::CostUsd,
+    Column::PriceKnown,
     Column::ApiKey,
 ];
 
@@ -120,7 +123,7 @@ impl Statements {
 /// PostgreSQL mid-transaction is of no further use either.
 pub async fn insert_batch(
     db: &DatabaseConnection,
-    batch: &[(RequestRecord, f64)],
+    batch: &[(RequestRecord, Cost)],
     recheck: bool,
 ) -> Result<(), DbError> {
     if batch.is_empty() {
@@ -151,7 +154,7 @@ pub async fn insert_batch(
 async fn write_sqlite(
     pool: &sqlx::SqlitePool,
     statements: &'static Statements,
-    batch: &[(RequestRecord, f64)],
+    batch: &[(RequestRecord, Cost)],
     recheck: bool,
 ) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
@@ -188,7 +191,7 @@ async fn on_own_connection<DB: sqlx::Database>(
 async fn write_postgres(
     pool: &sqlx::PgPool,
     statements: &'static Statements,
-    batch: &[(RequestRecord, f64)],
+    batch: &[(RequestRecord, Cost)],
     recheck: bool,
 ) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
@@ -213,9 +216,9 @@ async fn write_postgres(
 async fn prepare<'b, DB>(
     conn: &mut DB::Connection,
     statements: &'static Statements,
-    batch: &'b [(RequestRecord, f64)],
+    batch: &'b [(RequestRecord, Cost)],
     recheck: bool,
-) -> Result<Vec<&'b (RequestRecord, f64)>, sqlx::Error>
+) -> Result<Vec<&'b (RequestRecord, Cost)>, sqlx::Error>
 where
     DB: sqlx::Database,
     DB::Arguments: IntoArguments<DB>,
@@ -226,7 +229,7 @@ where
     for<'q> f64: Encode<'q, DB> + Type<DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
 {
-    let mut rows: Vec<&(RequestRecord, f64)> = batch.iter().collect();
+    let mut rows: Vec<&(RequestRecord, Cost)> = batch.iter().collect();
     if recheck {
         let stored = stored_ids::<DB>(conn, statements.backend, batch).await?;
         rows.retain(|(record, _)| !stored.contains(record.id.as_str()));
@@ -248,6 +251,7 @@ where
             bind(&mut args, sum)?;
         }
         bind(&mut args, sums.cost)?;
+        bind(&mut args, sums.unpriced)?;
         sqlx::query_with(statements.rollup.as_str(), args)
             .execute(&mut *conn)
             .await?;
@@ -259,7 +263,7 @@ where
 async fn stored_ids<DB>(
     conn: &mut DB::Connection,
     backend: DbBackend,
-    batch: &[(RequestRecord, f64)],
+    batch: &[(RequestRecord, Cost)],
 ) -> Result<std::collections::HashSet<String>, sqlx::Error>
 where
     DB: sqlx::Database,
@@ -292,7 +296,7 @@ where
 async fn insert_values(
     conn: &mut sqlx::SqliteConnection,
     statements: &'static Statements,
-    rows: &[&(RequestRecord, f64)],
+    rows: &[&(RequestRecord, Cost)],
 ) -> Result<(), sqlx::Error> {
     let mut rest = rows.len();
     let mut rows = rows.iter();
@@ -320,12 +324,14 @@ async fn insert_values(
                 i32::try_from(record.failover_attempts).unwrap_or(i32::MAX),
             )?;
             bind::<sqlx::Sqlite, _>(&mut args, record.model.as_deref())?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.requested_model.as_deref())?;
             bind::<sqlx::Sqlite, _>(&mut args, record.stream)?;
             bind::<sqlx::Sqlite, _>(&mut args, int(record.usage.input_tokens))?;
             bind::<sqlx::Sqlite, _>(&mut args, int(record.usage.output_tokens))?;
             bind::<sqlx::Sqlite, _>(&mut args, int(record.usage.cache_read_input_tokens))?;
             bind::<sqlx::Sqlite, _>(&mut args, int(record.usage.cache_creation_input_tokens))?;
-            bind::<sqlx::Sqlite, _>(&mut args, *cost)?;
+            bind::<sqlx::Sqlite, _>(&mut args, cost.usd)?;
+            bind::<sqlx::Sqlite, _>(&mut args, cost.known)?;
             bind::<sqlx::Sqlite, _>(&mut args, record.client.as_deref())?;
         }
         sqlx::query_with(statements.inserts[chunk].as_str(), args)
@@ -445,6 +451,7 @@ mod tests {
         stored.overhead_us = Some(14);
         stored.failover_attempts = 2;
         stored.model = Some("claude-opus-4-1".into());
+        stored.requested_model = Some("claude-fable-5".into());
         stored.stream = true;
         stored.usage.input_tokens = 15;
         stored.usage.output_tokens = 16;
@@ -452,7 +459,11 @@ mod tests {
         stored.usage.cache_creation_input_tokens = 18;
         stored.usage.cache_creation_1h_input_tokens = 9;
         stored.client = Some("team".into());
-        insert_batch(&db, &[(stored, 0.25)], false).await.unwrap();
+        let cost = Cost {
+            usd: 0.25,
+            known: false,
+        };
+        insert_batch(&db, &[(stored, cost)], false).await.unwrap();
         let rows = newest(&db, 10, &Filter::default()).await.unwrap();
         assert_eq!(
             rows,
@@ -471,12 +482,14 @@ mod tests {
                 upstream_ms: Some(13),
                 failover_attempts: 2,
                 model: Some("claude-opus-4-1".into()),
+                requested_model: Some("claude-fable-5".into()),
                 stream: true,
                 input_tokens: 15,
                 output_tokens: 16,
                 cache_read_input_tokens: 17,
                 cache_creation_input_tokens: 18,
                 cost_usd: 0.25,
+                price_known: false,
                 api_key: Some("team".into()),
             }]
         );
@@ -491,12 +504,12 @@ mod tests {
     async fn a_batch_tried_again_after_its_commit_went_through_is_not_stored_twice() {
         let db = crate::db::open("sqlite::memory:").await.unwrap();
         let first: Vec<_> = (0..10)
-            .map(|i| (record(i, TimeDelta::hours(1)), 1.0))
+            .map(|i| (record(i, TimeDelta::hours(1)), Cost::priced(1.0)))
             .collect();
         insert_batch(&db, &first, false).await.unwrap();
         // The same batch again (its commit's answer was lost), now with two new records.
         let mut again = first.clone();
-        again.extend((10..12).map(|i| (record(i, TimeDelta::hours(1)), 1.0)));
+        again.extend((10..12).map(|i| (record(i, TimeDelta::hours(1)), Cost::priced(1.0))));
         insert_batch(&db, &again, true).await.unwrap();
         assert_eq!(
             newest(&db, 100, &Filter::default()).await.unwrap().len(),
@@ -517,7 +530,7 @@ mod tests {
             .map(|i| {
                 (
                     record(i, TimeDelta::days(if i < 200 { 40 } else { 1 })),
-                    0.5,
+                    Cost::priced(0.5),
                 )
             })
             .collect();
@@ -545,9 +558,13 @@ mod tests {
             [("a", 500), ("b", 500)]
         );
         // A second batch adds to the same hours.
-        insert_batch(&db, &[(record(5000, TimeDelta::days(1)), 1.0)], false)
-            .await
-            .unwrap();
+        insert_batch(
+            &db,
+            &[(record(5000, TimeDelta::days(1)), Cost::priced(1.0))],
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             rollups::totals(&db, None).await.unwrap().total_requests,
             1201

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::pricing::Cost;
 use chrono::{DateTime, Utc};
 use claudeflare_tower::record::RequestRecord;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -26,12 +27,13 @@ pub(super) struct Sums {
     pub cache_read: i64,
     pub cache_creation: i64,
     pub cost: f64,
+    pub unpriced: i64,
 }
 
 /// A batch's additions to the rollups: one per hour (`YYYY-MM-DDTHH`), account and model ('' for
 /// none), in key order.
 pub(super) fn additions<'a>(
-    batch: impl IntoIterator<Item = &'a (RequestRecord, f64)>,
+    batch: impl IntoIterator<Item = &'a (RequestRecord, Cost)>,
 ) -> Vec<(String, &'a str, &'a str, Sums)> {
     // Keyed by the hour's number and borrowed names: nothing is formatted or copied per record.
     let mut sums: BTreeMap<(i64, &str, &str), Sums> = BTreeMap::new();
@@ -49,7 +51,8 @@ pub(super) fn additions<'a>(
         sum.output_tokens += int(record.usage.output_tokens);
         sum.cache_read += int(record.usage.cache_read_input_tokens);
         sum.cache_creation += int(record.usage.cache_creation_input_tokens);
-        sum.cost += cost;
+        sum.cost += cost.usd;
+        sum.unpriced += i64::from(!cost.known);
     }
     sums.into_iter()
         .map(|((hour, account, model), sums)| {
@@ -64,7 +67,7 @@ pub(super) fn additions<'a>(
 pub(super) fn upsert_sql(backend: DbBackend) -> String {
     format!(
         "INSERT INTO request_rollups (hour, account, model, requests, successes, response_time_ms, input_tokens, \
-         output_tokens, cache_read_input_tokens, cache_creation_input_tokens, cost_usd) \
+         output_tokens, cache_read_input_tokens, cache_creation_input_tokens, cost_usd, unpriced_requests) \
          VALUES ({}) ON CONFLICT (hour, account, model) DO UPDATE SET \
          requests = request_rollups.requests + excluded.requests, \
          successes = request_rollups.successes + excluded.successes, \
@@ -73,8 +76,9 @@ pub(super) fn upsert_sql(backend: DbBackend) -> String {
          output_tokens = request_rollups.output_tokens + excluded.output_tokens, \
          cache_read_input_tokens = request_rollups.cache_read_input_tokens + excluded.cache_read_input_tokens, \
          cache_creation_input_tokens = request_rollups.cache_creation_input_tokens + excluded.cache_creation_input_tokens, \
-         cost_usd = request_rollups.cost_usd + excluded.cost_usd",
-        placeholders(backend, 11).join(", ")
+         cost_usd = request_rollups.cost_usd + excluded.cost_usd, \
+         unpriced_requests = request_rollups.unpriced_requests + excluded.unpriced_requests",
+        placeholders(backend, 12).join(", ")
     )
 }
 

@@ -11,6 +11,7 @@
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use crate::pricing::Cost;
 use claudeflare_tower::record::RequestRecord;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
@@ -19,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
 pub const FILE_NAME: &str = "request-records.spill";
 
 /// A record and its cost, as queued.
-pub type Queued = (RequestRecord, f64);
+pub type Queued = (RequestRecord, Cost);
 
 /// The spill file and the writer's place in it.
 pub struct Spill {
@@ -301,7 +302,7 @@ mod tests {
         record.success = true;
         record.account = Some("a\n\u{1b}[31m".into());
         record.usage.output_tokens = id as u64;
-        (record, id as f64 / 100.0)
+        (record, Cost::priced(id as f64 / 100.0))
     }
 
     fn ids(batch: &[Queued]) -> Vec<String> {

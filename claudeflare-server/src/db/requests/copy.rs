@@ -12,6 +12,7 @@
 //! `text`/`varchar` as UTF-8, `int4`, `int8`, `float8`, `bool` as one byte, `timestamptz` as
 //! microseconds since 2000-01-01 UTC.
 
+use crate::pricing::Cost;
 use bytes::{BufMut, BytesMut};
 use claudeflare_tower::record::RequestRecord;
 
@@ -23,7 +24,7 @@ const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 const POSTGRES_EPOCH_US: i64 = 946_684_800_000_000;
 
 /// The whole `COPY` stream of `rows`.
-pub(super) fn binary(rows: &[&(RequestRecord, f64)]) -> BytesMut {
+pub(super) fn binary(rows: &[&(RequestRecord, Cost)]) -> BytesMut {
     // About 200 bytes a row with its paths and names; grown if needed.
     let mut out = BytesMut::with_capacity(SIGNATURE.len() + 10 + rows.len() * 256);
     out.put_slice(SIGNATURE);
@@ -48,6 +49,7 @@ pub(super) fn binary(rows: &[&(RequestRecord, f64)]) -> BytesMut {
         let attempts = i32::try_from(record.failover_attempts).unwrap_or(i32::MAX);
         fixed(&mut out, &attempts.to_be_bytes());
         text(&mut out, record.model.as_deref());
+        text(&mut out, record.requested_model.as_deref());
         fixed(&mut out, &[u8::from(record.stream)]);
         for tokens in [
             record.usage.input_tokens,
@@ -57,7 +59,8 @@ pub(super) fn binary(rows: &[&(RequestRecord, f64)]) -> BytesMut {
         ] {
             fixed(&mut out, &int(tokens).to_be_bytes());
         }
-        fixed(&mut out, &cost.to_be_bytes());
+        fixed(&mut out, &cost.usd.to_be_bytes());
+        fixed(&mut out, &[u8::from(cost.known)]);
         text(&mut out, record.client.as_deref());
     }
     out.put_i16(-1);
@@ -99,10 +102,16 @@ mod tests {
             .unwrap()
             .with_timezone(&chrono::Utc);
         let record = RequestRecord::new("r", timestamp, "GET", "/v1/x");
-        let bytes = binary(&[&(record, 0.5)]);
+        let bytes = binary(&[&(
+            record,
+            Cost {
+                usd: 0.5,
+                known: true,
+            },
+        )]);
         assert!(bytes.starts_with(SIGNATURE));
         let row = &bytes[SIGNATURE.len() + 8..];
-        assert_eq!(&row[..2], &21i16.to_be_bytes(), "one field per column");
+        assert_eq!(&row[..2], &23i16.to_be_bytes(), "one field per column");
         // id: length 1, "r"; then the timestamp: 8 bytes, one second after PostgreSQL's epoch.
         assert_eq!(&row[2..7], &[0, 0, 0, 1, b'r']);
         assert_eq!(&row[7..11], &8i32.to_be_bytes());
