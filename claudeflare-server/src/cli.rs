@@ -98,6 +98,12 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Prices: what is in force, and installing a new catalogue without a release.
+    Pricing {
+        /// What to do.
+        #[command(subcommand)]
+        command: PricingCommand,
+    },
     /// The terminal dashboard, over the HTTP API of a running server.
     Tui {
         /// The server (default: this machine, on the configured port).
@@ -140,6 +146,23 @@ pub enum KeysCommand {
     Revoke {
         /// The key's name.
         name: String,
+    },
+}
+
+/// `pricing …`.
+#[derive(Debug, Subcommand)]
+pub enum PricingCommand {
+    /// Check a price catalogue (a JSON file, or an http(s) URL) and install it in the
+    /// database: every server on it uses it within 2 seconds, and at every later start.
+    Update {
+        /// The catalogue: a file, or an http:// or https:// URL.
+        source: String,
+    },
+    /// The prices in force: the catalogue's, and the config file's overrides.
+    List {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

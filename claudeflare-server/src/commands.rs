@@ -18,6 +18,9 @@ use crate::oauth;
 use crate::secrets::Cipher;
 use crate::usage::{Usage, Window};
 
+mod pricing;
+pub use pricing::pricing;
+
 /// What the commands work with: the server's database, its secret key and configuration.
 pub struct Context {
     db: DatabaseConnection,
@@ -344,10 +347,12 @@ pub async fn list(json: bool) -> anyhow::Result<()> {
             .map(|(view, usage)| crate::views::account_json(view, usage.as_ref()))
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
+        warn_unpriced(&context.db).await;
         return Ok(());
     }
     if rows.is_empty() {
         println!("No accounts. Add one with `claudeflare-server add NAME`.");
+        warn_unpriced(&context.db).await;
         return Ok(());
     }
     let header = [
@@ -358,12 +363,11 @@ pub async fn list(json: bool) -> anyhow::Result<()> {
         "REQUESTS",
         "TOKEN EXPIRES",
         "USAGE 5H / 7D",
-    ]
-    .map(String::from);
-    let table: Vec<[String; 7]> = rows
+    ];
+    let table: Vec<Vec<String>> = rows
         .iter()
         .map(|(v, usage)| {
-            [
+            vec![
                 // A name stored before control characters were refused is shown escaped.
                 printable(&v.name),
                 v.mode.to_string(),
@@ -378,21 +382,40 @@ pub async fn list(json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &table {
+    print_table(&header, &table);
+    warn_unpriced(&context.db).await;
+    Ok(())
+}
+
+/// Print `rows` under `header`, in columns.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    for row in std::iter::once(&header).chain(&table) {
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
         let cells: Vec<String> = row
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
         println!("{}", cells.join("  ").trim_end());
     }
-    Ok(())
+}
+
+/// On stderr: the models of the history that found no price, and how to price them.
+async fn warn_unpriced(db: &DatabaseConnection) {
+    match db::rollups::unpriced(db).await {
+        Ok(unpriced) => {
+            if let Some(warning) = db::rollups::unpriced_warning(&unpriced) {
+                eprintln!("warning: {warning}");
+            }
+        }
+        Err(error) => eprintln!("warning: could not read which models lack a price: {error}"),
+    }
 }
 
 /// `remove NAME [--yes]`: asks on a terminal; refuses without one unless --yes.

@@ -29,9 +29,26 @@ fn return_freed_memory_promptly() {
     }
 }
 
+/// A command's output piped into `head` ends quietly when the pipe closes, as other command-line
+/// tools do, rather than with a panic on the failed write. (The server keeps SIGPIPE ignored:
+/// a client that goes away must not end it.)
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: restores the default disposition of one signal, before any other thread exists.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     return_freed_memory_promptly();
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        None | Some(Command::Serve { .. } | Command::Tui { .. })
+    ) {
+        end_quietly_on_a_closed_pipe();
+    }
     // Proxy traffic runs on threads of its own (`threads`); this runtime has the rest: the
     // database, the API and dashboard, background tasks. One worker is plenty for that.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -83,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reauth { name, api_key } => commands::reauth(&name, api_key).await,
         Command::Refresh { name } => commands::refresh(name.as_deref()).await,
         Command::Keys { command } => commands::keys(command).await,
+        Command::Pricing { command } => commands::pricing(command).await,
         Command::Tui { url, key } => commands::tui(url, key).await,
     }
 }

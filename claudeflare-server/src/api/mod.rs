@@ -76,6 +76,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// `GET /api/stats`.
 pub async fn stats(State(state): State<AppState>) -> ApiResult {
     let totals = rollups::totals(&state.db, None).await?;
+    let unpriced = rollups::unpriced(&state.db).await?;
     let now = Utc::now();
     let active = state
         .pool
@@ -100,6 +101,7 @@ pub async fn stats(State(state): State<AppState>) -> ApiResult {
         "cache_read_input_tokens": totals.cache_read_input_tokens,
         "cache_creation_input_tokens": totals.cache_creation_input_tokens,
         "total_cost_usd": totals.total_cost_usd,
+        "unpriced_models": unpriced,
         "dropped_records": state.dropped.load(std::sync::atomic::Ordering::Relaxed),
     })))
 }

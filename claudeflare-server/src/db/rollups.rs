@@ -164,6 +164,53 @@ pub async fn totals(
     }
 }
 
+/// A model whose requests found no price (their cost counted as 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Unpriced {
+    /// The model that served them.
+    pub model: String,
+    /// How many.
+    pub requests: i64,
+}
+
+/// The models of the history that found no price, the most requested first.
+pub async fn unpriced(db: &impl ConnectionTrait) -> Result<Vec<Unpriced>, DbError> {
+    let backend = db.get_database_backend();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT model, CAST(SUM(unpriced_requests) AS BIGINT) AS requests FROM request_rollups \
+             WHERE unpriced_requests > 0 AND model <> '' GROUP BY model ORDER BY requests DESC, model",
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Unpriced {
+                model: row.try_get("", "model")?,
+                requests: row.try_get("", "requests")?,
+            })
+        })
+        .collect()
+}
+
+/// The line that names the models without a price and how to price them, if any.
+pub fn unpriced_warning(unpriced: &[Unpriced]) -> Option<String> {
+    if unpriced.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = unpriced
+        .iter()
+        .map(|u| {
+            let plural = if u.requests == 1 { "" } else { "s" };
+            format!("{} ({} request{plural})", u.model, u.requests)
+        })
+        .collect();
+    Some(format!(
+        "No price for {}: counted as $0. Run `claudeflare-server pricing update FILE|URL` with a catalogue that has them, or add them under `pricing` in the config file.",
+        named.join(", ")
+    ))
+}
+
 /// How to group a series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum By {
