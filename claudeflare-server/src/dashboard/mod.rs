@@ -67,6 +67,8 @@ pub struct Data {
     pub today: Totals,
     /// Records not stored.
     pub dropped: u64,
+    /// The models of the history that found no price.
+    pub unpriced: Vec<rollups::Unpriced>,
     /// Accounts taking traffic.
     pub active: usize,
     /// Every account.
@@ -124,6 +126,7 @@ pub async fn gather(state: &AppState, filter: Filter) -> Result<Data, DbError> {
         all: rollups::totals(db, None).await?,
         today: rollups::totals(db, Some(day_start)).await?,
         dropped: state.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        unpriced: rollups::unpriced(db).await?,
         active: views
             .iter()
             .filter(|v| v.status == AccountStatus::Active)

@@ -9,7 +9,7 @@ use super::charts::{self, Bar};
 use super::format::{ago, clock, count, millis, span, usd};
 use super::{AccountRow, Data, assets};
 use crate::config::StrategyName;
-use crate::db::rollups::Totals;
+use crate::db::rollups::{self, Totals};
 
 /// Why `session` is the default, shown when another strategy is chosen with subscriptions.
 pub const STICKY_ADVICE: &str = "Subscription accounts are best served by the session strategy: prompt caching is per \
@@ -108,6 +108,9 @@ fn overview(data: &Data) -> Markup {
                 @if data.dropped > 0 {
                     div.stat.warn { div.label { "Dropped records" } div.value { (data.dropped) } div.detail { "the database could not keep up" } }
                 }
+            }
+            @if let Some(warning) = rollups::unpriced_warning(&data.unpriced) {
+                p #unpriced.advice role="alert" { (warning) }
             }
         }
     }

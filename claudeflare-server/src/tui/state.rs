@@ -14,6 +14,8 @@ pub struct Stats {
     pub success_rate: f64,
     /// Accounts that can take requests now.
     pub active_accounts: u64,
+    /// The models that found no price.
+    pub unpriced_models: Vec<crate::db::rollups::Unpriced>,
 }
 
 /// One hour of `GET /api/stats/hourly`.

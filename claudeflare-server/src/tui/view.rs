@@ -109,7 +109,22 @@ fn draw_footer(frame: &mut Frame<'_>, area: Rect) {
 }
 
 fn draw_overview(frame: &mut Frame<'_>, area: Rect, data: &Snapshot) {
-    let [totals, chart] = Layout::vertical([Constraint::Length(6), Constraint::Min(4)]).areas(area);
+    let warning = crate::db::rollups::unpriced_warning(&data.stats.unpriced_models);
+    let warning_rows = if warning.is_some() { 3 } else { 0 };
+    let [totals, notice, chart] = Layout::vertical([
+        Constraint::Length(6),
+        Constraint::Length(warning_rows),
+        Constraint::Min(4),
+    ])
+    .areas(area);
+    if let Some(warning) = warning {
+        frame.render_widget(
+            Paragraph::new(warning)
+                .wrap(ratatui::widgets::Wrap { trim: true })
+                .style(Style::new().fg(Color::Yellow)),
+            notice,
+        );
+    }
     let [all, today] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(totals);
     let total_accounts = data.accounts.len();
@@ -469,6 +484,7 @@ mod tests {
                 total_requests: 18_452,
                 success_rate: 99.2,
                 active_accounts: 2,
+                unpriced_models: Vec::new(),
             },
             hourly,
             accounts: vec![
@@ -557,6 +573,24 @@ mod tests {
         accounts_160x48: Screen::Accounts, 160, 48;
         requests_80x24: Screen::Requests, 80, 24;
         requests_160x48: Screen::Requests, 160, 48;
+    }
+
+    #[test]
+    fn the_overview_names_the_models_without_a_price_and_the_fix() {
+        let mut app = app();
+        if let Some(data) = &mut app.data {
+            data.stats.unpriced_models = vec![crate::db::rollups::Unpriced {
+                model: "claude-opus-9".into(),
+                requests: 3,
+            }];
+        }
+        let screen = render(&app, 120, 30);
+        assert!(
+            screen.contains("No price for claude-opus-9 (3 requests)"),
+            "{screen}"
+        );
+        assert!(screen.contains("pricing update"), "{screen}");
+        assert!(!render(&self::app(), 120, 30).contains("No price"));
     }
 
     #[test]
