@@ -12,35 +12,6 @@ use claudeflare_testkit::{BANNED_MESSAGE, EXTRA_USAGE_MESSAGE, LONG_CONTEXT_MESS
 use common::{Env, eventually, key};
 use serde_json::{Value, json};
 
-async fn message(
-    server: &common::Server,
-    model: &str,
-    stream: bool,
-) -> claudeflare_testkit::TestResponse {
-    let body = json!({"model": model, "max_tokens": 16, "stream": stream,
-        "messages": [{"role": "user", "content": "hi"}]});
-    server
-        .client
-        .post_json("/v1/messages", &body, &[("x-api-key", "client-key")])
-        .await
-}
-
-/// The newest `count` requests of the history, once there are that many.
-async fn history(server: &common::Server, count: usize) -> Vec<Value> {
-    let found = eventually(Duration::from_secs(5), || async {
-        server.json("/api/requests").await.as_array().unwrap().len() >= count
-    })
-    .await;
-    let requests = server
-        .json("/api/requests")
-        .await
-        .as_array()
-        .unwrap()
-        .clone();
-    assert!(found, "{requests:?}");
-    requests
-}
-
 fn listed(env: &Env, name: &str) -> Value {
     let list: Value = serde_json::from_str(&env.ok(&["list", "--json"])).unwrap();
     list.as_array()
@@ -57,7 +28,7 @@ async fn a_banned_account_leaves_rotation_with_the_upstreams_reason_until_resume
     env.add_keys(&["a", "b"]);
     env.mock.script(&key("a"), [Reply::banned()]);
     let mut server = env.start();
-    let response = message(&server, "claude-sonnet-4-5", true).await;
+    let response = server.ask("claude-sonnet-4-5", true).await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.header("x-claudeflare-account"), Some("b"));
 
@@ -65,7 +36,7 @@ async fn a_banned_account_leaves_rotation_with_the_upstreams_reason_until_resume
     assert_eq!(a["status"], "forbidden");
     assert_eq!(a["status_reason"], BANNED_MESSAGE);
     for _ in 0..3 {
-        let response = message(&server, "claude-sonnet-4-5", false).await;
+        let response = server.ask("claude-sonnet-4-5", false).await;
         assert_eq!(response.header("x-claudeflare-account"), Some("b"));
     }
     assert_eq!(
@@ -102,7 +73,7 @@ async fn a_banned_account_leaves_rotation_with_the_upstreams_reason_until_resume
         a["id"].as_str().unwrap()
     );
     assert!(page.contains(&resume), "the dashboard offers to resume it");
-    let requests = history(&server, 4).await;
+    let requests = server.history(4).await;
     let first = requests.last().unwrap();
     assert_eq!(first["failover_attempts"], 1);
 
@@ -112,7 +83,7 @@ async fn a_banned_account_leaves_rotation_with_the_upstreams_reason_until_resume
     let server = env.start();
     assert_eq!(server.account("a").await["status"], "forbidden");
     assert_eq!(
-        message(&server, "claude-sonnet-4-5", false)
+        server.ask("claude-sonnet-4-5", false)
             .await
             .header("x-claudeflare-account"),
         Some("b")
@@ -135,7 +106,7 @@ async fn the_api_resumes_a_banned_account() {
     env.add_keys(&["a", "b"]);
     env.mock.script(&key("a"), [Reply::banned()]);
     let server = env.start();
-    assert_eq!(message(&server, "claude-opus-4-8", false).await.status, 200);
+    assert_eq!(server.ask("claude-opus-4-8", false).await.status, 200);
     assert_eq!(server.account("a").await["status"], "forbidden");
     let resumed = server.post("/api/accounts/a/resume", "").await;
     assert_eq!(resumed.status, 200, "{}", resumed.text());
@@ -157,12 +128,12 @@ async fn scoped_refusals_bench_nothing_and_the_client_gets_anthropics_answer() {
     );
     let server = env.start();
     // The first request: a refuses it for its context, b for its credits; nobody is benched.
-    let response = message(&server, "claude-sonnet-4-5[1m]", false).await;
+    let response = server.ask("claude-sonnet-4-5[1m]", false).await;
     assert_eq!(response.status, 429, "{}", response.text());
     let json = response.json();
     assert_eq!(json["error"]["type"], "rate_limit_error");
     assert_eq!(json["error"]["message"], "Out of credits for this model.");
-    let response = message(&server, "claude-sonnet-4-5[1m]", true).await;
+    let response = server.ask("claude-sonnet-4-5[1m]", true).await;
     assert_eq!(response.status, 429);
     assert_eq!(response.json()["error"]["message"], LONG_CONTEXT_MESSAGE);
     for name in ["a", "b"] {
@@ -172,10 +143,10 @@ async fn scoped_refusals_bench_nothing_and_the_client_gets_anthropics_answer() {
     }
     // Another model on the same accounts goes through at once.
     assert_eq!(
-        message(&server, "claude-sonnet-4-5", false).await.status,
+        server.ask("claude-sonnet-4-5", false).await.status,
         200
     );
-    let requests = history(&server, 3).await;
+    let requests = server.history(3).await;
     let refused = &requests[1];
     assert_eq!(refused["status"], 429);
     assert!(
@@ -199,7 +170,7 @@ async fn a_billing_refusal_and_a_429_without_reset_information() {
         ],
     );
     let server = env.start();
-    let response = message(&server, "claude-opus-4-8", false).await;
+    let response = server.ask("claude-opus-4-8", false).await;
     assert_eq!(response.status, 400);
     assert_eq!(response.json()["error"]["message"], EXTRA_USAGE_MESSAGE);
     assert_eq!(
@@ -207,14 +178,14 @@ async fn a_billing_refusal_and_a_429_without_reset_information() {
         "active",
         "not a rate limit"
     );
-    let requests = history(&server, 1).await;
+    let requests = server.history(1).await;
     let error = requests[0]["error"].as_str().unwrap();
     assert!(error.starts_with("extra usage required"), "{error}");
     assert!(error.contains("Turn on extra usage"), "{error}");
 
     // No reset information at all: fail over now, bench a for the default minute only.
     let before = chrono::Utc::now();
-    let response = message(&server, "claude-opus-4-8", false).await;
+    let response = server.ask("claude-opus-4-8", false).await;
     assert_eq!(response.header("x-claudeflare-account"), Some("b"));
     let a = server.account("a").await;
     assert_eq!(a["status"], "rate_limited");
@@ -232,12 +203,12 @@ async fn an_opus_4_8_request_costs_real_dollars_with_its_1_hour_cache_writes() {
     let env = Env::sqlite().await;
     env.add_keys(&["a"]);
     let server = env.start();
-    assert_eq!(message(&server, "claude-opus-4-8", false).await.status, 200);
-    assert_eq!(message(&server, "claude-opus-4-8", true).await.status, 200);
+    assert_eq!(server.ask("claude-opus-4-8", false).await.status, 200);
+    assert_eq!(server.ask("claude-opus-4-8", true).await.status, 200);
     // 25 input, 42 output, 1000 cache reads, 3 five-minute and 4 one-hour cache writes:
     // 25 × 5 + 42 × 25 + 3 × 6.25 + 4 × 10 + 1000 × 0.5 = 1733.75 per million.
     let expected = 0.001_733_75;
-    let requests = history(&server, 2).await;
+    let requests = server.history(2).await;
     for request in &requests {
         let cost = request["cost_usd"].as_f64().unwrap();
         assert!((cost - expected).abs() < 1e-12, "{request}");
@@ -259,8 +230,8 @@ async fn an_opus_4_8_request_costs_real_dollars_with_its_1_hour_cache_writes() {
     assert!(page.contains("$0.0035"), "the cost today on the dashboard");
 
     // A model the table does not know costs nothing and is named once in the log.
-    assert_eq!(message(&server, "claude-opus-9", false).await.status, 200);
-    assert_eq!(message(&server, "claude-opus-9", false).await.status, 200);
+    assert_eq!(server.ask("claude-opus-9", false).await.status, 200);
+    assert_eq!(server.ask("claude-opus-9", false).await.status, 200);
     let log = server.wait_log("no price known").await;
     assert_eq!(log.matches("no price known").count(), 1, "{log}");
 }
@@ -276,14 +247,14 @@ async fn utilization_moves_the_next_session_before_the_429_unless_turned_off() {
         env.mock
             .script(&key("a"), [Reply::allowed_warning(0.99, 0.40)]);
         let server = env.start();
-        let first = message(&server, "claude-sonnet-4-6", false).await;
+        let first = server.ask("claude-sonnet-4-6", false).await;
         assert_eq!(first.header("x-claudeflare-account"), Some("a"));
         assert_eq!(
             server.account("a").await["rate_limit_status"],
             "allowed_warning"
         );
         assert_eq!(server.account("a").await["utilization_5h"], 0.99);
-        let second = message(&server, "claude-sonnet-4-6", false).await;
+        let second = server.ask("claude-sonnet-4-6", false).await;
         assert_eq!(
             second.header("x-claudeflare-account"),
             Some(expected),
@@ -403,11 +374,11 @@ async fn an_upgrade_keeps_the_accounts_the_history_and_the_users_choices() {
     );
     assert_eq!(old["status"], "active");
     assert_eq!(old["status_reason"], Value::Null);
-    let response = message(&server, "claude-sonnet-4-20250514", false).await;
+    let response = server.ask("claude-sonnet-4-20250514", false).await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.header("x-claudeflare-account"), Some("old"));
     // The old record keeps its cost; the new one is priced from the (overridden) table.
-    let requests = history(&server, 2).await;
+    let requests = server.history(2).await;
     assert_eq!(requests[1]["cost_usd"], 1.25);
     let stats = server.json("/api/stats").await;
     let new_cost = requests[0]["cost_usd"].as_f64().unwrap();

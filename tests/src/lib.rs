@@ -7,9 +7,11 @@
 
 mod client;
 mod mock;
+mod served;
 pub mod sse;
 
 pub use client::{TestClient, TestResponse};
+pub use served::Served;
 pub use mock::{
     BANNED_MESSAGE, CACHE_CREATION_1H_TOKENS, CACHE_CREATION_5M_TOKENS, CACHE_CREATION_TOKENS,
     CACHE_READ_TOKENS, EXTRA_USAGE_MESSAGE, Grant, INPUT_TOKENS, LONG_CONTEXT_MESSAGE,

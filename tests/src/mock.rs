@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use serde_json::{Value, json};
 
+use crate::served::Served;
 use crate::sse;
 
 /// Usage every mock message reports (non-streaming and streaming alike).
@@ -75,6 +76,9 @@ pub enum Reply {
         /// `error.type` of the event.
         kind: String,
     },
+    /// A message served as [`Served`] says: by another model, after a fallback, fast, in a
+    /// region.
+    Served(Served),
 }
 
 impl Reply {
@@ -278,6 +282,9 @@ struct Inner {
     token_delay: Duration,
     token_expires_in: u64,
     token_failures: usize,
+    /// Documents served at their paths (a price catalogue, say), with a status.
+    documents: HashMap<String, (u16, String)>,
+    document_fetches: HashMap<String, usize>,
 }
 
 struct Shared {
@@ -351,6 +358,25 @@ impl MockUpstream {
             .entry(label.to_owned())
             .or_default()
             .extend(replies);
+    }
+
+    /// Serve `body` with `status` at `path` (e.g. `/prices.json`), to anyone: a file on a web
+    /// server, not part of Anthropic's API.
+    pub fn serve_document(&self, path: &str, status: u16, body: impl Into<String>) {
+        self.shared
+            .lock()
+            .documents
+            .insert(path.to_owned(), (status, body.into()));
+    }
+
+    /// How many times the document at `path` was fetched.
+    pub fn document_fetches(&self, path: &str) -> usize {
+        self.shared
+            .lock()
+            .document_fetches
+            .get(path)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Register a subscription account; returns its (access token, refresh token).
@@ -538,6 +564,24 @@ async fn handle(
     if uri.path() == "/v1/oauth/token" {
         return token_endpoint(&shared, &body, &request_id).await;
     }
+    let document = {
+        let mut inner = shared.lock();
+        let document = inner.documents.get(uri.path()).cloned();
+        if document.is_some() {
+            *inner
+                .document_fetches
+                .entry(uri.path().to_owned())
+                .or_default() += 1;
+        }
+        document
+    };
+    if let Some((status, body)) = document {
+        return Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap_or_default();
+    }
     if uri.path() == "/oauth/authorize" {
         return authorize_page(&shared, &uri);
     }
@@ -616,6 +660,15 @@ async fn handle(
             fail_after,
             chunk_size,
         } => sse_response(&shared, &model, &request_id, delay, fail_after, chunk_size),
+        Reply::Served(served) if wants_stream => sse_body_response(
+            &shared,
+            served.stream(&model),
+            &request_id,
+            Duration::ZERO,
+            None,
+            None,
+        ),
+        Reply::Served(served) => json_response(200, &served.json(&model), &request_id),
     }
 }
 

@@ -357,6 +357,26 @@ impl Server {
             .await
     }
 
+    /// A message for `model`, streamed or not.
+    pub async fn ask(&self, model: &str, stream: bool) -> TestResponse {
+        let body = serde_json::json!({"model": model, "max_tokens": 16, "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]});
+        self.client
+            .post_json("/v1/messages", &body, &[("x-api-key", "client-key")])
+            .await
+    }
+
+    /// The newest `count` requests of the history (newest first), once there are that many.
+    pub async fn history(&self, count: usize) -> Vec<Value> {
+        let found = eventually(Duration::from_secs(5), || async {
+            self.json("/api/requests").await.as_array().unwrap().len() >= count
+        })
+        .await;
+        let requests = self.json("/api/requests").await.as_array().unwrap().clone();
+        assert!(found, "{requests:?}");
+        requests
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
