@@ -66,7 +66,7 @@ fn main() {
         let db = db::open(&url).await.expect("the database");
         let seeding = Instant::now();
         for chunk in (0..REQUESTS).collect::<Vec<_>>().chunks(5000) {
-            let batch: Vec<_> = chunk.iter().map(|&i| (record(i), 0.01)).collect();
+            let batch: Vec<_> = chunk.iter().map(|&i| (record(i), claudeflare_server::pricing::Cost::priced(0.01))).collect();
             requests::insert_batch(&db, &batch, false).await.expect("seeding");
         }
         println!("seeded {REQUESTS} requests in {:.1} s", seeding.elapsed().as_secs_f64());

@@ -85,6 +85,8 @@ async fn the_api_answers_with_the_contracts_shapes() {
         "cache_read_input_tokens",
         "cache_creation_input_tokens",
         "cost_usd",
+        "requested_model",
+        "price_known",
     ] {
         assert!(
             r.get(field).is_some(),
@@ -107,6 +109,7 @@ async fn the_api_answers_with_the_contracts_shapes() {
         "cache_creation_input_tokens",
         "total_cost_usd",
         "dropped_records",
+        "unpriced_models",
     ] {
         assert!(stats.get(field).is_some(), "stats lack `{field}`: {stats}");
     }

@@ -30,7 +30,10 @@ fn mock_cost([input, output, write_5m, write_1h, read]: [f64; 5]) -> f64 {
 
 fn assert_cost(request: &Value, expected: f64) {
     let cost = request["cost_usd"].as_f64().unwrap();
-    assert!((cost - expected).abs() < 1e-12, "{cost} != {expected}: {request}");
+    assert!(
+        (cost - expected).abs() < 1e-12,
+        "{cost} != {expected}: {request}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -53,11 +56,17 @@ async fn claude_codes_default_models_are_priced() {
     let requests = server.history(models.len()).await;
     for (request, (model, rates)) in requests.iter().rev().zip(models) {
         assert_eq!(request["requested_model"], model, "{request}");
-        assert_eq!(request["model"], model, "the answer named the model asked for");
+        assert_eq!(
+            request["model"], model,
+            "the answer named the model asked for"
+        );
         assert_eq!(request["price_known"], true, "{request}");
         assert_cost(request, mock_cost(rates));
     }
-    assert_eq!(server.json("/api/stats").await["unpriced_models"], json!([]));
+    assert_eq!(
+        server.json("/api/stats").await["unpriced_models"],
+        json!([])
+    );
 }
 
 /// Fable 5.2 declines and Opus 4.8 answers: the record names Opus 4.8, and only its attempt is
@@ -69,7 +78,10 @@ async fn a_fallback_is_costed_at_the_model_that_served_in_json_and_sse() {
     let fallback = Served::fallback_to("claude-opus-4-8");
     env.mock.script(
         &key("a"),
-        [Reply::Served(fallback.clone()), Reply::Served(fallback.clone())],
+        [
+            Reply::Served(fallback.clone()),
+            Reply::Served(fallback.clone()),
+        ],
     );
     let server = env.start();
     let json = server.ask("claude-fable-5-2", false).await;
@@ -248,7 +260,10 @@ async fn pricing_update_reaches_the_running_server_survives_a_restart_and_keeps_
     );
     assert_eq!(listed["models"].as_array().unwrap().len(), 2);
     let table = env.ok(&["pricing", "list"]);
-    assert!(table.contains("claude-opus-9") && table.contains("$2"), "{table}");
+    assert!(
+        table.contains("claude-opus-9") && table.contains("$2"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -278,7 +293,9 @@ async fn an_invalid_catalogue_is_refused_naming_the_problem_and_changes_nothing(
     }
     let missing = env.cli(&["pricing", "update", "/nonexistent/prices.json"]);
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/prices.json"));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/prices.json")
+    );
     let listed: Value = serde_json::from_str(&env.ok(&["pricing", "list", "--json"])).unwrap();
     assert_eq!(listed["origin"], "built in", "nothing was installed");
 }
@@ -298,20 +315,29 @@ async fn pricing_url_installs_at_start_and_a_failed_refresh_keeps_the_last_good_
         eventually(Duration::from_secs(4), || async {
             let listed: Value =
                 serde_json::from_str(&env.ok(&["pricing", "list", "--json"])).unwrap();
-            listed["origin"].as_str().unwrap_or_default().contains("/prices.json")
+            listed["origin"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("/prices.json")
         })
         .await,
         "{}",
         server.log()
     );
-    assert_eq!(env.mock.document_fetches("/prices.json"), 1, "once at start");
+    assert_eq!(
+        env.mock.document_fetches("/prices.json"),
+        1,
+        "once at start"
+    );
     assert_eq!(opus_9_input_price(&server, 0).await, json!(1.0));
     drop(server);
 
     // The URL now fails: the server says so, and the installed catalogue stays in force.
     env.mock.serve_document("/prices.json", 500, "{}");
     let server = env.start();
-    let log = server.wait_log("could not refresh the price catalogue").await;
+    let log = server
+        .wait_log("could not refresh the price catalogue")
+        .await;
     assert!(log.contains("answered 500"), "{log}");
     assert_eq!(opus_9_input_price(&server, 1).await, json!(1.0));
 }
@@ -347,5 +373,66 @@ async fn pricing_update_reaches_a_second_instance_on_postgres() {
     assert_eq!(restarted.ask("claude-opus-9", true).await.status, 200);
     let newest = restarted.history(stored + 1).await;
     assert_eq!(newest[0]["stream"], true);
-    assert_eq!(newest[0]["price_known"], true, "a later start: {}", newest[0]);
+    assert_eq!(
+        newest[0]["price_known"], true,
+        "a later start: {}",
+        newest[0]
+    );
+}
+
+/// Anthropic's Python SDK reads a fallback through claudeflare as it reads it from Anthropic:
+/// the final message names the model that served, in JSON and when streamed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sdk_sees_the_model_that_served_through_claudeflare() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import anthropic"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Anthropic's Python SDK is missing (pip install anthropic)"
+        );
+        eprintln!("skipped: Anthropic's Python SDK is not installed");
+        return;
+    }
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    let fallback = Served::fallback_to("claude-opus-4-8");
+    env.mock.script(
+        &key("a"),
+        [Reply::Served(fallback.clone()), Reply::Served(fallback)],
+    );
+    let server = env.start();
+    let script = r#"
+import anthropic
+client = anthropic.Anthropic(api_key="unused", max_retries=0)
+ask = dict(model="claude-fable-5-2", max_tokens=16, messages=[{"role": "user", "content": "hi"}],
+           betas=["server-side-fallback-2026-07-01"], fallbacks="default")
+message = client.beta.messages.create(**ask)
+print("json", message.model, [block.type for block in message.content])
+with client.beta.messages.stream(**ask) as stream:
+    final = stream.get_final_message()
+print("stream", final.model, [block.type for block in final.content], final.usage.output_tokens)
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("ANTHROPIC_BASE_URL", &server.url)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines[0], "json claude-opus-4-8 ['fallback', 'text']");
+    assert_eq!(
+        lines[1],
+        format!("stream claude-opus-4-8 ['fallback', 'text'] {OUTPUT_TOKENS}")
+    );
+    for request in server.history(2).await {
+        assert_eq!(request["model"], "claude-opus-4-8");
+        assert_eq!(request["requested_model"], "claude-fable-5-2");
+    }
 }

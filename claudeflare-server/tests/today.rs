@@ -83,7 +83,8 @@ async fn a_banned_account_leaves_rotation_with_the_upstreams_reason_until_resume
     let server = env.start();
     assert_eq!(server.account("a").await["status"], "forbidden");
     assert_eq!(
-        server.ask("claude-sonnet-4-5", false)
+        server
+            .ask("claude-sonnet-4-5", false)
             .await
             .header("x-claudeflare-account"),
         Some("b")
@@ -142,10 +143,7 @@ async fn scoped_refusals_bench_nothing_and_the_client_gets_anthropics_answer() {
         assert_eq!(account["rate_limited_until"], Value::Null);
     }
     // Another model on the same accounts goes through at once.
-    assert_eq!(
-        server.ask("claude-sonnet-4-5", false).await.status,
-        200
-    );
+    assert_eq!(server.ask("claude-sonnet-4-5", false).await.status, 200);
     let requests = server.history(3).await;
     let refused = &requests[1];
     assert_eq!(refused["status"], 429);

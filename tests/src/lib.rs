@@ -11,9 +11,9 @@ mod served;
 pub mod sse;
 
 pub use client::{TestClient, TestResponse};
-pub use served::Served;
 pub use mock::{
     BANNED_MESSAGE, CACHE_CREATION_1H_TOKENS, CACHE_CREATION_5M_TOKENS, CACHE_CREATION_TOKENS,
     CACHE_READ_TOKENS, EXTRA_USAGE_MESSAGE, Grant, INPUT_TOKENS, LONG_CONTEXT_MESSAGE,
     MockUpstream, OUTPUT_TOKENS, Received, Reply, message_json, unified_headers,
 };
+pub use served::Served;

@@ -143,7 +143,11 @@ impl Served {
     pub fn stream(&self, asked: &str) -> Vec<u8> {
         // The stream starts before a fallback happens: `message_start` names the model asked
         // for when one follows, the `fallback` block the one that took over.
-        let started_by = if self.fallback { asked } else { self.serving(asked) };
+        let started_by = if self.fallback {
+            asked
+        } else {
+            self.serving(asked)
+        };
         let mut start_usage = self.tokens();
         start_usage["output_tokens"] = json!(1);
         self.mark(&mut start_usage);

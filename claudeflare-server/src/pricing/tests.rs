@@ -527,3 +527,19 @@ fn patterns() {
         assert_eq!(glob(pattern, text), matches, "{pattern} {text}");
     }
 }
+
+#[test]
+fn the_readmes_example_catalogue_is_one() {
+    let readme = include_str!("../../../README.md");
+    let after = readme
+        .split_once("The format (JSON")
+        .expect("the README describes the format")
+        .1;
+    let block = after
+        .split_once("```json\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("with an example")
+        .0;
+    let catalogue = Catalogue::parse(block).unwrap();
+    assert_eq!(catalogue.models.len(), 3);
+}

@@ -131,7 +131,7 @@ impl Provider for Anthropic {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         if content_type.starts_with("text/event-stream") {
-            AnthropicTap(Tap::Sse(SseTap::default()))
+            AnthropicTap(Tap::Sse(Box::default()))
         } else if content_type.starts_with("application/json") {
             AnthropicTap(Tap::Json(JsonTap::default()))
         } else {
@@ -213,7 +213,8 @@ pub struct AnthropicTap(Tap);
 #[derive(Debug)]
 enum Tap {
     /// `text/event-stream`.
-    Sse(SseTap),
+    // Boxed: the stream reader is several times the size of the others.
+    Sse(Box<SseTap>),
     /// `application/json`.
     Json(JsonTap),
     /// Anything else: nothing to read.
