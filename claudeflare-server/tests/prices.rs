@@ -101,6 +101,11 @@ async fn a_fallback_is_costed_at_the_model_that_served_in_json_and_sse() {
         assert_eq!(request["price_known"], true);
         assert_cost(&request, opus_4_8);
     }
+    let page = server.get("/dashboard").await.text();
+    assert!(
+        page.contains("asked for claude-fable-5-2"),
+        "the history shows both models"
+    );
     // The per-model chart and the metrics count the model that served.
     let metrics = server.get("/metrics").await.text();
     assert!(
@@ -118,8 +123,12 @@ async fn fast_mode_us_inference_and_another_model_are_priced_as_the_answer_says(
         [
             Reply::Served(Served::by("claude-opus-5-5").fast().geo("us")),
             Reply::Served(Served::by("claude-opus-5-5").fast()),
-            // Asked for an alias, answered with the id.
-            Reply::Served(Served::by("claude-sonnet-5-5")),
+            // Another model answers, with a redeemed fallback credit in its usage (as the
+            // SDK's `fallback_credit_response.txt` streams it).
+            Reply::Served(Served {
+                credit: true,
+                ..Served::by("claude-sonnet-5-5")
+            }),
         ],
     );
     let server = env.start();
@@ -157,6 +166,10 @@ async fn a_model_without_a_price_is_flagged_counted_and_named_with_the_fix() {
         json!([{"model": "claude-opus-9", "requests": 2}])
     );
     let page = server.get("/dashboard").await.text();
+    assert!(
+        page.contains("no price"),
+        "the history marks the unpriced requests"
+    );
     assert!(
         page.contains("No price for claude-opus-9 (2 requests)")
             && page.contains("claudeflare-server pricing update FILE|URL"),
@@ -306,9 +319,10 @@ async fn pricing_url_installs_at_start_and_a_failed_refresh_keeps_the_last_good_
     env.add_keys(&["a"]);
     let far = chrono::Utc::now() + chrono::TimeDelta::days(3650);
     env.mock.serve_document("/prices.json", 200, catalogue(far));
+    // A token in the URL's query never shows: not in the log, the database or `pricing list`.
     env.set(
         "CLAUDEFLARE_PRICING_URL",
-        &format!("{}/prices.json", env.mock.url()),
+        &format!("{}/prices.json?token=SECRET-price-token", env.mock.url()),
     );
     let server = env.start();
     assert!(
@@ -329,6 +343,14 @@ async fn pricing_url_installs_at_start_and_a_failed_refresh_keeps_the_last_good_
         1,
         "once at start"
     );
+    let config = server.json("/api/config").await;
+    assert!(
+        config["pricing_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/prices.json"),
+        "{config}"
+    );
     assert_eq!(opus_9_input_price(&server, 0).await, json!(1.0));
     drop(server);
 
@@ -339,6 +361,8 @@ async fn pricing_url_installs_at_start_and_a_failed_refresh_keeps_the_last_good_
         .wait_log("could not refresh the price catalogue")
         .await;
     assert!(log.contains("answered 500"), "{log}");
+    assert!(!log.contains("SECRET"), "{log}");
+    assert!(!env.ok(&["pricing", "list", "--json"]).contains("SECRET"));
     assert_eq!(opus_9_input_price(&server, 1).await, json!(1.0));
 }
 

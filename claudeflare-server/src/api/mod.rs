@@ -199,7 +199,14 @@ pub async fn keys(State(state): State<AppState>) -> ApiResult {
 
 /// `GET /api/config`: the effective settings (none of them secret).
 pub async fn config(State(state): State<AppState>) -> Json<Value> {
-    Json(json!(*state.config.get()))
+    let mut config = json!(*state.config.get());
+    // A catalogue's URL may carry a token (in its query, or as a password): it is shown without.
+    if let Some(url) = config.get_mut("pricing_url") {
+        if let Some(shown) = url.as_str().map(crate::pricing::shown) {
+            *url = Value::String(shown);
+        }
+    }
+    Json(config)
 }
 
 /// `GET /api/config/strategy`.

@@ -1,11 +1,10 @@
 //! `pricing update FILE|URL` and `pricing list [--json]`.
 
-use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use super::{open, print_table};
 use crate::cli::PricingCommand;
-use crate::pricing::{self, Catalogue, ModelPrices, Price, Table};
+use crate::pricing::{self, ModelPrices, Price};
 
 /// `pricing list --json`.
 #[derive(Serialize)]
@@ -29,18 +28,10 @@ pub async fn pricing(command: PricingCommand) -> anyhow::Result<()> {
 
 async fn update(source: &str) -> anyhow::Result<()> {
     // Read and check it before the database is touched: a bad catalogue changes nothing.
-    let text = pricing::fetch_text(source).await?;
-    let catalogue = Catalogue::parse(&text).with_context(|| format!("{source} was refused"))?;
-    let built_in = Table::built_in();
-    let newest = built_in.catalogue().as_of;
-    if catalogue.as_of < newest {
-        bail!(
-            "{source} was refused: it is as of {}, older than this version's built-in catalogue (as of {newest}), which would stay in force; give it an `as_of` of {newest} or later",
-            catalogue.as_of
-        );
-    }
+    let catalogue = pricing::read_checked(source).await?;
     let context = open().await?;
-    pricing::store(&context.db, &catalogue, source).await?;
+    let source = pricing::shown(source);
+    pricing::store(&context.db, &catalogue, &source).await?;
     println!(
         "Installed the price catalogue of {source}: {} models, as of {}. Servers on this database use it within 2 seconds, and at every start.",
         catalogue.models.len(),

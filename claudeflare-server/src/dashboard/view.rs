@@ -455,12 +455,20 @@ fn history(data: &Data) -> Markup {
                             tr.failed[!r.success] {
                                 td { time datetime=(r.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)) { (clock(r.timestamp, data.now)) } }
                                 td { (r.account_name.as_deref().unwrap_or("–")) }
-                                td { (r.model.as_deref().unwrap_or("–")) @if r.stream { " " span.sub { "stream" } } }
+                                td {
+                                    (r.model.as_deref().unwrap_or("–")) @if r.stream { " " span.sub { "stream" } }
+                                    @if let Some(asked) = r.requested_model.as_deref().filter(|asked| Some(*asked) != r.model.as_deref()) {
+                                        div.sub { "asked for " (asked) }
+                                    }
+                                }
                                 td { @match r.status { Some(code) => span.pill.ok[r.success].bad[!r.success] { (code) }, None => span.pill.muted { "none" } } }
                                 td { (millis(r.response_time_ms as f64)) }
                                 td { (r.first_byte_ms.map_or_else(|| "–".to_owned(), |ms| millis(ms as f64))) }
                                 td { (count(r.input_tokens)) " / " (count(r.output_tokens)) " / " (count(r.cache_read_input_tokens + r.cache_creation_input_tokens)) }
-                                td { (usd(r.cost_usd)) }
+                                td {
+                                    (usd(r.cost_usd))
+                                    @if !r.price_known { " " span.pill.warn title="no price known for this model" { "no price" } }
+                                }
                                 td { (r.failover_attempts) }
                                 td { (r.api_key.as_deref().unwrap_or("–")) }
                                 td.error-text { (r.error.as_deref().unwrap_or("")) }

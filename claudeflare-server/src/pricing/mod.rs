@@ -24,7 +24,10 @@ use claudeflare_tower::record::{Billing, Iteration, RequestRecord, Usage};
 use serde::{Deserialize, Serialize};
 
 pub use catalogue::{Band, Catalogue, CatalogueError, ModelPrices, Price, Rates, Since};
-pub use store::{Installed, Origin, fetch_text, install_from, keep_current, load_in_force, store};
+pub use store::{
+    Installed, Origin, fetch_text, install_from, keep_current, load_in_force, read_checked, shown,
+    store,
+};
 
 /// What a request cost, and whether a price was found for all of it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

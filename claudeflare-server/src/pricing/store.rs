@@ -122,8 +122,10 @@ pub async fn store(
 
 /// The text of a catalogue at `source`: an `http(s)://` URL, or a file.
 pub async fn fetch_text(source: &str) -> anyhow::Result<String> {
-    if !(source.starts_with("http://") || source.starts_with("https://")) {
-        let text = tokio::fs::read(source)
+    let url = source;
+    let source = shown(source);
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        let text = tokio::fs::read(url)
             .await
             .with_context(|| format!("cannot read {source}"))?;
         anyhow::ensure!(
@@ -137,17 +139,18 @@ pub async fn fetch_text(source: &str) -> anyhow::Result<String> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let mut response = client
-        .get(source)
+        .get(url)
         .send()
         .await
-        .with_context(|| format!("cannot fetch {source}"))?;
+        // reqwest's error names the URL it was given: only the shown one goes into the message.
+        .map_err(|error| anyhow::anyhow!("cannot fetch {source}: {}", error.without_url()))?;
     let status = response.status();
     anyhow::ensure!(status.is_success(), "{source} answered {status}");
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .with_context(|| format!("cannot fetch {source}"))?
+        .map_err(|error| anyhow::anyhow!("cannot fetch {source}: {}", error.without_url()))?
     {
         body.extend_from_slice(&chunk);
         anyhow::ensure!(
@@ -159,6 +162,21 @@ pub async fn fetch_text(source: &str) -> anyhow::Result<String> {
     String::from_utf8(body).with_context(|| format!("{source} did not send UTF-8 text"))
 }
 
+/// Read and check the catalogue at `source`: it must be valid, and no older than this
+/// version's built-in one (which would stay in force).
+pub async fn read_checked(source: &str) -> anyhow::Result<Catalogue> {
+    let shown = shown(source);
+    let text = fetch_text(source).await?;
+    let catalogue = Catalogue::parse(&text).with_context(|| format!("{shown} was refused"))?;
+    let built_in = Table::built_in().catalogue().as_of;
+    anyhow::ensure!(
+        catalogue.as_of >= built_in,
+        "{shown} was refused: it is as of {}, older than this version's built-in catalogue (as of {built_in}), which would stay in force; give it an `as_of` of {built_in} or later",
+        catalogue.as_of
+    );
+    Ok(catalogue)
+}
+
 /// Install the catalogue at `source` unless it is the one in force; returns whether it was
 /// new.
 pub async fn install_from(
@@ -166,13 +184,27 @@ pub async fn install_from(
     source: &str,
     in_force: &Table,
 ) -> anyhow::Result<bool> {
-    let text = fetch_text(source).await?;
-    let catalogue = Catalogue::parse(&text).with_context(|| format!("{source} was refused"))?;
+    let catalogue = read_checked(source).await?;
     if catalogue == *in_force.catalogue() {
         return Ok(false);
     }
-    store(db, &catalogue, source).await?;
+    store(db, &catalogue, &shown(source)).await?;
     Ok(true)
+}
+
+/// `source` as messages and the database show it: a URL without a password or a query (either
+/// may hold a token).
+pub fn shown(source: &str) -> String {
+    let Ok(uri) = source.parse::<http::Uri>() else {
+        return source.to_owned();
+    };
+    match (uri.scheme_str(), uri.host()) {
+        (Some(scheme @ ("http" | "https")), Some(host)) => {
+            let port = uri.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{scheme}://{host}{port}{}", uri.path())
+        }
+        _ => source.to_owned(),
+    }
 }
 
 /// How often another instance's `pricing update` is looked for.
@@ -214,7 +246,7 @@ pub async fn keep_current(
                     }
                     Err(error) => {
                         tracing::warn!(
-                            from = url,
+                            from = shown(&url),
                             error = format!("{error:#}"),
                             "could not refresh the price catalogue from pricing_url; the one in force stays, and it is tried again in an hour"
                         );

@@ -543,3 +543,15 @@ fn the_readmes_example_catalogue_is_one() {
     let catalogue = Catalogue::parse(block).unwrap();
     assert_eq!(catalogue.models.len(), 3);
 }
+
+#[test]
+fn a_catalogues_url_is_shown_without_its_password_or_query() {
+    assert_eq!(
+        shown("https://me:SECRET@prices.example:8443/claude.json?token=SECRET"),
+        "https://prices.example:8443/claude.json"
+    );
+    assert_eq!(
+        shown("/etc/claudeflare/prices.json"),
+        "/etc/claudeflare/prices.json"
+    );
+}

@@ -12,9 +12,11 @@
 //! ```
 //!
 //! Record is the outermost layer: it puts the [`RequestContext`] in the request, and reads it
-//! back when the response headers arrive (model, account, attempts, timings, outcome). Usage is
-//! read from the body as it passes, holding no byte back, by the provider's
-//! [`UsageTap`](crate::provider::UsageTap). The layer also gives every response
+//! back when the response headers arrive (the model asked for, account, attempts, timings,
+//! outcome). Usage is read from the body as it passes, holding no byte back, by the provider's
+//! [`UsageTap`](crate::provider::UsageTap), with the model that served (which a server-side
+//! fallback makes another than the one asked for) and what a cost needs beyond the tokens
+//! ([`Billing`]: speed, region, each attempt). The layer also gives every response
 //! `x-claudeflare-request-id` and, when an account served it, `x-claudeflare-account`. If the
 //! upstream breaks in the middle of a stream, the client gets a final error event instead of a
 //! silent clean end.

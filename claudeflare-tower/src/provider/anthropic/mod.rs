@@ -251,7 +251,13 @@ impl UsageTap for AnthropicTap {
         match &mut self.0 {
             Tap::Sse(tap) => {
                 tap.finish();
-                let mut summary = sse_summary(tap);
+                // The model is read before the billing is taken: it may come from its attempts.
+                let mut summary = TapSummary {
+                    usage: tap.usage(),
+                    model: tap.model().map(str::to_owned),
+                    ..TapSummary::default()
+                };
+                summary.billing = tap.take_billing();
                 summary.error = tap
                     .error()
                     .map(|e| format!("stream error: {}: {}", e.kind, e.message));

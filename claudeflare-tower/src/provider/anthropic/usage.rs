@@ -3,9 +3,9 @@
 //! For SSE, input and cache counts come from `message_start` and the final `output_tokens` from
 //! the last `message_delta`; an `event: error` is remembered. The served model is
 //! `message_start`'s, unless a server-side fallback relabels it: a `fallback` content block
-//! (`to.model`) or a `fallback_message` entry of `usage.iterations`. Only the lines of those events are
-//! copied (and only when a line spans chunks); the bulk of a stream, the content deltas, is
-//! skipped with `memchr`. A JSON body is collected (up to a cap) and read at its end.
+//! (`to.model`) or a `fallback_message` entry of `usage.iterations`. Only the lines of those
+//! events are copied (and only when a line spans chunks); the bulk of a stream, the content
+//! deltas, is skipped with `memchr`. A JSON body is collected (up to a cap) and read at its end.
 //!
 //! Hand-written rather than a general SSE parser because it runs over every streamed byte:
 //! Criterion measures it at 5.5 GiB/s on a 5,000-event stream (`hot_paths`, BENCHMARKS.md),
@@ -116,16 +116,16 @@ struct WireUsage {
     iterations: Option<Vec<WireIteration>>,
 }
 
+/// One entry of `usage.iterations`: its kind and model beside the token counts of a usage.
+/// (`flatten` costs serde a buffer per entry; entries come only with a fallback or a tool
+/// loop, a few per answer.)
 #[derive(Deserialize)]
 struct WireIteration {
     #[serde(rename = "type")]
     kind: Option<String>,
     model: Option<String>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-    cache_creation: Option<WireCacheCreation>,
+    #[serde(flatten)]
+    tokens: WireUsage,
 }
 
 #[derive(Deserialize)]
@@ -175,18 +175,8 @@ impl WireUsage {
 
 impl From<WireIteration> for Iteration {
     fn from(wire: WireIteration) -> Self {
-        let tokens = WireUsage {
-            input_tokens: wire.input_tokens,
-            output_tokens: wire.output_tokens,
-            cache_read_input_tokens: wire.cache_read_input_tokens,
-            cache_creation_input_tokens: wire.cache_creation_input_tokens,
-            cache_creation: wire.cache_creation,
-            speed: None,
-            inference_geo: None,
-            iterations: None,
-        };
         let mut usage = Usage::default();
-        tokens.merge_into(&mut usage);
+        wire.tokens.merge_into(&mut usage);
         Iteration::new(wire.kind.unwrap_or_default(), wire.model, usage)
     }
 }
@@ -385,6 +375,11 @@ impl SseTap {
     /// Speed, region and attempts, as far as the stream said.
     pub(crate) fn billing(&self) -> &Billing {
         &self.billing
+    }
+
+    /// The same, taken out (the stream ended).
+    pub(crate) fn take_billing(&mut self) -> Billing {
+        std::mem::take(&mut self.billing)
     }
 
     /// An `event: error` seen in the stream.
