@@ -49,6 +49,8 @@ pub struct ClientKey {
     pub admin: bool,
     /// Its limits.
     pub limits: Limits,
+    /// The models it may ask for; `None`: any (or the config file's `models`).
+    pub models: Option<Arc<[String]>>,
     /// Requests in flight now.
     pub in_flight: AtomicU64,
     /// Requests of the current minute: (minute, count).
@@ -75,10 +77,17 @@ struct Session {
 pub struct Refusal {
     /// The status.
     pub status: StatusCode,
+    /// `error.type` of Anthropic's envelope, on `/v1`.
+    pub kind: &'static str,
     /// What to say.
     pub message: String,
     /// `retry-after`, in seconds.
     pub retry_after: Option<u64>,
+    /// Whether retrying can help; when not, the answer says `x-should-retry: false`, and
+    /// Claude Code and the SDKs show it at once instead of retrying for minutes.
+    pub retry: bool,
+    /// More headers (a budget's usage-limit headers).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Refusal {
@@ -87,12 +96,23 @@ impl Refusal {
         Self::new(StatusCode::FORBIDDEN, message)
     }
 
-    /// `status`, saying `message`.
+    /// `status`, saying `message`, in the error type of the gateway protocol's table for it.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        let (kind, retry) = match status.as_u16() {
+            400 | 415 => ("invalid_request_error", false),
+            // A missing, wrong or revoked key: only a new one helps.
+            401 => ("authentication_error", false),
+            403 => ("permission_error", false),
+            429 => ("rate_limit_error", true),
+            _ => ("api_error", true),
+        };
         Self {
             status,
+            kind,
             message: message.into(),
             retry_after: None,
+            retry,
+            headers: Vec::new(),
         }
     }
 }
@@ -111,8 +131,28 @@ struct Inner {
     sessions: Mutex<HashMap<String, Session>>,
     /// Ids of keys used since the last write of `last_used_at`.
     used: Mutex<HashSet<String>>,
-    /// This month's estimated cost per key name, from every instance's records.
-    spent: Mutex<HashMap<Arc<str>, f64>>,
+    /// This month's estimated cost per key name: every instance's stored records, and this
+    /// instance's own requests as they are recorded.
+    spent: Mutex<Spent>,
+}
+
+/// What each key spent in one calendar month (UTC).
+#[derive(Default)]
+struct Spent {
+    month: Option<chrono::DateTime<Utc>>,
+    by_key: HashMap<Arc<str>, f64>,
+}
+
+impl Spent {
+    /// The map of `now`'s month, emptied when a new month began.
+    fn of(&mut self, now: chrono::DateTime<Utc>) -> &mut HashMap<Arc<str>, f64> {
+        let month = keys::month_start(now);
+        if self.month != Some(month) {
+            self.month = Some(month);
+            self.by_key.clear();
+        }
+        &mut self.by_key
+    }
 }
 
 impl Access {
@@ -162,8 +202,9 @@ impl Access {
     }
 
     /// Reload the keys twice a second (a key made or revoked on another instance of a shared
-    /// database is honoured here within a second) and this month's spending every 5 s, and
-    /// store when keys were last used every 10 s, until `stop`.
+    /// database is honoured here within a second) and this month's spending every 2 s (this
+    /// instance's own counts at once, see [`spend`](Self::spend)), and store when keys were
+    /// last used every 10 s, until `stop`.
     pub async fn run(self, db: DatabaseConnection, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -182,7 +223,7 @@ impl Access {
             {
                 tracing::warn!(%error, "could not read the dashboard logins; keeping the ones known");
             }
-            if ticks % 10 == 0 && self.keys_exist() {
+            if ticks % 4 == 0 && self.keys_exist() {
                 self.refresh_spending(&db).await;
             }
             if ticks % 20 == 0 {
@@ -197,20 +238,62 @@ impl Access {
     }
 
     async fn refresh_spending(&self, db: &DatabaseConnection) {
-        match keys::usage_since(db, keys::month_start(Utc::now())).await {
+        let now = Utc::now();
+        match keys::usage_since(db, keys::month_start(now)).await {
             Ok(usage) => {
-                let spent = usage
-                    .into_iter()
-                    .map(|(name, _, cost)| (Arc::from(name), cost))
-                    .collect();
-                *self
-                    .inner
-                    .spent
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = spent;
+                let mut spent = self.spent();
+                let by_key = spent.of(now);
+                // The stored total, or this instance's count when it is ahead (its last
+                // requests not stored yet).
+                for (name, _, cost) in usage {
+                    let entry = by_key.entry(Arc::from(name)).or_default();
+                    *entry = entry.max(cost);
+                }
             }
             Err(error) => tracing::warn!(%error, "could not read this month's spending per key"),
         }
+    }
+
+    fn spent(&self) -> std::sync::MutexGuard<'_, Spent> {
+        self.inner
+            .spent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Count `usd` to the key `name` at once: the request after the one that spent a budget is
+    /// refused on this instance, whatever the database writer is doing.
+    pub fn spend(&self, name: &str, usd: f64) {
+        if usd <= 0.0 {
+            return;
+        }
+        let mut spent = self.spent();
+        let by_key = spent.of(Utc::now());
+        match by_key.get_mut(name) {
+            Some(total) => *total += usd,
+            None => {
+                by_key.insert(Arc::from(name), usd);
+            }
+        }
+    }
+
+    /// What the key `name` spent this month, as far as this instance knows.
+    pub fn spent_by(&self, name: &str) -> f64 {
+        self.spent()
+            .of(Utc::now())
+            .get(name)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// Where `key` stands against its monthly budget, if it has one.
+    pub fn standing(&self, key: &ClientKey) -> Option<crate::budget::Standing> {
+        let budget = key.limits.monthly_budget_usd?;
+        Some(crate::budget::Standing::new(
+            self.spent_by(&key.name),
+            budget,
+            Utc::now(),
+        ))
     }
 
     async fn store_last_used(&self, db: &DatabaseConnection) {
@@ -297,31 +380,9 @@ impl Access {
     /// Take a request of `key` in, or say which limit it is over. The guard ends it.
     pub fn admit(&self, key: &Arc<ClientKey>) -> Result<InFlight, Refusal> {
         let limits = key.limits;
-        if let Some(budget) = limits.monthly_budget_usd {
-            let spent = self
-                .inner
-                .spent
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&key.name)
-                .copied()
-                .unwrap_or(0.0);
-            if spent >= budget {
-                let now = Utc::now();
-                let next = keys::month_start(now + chrono::Months::new(1));
-                let seconds = u64::try_from((next - now).num_seconds())
-                    .unwrap_or(0)
-                    .max(1);
-                return Err(Refusal {
-                    retry_after: Some(seconds),
-                    ..Refusal::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        format!(
-                            "the key `{}` reached its monthly budget of ${budget:.2} (spent ${spent:.2} this month, UTC)",
-                            key.name
-                        ),
-                    )
-                });
+        if let Some(standing) = self.standing(key) {
+            if standing.spent_out() {
+                return Err(standing.refusal(&key.name, Utc::now()));
             }
         }
         let before = key.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -521,6 +582,7 @@ fn entry(model: &client_key::Model) -> ClientKey {
             concurrency: count(model.concurrency),
             monthly_budget_usd: model.monthly_budget_usd,
         },
+        models: keys::allowed_models(model).map(Arc::from),
         in_flight: AtomicU64::new(0),
         minute: Mutex::new((0, 0)),
     }
@@ -533,6 +595,7 @@ fn same(key: &ClientKey, model: &client_key::Model) -> bool {
         && key.name == fresh.name
         && key.admin == fresh.admin
         && key.limits == fresh.limits
+        && key.models == fresh.models
 }
 
 fn decode_hash(hex: &str) -> Option<[u8; 32]> {

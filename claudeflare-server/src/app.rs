@@ -22,6 +22,8 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::access::{Access, InFlight, Refusal};
+use crate::api::gateway;
+use crate::budget;
 use crate::state::AppState;
 use crate::{api, dashboard};
 
@@ -42,6 +44,7 @@ pub struct App {
     router: Router,
     main: Handle,
     access: Access,
+    config: claudeflare_tower::Setting<crate::config::Config>,
 }
 
 impl App {
@@ -51,6 +54,7 @@ impl App {
         Self {
             balancer,
             access: state.access.clone(),
+            config: state.config.clone(),
             router: router(state),
             main,
         }
@@ -95,10 +99,14 @@ impl App {
                     "this server answers only its own machine (a loopback Host) until a client key exists; add the name to allowed_hosts to reach it by another",
                 ));
             }
+            if proxied {
+                self.allow_configured_models(req);
+            }
             return Ok(None);
         }
+        let key = Access::presented(req.headers()).and_then(|k| access.find(&k));
         if proxied {
-            let Some(key) = Access::presented(req.headers()).and_then(|k| access.find(&k)) else {
+            let Some(key) = key else {
                 return refuse(Refusal::new(
                     http::StatusCode::UNAUTHORIZED,
                     "a valid client key is required (x-api-key or authorization: Bearer)",
@@ -108,8 +116,27 @@ impl App {
                 Ok(admitted) => admitted,
                 Err(refusal) => return refuse(refusal),
             };
-            RequestContext::get_or_insert(req).set_client(Arc::clone(&key.name));
+            let context = RequestContext::get_or_insert(req);
+            context.set_client(Arc::clone(&key.name));
+            if let Some(models) = key.models.clone() {
+                context.allow_models(Arc::clone(&models));
+                req.extensions_mut().insert(gateway::AllowedModels(models));
+            } else {
+                self.allow_configured_models(req);
+            }
+            req.extensions_mut().insert(gateway::CallerKey(key));
             return Ok(Some(admitted));
+        }
+        // A key's own spend, for any key (Claude Code asks with the key it was given).
+        if path == "/api/oauth/usage" {
+            let Some(key) = key else {
+                return refuse(Refusal::new(
+                    http::StatusCode::UNAUTHORIZED,
+                    "a valid client key is required (authorization: Bearer)",
+                ));
+            };
+            req.extensions_mut().insert(gateway::CallerKey(key));
+            return Ok(None);
         }
         if matches!(path, "/health" | "/login" | "/logout") {
             return Ok(None);
@@ -118,6 +145,33 @@ impl App {
             Ok(()) => Ok(None),
             Err(refusal) => refuse(refusal),
         }
+    }
+}
+
+impl App {
+    /// Limit the request to the config file's `models`, when it lists some.
+    fn allow_configured_models(&self, req: &mut Request) {
+        let config = self.config.current();
+        let models = &config.models;
+        if models.is_empty() {
+            return;
+        }
+        let models: Arc<[String]> = models.iter().cloned().collect();
+        RequestContext::get_or_insert(req).allow_models(Arc::clone(&models));
+        req.extensions_mut().insert(gateway::AllowedModels(models));
+    }
+}
+
+/// Whether a `/v1` request is answered here rather than by an account: Claude Code's
+/// telemetry, and the model list of a request limited to some models.
+fn answered_here(req: &Request) -> bool {
+    let path = req.uri().path();
+    match *req.method() {
+        http::Method::POST => gateway::TELEMETRY.contains(&path),
+        http::Method::GET => {
+            path == "/v1/models" && req.extensions().get::<gateway::AllowedModels>().is_some()
+        }
+        _ => false,
     }
 }
 
@@ -145,10 +199,22 @@ impl Service<Request> for App {
                 };
             }
         };
-        if proxied {
+        if proxied && !answered_here(&req) {
+            // A key with a budget learns where it stands on each answer to a message.
+            let limits = admitted
+                .as_ref()
+                .filter(|_| {
+                    req.method() == http::Method::POST && req.uri().path() == "/v1/messages"
+                })
+                .and_then(|admitted| self.access.standing(admitted.key()))
+                .map(|standing| standing.allowed_headers());
             let future = self.balancer.call(req);
             AppFuture {
-                kind: Kind::Proxy { future, admitted },
+                kind: Kind::Proxy {
+                    future,
+                    admitted,
+                    limits,
+                },
             }
         } else {
             let task = self.main.spawn(self.router.clone().oneshot(req));
@@ -176,6 +242,8 @@ pin_project! {
         Proxy {
             #[pin] future: <BalancerService as Service<Request>>::Future,
             admitted: Option<InFlight>,
+            // The usage-limit headers of the key's budget, for a successful answer.
+            limits: Option<Vec<(&'static str, String)>>,
         },
         // Refused before anything ran.
         Answer { response: Option<Response> },
@@ -189,8 +257,17 @@ impl Future for AppFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Proxy { future, admitted } => {
-                let response = std::task::ready!(future.poll(cx));
+            KindProj::Proxy {
+                future,
+                admitted,
+                limits,
+            } => {
+                let mut response = std::task::ready!(future.poll(cx));
+                if let (Ok(response), Some(limits)) = (&mut response, limits.take()) {
+                    if response.status().is_success() {
+                        budget::replace_limit_headers(response.headers_mut(), limits);
+                    }
+                }
                 // The key's place is held until the response body ends.
                 let admitted = admitted.take();
                 Poll::Ready(response.map(|response| {
@@ -294,13 +371,7 @@ fn has_body(headers: &http::HeaderMap) -> bool {
 /// person on the dashboard who is not logged in, `{"error"}` elsewhere.
 fn refusal_response(refusal: &Refusal, proxied: bool, path: &str) -> Response {
     let mut response = if proxied {
-        let kind = match refusal.status.as_u16() {
-            401 => "authentication_error",
-            403 => "permission_error",
-            415 => "invalid_request_error",
-            _ => "rate_limit_error",
-        };
-        api::error::envelope(refusal.status, kind, &refusal.message)
+        api::error::envelope(refusal.status, refusal.kind, &refusal.message)
     } else if refusal.status == http::StatusCode::UNAUTHORIZED
         && !path.starts_with("/api/")
         && path != "/metrics"
@@ -310,10 +381,20 @@ fn refusal_response(refusal: &Refusal, proxied: bool, path: &str) -> Response {
     } else {
         api::error::ApiError::Status(refusal.status, refusal.message.clone()).into_response()
     };
+    let headers = response.headers_mut();
     if let Some(seconds) = refusal.retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        headers.insert(header::RETRY_AFTER, http::HeaderValue::from(seconds));
+    }
+    if !refusal.retry {
+        headers.insert(
+            claudeflare_tower::SHOULD_RETRY,
+            http::HeaderValue::from_static("false"),
+        );
+    }
+    for (name, value) in &refusal.headers {
+        if let Ok(value) = http::HeaderValue::from_str(value) {
+            headers.insert(*name, value);
+        }
     }
     response
 }

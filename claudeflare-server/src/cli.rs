@@ -134,6 +134,10 @@ pub enum KeysCommand {
         /// Estimated cost per calendar month (UTC), in USD, at most.
         #[arg(long, value_parser = parse_budget)]
         monthly_budget_usd: Option<f64>,
+        /// The only models the key may ask for (whole ids, comma-separated); `GET /v1/models`
+        /// then lists them. Default: any (or the config file's `models`).
+        #[arg(long, value_delimiter = ',', value_parser = parse_model)]
+        models: Vec<String>,
     },
     /// List the keys (name, admin, limits, created, last used, requests and cost this month;
     /// never the key).
@@ -164,6 +168,16 @@ pub enum PricingCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_model(value: &str) -> Result<String, String> {
+    let id = value.trim();
+    if id.is_empty() || id.contains(char::is_whitespace) || id.contains(',') {
+        return Err(format!(
+            "`{value}` is not a model id (e.g. claude-opus-5-5)"
+        ));
+    }
+    Ok(id.to_owned())
 }
 
 fn parse_budget(value: &str) -> Result<f64, String> {

@@ -499,6 +499,7 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
             rpm,
             concurrency,
             monthly_budget_usd,
+            models,
         } => {
             if name.trim().is_empty() || name.chars().any(char::is_control) {
                 bail!("a key needs a name of visible characters (it names its requests)");
@@ -508,7 +509,7 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
                 concurrency,
                 monthly_budget_usd,
             };
-            let created = keys::create(&db, &name, admin, limits).await?;
+            let created = keys::create(&db, &name, admin, limits, &models).await?;
             let kind = if admin { "admin key" } else { "key" };
             eprintln!(
                 "Created the {kind} `{name}`. It is shown once, here; only its hash is stored:"

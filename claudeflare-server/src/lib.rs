@@ -5,6 +5,7 @@ pub mod access;
 pub mod api;
 pub mod app;
 pub mod background;
+pub mod budget;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -36,6 +36,8 @@ pub struct ServerRecorder {
     dropped: Arc<AtomicU64>,
     pricing: Setting<Pricing>,
     metrics: Arc<Metrics>,
+    /// Each key's spending is counted here at once (its budget holds on the next request).
+    access: Option<crate::access::Access>,
 }
 
 impl ServerRecorder {
@@ -52,9 +54,16 @@ impl ServerRecorder {
                 dropped,
                 pricing,
                 metrics,
+                access: None,
             },
             receiver,
         )
+    }
+
+    /// Count each record's cost to its client key in `access` at once.
+    pub fn counting_spend(mut self, access: crate::access::Access) -> Self {
+        self.access = Some(access);
+        self
     }
 }
 
@@ -62,6 +71,9 @@ impl Recorder for ServerRecorder {
     fn record(&self, mut record: RequestRecord) {
         let cost = self.pricing.current().cost(&record);
         log(&record, cost);
+        if let (Some(access), Some(client)) = (&self.access, &record.client) {
+            access.spend(client, cost.usd);
+        }
         // The account name is lent to the labels and taken back: no copy for each request.
         let served = record.account.is_some();
         let labels = RequestLabels {

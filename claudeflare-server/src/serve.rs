@@ -175,18 +175,19 @@ impl Server {
             pricing: Setting::new(Pricing::new(catalogue, &config.pricing)),
             log,
         };
+        let access = Access::new(live.config.clone());
         let (recorder, queue) = ServerRecorder::new(
             live.pricing.clone(),
             Arc::clone(&metrics),
             Arc::clone(&dropped),
         );
+        let recorder = recorder.counting_spend(access.clone());
         let refresher = Arc::new(ServerRefresher::new(
             db.clone(),
             cipher.clone(),
             live.config.clone(),
             Arc::clone(&metrics),
         ));
-        let access = Access::new(live.config.clone());
         access.load(&db).await?;
         refuse_to_serve_everyone(&config, &access)?;
         let server = Self {

@@ -463,21 +463,30 @@ async fn per_key_limits_refuse_before_any_account_is_used() {
         "the place is free again once the stream ends"
     );
 
-    // The monthly budget counts what the records say was spent.
+    // The monthly budget counts this instance's spending at once: the request after the one
+    // that spent it is refused, as Claude Code's gateway protocol says, and not to be retried.
     assert_eq!(
         message_with(&server, &[("x-api-key", budget.as_str())])
             .await
             .status,
         200
     );
+    let before = env.mock.requests().len();
+    let refused = message_with(&server, &[("x-api-key", budget.as_str())]).await;
+    assert_envelope(&refused, 429, "billing_error");
     assert!(
-        eventually(Duration::from_secs(8), || async {
-            let refused = message_with(&server, &[("x-api-key", budget.as_str())]).await;
-            refused.status == 429 && refused.text().contains("monthly budget")
-        })
-        .await,
-        "over its budget once its cost is recorded"
+        refused.text().contains("monthly budget"),
+        "{}",
+        refused.text()
     );
+    assert_eq!(refused.header("x-should-retry"), Some("false"));
+    assert_eq!(
+        refused.header("anthropic-ratelimit-unified-status"),
+        Some("rejected")
+    );
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry > 0 && retry <= 31 * 86400, "{retry}");
+    assert_eq!(env.mock.requests().len(), before, "no account was used");
 }
 
 /// Anthropic's Python SDK, as a user runs it: `ANTHROPIC_BASE_URL` at claudeflare,

@@ -41,6 +41,8 @@ pub struct RequestContext {
 #[derive(Default)]
 struct Parts {
     client: Option<Arc<str>>,
+    /// The models the request may ask for; `None`: any.
+    allowed_models: Option<Arc<[String]>>,
     model: Option<String>,
     stream: bool,
     candidates: Arc<[Arc<AccountEntry>]>,
@@ -113,6 +115,30 @@ impl RequestContext {
     /// Note who sent the request (the name of a client key, say), for its record.
     pub fn set_client(&self, client: Arc<str>) {
         self.lock().client = Some(client);
+    }
+
+    /// Let the request ask only for these models (whole ids; a `[1m]` suffix is taken off
+    /// first). `Intake` refuses any other with 400 `invalid_request_error`, before an account is
+    /// chosen.
+    pub fn allow_models(&self, models: Arc<[String]>) {
+        self.lock().allowed_models = Some(models);
+    }
+
+    /// Why `model` may not be asked for, when it may not. (A request that names no model, a
+    /// model list say, is not refused here.)
+    pub(crate) fn refuse_model(&self, model: Option<&str>) -> Option<String> {
+        let model = model?;
+        let parts = self.lock();
+        let allowed = parts.allowed_models.as_deref()?;
+        let id = model.trim();
+        let id = id.split_once('[').map_or(id, |(id, _)| id);
+        if allowed.iter().any(|allowed| allowed == id) {
+            return None;
+        }
+        Some(format!(
+            "the model `{model}` is not allowed here; the models allowed are: {}",
+            allowed.join(", ")
+        ))
     }
 
     /// Note the request's `model` and `stream` flag.

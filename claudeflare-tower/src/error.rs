@@ -28,6 +28,18 @@ pub(crate) fn envelope_json(kind: &str, message: &str) -> String {
     .to_string()
 }
 
+/// The header that tells Anthropic's SDKs (and Claude Code) whether to retry a request.
+pub const SHOULD_RETRY: &str = "x-should-retry";
+
+/// `response` marked as one that retrying cannot help (`x-should-retry: false`): the SDKs then
+/// show the error at once rather than retrying for minutes.
+pub(crate) fn final_for_client(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    response
+        .headers_mut()
+        .insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+    response
+}
+
 /// An error response with `status` and Anthropic's envelope around `message`.
 pub(crate) fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(envelope_json(error_type(status), message)));

@@ -37,7 +37,7 @@ use tower::{Layer, Service};
 use crate::BoxError;
 use crate::body::ProxyBody;
 use crate::context::RequestContext;
-use crate::error::error_response;
+use crate::error::{error_response, final_for_client};
 use crate::setting::Setting;
 
 /// Anthropic's own request size limit, the default.
@@ -421,6 +421,12 @@ where
                         panic!("intake::ResponseFuture polled after completion");
                     };
                     let (model, stream) = read_meta(&bytes);
+                    if let Some(refusal) = context.refuse_model(model.as_deref()) {
+                        return Poll::Ready(Ok(final_for_client(error_response(
+                            StatusCode::BAD_REQUEST,
+                            &refusal,
+                        ))));
+                    }
                     context.set_request(model, stream);
                     let req = Request::from_parts(parts, Full::new(bytes));
                     State::Calling {

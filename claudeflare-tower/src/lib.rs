@@ -65,6 +65,7 @@ pub use account::{
 };
 pub use body::ProxyBody;
 pub use context::RequestContext;
+pub use error::SHOULD_RETRY;
 pub use pool::{AccountPool, MemoryStore, StateStore};
 pub use provider::{Anthropic, Provider};
 pub use setting::{Current, Setting};

@@ -2,7 +2,10 @@
 //! request may use and puts them, in order, in the request's [`RequestContext`].
 //!
 //! When no account is available it answers 503 itself, in Anthropic's envelope, with
-//! `retry-after` set to the seconds until the earliest rate limit ends.
+//! `retry-after` set to the seconds until the earliest rate limit ends. When no account will
+//! come back on its own (all paused, refused or needing re-authentication), the answer says
+//! `x-should-retry: false`, and when the upstream refused every one of them it is Anthropic's
+//! 403 `permission_error`: retrying cannot help, a person must act.
 //!
 //! ```
 //! use claudeflare_tower::{AccountPool, select::SelectLayer, strategy::{Session, StrategyHandle}};
@@ -19,9 +22,10 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::account::AccountStatus;
 use crate::body::ProxyBody;
 use crate::context::RequestContext;
-use crate::error::error_response;
+use crate::error::{error_response, final_for_client};
 use crate::pool::AccountPool;
 use crate::strategy::StrategyHandle;
 
@@ -95,10 +99,20 @@ impl<S> Select<S> {
     fn no_account(&self, total: usize) -> Response<ProxyBody> {
         let now = Utc::now();
         if total == 0 {
-            return error_response(
+            return final_for_client(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no accounts are configured",
+            ));
+        }
+        let accounts = self.pool.snapshot();
+        if accounts
+            .iter()
+            .all(|account| account.status(now) == AccountStatus::Forbidden)
+        {
+            let message = format!(
+                "every account ({total}) was refused by the upstream (403 permission_error: disabled or banned); see each account's status_reason, then resume it"
             );
+            return final_for_client(error_response(StatusCode::FORBIDDEN, &message));
         }
         let reset = self.pool.earliest_reset(now);
         let message = match reset {
@@ -113,14 +127,16 @@ impl<S> Select<S> {
             }
         };
         let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, &message);
-        if let Some(reset) = reset {
-            // Round up, so a client that waits this long finds the account free.
-            let millis = u64::try_from((reset - now).num_milliseconds()).unwrap_or(0);
-            let seconds = millis.div_ceil(1000).max(1);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
+        let Some(reset) = reset else {
+            // Nothing comes back by itself.
+            return final_for_client(response);
+        };
+        // Round up, so a client that waits this long finds the account free.
+        let millis = u64::try_from((reset - now).num_milliseconds()).unwrap_or(0);
+        let seconds = millis.div_ceil(1000).max(1);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         response
     }
 }

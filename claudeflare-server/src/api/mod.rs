@@ -18,6 +18,8 @@ mod extract;
 pub use error::ApiError;
 use extract::{ApiPath, ApiQuery, JsonObject};
 
+pub mod gateway;
+
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
 
 /// The routes of the JSON API and the metrics.
@@ -37,6 +39,11 @@ pub fn router() -> Router<AppState> {
         .route("/api/keys/{name}/revoke", post(revoke_key))
         .route("/api/config/strategy", get(strategy).post(set_strategy))
         .route("/api/strategies", get(strategies))
+        .route("/api/oauth/usage", get(gateway::usage))
+        .route("/v1/models", get(gateway::models))
+        .route("/v1/metrics", post(gateway::telemetry))
+        .route("/v1/logs", post(gateway::telemetry))
+        .route("/v1/traces", post(gateway::telemetry))
 }
 
 /// `GET /health`.

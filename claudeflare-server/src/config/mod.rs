@@ -88,6 +88,11 @@ pub struct Config {
     pub pricing: BTreeMap<String, Price>,
     /// A price catalogue to install at start and every 24 hours (an http(s) URL or a file).
     pub pricing_url: Option<String>,
+    /// The models requests may ask for (whole ids); empty: any. A key's own list wins.
+    pub models: Vec<String>,
+    /// An OTLP/HTTP collector (base URL) that Claude Code's telemetry is forwarded to;
+    /// none: it is dropped.
+    pub otlp_endpoint: Option<String>,
     /// `Host` names answered besides the loopback ones while no client key exists.
     pub allowed_hosts: Vec<String>,
     /// Serve on a non-loopback `host` with no client key (anyone who can reach the port may
@@ -128,6 +133,8 @@ impl Default for Config {
             shutdown_grace_seconds: 30,
             pricing: BTreeMap::new(),
             pricing_url: None,
+            models: Vec::new(),
+            otlp_endpoint: None,
             allowed_hosts: Vec::new(),
             allow_unauthenticated: false,
         }
@@ -135,7 +142,7 @@ impl Default for Config {
 }
 
 /// File keys, which are also `CLAUDEFLARE_<KEY>` in the environment.
-const KEYS: [&str; 31] = [
+const KEYS: [&str; 33] = [
     "port",
     "host",
     "lb_strategy",
@@ -165,6 +172,8 @@ const KEYS: [&str; 31] = [
     "shutdown_grace_seconds",
     "pricing",
     "pricing_url",
+    "models",
+    "otlp_endpoint",
     "allowed_hosts",
     "allow_unauthenticated",
 ];
@@ -367,7 +376,13 @@ impl Config {
             ("oauth_redirect_uri", &self.oauth_redirect_uri),
             ("create_api_key_url", &self.create_api_key_url),
             ("oauth_usage_url", &self.oauth_usage_url),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            self.otlp_endpoint
+                .as_ref()
+                .map(|url| ("otlp_endpoint", url)),
+        ) {
             let uri: http::Uri = url
                 .parse()
                 .map_err(|e| format!("{key} `{url}` is not a URL: {e}"))?;
@@ -388,6 +403,13 @@ impl Config {
             }
         }
         crate::pricing::check_overrides(&self.pricing).map_err(|e| e.to_string())?;
+        if let Some(model) = self
+            .models
+            .iter()
+            .find(|m| m.trim().is_empty() || m.contains(char::is_whitespace))
+        {
+            return Err(format!("models: `{model}` is not a model id"));
+        }
         Ok(())
     }
 

@@ -176,6 +176,8 @@ pub mod client_key {
         pub concurrency: Option<i64>,
         /// Estimated cost per calendar month (UTC), at most.
         pub monthly_budget_usd: Option<f64>,
+        /// The models it may ask for, comma-separated; `None`: any.
+        pub models: Option<String>,
         /// Created at.
         pub created_at: DateTimeUtc,
         /// Last request with it.

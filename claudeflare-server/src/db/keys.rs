@@ -73,6 +73,7 @@ pub async fn create(
     name: &str,
     admin: bool,
     limits: Limits,
+    models: &[String],
 ) -> Result<Created, DbError> {
     if Entity::find()
         .filter(Column::Name.eq(name))
@@ -92,6 +93,7 @@ pub async fn create(
         rpm: Set(limits.rpm.map(i64::from)),
         concurrency: Set(limits.concurrency.map(i64::from)),
         monthly_budget_usd: Set(limits.monthly_budget_usd),
+        models: Set((!models.is_empty()).then(|| models.join(","))),
         created_at: Set(Utc::now()),
         last_used_at: Set(None),
     }
@@ -235,11 +237,20 @@ pub fn json(model: &Model, requests: i64, cost: f64) -> serde_json::Value {
         "rpm": model.rpm,
         "concurrency": model.concurrency,
         "monthly_budget_usd": model.monthly_budget_usd,
+        "models": allowed_models(model),
         "created_at": model.created_at,
         "last_used_at": model.last_used_at,
         "requests_this_month": requests,
         "cost_this_month_usd": cost,
     })
+}
+
+/// The models the key may ask for; `None`: any.
+pub fn allowed_models(model: &Model) -> Option<Vec<String>> {
+    model
+        .models
+        .as_deref()
+        .map(|list| list.split(',').map(str::to_owned).collect())
 }
 
 /// Every key as [`json`] shows it, with this month's requests and cost.

@@ -1,0 +1,371 @@
+//! Claude Code's gateway protocol (`GET /protocol` of `claude gateway`, 2.1.332): errors that
+//! say whether to retry, a key's budget as the usage-limit headers and `GET /api/oauth/usage`
+//! report it, model allowlists and their model list, and telemetry.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use claudeflare_testkit::{Reply, TestResponse, unified_headers};
+use common::{Env, Server, key};
+use http::Method;
+use serde_json::{Value, json};
+
+fn create_key(env: &Env, args: &[&str]) -> String {
+    let mut all = vec!["keys", "add"];
+    all.extend_from_slice(args);
+    env.ok(&all).trim().to_owned()
+}
+
+async fn ask(server: &Server, key: &str, model: &str) -> TestResponse {
+    let body =
+        json!({"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
+    server
+        .client
+        .post_json(
+            "/v1/messages",
+            &body,
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .await
+}
+
+fn assert_final(response: &TestResponse, status: u16, kind: &str) {
+    assert_eq!(response.status, status, "{}", response.text());
+    assert_eq!(
+        response.json()["error"]["type"],
+        kind,
+        "{}",
+        response.text()
+    );
+    assert_eq!(
+        response.header("x-should-retry"),
+        Some("false"),
+        "retrying cannot help: {}",
+        response.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_or_missing_key_is_final() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    create_key(&env, &["team"]);
+    let server = env.start();
+    assert_final(
+        &ask(&server, "cfk_mistyped", "claude-opus-5-5").await,
+        401,
+        "authentication_error",
+    );
+    let anonymous = server
+        .client
+        .post_json("/v1/messages", &json!({"model": "claude-opus-5-5"}), &[])
+        .await;
+    assert_final(&anonymous, 401, "authentication_error");
+    assert!(env.mock.requests().is_empty(), "no account was used");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_account_refused_by_the_upstream_is_a_final_403() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    env.mock.script(&key("a"), [Reply::banned()]);
+    let server = env.start();
+    assert_eq!(
+        server.ask("claude-opus-5-5", false).await.status,
+        403,
+        "the upstream's own"
+    );
+    let ours = server.ask("claude-opus-5-5", false).await;
+    assert_final(&ours, 403, "permission_error");
+    assert!(
+        ours.text().contains("refused by the upstream"),
+        "{}",
+        ours.text()
+    );
+    assert_eq!(ours.header("retry-after"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_budget_reports_its_standing_in_place_of_the_upstreams_headers_then_refuses() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    // The upstream reports the account's own quota: the key must not see it.
+    env.mock.script(
+        &key("a"),
+        (0..3).map(|_| Reply::MessageWith {
+            headers: unified_headers(0.4, 0.2),
+        }),
+    );
+    // The mock's Sonnet 4 answer costs about $0.00106: the second crosses 75 % of $0.0013.
+    let team = create_key(&env, &["team", "--monthly-budget-usd", "0.0013"]);
+    let free = create_key(&env, &["free"]);
+    let server = env.start();
+
+    let first = ask(&server, &team, "claude-sonnet-4-20250514").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("anthropic-ratelimit-unified-status"),
+        Some("allowed")
+    );
+    assert_eq!(
+        first.header("anthropic-ratelimit-unified-representative-claim"),
+        Some("overage")
+    );
+    assert_eq!(
+        first.header("anthropic-ratelimit-unified-overage-utilization"),
+        Some("0.00")
+    );
+    assert_eq!(
+        first.header("anthropic-ratelimit-unified-overage-surpassed-threshold"),
+        None
+    );
+    assert_eq!(
+        first.header("anthropic-ratelimit-unified-5h-utilization"),
+        None,
+        "the account's quota is not the key's"
+    );
+    let second = ask(&server, &team, "claude-sonnet-4-20250514").await;
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        second.header("anthropic-ratelimit-unified-status"),
+        Some("allowed_warning")
+    );
+    assert_eq!(
+        second.header("anthropic-ratelimit-unified-overage-surpassed-threshold"),
+        Some("0.75")
+    );
+    let reset: i64 = second
+        .header("anthropic-ratelimit-unified-overage-reset")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reset > chrono::Utc::now().timestamp());
+
+    // Its spend, as Claude Code asks for it: the only /api path a non-admin key may call.
+    let usage = server
+        .client
+        .send(
+            Method::GET,
+            "/api/oauth/usage",
+            &[("authorization", &format!("Bearer {team}"))],
+            String::new(),
+        )
+        .await;
+    assert_eq!(usage.status, 200, "{}", usage.text());
+    let usage = usage.json();
+    // In cents: $0.0013 rounds to 0; what matters is that it is a number, not null.
+    assert!(usage["extra_usage"]["monthly_limit"].is_number(), "{usage}");
+    assert_eq!(usage["limits"][0]["group"], "monthly");
+    assert!(
+        usage["limits"][0]["percent"].as_f64().unwrap() >= 100.0,
+        "{usage}"
+    );
+    let other_api = server
+        .client
+        .send(
+            Method::GET,
+            "/api/stats",
+            &[("authorization", &format!("Bearer {team}"))],
+            String::new(),
+        )
+        .await;
+    assert_eq!(other_api.status, 403);
+
+    // The second request spent it: the third is refused at once, before any account.
+    let before = env.mock.requests().len();
+    let third = ask(&server, &team, "claude-sonnet-4-20250514").await;
+    assert_final(&third, 429, "billing_error");
+    assert!(third.text().contains("resets"), "{}", third.text());
+    assert_eq!(
+        third.header("anthropic-ratelimit-unified-status"),
+        Some("rejected")
+    );
+    assert_eq!(
+        third.header("anthropic-ratelimit-unified-representative-claim"),
+        None
+    );
+    assert!(third.header("retry-after").unwrap().parse::<u64>().unwrap() > 0);
+    assert_eq!(env.mock.requests().len(), before);
+
+    // A key without a budget gets the upstream's headers as they are, and no cap.
+    let unlimited = ask(&server, &free, "claude-sonnet-4-20250514").await;
+    assert_eq!(
+        unlimited.header("anthropic-ratelimit-unified-representative-claim"),
+        Some("five_hour"),
+        "the upstream's own"
+    );
+    assert!(
+        unlimited
+            .header("anthropic-ratelimit-unified-5h-utilization")
+            .is_some()
+    );
+    let usage = server
+        .client
+        .send(
+            Method::GET,
+            "/api/oauth/usage",
+            &[("authorization", &format!("Bearer {free}"))],
+            String::new(),
+        )
+        .await
+        .json();
+    assert_eq!(usage["limits"], json!([]));
+    assert_eq!(usage["extra_usage"]["monthly_limit"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_limited_to_some_models_is_refused_others_and_lists_its_own() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    let team = create_key(
+        &env,
+        &["team", "--models", "claude-sonnet-5-5,claude-haiku-5-5"],
+    );
+    let any = create_key(&env, &["any"]);
+    let server = env.start();
+    let refused = ask(&server, &team, "claude-opus-5-5").await;
+    assert_final(&refused, 400, "invalid_request_error");
+    assert!(
+        refused
+            .text()
+            .contains("claude-sonnet-5-5, claude-haiku-5-5"),
+        "{}",
+        refused.text()
+    );
+    assert!(env.mock.requests().is_empty(), "refused before any account");
+    assert_eq!(ask(&server, &team, "claude-sonnet-5-5").await.status, 200);
+    assert_eq!(
+        ask(&server, &team, "claude-haiku-5-5[1m]").await.status,
+        200
+    );
+    let listed = server
+        .client
+        .send(
+            Method::GET,
+            "/v1/models",
+            &[("x-api-key", &team)],
+            String::new(),
+        )
+        .await;
+    assert_eq!(listed.status, 200);
+    let listed = listed.json();
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["claude-sonnet-5-5", "claude-haiku-5-5"]);
+    assert_eq!(listed["data"][0]["display_name"], "Claude Sonnet 5.5");
+    assert_eq!(
+        env.mock.requests().len(),
+        2,
+        "the list was not asked of the upstream"
+    );
+    // Without a list, any model, and the upstream's model list.
+    assert_eq!(ask(&server, &any, "claude-opus-5-5").await.status, 200);
+    let proxied = server
+        .client
+        .send(
+            Method::GET,
+            "/v1/models",
+            &[("x-api-key", &any)],
+            String::new(),
+        )
+        .await;
+    assert_eq!(proxied.status, 200);
+    assert_eq!(env.mock.requests().len(), 4);
+    let keys: Value = serde_json::from_str(&env.ok(&["keys", "list", "--json"])).unwrap();
+    let team = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "team")
+        .unwrap();
+    assert_eq!(
+        team["models"],
+        json!(["claude-sonnet-5-5", "claude-haiku-5-5"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_config_files_models_limit_every_request() {
+    let mut env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    env.set("CLAUDEFLARE_MODELS", "[claude-opus-5-5]");
+    let server = env.start();
+    assert_final(
+        &server.ask("claude-sonnet-5-5", false).await,
+        400,
+        "invalid_request_error",
+    );
+    assert_eq!(server.ask("claude-opus-5-5", true).await.status, 200);
+    let listed = server.json("/v1/models").await;
+    assert_eq!(listed["data"][0]["id"], "claude-opus-5-5");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_is_answered_and_forwarded_without_the_clients_credential() {
+    let mut env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    let team = create_key(&env, &["team"]);
+    // Without a collector: answered, dropped.
+    let server = env.start();
+    for signal in ["metrics", "logs", "traces"] {
+        let sent = server
+            .client
+            .send(
+                Method::POST,
+                &format!("/v1/{signal}"),
+                &[
+                    ("authorization", &format!("Bearer {team}")),
+                    ("content-type", "application/x-protobuf"),
+                ],
+                "\u{0a}\u{00}".to_owned(),
+            )
+            .await;
+        assert_eq!(sent.status, 200, "{signal}: {}", sent.text());
+    }
+    let refused = server
+        .client
+        .send(
+            Method::POST,
+            "/v1/metrics",
+            &[("content-type", "application/json")],
+            "{}".to_owned(),
+        )
+        .await;
+    assert_eq!(refused.status, 401, "telemetry needs a key too");
+    assert!(
+        env.mock.requests().is_empty(),
+        "nothing reached the upstream"
+    );
+    drop(server);
+
+    // With a collector: forwarded there, with the body and type, without the key.
+    env.set("CLAUDEFLARE_OTLP_ENDPOINT", &env.mock.url());
+    let server = env.start();
+    let sent = server
+        .client
+        .send(
+            Method::POST,
+            "/v1/logs",
+            &[("x-api-key", &team), ("content-type", "application/json")],
+            r#"{"resourceLogs":[]}"#.to_owned(),
+        )
+        .await;
+    assert_eq!(sent.status, 200);
+    assert_eq!(sent.text(), "{}");
+    assert!(
+        common::eventually(std::time::Duration::from_secs(3), || async {
+            !env.mock.requests().is_empty()
+        })
+        .await
+    );
+    let forwarded = &env.mock.requests()[0];
+    assert_eq!(forwarded.path, "/v1/logs");
+    assert_eq!(&forwarded.body[..], br#"{"resourceLogs":[]}"#);
+    assert!(forwarded.headers.get("x-api-key").is_none());
+    assert!(forwarded.headers.get("authorization").is_none());
+}
