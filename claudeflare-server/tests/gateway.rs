@@ -369,3 +369,86 @@ async fn telemetry_is_answered_and_forwarded_without_the_clients_credential() {
     assert!(forwarded.headers.get("x-api-key").is_none());
     assert!(forwarded.headers.get("authorization").is_none());
 }
+
+/// Claude Code itself (`CLAUDE_CODE_BIN`, installed at a pinned version by `.ci/run`), run with
+/// `-p` against the server, `HOME` in a temporary folder, telemetry off; `None` when it is not
+/// installed (a failure under CI).
+fn claude_code() -> Option<std::path::PathBuf> {
+    let bin = std::env::var_os("CLAUDE_CODE_BIN").map(std::path::PathBuf::from);
+    match bin.filter(|bin| bin.exists()) {
+        Some(bin) => Some(bin),
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "Claude Code is missing: set CLAUDE_CODE_BIN (.ci/run installs it)"
+            );
+            eprintln!("skipped: Claude Code is not installed (CLAUDE_CODE_BIN)");
+            None
+        }
+    }
+}
+
+/// `claude -p PROMPT` with `key`: its exit, what it printed, and how long it took.
+fn run_claude_code(
+    bin: &std::path::Path,
+    server: &Server,
+    key: &str,
+) -> (bool, String, std::time::Duration) {
+    let home = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(bin)
+        .args(["-p", "say hi"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("ANTHROPIC_BASE_URL", &server.url)
+        .env("ANTHROPIC_API_KEY", key)
+        .env("DISABLE_TELEMETRY", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("DISABLE_ERROR_REPORTING", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), said, started.elapsed())
+}
+
+/// Claude Code with a mistyped key, or a key whose budget is spent, says so at once (before,
+/// it retried for about three minutes and printed nothing); with a good key it answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_code_is_told_at_once_when_retrying_cannot_help() {
+    let Some(bin) = claude_code() else {
+        return;
+    };
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    let team = create_key(&env, &["team"]);
+    let spent = create_key(&env, &["spent", "--monthly-budget-usd", "0"]);
+    let server = env.start();
+
+    let (ok, said, took) = run_claude_code(&bin, &server, "cfk_mistyped");
+    assert!(!ok, "{said}");
+    assert!(said.contains("API key"), "{said}");
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "took {took:?}: {said}"
+    );
+
+    let (ok, said, took) = run_claude_code(&bin, &server, &spent);
+    assert!(!ok, "{said}");
+    assert!(said.contains("monthly budget"), "{said}");
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "took {took:?}: {said}"
+    );
+    assert!(env.mock.requests().is_empty(), "no account was used");
+
+    let (ok, said, _) = run_claude_code(&bin, &server, &team);
+    assert!(ok && said.contains("Hello from the mock"), "{said}");
+}
