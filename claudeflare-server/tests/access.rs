@@ -558,29 +558,47 @@ async fn keys_and_budgets_are_shared_by_servers_on_one_database() {
     env.add_keys(&["a"]);
     let _admin = create_key(&env, &["boss", "--admin"]);
     let (one, two) = (env.start(), env.start());
-    let shared = create_key(&env, &["shared", "--monthly-budget-usd", "0.0015"]);
-    // The new key reaches both within 2 s; one request is served on each.
+    let shared = create_key(&env, &["shared", "--monthly-budget-usd", "0.001"]);
+    let bearer = format!("Bearer {shared}");
+    let bearer = [("authorization", bearer.as_str())];
+    let usage = |server| get_with(server, "/api/oauth/usage", &bearer);
+    // The new key reaches both within 2 s (asking for its usage spends nothing).
     for server in [&one, &two] {
         assert!(
             eventually(Duration::from_secs(2), || async {
-                message_with(server, &[("x-api-key", shared.as_str())])
-                    .await
-                    .status
-                    == 200
+                usage(server).await.status == 200
             })
             .await
         );
     }
-    // One request on each: together over the budget (about $0.00104 each), which both see.
+    // One request on the first instance spends the budget (about $0.00106 of $0.001): the
+    // next there is refused at once, and the other instance knows within 2 seconds.
+    assert_eq!(
+        message_with(&one, &[("x-api-key", shared.as_str())])
+            .await
+            .status,
+        200
+    );
+    let spent = std::time::Instant::now();
+    let refused = message_with(&one, &[("x-api-key", shared.as_str())]).await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["type"], "billing_error");
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            let refused = |r: &TestResponse| r.status == 429 && r.text().contains("monthly budget");
-            refused(&message_with(&one, &[("x-api-key", shared.as_str())]).await)
-                && refused(&message_with(&two, &[("x-api-key", shared.as_str())]).await)
+        eventually(Duration::from_secs(4), || async {
+            usage(&two).await.json()["limits"][0]["percent"]
+                .as_f64()
+                .is_some_and(|percent| percent >= 100.0)
         })
         .await,
         "the budget counts every instance's requests"
     );
+    let known = spent.elapsed();
+    eprintln!("the other instance knew after {} ms", known.as_millis());
+    // The writer's linger (20 ms), then the next refresh (every 2 s).
+    assert!(known <= Duration::from_millis(2500), "{known:?}");
+    let other_refused = message_with(&two, &[("x-api-key", shared.as_str())]).await;
+    assert_eq!(other_refused.status, 429, "{}", other_refused.text());
+    assert_eq!(other_refused.header("x-should-retry"), Some("false"));
     let other = create_key(&env, &["other"]);
     env.ok(&["keys", "revoke", "other"]);
     assert!(
