@@ -124,7 +124,6 @@ impl App {
             } else {
                 self.allow_configured_models(req);
             }
-            req.extensions_mut().insert(gateway::CallerKey(key));
             return Ok(Some(admitted));
         }
         // A key's own spend, for any key (Claude Code asks with the key it was given).

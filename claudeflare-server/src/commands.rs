@@ -544,7 +544,7 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
                     }
                 };
                 println!(
-                    "{:<16} {:<5} {:<10} {:>5} {:>6} {:>10} {:<20} {:<20} {:>9} {:>10}",
+                    "{:<16} {:<5} {:<10} {:>5} {:>6} {:>10} {:<20} {:<20} {:>9} {:>10}  MODELS",
                     "NAME",
                     "ADMIN",
                     "KEY",
@@ -558,7 +558,7 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
                 );
                 for key in &list {
                     println!(
-                        "{:<16} {:<5} {:<10} {:>5} {:>6} {:>10} {:<20} {:<20} {:>9} {:>10.4}",
+                        "{:<16} {:<5} {:<10} {:>5} {:>6} {:>10} {:<20} {:<20} {:>9} {:>10.4}  {}",
                         key["name"].as_str().unwrap_or_default(),
                         if key["admin"].as_bool().unwrap_or(false) {
                             "yes"
@@ -573,6 +573,14 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
                         when(&key["last_used_at"]),
                         key["requests_this_month"],
                         key["cost_this_month_usd"].as_f64().unwrap_or(0.0),
+                        key["models"].as_array().map_or_else(
+                            || "any".to_owned(),
+                            |models| models
+                                .iter()
+                                .filter_map(serde_json::Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
                     );
                 }
             }

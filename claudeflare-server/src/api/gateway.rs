@@ -105,6 +105,17 @@ pub async fn usage(State(state): State<AppState>, key: Option<Extension<CallerKe
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
+/// One client for every forwarded export (its connections are kept).
+fn collector() -> &'static reqwest::Client {
+    static CLIENT: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default()
+    });
+    &CLIENT
+}
+
 /// `POST /v1/metrics`, `/v1/logs`, `/v1/traces`: 200 always (a 404 makes Claude Code's
 /// exporter log an error on every flush). Forwarded to `otlp_endpoint` when it is set, without
 /// the client's credential (its own headers are not sent on), and dropped otherwise.
@@ -123,19 +134,13 @@ pub async fn telemetry(
         let url = format!("{}{}", endpoint.trim_end_matches('/'), uri.path());
         let content_type = content_type.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build();
-            let sent = match client {
-                Ok(client) => client
-                    .post(&url)
-                    .header(header::CONTENT_TYPE, content_type)
-                    .body(body)
-                    .send()
-                    .await
-                    .map(|response| response.status()),
-                Err(error) => Err(error),
-            };
+            let sent = collector()
+                .post(&url)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(body)
+                .send()
+                .await
+                .map(|response| response.status());
             match sent {
                 Ok(status) if status.is_success() => {}
                 Ok(status) => tracing::debug!(%status, "the OTLP collector refused telemetry"),
