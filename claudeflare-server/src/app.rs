@@ -145,17 +145,14 @@ impl App {
             Err(refusal) => refuse(refusal),
         }
     }
-}
 
-impl App {
     /// Limit the request to the config file's `models`, when it lists some.
     fn allow_configured_models(&self, req: &mut Request) {
         let config = self.config.current();
-        let models = &config.models;
-        if models.is_empty() {
+        if config.models.is_empty() {
             return;
         }
-        let models: Arc<[String]> = models.iter().cloned().collect();
+        let models = Arc::clone(&config.models);
         RequestContext::get_or_insert(req).allow_models(Arc::clone(&models));
         req.extensions_mut().insert(gateway::AllowedModels(models));
     }

@@ -89,7 +89,8 @@ pub struct Config {
     /// A price catalogue to install at start and every 24 hours (an http(s) URL or a file).
     pub pricing_url: Option<String>,
     /// The models requests may ask for (whole ids); empty: any. A key's own list wins.
-    pub models: Vec<String>,
+    /// (Shared, not copied, by each request it limits.)
+    pub models: std::sync::Arc<[String]>,
     /// An OTLP/HTTP collector (base URL) that Claude Code's telemetry is forwarded to;
     /// none: it is dropped.
     pub otlp_endpoint: Option<String>,
@@ -133,7 +134,7 @@ impl Default for Config {
             shutdown_grace_seconds: 30,
             pricing: BTreeMap::new(),
             pricing_url: None,
-            models: Vec::new(),
+            models: std::sync::Arc::from([]),
             otlp_endpoint: None,
             allowed_hosts: Vec::new(),
             allow_unauthenticated: false,
