@@ -494,15 +494,7 @@ async fn per_key_limits_refuse_before_any_account_is_used() {
 /// Skipped when the SDK is not installed, except under CI (`.ci/run` installs it).
 #[tokio::test(flavor = "multi_thread")]
 async fn anthropics_sdk_works_with_a_client_key() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import anthropic"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Anthropic's Python SDK is missing (pip install anthropic)"
-        );
-        eprintln!("skipped: Anthropic's Python SDK is not installed");
+    if !common::python_sdk() {
         return;
     }
     let env = Env::sqlite().await;

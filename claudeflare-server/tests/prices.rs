@@ -408,15 +408,7 @@ async fn pricing_update_reaches_a_second_instance_on_postgres() {
 /// the final message names the model that served, in JSON and when streamed.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_sdk_sees_the_model_that_served_through_claudeflare() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import anthropic"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Anthropic's Python SDK is missing (pip install anthropic)"
-        );
-        eprintln!("skipped: Anthropic's Python SDK is not installed");
+    if !common::python_sdk() {
         return;
     }
     let env = Env::sqlite().await;

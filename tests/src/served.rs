@@ -6,10 +6,7 @@
 
 use serde_json::{Value, json};
 
-use crate::mock::{
-    CACHE_CREATION_1H_TOKENS, CACHE_CREATION_5M_TOKENS, CACHE_CREATION_TOKENS, CACHE_READ_TOKENS,
-    INPUT_TOKENS, OUTPUT_TOKENS,
-};
+use crate::mock::{INPUT_TOKENS, OUTPUT_TOKENS, message_json};
 
 /// How an answer was served. The default is a plain answer by the model asked for.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,17 +61,9 @@ impl Served {
         self.model.as_deref().unwrap_or(asked)
     }
 
+    /// The mock's usual usage (that of [`message_json`]).
     fn tokens(&self) -> Value {
-        json!({
-            "input_tokens": INPUT_TOKENS,
-            "output_tokens": OUTPUT_TOKENS,
-            "cache_read_input_tokens": CACHE_READ_TOKENS,
-            "cache_creation_input_tokens": CACHE_CREATION_TOKENS,
-            "cache_creation": {
-                "ephemeral_5m_input_tokens": CACHE_CREATION_5M_TOKENS,
-                "ephemeral_1h_input_tokens": CACHE_CREATION_1H_TOKENS,
-            },
-        })
+        message_json("")["usage"].clone()
     }
 
     /// `usage.iterations`, when the answer has them.

@@ -85,6 +85,23 @@ pub fn postgres_url() -> Option<String> {
     }
 }
 
+/// Whether Anthropic's Python SDK can be imported; `false` to skip (a failure in CI, where
+/// `.ci/run` installs it).
+pub fn python_sdk() -> bool {
+    let probe = Command::new("python3")
+        .args(["-c", "import anthropic"])
+        .output();
+    if probe.is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "Anthropic's Python SDK is missing (pip install anthropic)"
+    );
+    eprintln!("skipped: Anthropic's Python SDK is not installed");
+    false
+}
+
 /// A temporary installation: config folder, mock upstream, database.
 pub struct Env {
     pub dir: tempfile::TempDir,
