@@ -51,6 +51,8 @@ pub struct ClientKey {
     pub limits: Limits,
     /// The models it may ask for; `None`: any (or the config file's `models`).
     pub models: Option<Arc<[String]>>,
+    /// The accounts its requests may use, by name; `None`: the whole pool.
+    pub accounts: Option<Arc<[String]>>,
     /// Requests in flight now.
     pub in_flight: AtomicU64,
     /// Requests of the current minute: (minute, count).
@@ -583,6 +585,7 @@ fn entry(model: &client_key::Model) -> ClientKey {
             monthly_budget_usd: model.monthly_budget_usd,
         },
         models: keys::allowed_models(model).map(Arc::from),
+        accounts: keys::allowed_accounts(model).map(Arc::from),
         in_flight: AtomicU64::new(0),
         minute: Mutex::new((0, 0)),
     }
@@ -596,6 +599,7 @@ fn same(key: &ClientKey, model: &client_key::Model) -> bool {
         && key.admin == fresh.admin
         && key.limits == fresh.limits
         && key.models == fresh.models
+        && key.accounts == fresh.accounts
 }
 
 fn decode_hash(hex: &str) -> Option<[u8; 32]> {

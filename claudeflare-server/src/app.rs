@@ -118,6 +118,9 @@ impl App {
             };
             let context = RequestContext::get_or_insert(req);
             context.set_client(Arc::clone(&key.name));
+            if let Some(accounts) = &key.accounts {
+                context.allow_accounts(Arc::clone(accounts));
+            }
             if let Some(models) = key.models.clone() {
                 context.allow_models(Arc::clone(&models));
                 req.extensions_mut().insert(gateway::AllowedModels(models));

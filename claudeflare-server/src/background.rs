@@ -154,10 +154,11 @@ pub async fn poll_usage(
                 if !schedule.due(account.id(), Instant::now()) {
                     continue;
                 }
-                let Some(authorization) = account.credential_header() else {
+                let Some(authorization) = claudeflare_tower::Anthropic::credential(account) else {
                     continue;
                 };
-                match oauth::fetch_usage(&config, &authorization).await {
+                let proxy = account.route().proxy.clone();
+                match oauth::fetch_usage(&config, &authorization, proxy.as_ref()).await {
                     Ok(fetched) => {
                         schedule.fetched(account.id(), Instant::now(), interval);
                         if let Ok(json) = serde_json::to_string(&fetched) {

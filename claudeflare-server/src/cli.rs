@@ -27,8 +27,9 @@ pub enum Command {
         #[arg(long)]
         host: Option<String>,
     },
-    /// Add an account through OAuth (prints a URL to open, then asks for the code), or from an
-    /// existing console API key with --api-key.
+    /// Add an account through OAuth (prints a URL to open, then asks for the code), from an
+    /// existing console API key with --api-key, or an Anthropic-compatible backend with
+    /// --provider anthropic-compatible --base-url URL --api-key KEY.
     Add {
         /// A unique name for the account.
         name: String,
@@ -38,9 +39,35 @@ pub enum Command {
         /// Relative capacity: 1 (Pro, API key), 5 (Max 5x) or 20 (Max 20x).
         #[arg(long, value_parser = parse_tier)]
         tier: Option<Tier>,
-        /// Use this console API key instead of the OAuth flow.
+        /// Use this API key instead of the OAuth flow.
         #[arg(long)]
         api_key: Option<String>,
+        /// Who serves it: anthropic (default) or anthropic-compatible (a backend that speaks
+        /// the Messages API at its own --base-url: z.ai, Moonshot, DeepSeek, MiniMax,
+        /// OpenRouter).
+        #[arg(long, value_enum, default_value_t = ProviderArg::Anthropic)]
+        provider: ProviderArg,
+        /// The compatible backend's API, e.g. https://api.z.ai/api/anthropic (https, or http on
+        /// loopback).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// The header the compatible backend takes its key in.
+        #[arg(long, value_enum)]
+        auth_header: Option<AuthHeaderArg>,
+        /// `--priority`, `--model-map`, `--proxy`.
+        #[command(flatten)]
+        route: RouteArgs,
+    },
+    /// Change an account's priority, model map, egress proxy or (compatible backends) base URL.
+    Edit {
+        /// The account's name (or id).
+        name: String,
+        /// The compatible backend's new base URL.
+        #[arg(long)]
+        base_url: Option<String>,
+        /// `--priority`, `--model-map`, `--proxy`.
+        #[command(flatten)]
+        route: RouteArgs,
     },
     /// List accounts.
     List {
@@ -115,6 +142,41 @@ pub enum Command {
     },
 }
 
+/// The settings every account takes, on `add` and `edit`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RouteArgs {
+    /// Lower goes first: the next priority serves only when none of this one is available
+    /// (default 0).
+    #[arg(long)]
+    pub priority: Option<u32>,
+    /// The models it serves and the name each goes upstream as: PATTERN=MODEL pairs, globs,
+    /// the first match wins (`claude-opus-*=glm-4.6,claude-*=glm-4.5-air`); `none` to remove.
+    #[arg(long)]
+    pub model_map: Option<String>,
+    /// Send all its traffic (requests, token refreshes, usage polls) through this proxy:
+    /// http://, https:// or socks5:// (user:password@ allowed); `none` to remove.
+    #[arg(long)]
+    pub proxy: Option<String>,
+}
+
+/// `--provider`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderArg {
+    /// Anthropic's API: subscriptions and console keys.
+    Anthropic,
+    /// A backend that speaks the Messages API at its own base URL.
+    AnthropicCompatible,
+}
+
+/// `--auth-header`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthHeaderArg {
+    /// `x-api-key: KEY` (the default).
+    XApiKey,
+    /// `authorization: Bearer KEY`.
+    Bearer,
+}
+
 /// `keys …`.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -138,6 +200,10 @@ pub enum KeysCommand {
         /// then lists them. Default: any (or the config file's `models`).
         #[arg(long, value_delimiter = ',', value_parser = parse_model)]
         models: Vec<String>,
+        /// The only accounts the key's requests may use (names, comma-separated). Default: the
+        /// whole pool.
+        #[arg(long, value_delimiter = ',')]
+        accounts: Vec<String>,
     },
     /// List the keys (name, admin, limits, created, last used, requests and cost this month;
     /// never the key).

@@ -6,7 +6,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::{Context as _, bail};
 use chrono::{SecondsFormat, Utc};
 use claudeflare_tower::auth::RefreshError;
-use claudeflare_tower::{Account, AccountStatus, Credentials, Mode, Tier};
+use claudeflare_tower::{Account, AccountStatus, Backend, Credentials, EgressProxy, Mode, Tier};
 
 use crate::views::AccountView;
 use sea_orm::DatabaseConnection;
@@ -19,7 +19,10 @@ use crate::secrets::Cipher;
 use crate::usage::{Usage, Window};
 
 mod pricing;
+mod route;
+
 pub use pricing::pricing;
+pub use route::{Adding, edit};
 
 /// What the commands work with: the server's database, its secret key and configuration.
 pub struct Context {
@@ -117,7 +120,11 @@ fn choose_tier(tier: Option<Tier>, mode: Mode) -> anyhow::Result<Tier> {
 
 /// Run the OAuth flow: print the URL, read `CODE#STATE`, exchange it. Console accounts then get
 /// an API key created for them.
-async fn authorize(config: &Config, mode: Mode) -> anyhow::Result<Credentials> {
+async fn authorize(
+    config: &Config,
+    mode: Mode,
+    proxy: Option<&EgressProxy>,
+) -> anyhow::Result<Credentials> {
     let flow = oauth::start(config, mode == Mode::Max)?;
     println!("Open this URL in a browser and sign in to authorize claudeflare:");
     println!("{}", flow.url);
@@ -134,12 +141,10 @@ async fn authorize(config: &Config, mode: Mode) -> anyhow::Result<Credentials> {
     if read == 0 || pasted.trim().is_empty() {
         bail!("no authorization code was given");
     }
-    let tokens = oauth::exchange(config, flow, &pasted).await?;
+    let tokens = oauth::exchange(config, flow, &pasted, proxy).await?;
     Ok(match mode {
         Mode::Max => Credentials::OAuth(tokens),
-        Mode::Console => {
-            Credentials::ApiKey(oauth::create_api_key(config, &tokens.access_token).await?)
-        }
+        _ => Credentials::ApiKey(oauth::create_api_key(config, &tokens.access_token, proxy).await?),
     })
 }
 
@@ -169,12 +174,14 @@ fn printable(text: &str) -> String {
     }
 }
 
-/// `add NAME [--mode] [--tier] [--api-key KEY]`.
+/// `add NAME [--mode] [--tier] [--api-key KEY] [--provider … --base-url … --auth-header …]
+/// [--priority N] [--model-map MAP] [--proxy URL]`.
 pub async fn add(
     name: &str,
     mode: Option<ModeArg>,
     tier: Option<Tier>,
     api_key: Option<String>,
+    adding: Adding,
 ) -> anyhow::Result<()> {
     let name = name.trim();
     if name.is_empty() {
@@ -191,6 +198,13 @@ pub async fn add(
     if api_key.is_some() && mode.map(Mode::from) == Some(Mode::Max) {
         bail!("--api-key makes a console account; --mode max needs the OAuth flow");
     }
+    let route = adding.route()?;
+    if adding.compatible() && api_key.is_none() {
+        bail!("--provider anthropic-compatible needs --api-key (the backend's key)");
+    }
+    if adding.compatible() && mode.map(Mode::from) == Some(Mode::Max) {
+        bail!("an anthropic-compatible backend takes a key: it has no --mode max");
+    }
     let context = open().await?;
     // Before any sign-in, so a taken name does not waste one.
     if accounts::find(&context.db, name).await.is_ok() {
@@ -205,17 +219,22 @@ pub async fn add(
         None => {
             let mode = choose_mode(mode)?;
             let tier = choose_tier(tier, mode)?;
-            (mode, tier, authorize(&context.config, mode).await?)
+            let credentials = authorize(&context.config, mode, route.proxy.as_ref()).await?;
+            (mode, tier, credentials)
         }
     };
-    let account = Account::new(name, mode, credentials).with_tier(tier);
+    let mut account = Account::new(name, mode, credentials).with_tier(tier);
+    account.route = route;
     accounts::insert(&context.db, &context.cipher, &account).await?;
-    let kind = if mode == Mode::Max {
-        "subscription"
-    } else {
-        "console"
+    let kind = match (&account.route.backend, mode) {
+        (Backend::Compatible { .. }, _) => "anthropic-compatible",
+        (_, Mode::Max) => "subscription",
+        _ => "console",
     };
-    println!("Added {kind} account `{name}` (tier {tier}).");
+    println!(
+        "Added {kind} account `{name}` (tier {tier}; {}).",
+        route::describe(&account.route)
+    );
     Ok(())
 }
 
@@ -233,7 +252,12 @@ pub async fn reauth(name: &str, api_key: Option<String>) -> anyhow::Result<()> {
             "`{}` is a subscription account: re-authenticate it through OAuth, without --api-key",
             model.name
         ),
-        None => authorize(&context.config, mode).await?,
+        None => {
+            let proxy = accounts::to_account(&model, &context.cipher)
+                .ok()
+                .and_then(|account| account.route.proxy);
+            authorize(&context.config, mode, proxy.as_ref()).await?
+        }
     };
     accounts::set_credentials(&context.db, &context.cipher, &model.id, &credentials).await?;
     println!("Re-authenticated `{}`; it is back in rotation.", model.name);
@@ -257,18 +281,19 @@ pub async fn refresh(name: Option<&str>) -> anyhow::Result<()> {
     }
     let mut failed = 0;
     for model in models {
-        let Credentials::OAuth(tokens) = accounts::to_account(&model, &context.cipher)?.credentials
-        else {
+        let account = accounts::to_account(&model, &context.cipher)?;
+        let Credentials::OAuth(tokens) = &account.credentials else {
             bail!(
                 "`{}` is a console account: it has no token to refresh",
                 model.name
             );
         };
+        let info = claudeflare_tower::AccountEntry::new(account.clone()).info();
         let result = oauth::coordinated_refresh(
             &context.db,
             &context.cipher,
             &context.config,
-            &model.id,
+            &info,
             &tokens.refresh_token,
         )
         .await;
@@ -357,6 +382,8 @@ pub async fn list(json: bool) -> anyhow::Result<()> {
     }
     let header = [
         "NAME",
+        "PROVIDER",
+        "PRIORITY",
         "MODE",
         "TIER",
         "STATUS",
@@ -370,6 +397,8 @@ pub async fn list(json: bool) -> anyhow::Result<()> {
             vec![
                 // A name stored before control characters were refused is shown escaped.
                 printable(&v.name),
+                v.provider.clone(),
+                v.priority.to_string(),
                 v.mode.to_string(),
                 v.tier.to_string(),
                 status_text(v),
@@ -500,16 +529,27 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
             concurrency,
             monthly_budget_usd,
             models,
+            accounts: bound,
         } => {
             if name.trim().is_empty() || name.chars().any(char::is_control) {
                 bail!("a key needs a name of visible characters (it names its requests)");
+            }
+            let bound: Vec<String> = bound
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
+            for account in &bound {
+                if accounts::find(&db, account).await.is_err() {
+                    bail!("--accounts: there is no account named `{account}`");
+                }
             }
             let limits = keys::Limits {
                 rpm,
                 concurrency,
                 monthly_budget_usd,
             };
-            let created = keys::create(&db, &name, admin, limits, &models).await?;
+            let created = keys::create(&db, &name, admin, limits, &models, &bound).await?;
             let kind = if admin { "admin key" } else { "key" };
             eprintln!(
                 "Created the {kind} `{name}`. It is shown once, here; only its hash is stored:"

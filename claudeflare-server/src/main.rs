@@ -89,7 +89,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mode,
             tier,
             api_key,
-        } => commands::add(&name, mode, tier, api_key).await,
+            provider,
+            base_url,
+            auth_header,
+            route,
+        } => {
+            let backend = commands::Adding {
+                provider,
+                base_url,
+                auth_header,
+                route,
+            };
+            commands::add(&name, mode, tier, api_key, backend).await
+        }
+        Command::Edit {
+            name,
+            base_url,
+            route,
+        } => commands::edit(&name, base_url, route).await,
         Command::List { json } => commands::list(json).await,
         Command::Remove { name, yes } => commands::remove(&name, yes).await,
         Command::Pause { name } => commands::set_paused(&name, true).await,

@@ -12,7 +12,7 @@ use chrono::{TimeDelta, Utc};
 use claudeflare_tower::auth::{RefreshError, TokenPair};
 use claudeflare_tower::control;
 use claudeflare_tower::provider::{Anthropic, Provider};
-use claudeflare_tower::{BoxError, OAuthTokens};
+use claudeflare_tower::{AccountInfo, BoxError, EgressProxy, OAuthTokens};
 use http::{HeaderValue, Method, StatusCode, header};
 use oauth2::basic::BasicClient;
 use oauth2::{
@@ -127,6 +127,7 @@ pub async fn exchange(
     config: &Config,
     flow: Flow,
     pasted: &str,
+    proxy: Option<&EgressProxy>,
 ) -> Result<OAuthTokens, OAuthError> {
     let (code, state) = pasted.trim().split_once('#').ok_or(OAuthError::Malformed)?;
     if code.is_empty() {
@@ -151,6 +152,7 @@ pub async fn exchange(
         None,
         "application/json",
         body.to_string(),
+        proxy,
     )
     .await?;
     if !status.is_success() {
@@ -175,6 +177,7 @@ pub async fn exchange(
 pub async fn create_api_key(
     config: &Config,
     access_token: &SecretString,
+    proxy: Option<&EgressProxy>,
 ) -> Result<SecretString, OAuthError> {
     #[derive(Deserialize)]
     struct Created {
@@ -189,6 +192,7 @@ pub async fn create_api_key(
         Some(&bearer),
         "application/x-www-form-urlencoded",
         String::new(),
+        proxy,
     )
     .await?;
     if !status.is_success() {
@@ -206,6 +210,7 @@ pub async fn create_api_key(
 pub async fn fetch_usage(
     config: &Config,
     authorization: &HeaderValue,
+    proxy: Option<&EgressProxy>,
 ) -> Result<Usage, OAuthError> {
     let what = "fetching usage";
     let bearer = authorization.to_str().map_err(|_| OAuthError::Refused {
@@ -219,6 +224,7 @@ pub async fn fetch_usage(
         Some(bearer),
         "application/json",
         String::new(),
+        proxy,
     )
     .await?;
     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -270,6 +276,7 @@ fn refused(what: &'static str, status: StatusCode, bytes: &Bytes) -> OAuthError 
 }
 
 /// One control-plane call (reqwest, 30 s in all, at most 1 MiB read back).
+#[allow(clippy::too_many_arguments)]
 async fn send(
     what: &'static str,
     method: Method,
@@ -277,10 +284,11 @@ async fn send(
     authorization: Option<&str>,
     content_type: &str,
     body: String,
+    proxy: Option<&EgressProxy>,
 ) -> Result<(StatusCode, http::HeaderMap, Bytes), OAuthError> {
     let network = |source| OAuthError::Network { what, source };
     let url: reqwest::Url = url.parse().map_err(|_| OAuthError::Url(what))?;
-    let mut request = control::client()
+    let mut request = control::client_via(proxy)
         .map_err(network)?
         .request(method, url)
         .header(header::CONTENT_TYPE, content_type)
@@ -314,9 +322,10 @@ pub async fn coordinated_refresh(
     db: &DatabaseConnection,
     cipher: &Cipher,
     config: &Config,
-    id: &str,
+    account: &AccountInfo,
     presented: &SecretString,
 ) -> Result<TokenPair, RefreshError> {
+    let id = account.id.as_str();
     let temporary = |e: DbError| RefreshError::Temporary(e.into());
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(45);
     // Tokens another process refreshed since `presented` was read, still good for a while.
@@ -350,7 +359,7 @@ pub async fn coordinated_refresh(
                 .parse()
                 .map_err(|e| RefreshError::Temporary(format!("oauth_token_url: {e}").into()))?;
             let anthropic = Anthropic::new().oauth(token_url, config.client_id.clone());
-            let result = anthropic.refresh(&stored.refresh_token).await;
+            let result = anthropic.refresh(account, &stored.refresh_token).await;
             return match result {
                 Ok(new) => {
                     let tokens = OAuthTokens {
@@ -461,12 +470,12 @@ mod tests {
         let config = Config::default();
         let flow = start(&config, true).unwrap();
         assert!(matches!(
-            exchange(&config, flow, "code#not-the-state").await,
+            exchange(&config, flow, "code#not-the-state", None).await,
             Err(OAuthError::StateMismatch)
         ));
         let flow = start(&config, true).unwrap();
         assert!(matches!(
-            exchange(&config, flow, "no-hash-here").await,
+            exchange(&config, flow, "no-hash-here", None).await,
             Err(OAuthError::Malformed)
         ));
     }

@@ -51,11 +51,11 @@ impl TokenRefresher for ServerRefresher {
         refresh_token: &'a SecretString,
     ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
         let (db, cipher, config) = (self.db.clone(), self.cipher.clone(), self.config.get());
-        let (id, presented) = (account.id.clone(), refresh_token.clone());
+        let (info, presented) = (account.clone(), refresh_token.clone());
         // Runs to the end even if the request that wanted it goes away: the rotated tokens are
         // stored either way.
         let refresh = self.runtime.spawn(async move {
-            oauth::coordinated_refresh(&db, &cipher, &config, &id, &presented).await
+            oauth::coordinated_refresh(&db, &cipher, &config, &info, &presented).await
         });
         Box::pin(async move {
             let result = refresh.await.unwrap_or_else(|error| {

@@ -2,6 +2,7 @@
 //! the database's view into what a person reads.
 
 use chrono::{DateTime, Utc};
+use claudeflare_tower::provider::MapEntry;
 use claudeflare_tower::{AccountEntry, AccountPool, AccountStatus, Mode, Tier};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -15,8 +16,16 @@ pub struct AccountView {
     pub id: String,
     /// Name.
     pub name: String,
-    /// Always "anthropic".
-    pub provider: &'static str,
+    /// "anthropic" or "anthropic-compatible".
+    pub provider: String,
+    /// A compatible backend's base URL; null for Anthropic.
+    pub base_url: Option<String>,
+    /// Lower goes first.
+    pub priority: u32,
+    /// The models it serves and the name each goes upstream as; empty: every model.
+    pub model_map: Vec<MapEntry>,
+    /// The egress proxy, its password shown as `***`.
+    pub proxy: Option<String>,
     /// "max" or "console".
     pub mode: Mode,
     /// 1, 5 or 20.
@@ -55,10 +64,15 @@ impl AccountView {
     /// The view of `entry` at `now`.
     pub fn of(entry: &AccountEntry, now: DateTime<Utc>) -> Self {
         let live = entry.live();
+        let route = entry.route();
         Self {
             id: entry.id().to_owned(),
             name: entry.name().to_owned(),
-            provider: "anthropic",
+            provider: route.backend.name().to_owned(),
+            base_url: route.backend.base_url().map(ToString::to_string),
+            priority: route.priority,
+            model_map: route.model_map.entries(),
+            proxy: route.proxy.as_ref().map(ToString::to_string),
             mode: entry.mode(),
             tier: entry.tier(),
             paused: entry.paused(),

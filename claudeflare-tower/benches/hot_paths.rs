@@ -75,10 +75,12 @@ fn headers(c: &mut Criterion) {
     }
     let now = Utc::now();
     let anthropic = Anthropic::new();
+    let account =
+        claudeflare_tower::AccountEntry::new(claudeflare_tower::Account::api_key("a", "k"));
     let ok = http::StatusCode::OK;
     // The provider's whole reading of a response: the header scan and the classification.
     c.bench_function("classify/rate-limit headers", |b| {
-        b.iter(|| black_box(anthropic.classify(ok, black_box(&map), None, now)))
+        b.iter(|| black_box(anthropic.classify(&account, ok, black_box(&map), None, now)))
     });
 }
 
@@ -110,7 +112,7 @@ fn sse_tap(c: &mut Criterion) {
         let chunks: Vec<&[u8]> = stream.chunks(size).collect();
         group.bench_function(format!("{size}-byte chunks"), |b| {
             b.iter(|| {
-                let mut tap = anthropic.tap(&headers);
+                let mut tap = anthropic.tap(None, &headers);
                 for chunk in &chunks {
                     tap.feed(black_box(chunk));
                 }

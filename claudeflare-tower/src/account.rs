@@ -4,18 +4,23 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use arc_swap::ArcSwap;
 use chrono::{DateTime, TimeDelta, Utc};
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-/// How an account authenticates to Anthropic.
+use crate::egress::EgressProxy;
+use crate::provider::{Backend, ModelMap};
+
+/// How an account authenticates: a subscription's OAuth tokens, or an API key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Mode {
     /// A Claude Pro/Max subscription: OAuth bearer token plus the `oauth-2025-04-20` beta flag.
     Max,
-    /// A console API key, sent as `x-api-key`.
+    /// An API key (a console key, or a compatible backend's), sent in the provider's header.
     Console,
 }
 
@@ -160,10 +165,30 @@ pub struct Account {
     pub paused: bool,
     /// The secret.
     pub credentials: Credentials,
+    /// Its provider, priority, model map and egress proxy.
+    pub route: Route,
     /// When the account was added.
     pub created_at: DateTime<Utc>,
     /// Live state to resume from (after a restart); default for a new account.
     pub live: LiveState,
+}
+
+/// Where an account's requests go and in which turn: its provider, its priority, the map of
+/// the models it serves, and the proxy its traffic leaves through. Changed as a whole (the
+/// server's `edit`), read on the request path without a lock.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Route {
+    /// The provider that serves it, and what that provider needs of it (a base URL, a header
+    /// style).
+    pub backend: Backend,
+    /// Lower goes first: strategies choose among the available accounts of the best priority
+    /// that has one (0 by default).
+    pub priority: u32,
+    /// The models it serves and the name each goes upstream as; empty: every model, unchanged.
+    pub model_map: ModelMap,
+    /// The proxy all its traffic (requests, token refreshes, usage polls) goes through.
+    pub proxy: Option<EgressProxy>,
 }
 
 impl Account {
@@ -185,6 +210,7 @@ impl Account {
             tier: Tier::One,
             paused: false,
             credentials,
+            route: Route::default(),
             created_at: Utc::now(),
             live: LiveState::default(),
         }
@@ -193,6 +219,30 @@ impl Account {
     /// Set the tier.
     pub fn with_tier(mut self, tier: Tier) -> Self {
         self.tier = tier;
+        self
+    }
+
+    /// Served by `backend` (Anthropic by default).
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.route.backend = backend;
+        self
+    }
+
+    /// Set the priority (lower goes first; 0 by default).
+    pub fn with_priority(mut self, priority: u32) -> Self {
+        self.route.priority = priority;
+        self
+    }
+
+    /// Serve only the models `map` matches, under the names it gives them.
+    pub fn with_model_map(mut self, map: ModelMap) -> Self {
+        self.route.model_map = map;
+        self
+    }
+
+    /// Send all of its traffic through `proxy`.
+    pub fn with_proxy(mut self, proxy: EgressProxy) -> Self {
+        self.route.proxy = Some(proxy);
         self
     }
 }
@@ -292,6 +342,7 @@ pub struct AccountEntry {
     name_header: Option<HeaderValue>,
     mode: Mode,
     created_at: DateTime<Utc>,
+    route: ArcSwap<Route>,
     state: Mutex<State>,
     /// Serialises token refreshes of this account (single flight).
     pub(crate) refresh_lock: tokio::sync::Mutex<()>,
@@ -301,8 +352,10 @@ pub(crate) struct State {
     pub(crate) tier: Tier,
     pub(crate) paused: bool,
     pub(crate) credentials: Credentials,
-    /// The ready-made credential header, so the hot path does not format it per request.
-    pub(crate) auth_header: Option<HeaderValue>,
+    /// The credential as its provider puts it in a header, made once per credential so the hot
+    /// path does not format it per request (the provider formats it: see
+    /// [`AccountEntry::credential`]).
+    pub(crate) credential_value: Option<HeaderValue>,
     /// Bumped on every credential change, so a 401 for an old token does not void a new one.
     pub(crate) token_generation: u64,
     pub(crate) token_rejected: bool,
@@ -319,32 +372,21 @@ impl fmt::Debug for AccountEntry {
     }
 }
 
-fn auth_header(credentials: &Credentials) -> Option<HeaderValue> {
-    let mut value = match credentials {
-        Credentials::ApiKey(key) => HeaderValue::from_str(key.expose_secret()).ok()?,
-        Credentials::OAuth(tokens) => {
-            HeaderValue::try_from(format!("Bearer {}", tokens.access_token.expose_secret())).ok()?
-        }
-    };
-    value.set_sensitive(true);
-    Some(value)
-}
-
 impl AccountEntry {
     /// Wrap an account for the pool.
     pub fn new(account: Account) -> Self {
-        let auth_header = auth_header(&account.credentials);
         Self {
             name_header: HeaderValue::from_str(&account.name).ok(),
             id: account.id.into(),
             name: account.name.into(),
             mode: account.mode,
             created_at: account.created_at,
+            route: ArcSwap::from_pointee(account.route),
             state: Mutex::new(State {
                 tier: account.tier,
                 paused: account.paused,
                 credentials: account.credentials,
-                auth_header,
+                credential_value: None,
                 token_generation: 0,
                 token_rejected: false,
                 live: account.live,
@@ -376,6 +418,31 @@ impl AccountEntry {
     /// Subscription or API key.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Its provider, priority, model map and proxy, as of now (lock-free).
+    pub fn route(&self) -> arc_swap::Guard<Arc<Route>> {
+        self.route.load()
+    }
+
+    /// Its priority (lower goes first).
+    pub fn priority(&self) -> u32 {
+        self.route.load().priority
+    }
+
+    /// The name of its provider (`anthropic`, `anthropic-compatible`, …).
+    pub fn provider_name(&self) -> String {
+        self.route.load().backend.name().to_owned()
+    }
+
+    /// Change its provider, priority, model map or proxy; requests in flight keep the route
+    /// they started with.
+    pub fn set_route(&self, route: Route) {
+        if **self.route.load() != route {
+            // Another provider or header style formats the credential its own way.
+            self.lock().credential_value = None;
+            self.route.store(Arc::new(route));
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -536,7 +603,7 @@ impl AccountEntry {
     /// Replace the credentials (after a refresh or re-authentication); clears `needs_reauth`.
     pub fn set_credentials(&self, credentials: Credentials) {
         let mut state = self.lock();
-        state.auth_header = auth_header(&credentials);
+        state.credential_value = None;
         state.credentials = credentials;
         state.token_generation += 1;
         state.token_rejected = false;
@@ -548,11 +615,12 @@ impl AccountEntry {
     /// Update identity-independent fields from a stored account (the server reloading its
     /// database), keeping live state that only this process knows when the stored one is older.
     pub fn update_from(&self, account: &Account) {
+        self.set_route(account.route.clone());
         let mut state = self.lock();
         state.tier = account.tier;
         state.paused = account.paused;
         if !same_credentials(&state.credentials, &account.credentials) {
-            state.auth_header = auth_header(&account.credentials);
+            state.credential_value = None;
             state.credentials = account.credentials.clone();
             state.token_generation += 1;
             state.token_rejected = false;
@@ -580,22 +648,20 @@ impl AccountEntry {
         state.live.clone()
     }
 
-    /// Account name and mode, for logs and the token refresher.
+    /// Account name, mode and proxy, for logs and the token refresher.
     pub fn info(&self) -> AccountInfo {
         AccountInfo {
             id: self.id.to_string(),
             name: self.name.to_string(),
             mode: self.mode,
+            backend: self.route.load().backend.clone(),
+            proxy: self.route.load().proxy.clone(),
         }
     }
 
-    /// The credential header and its generation, if the credential is usable at `now` with
-    /// `margin` to spare.
-    pub(crate) fn usable_credential(
-        &self,
-        now: DateTime<Utc>,
-        margin: TimeDelta,
-    ) -> Option<(HeaderValue, u64)> {
+    /// The generation of its credential, if that credential is usable at `now` with `margin`
+    /// to spare (not refused, not expiring).
+    pub(crate) fn usable(&self, now: DateTime<Utc>, margin: TimeDelta) -> Option<u64> {
         let state = self.lock();
         if state.token_rejected {
             return None;
@@ -605,20 +671,29 @@ impl AccountEntry {
                 return None;
             }
         }
-        state
-            .auth_header
-            .clone()
-            .map(|header| (header, state.token_generation))
+        Some(state.token_generation)
     }
 
-    /// The credential header (`x-api-key` value or `Bearer …`), marked sensitive, for calls of
-    /// your own on the account's behalf (the usage endpoint, say). `None` once it was refused.
-    pub fn credential_header(&self) -> Option<HeaderValue> {
-        let state = self.lock();
+    /// Its credential as a header value, formatted by `format` (the provider's header style:
+    /// see [`provider::bearer`](crate::provider::bearer)) the first time and kept until the
+    /// credential or the route changes. `None` once the upstream refused it, or when `format`
+    /// cannot make a header of it. For a provider's `prepare`, and for calls of your own on the
+    /// account's behalf (the usage endpoint, say).
+    pub fn credential(
+        &self,
+        format: impl FnOnce(&Credentials) -> Option<HeaderValue>,
+    ) -> Option<HeaderValue> {
+        let mut state = self.lock();
         if state.token_rejected {
             return None;
         }
-        state.auth_header.clone()
+        if state.credential_value.is_none() {
+            state.credential_value = format(&state.credentials).map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
+        }
+        state.credential_value.clone()
     }
 
     /// Upstream answered 401 to the credential of `generation`: do not use it again.
@@ -668,7 +743,7 @@ fn status_of(state: &State, now: DateTime<Utc>) -> AccountStatus {
 }
 
 /// Identity of an account, without secrets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct AccountInfo {
     /// Stable identifier.
@@ -677,6 +752,10 @@ pub struct AccountInfo {
     pub name: String,
     /// Subscription or API key.
     pub mode: Mode,
+    /// Its provider, whose refresh grant renews its tokens.
+    pub backend: Backend,
+    /// The proxy its traffic goes through, which a refresh must use too.
+    pub proxy: Option<EgressProxy>,
 }
 
 #[cfg(test)]
@@ -757,9 +836,7 @@ mod tests {
         let entry = AccountEntry::new(Account::api_key("a", "sk-ant-api03-topsecret"));
         let debug = format!("{entry:?} {:?}", entry.lock().credentials);
         assert!(!debug.contains("topsecret"), "{debug}");
-        let (header, _) = entry
-            .usable_credential(Utc::now(), TimeDelta::zero())
-            .unwrap();
+        let header = entry.credential(crate::provider::plain).unwrap();
         assert!(header.is_sensitive());
     }
 
@@ -774,15 +851,18 @@ mod tests {
             })
         };
         let entry = AccountEntry::new(Account::new("m", Mode::Max, tokens("old")));
-        let (_, old_generation) = entry.usable_credential(now, TimeDelta::zero()).unwrap();
+        let old_generation = entry.usable(now, TimeDelta::zero()).unwrap();
         entry.set_credentials(tokens("new"));
         entry.reject_credential(old_generation);
-        assert!(entry.usable_credential(now, TimeDelta::zero()).is_some());
-        let (_, generation) = entry.usable_credential(now, TimeDelta::zero()).unwrap();
+        assert!(entry.usable(now, TimeDelta::zero()).is_some());
+        let header = entry.credential(crate::provider::bearer).unwrap();
+        assert_eq!(header, "Bearer new", "the new token, formatted anew");
+        let generation = entry.usable(now, TimeDelta::zero()).unwrap();
         entry.reject_credential(generation);
-        assert!(entry.usable_credential(now, TimeDelta::zero()).is_none());
+        assert!(entry.usable(now, TimeDelta::zero()).is_none());
+        assert!(entry.credential(crate::provider::bearer).is_none());
         // Expiring within the margin counts as unusable.
         entry.set_credentials(tokens("newer"));
-        assert!(entry.usable_credential(now, TimeDelta::hours(9)).is_none());
+        assert!(entry.usable(now, TimeDelta::hours(9)).is_none());
     }
 }

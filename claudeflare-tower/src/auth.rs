@@ -1,10 +1,11 @@
 //! The `Auth` layer: replaces the client's credentials with those of the account being tried.
 //!
 //! The account is the one the request's [`RequestContext`] names (`Failover` sets it for each
-//! attempt). The [`Provider`] takes the client's credentials off (they never reach the
-//! upstream) and puts the account's on: for Anthropic, console accounts send `x-api-key`; max
-//! (subscription) accounts send `authorization: Bearer …` and get `oauth-2025-04-20` appended
-//! to `anthropic-beta`.
+//! attempt). Once its credential is usable, the [`Provider`] prepares the request for it
+//! ([`Provider::prepare`]): the upstream URL, the client's credentials off (they never reach
+//! the upstream) and the account's on, in the provider's header style (for Anthropic: console
+//! accounts send `x-api-key`; max accounts send `authorization: Bearer …` and get
+//! `oauth-2025-04-20` appended to `anthropic-beta`), and the model through the account's map.
 //!
 //! Access tokens are refreshed shortly before they expire, one refresh per account at a time
 //! however many requests wait for it (single flight), by the provider's refresh grant, or by a
@@ -24,8 +25,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use chrono::{TimeDelta, Utc};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response};
+use http_body_util::Full;
 use pin_project_lite::pin_project;
 use secrecy::SecretString;
 use tower::{Layer, Service};
@@ -33,7 +36,7 @@ use tower::{Layer, Service};
 use crate::account::{AccountEntry, AccountInfo, Credentials, Mode, OAuthTokens};
 use crate::context::RequestContext;
 use crate::pool::AccountPool;
-use crate::provider::{Anthropic, Provider};
+use crate::provider::{InvalidUpstream, Outcome, Provider, Providers};
 pub use crate::provider::{RefreshError, TokenPair};
 use crate::{BoxError, BoxFuture};
 
@@ -69,10 +72,10 @@ pub(crate) struct ProviderRefresher<P>(pub(crate) P);
 impl<P: Provider> TokenRefresher for ProviderRefresher<P> {
     fn refresh<'a>(
         &'a self,
-        _account: &'a AccountInfo,
+        account: &'a AccountInfo,
         refresh_token: &'a SecretString,
     ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
-        self.0.refresh(refresh_token)
+        self.0.refresh(account, refresh_token)
     }
 }
 
@@ -99,11 +102,14 @@ pub enum AuthError {
         /// The refresh error.
         source: RefreshError,
     },
+    /// The provider could not make an upstream request of it for this account.
+    #[error(transparent)]
+    Prepare(#[from] InvalidUpstream),
 }
 
 /// Injects account credentials. See the [module docs](self).
 #[derive(Clone)]
-pub struct AuthLayer<P = Anthropic> {
+pub struct AuthLayer<P = Providers> {
     pool: AccountPool,
     provider: P,
     refresher: Arc<dyn TokenRefresher>,
@@ -116,10 +122,11 @@ impl<P> std::fmt::Debug for AuthLayer<P> {
 }
 
 impl AuthLayer {
-    /// Anthropic credentials of accounts of `pool` (whose store hears about accounts needing
-    /// re-auth); tokens refreshed by Anthropic's refresh grant and kept in memory.
+    /// Credentials of accounts of `pool` (whose store hears about accounts needing re-auth), put
+    /// on by each account's provider among the built-in [`Providers`]; tokens refreshed by
+    /// Anthropic's refresh grant and kept in memory.
     pub fn new(pool: AccountPool) -> Self {
-        Self::with_provider(Anthropic::new(), pool)
+        Self::with_provider(Providers::new(), pool)
     }
 }
 
@@ -156,7 +163,7 @@ impl<S, P: Clone> Layer<S> for AuthLayer<P> {
 
 /// The service of [`AuthLayer`].
 #[derive(Clone)]
-pub struct Auth<S, P = Anthropic> {
+pub struct Auth<S, P = Providers> {
     inner: S,
     pool: AccountPool,
     provider: P,
@@ -171,44 +178,50 @@ impl<S: std::fmt::Debug, P> std::fmt::Debug for Auth<S, P> {
     }
 }
 
-impl<S, P, B, ResBody> Service<Request<B>> for Auth<S, P>
+impl<S, P, ResBody> Service<Request<Full<Bytes>>> for Auth<S, P>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
     P: Provider,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, B, P>;
+    type Future = ResponseFuture<S, P>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(account) = RequestContext::of(&req).and_then(RequestContext::account) else {
+    fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
+        let Some(context) = RequestContext::of(&req).cloned() else {
             return ResponseFuture::failed(AuthError::NoAccount);
         };
-        self.provider.strip_client_credentials(req.headers_mut());
+        let Some(account) = context.account() else {
+            return ResponseFuture::failed(AuthError::NoAccount);
+        };
         // The service that was made ready goes into the future; a clone stays for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if let Some((credential, generation)) =
-            account.usable_credential(Utc::now(), REFRESH_MARGIN)
-        {
-            self.provider
-                .authorize(req.headers_mut(), account.mode(), credential);
-            return ResponseFuture {
-                state: State::Calling {
-                    future: inner.call(req),
+        let base = Base {
+            account,
+            generation: 0,
+            pool: self.pool.clone(),
+            context,
+            provider: self.provider.clone(),
+        };
+        if let Some(generation) = base.account.usable(Utc::now(), REFRESH_MARGIN) {
+            return match base.prepare(&mut req, generation) {
+                Ok(base) => ResponseFuture {
+                    state: State::Calling {
+                        future: inner.call(req),
+                    },
+                    base: Some(base),
                 },
-                account: Some(account),
-                generation,
-                pool: self.pool.clone(),
+                Err(error) => ResponseFuture::failed(error),
             };
         }
         let obtain = obtain_credential(
-            Arc::clone(&account),
+            Arc::clone(&base.account),
             Arc::clone(&self.refresher),
             self.pool.clone(),
         );
@@ -217,11 +230,59 @@ where
                 obtain,
                 inner: Some(inner),
                 req: Some(req),
-                provider: self.provider.clone(),
             },
-            account: Some(account),
-            generation: 0,
-            pool: self.pool.clone(),
+            base: Some(base),
+        }
+    }
+}
+
+/// What the future of one attempt knows: the account, its credential's generation, and where to
+/// say what happened.
+struct Base<P> {
+    account: Arc<AccountEntry>,
+    generation: u64,
+    pool: AccountPool,
+    context: RequestContext,
+    provider: P,
+}
+
+impl<P: Provider> Base<P> {
+    /// Let the provider make `req` the account's upstream request, with the credential of
+    /// `generation`.
+    fn prepare(
+        mut self,
+        req: &mut Request<Full<Bytes>>,
+        generation: u64,
+    ) -> Result<Self, AuthError> {
+        self.generation = generation;
+        match self.provider.prepare(&self.account, req) {
+            Ok(()) => Ok(self),
+            Err(error) => Err(self.fail(error.into())),
+        }
+    }
+
+    /// Note what `error` means (the provider says), and hand it on.
+    fn fail(&self, error: AuthError) -> AuthError {
+        let outcome = self.provider.classify_error(&self.account, &error);
+        self.context.set_outcome(outcome);
+        error
+    }
+
+    /// The upstream answered: a refused credential is not used again, and a refused key puts
+    /// its account out of rotation (a key cannot be refreshed).
+    fn answered(&self) {
+        if self.context.outcome() != Some(Outcome::AuthFailed) {
+            return;
+        }
+        let account = &self.account;
+        account.reject_credential(self.generation);
+        if account.refresh_token().is_none() {
+            self.pool
+                .needs_reauth(account, "the API key was rejected (401)");
+            tracing::error!(
+                account = account.name(),
+                "the API key was rejected; the account needs re-authentication"
+            );
         }
     }
 }
@@ -231,7 +292,7 @@ fn obtain_credential(
     account: Arc<AccountEntry>,
     refresher: Arc<dyn TokenRefresher>,
     pool: AccountPool,
-) -> BoxFuture<'static, Result<(HeaderValue, u64), AuthError>> {
+) -> BoxFuture<'static, Result<u64, AuthError>> {
     Box::pin(async move { credential(&account, &refresher, &pool, REFRESH_MARGIN).await })
 }
 
@@ -254,7 +315,7 @@ async fn credential(
     refresher: &Arc<dyn TokenRefresher>,
     pool: &AccountPool,
     margin: TimeDelta,
-) -> Result<(HeaderValue, u64), AuthError> {
+) -> Result<u64, AuthError> {
     {
         let needs_reauth = |reason: String| {
             pool.needs_reauth(account, reason.clone());
@@ -264,16 +325,16 @@ async fn credential(
                 reason,
             }
         };
-        if let Some(credential) = account.usable_credential(Utc::now(), margin) {
-            return Ok(credential);
+        if let Some(generation) = account.usable(Utc::now(), margin) {
+            return Ok(generation);
         }
-        if account.mode() == Mode::Console {
+        if account.mode() != Mode::Max {
             // A key is only unusable once the upstream refused it.
             return Err(needs_reauth("the API key was rejected".to_owned()));
         }
         let _single_flight = account.refresh_lock.lock().await;
-        if let Some(credential) = account.usable_credential(Utc::now(), margin) {
-            return Ok(credential);
+        if let Some(generation) = account.usable(Utc::now(), margin) {
+            return Ok(generation);
         }
         let Some(refresh_token) = account.refresh_token() else {
             return Err(needs_reauth("there is no refresh token".to_owned()));
@@ -294,7 +355,7 @@ async fn credential(
                 }
                 account.set_credentials(Credentials::OAuth(tokens));
                 account
-                    .usable_credential(Utc::now(), TimeDelta::zero())
+                    .usable(Utc::now(), TimeDelta::zero())
                     .ok_or_else(|| {
                         needs_reauth("the refreshed token is already expired".to_owned())
                     })
@@ -313,43 +374,38 @@ async fn credential(
 
 pin_project! {
     /// Future of [`Auth`].
-    pub struct ResponseFuture<S: Service<Request<B>>, B, P> {
+    pub struct ResponseFuture<S: Service<Request<Full<Bytes>>>, P> {
         #[pin]
-        state: State<S, B, P>,
-        account: Option<Arc<AccountEntry>>,
-        generation: u64,
-        pool: AccountPool,
+        state: State<S>,
+        base: Option<Base<P>>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<S: Service<Request<B>>, B, P> {
+    enum State<S: Service<Request<Full<Bytes>>>> {
         Obtaining {
-            obtain: BoxFuture<'static, Result<(HeaderValue, u64), AuthError>>,
+            obtain: BoxFuture<'static, Result<u64, AuthError>>,
             inner: Option<S>,
-            req: Option<Request<B>>,
-            provider: P,
+            req: Option<Request<Full<Bytes>>>,
         },
         Calling { #[pin] future: S::Future },
         Failed { error: Option<AuthError> },
     }
 }
 
-impl<S: Service<Request<B>>, B, P> ResponseFuture<S, B, P> {
+impl<S: Service<Request<Full<Bytes>>>, P> ResponseFuture<S, P> {
     fn failed(error: AuthError) -> Self {
         Self {
             state: State::Failed { error: Some(error) },
-            account: None,
-            generation: 0,
-            pool: AccountPool::default(),
+            base: None,
         }
     }
 }
 
-impl<S, B, P, ResBody> Future for ResponseFuture<S, B, P>
+impl<S, P, ResBody> Future for ResponseFuture<S, P>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
     P: Provider,
 {
@@ -366,42 +422,31 @@ where
                     );
                     return Poll::Ready(Err(error));
                 }
-                StateProj::Obtaining {
-                    obtain,
-                    inner,
-                    req,
-                    provider,
-                } => {
-                    let (credential, generation) = match std::task::ready!(obtain.as_mut().poll(cx))
-                    {
-                        Ok(obtained) => obtained,
-                        Err(error) => return Poll::Ready(Err(error.into())),
-                    };
-                    let (Some(mut service), Some(mut req), Some(account)) =
-                        (inner.take(), req.take(), this.account.as_ref())
+                StateProj::Obtaining { obtain, inner, req } => {
+                    let obtained = std::task::ready!(obtain.as_mut().poll(cx));
+                    let (Some(mut service), Some(mut req), Some(base)) =
+                        (inner.take(), req.take(), this.base.take())
                     else {
                         return Poll::Ready(Err("auth polled after completion".into()));
                     };
-                    provider.authorize(req.headers_mut(), account.mode(), credential);
-                    *this.generation = generation;
-                    State::Calling {
-                        future: service.call(req),
+                    let prepared = match obtained {
+                        Ok(generation) => base.prepare(&mut req, generation),
+                        Err(error) => Err(base.fail(error)),
+                    };
+                    match prepared {
+                        Ok(base) => {
+                            *this.base = Some(base);
+                            State::Calling {
+                                future: service.call(req),
+                            }
+                        }
+                        Err(error) => return Poll::Ready(Err(error.into())),
                     }
                 }
                 StateProj::Calling { future } => {
                     let response = std::task::ready!(future.poll(cx)).map_err(Into::into)?;
-                    if response.status() == StatusCode::UNAUTHORIZED {
-                        if let Some(account) = this.account.take() {
-                            account.reject_credential(*this.generation);
-                            if account.mode() == Mode::Console {
-                                this.pool
-                                    .needs_reauth(&account, "the API key was rejected (401)");
-                                tracing::error!(
-                                    account = account.name(),
-                                    "the API key was rejected; the account needs re-authentication"
-                                );
-                            }
-                        }
+                    if let Some(base) = this.base.take() {
+                        base.answered();
                     }
                     return Poll::Ready(Ok(response));
                 }

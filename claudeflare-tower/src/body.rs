@@ -106,3 +106,13 @@ impl Body for ProxyBody {
         }
     }
 }
+
+/// The bytes of a request body read whole (`Intake`'s), taken out of it. A `Full` yields its
+/// one frame at once, so this polls it without a waker.
+pub(crate) fn take_full(body: &mut http_body_util::Full<Bytes>) -> Bytes {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(body).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}

@@ -12,8 +12,12 @@
 //! # }
 //! ```
 //!
-//! The account is the context's; without one the outcome is still noted, and nothing is
-//! marked.
+//! An error instead of a response (the upstream unreachable, a timeout) is the provider's to
+//! read too ([`Provider::classify_error`]): its outcome goes in the context the same way, so
+//! `Failover` decides from outcomes alone.
+//!
+//! The account is the context's; without one the outcome is what the status implies, and
+//! nothing is marked.
 //!
 //! Error bodies the provider needs (Anthropic's: 400, 403 and 429 envelopes) are read before the
 //! response is handed on (at most [`ERROR_BODY_LIMIT`] bytes), because their message decides
@@ -33,9 +37,11 @@ use tower::{Layer, Service};
 
 use crate::BoxError;
 use crate::account::AccountEntry;
+use crate::auth::AuthError;
 use crate::context::RequestContext;
 use crate::pool::AccountPool;
-use crate::provider::{Anthropic, Outcome, Provider};
+use crate::provider::{InvalidUpstream, Outcome, Provider, Providers};
+use crate::upstream::UpstreamError;
 
 /// The largest error body read to classify a response. Anthropic's envelopes are a few hundred
 /// bytes; a bigger one is not an envelope worth the memory.
@@ -43,15 +49,16 @@ pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// Classifies upstream responses and marks accounts. See the [module docs](self).
 #[derive(Debug, Clone)]
-pub struct ClassifyLayer<P = Anthropic> {
+pub struct ClassifyLayer<P = Providers> {
     pool: AccountPool,
     provider: P,
 }
 
 impl ClassifyLayer {
-    /// Anthropic's responses; marks go to accounts of `pool`, whose store persists them.
+    /// Responses read by each account's provider among the built-in [`Providers`]; marks go to
+    /// accounts of `pool`, whose store persists them.
     pub fn new(pool: AccountPool) -> Self {
-        Self::with_provider(Anthropic::new(), pool)
+        Self::with_provider(Providers::new(), pool)
     }
 }
 
@@ -76,7 +83,7 @@ impl<S, P: Clone> Layer<S> for ClassifyLayer<P> {
 
 /// The service of [`ClassifyLayer`].
 #[derive(Debug, Clone)]
-pub struct Classify<S, P = Anthropic> {
+pub struct Classify<S, P = Providers> {
     inner: S,
     pool: AccountPool,
     provider: P,
@@ -126,13 +133,55 @@ impl<P: Provider> Judge<P> {
     /// Classify the response, mark the account, and note the outcome in the context.
     fn judge<B>(&mut self, response: &Response<B>, body: Option<&[u8]>) {
         let now = Utc::now();
-        let seen = self
-            .provider
-            .classify(response.status(), response.headers(), body, now);
-        if let Some(account) = self.account.take() {
-            self.pool.observe(&account, &seen, now);
-        }
+        let Some(account) = self.account.take() else {
+            self.context
+                .set_outcome(Outcome::from_status(response.status()));
+            return;
+        };
+        let seen =
+            self.provider
+                .classify(&account, response.status(), response.headers(), body, now);
+        self.pool.observe(&account, &seen, now);
         self.context.set_outcome(seen.outcome);
+    }
+
+    /// Whether the response's meaning needs its body read first.
+    fn needs_body<B>(&self, response: &Response<B>) -> bool {
+        self.account.as_ref().is_some_and(|account| {
+            self.provider
+                .needs_body(account, response.status(), response.headers())
+        })
+    }
+
+    /// Note what an error instead of a response means.
+    fn judge_error(&self, error: &BoxError) {
+        let outcome = match &self.account {
+            Some(account) => self.provider.classify_error(account, &**error),
+            None => error_outcome(&**error),
+        };
+        self.context.set_outcome(outcome);
+    }
+}
+
+/// What an error instead of a response means, by the rules that hold for any upstream (the
+/// default of [`Provider::classify_error`]): a connection that failed or broke is
+/// [`Outcome::Unreachable`], a timeout [`Outcome::TimedOut`], a credential that cannot be had
+/// or a request the account cannot make [`Outcome::Unusable`]; anything else is retried as a
+/// server error.
+pub fn error_outcome(error: &(dyn std::error::Error + 'static)) -> Outcome {
+    if let Some(error) = error.downcast_ref::<UpstreamError>() {
+        return match error {
+            UpstreamError::Timeout(_) => Outcome::TimedOut,
+            UpstreamError::InvalidUri(_) => Outcome::Unusable,
+            _ => Outcome::Unreachable,
+        };
+    }
+    if error.is::<InvalidUpstream>() {
+        return Outcome::Unusable;
+    }
+    match error.downcast_ref::<AuthError>() {
+        Some(AuthError::NeedsReauth { .. } | AuthError::Prepare(_)) => Outcome::Unusable,
+        _ => Outcome::ServerError,
     }
 }
 
@@ -175,9 +224,15 @@ where
             let mut this = self.as_mut().project();
             let next = match this.state.as_mut().project() {
                 StateProj::Waiting { future } => {
-                    let response = std::task::ready!(future.poll(cx)).map_err(Into::into)?;
-                    let provider = &this.judge.provider;
-                    if !provider.needs_body(response.status(), response.headers()) {
+                    let response = match std::task::ready!(future.poll(cx)) {
+                        Ok(response) => response,
+                        Err(error) => {
+                            let error = error.into();
+                            this.judge.judge_error(&error);
+                            return Poll::Ready(Err(error));
+                        }
+                    };
+                    if !this.judge.needs_body(&response) {
                         this.judge.judge(&response, None);
                         return Poll::Ready(Ok(response));
                     }

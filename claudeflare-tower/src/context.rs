@@ -6,6 +6,7 @@
 //! | part | written by | read by |
 //! |---|---|---|
 //! | client (who sent it) | your service, before the stack | `Record` |
+//! | models and accounts it may use | your service, before the stack | `Intake`, `Select` |
 //! | model, stream flag | `Intake` | `Record` |
 //! | candidates | `Select` | `Failover` |
 //! | account of the attempt | `Failover` | `Auth`, `Classify`, `Record` |
@@ -43,6 +44,8 @@ struct Parts {
     client: Option<Arc<str>>,
     /// The models the request may ask for; `None`: any.
     allowed_models: Option<Arc<[String]>>,
+    /// The accounts the request may use, by name; `None`: any.
+    allowed_accounts: Option<Arc<[String]>>,
     model: Option<String>,
     stream: bool,
     candidates: Arc<[Arc<AccountEntry>]>,
@@ -146,6 +149,19 @@ impl RequestContext {
         let mut parts = self.lock();
         parts.model = model;
         parts.stream = stream;
+    }
+
+    /// Let the request use only the accounts of these names (a client key bound to part of
+    /// the pool); `Select` leaves the others out.
+    pub fn allow_accounts(&self, names: Arc<[String]>) {
+        self.lock().allowed_accounts = Some(names);
+    }
+
+    /// Look at the request's model (as `Intake` read it) and the accounts it may use (`None`:
+    /// any), without copying them.
+    pub fn with_choice<R>(&self, f: impl FnOnce(Option<&str>, Option<&[String]>) -> R) -> R {
+        let parts = self.lock();
+        f(parts.model.as_deref(), parts.allowed_accounts.as_deref())
     }
 
     /// The accounts the request may use, in the order to try them.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::BoxError;
+use crate::egress::EgressProxy;
 
 /// How long a control-plane call may wait for its connection.
 pub const CONTROL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,11 +23,23 @@ const MAX_ANSWER: usize = 1024 * 1024;
 /// on the runtime that opened it, and these calls come from several runtimes (the server's, the
 /// CLI's, a test's), rarely (a refresh every few hours, a usage poll every few minutes).
 pub fn client() -> Result<reqwest::Client, BoxError> {
-    reqwest::Client::builder()
+    client_via(None)
+}
+
+/// [`client`], going through `proxy` when there is one (an account's egress proxy: its token
+/// refreshes and usage polls leave the way its requests do).
+pub fn client_via(proxy: Option<&EgressProxy>) -> Result<reqwest::Client, BoxError> {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(CONTROL_CONNECT_TIMEOUT)
-        .timeout(CONTROL_TIMEOUT)
-        .build()
-        .map_err(Into::into)
+        .timeout(CONTROL_TIMEOUT);
+    if let Some(proxy) = proxy {
+        // reqwest takes the credentials from the URL; its errors would print the URL, so they
+        // are replaced by one that shows the proxy redacted.
+        let via = reqwest::Proxy::all(proxy.expose_url())
+            .map_err(|_| BoxError::from(format!("unusable proxy {proxy}")))?;
+        builder = builder.proxy(via);
+    }
+    builder.build().map_err(Into::into)
 }
 
 /// An answer's status, headers and body (at most 1 MiB).

@@ -48,7 +48,7 @@ use tower::retry::{Policy, Retry};
 use tower::{Layer, Service};
 
 use crate::BoxError;
-use crate::auth::AuthError;
+use crate::account::AccountEntry;
 use crate::body::ProxyBody;
 use crate::classify::outcome_of;
 use crate::context::RequestContext;
@@ -161,6 +161,8 @@ enum Verdict {
     Retry(Duration),
     /// Move on to the next account, if there is one.
     NextAccount,
+    /// Move on to the next account that reaches its upstream another way, if there is one.
+    OtherUpstream,
 }
 
 impl FailoverPolicy {
@@ -171,51 +173,57 @@ impl FailoverPolicy {
     ) -> Verdict {
         let retry = self.retry.current();
         let (retries, attempts) = (self.retries, retry.attempts);
-        let backoff = || {
+        let backoff = |then: Verdict| {
             if retries < attempts {
                 Verdict::Retry(retry.delay_before(retries))
             } else {
-                Verdict::NextAccount
+                then
             }
         };
-        match result {
-            Ok(response) => match outcome_of(context, response) {
-                Outcome::Success | Outcome::ClientError | Outcome::ExtraUsageRequired => {
-                    Verdict::Deliver
-                }
-                // The account (or this request on it) is refused: another account may serve it,
-                // and if none does the client gets the upstream's own answer.
-                Outcome::RateLimited { .. } | Outcome::ScopedRefusal | Outcome::Forbidden => {
-                    Verdict::NextAccount
-                }
-                Outcome::AuthFailed if !self.refreshed => {
-                    self.refreshed = true;
-                    Verdict::Retry(Duration::ZERO)
-                }
-                Outcome::AuthFailed => Verdict::NextAccount,
-                Outcome::Overloaded | Outcome::ServerError => backoff(),
+        // What the attempt meant, as the provider read it (`Classify` and `Auth` note it).
+        let outcome = match result {
+            Ok(response) => outcome_of(context, response),
+            Err(error) => context
+                .outcome()
+                .unwrap_or_else(|| crate::classify::error_outcome(&**error)),
+        };
+        match outcome {
+            Outcome::Success | Outcome::ClientError | Outcome::ExtraUsageRequired => match result {
+                Ok(_) => Verdict::Deliver,
+                Err(error) => Verdict::Answer(final_answer(error)),
             },
-            Err(error) => match error.downcast_ref::<UpstreamError>() {
-                Some(UpstreamError::Timeout(_)) => Verdict::Answer(error_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &error.to_string(),
-                )),
-                // The one upstream host is unreachable whichever account asks: retry the request,
-                // then answer 502, rather than multiply the wait by the number of accounts.
-                Some(UpstreamError::Connect(_) | UpstreamError::Request(_)) => {
-                    if retries < attempts {
-                        Verdict::Retry(retry.delay_before(retries))
-                    } else {
-                        Verdict::Answer(final_answer(error))
-                    }
-                }
-                _ => match error.downcast_ref::<AuthError>() {
-                    Some(AuthError::NeedsReauth { .. }) => Verdict::NextAccount,
-                    _ => backoff(),
-                },
-            },
+            // The account (or this request on it) is refused: another account may serve it,
+            // and if none does the client gets the upstream's own answer.
+            Outcome::RateLimited { .. }
+            | Outcome::ScopedRefusal
+            | Outcome::Forbidden
+            | Outcome::Unusable => Verdict::NextAccount,
+            Outcome::AuthFailed if !self.refreshed => {
+                self.refreshed = true;
+                Verdict::Retry(Duration::ZERO)
+            }
+            Outcome::AuthFailed => Verdict::NextAccount,
+            Outcome::TimedOut => Verdict::Answer(error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &result
+                    .as_ref()
+                    .err()
+                    .map_or_else(|| "the upstream timed out".to_owned(), ToString::to_string),
+            )),
+            // The upstream is unreachable whichever account of it asks: retry the request, then
+            // try an account of another upstream, rather than multiply the wait by the number
+            // of accounts that share this one.
+            Outcome::Unreachable => backoff(Verdict::OtherUpstream),
+            _ => backoff(Verdict::NextAccount),
         }
     }
+}
+
+/// Whether two accounts reach the upstream the same way (one provider, one base URL, one
+/// egress proxy): when one cannot reach it, neither can the other.
+fn same_upstream(a: &AccountEntry, b: &AccountEntry) -> bool {
+    let (a, b) = (a.route(), b.route());
+    a.backend == b.backend && a.proxy == b.proxy
 }
 
 impl<B: Clone> Policy<Request<B>, Response<ProxyBody>, BoxError> for FailoverPolicy {
@@ -246,9 +254,13 @@ impl<B: Clone> Policy<Request<B>, Response<ProxyBody>, BoxError> for FailoverPol
                 context.clear_outcome();
                 Some(Pause::after(delay))
             }
-            Verdict::NextAccount => {
+            verdict @ (Verdict::NextAccount | Verdict::OtherUpstream) => {
                 let candidates = context.candidates();
-                let Some(next) = candidates.get(self.index + 1) else {
+                let current = &candidates[self.index];
+                let skip = matches!(verdict, Verdict::OtherUpstream);
+                let next_index = (self.index + 1..candidates.len())
+                    .find(|&i| !skip || !same_upstream(current, &candidates[i]));
+                let Some(next) = next_index.and_then(|i| candidates.get(i)) else {
                     // Every candidate failed: the last answer is the client's.
                     if let Err(error) = result {
                         *result = Ok(final_answer(error));
@@ -265,7 +277,7 @@ impl<B: Clone> Policy<Request<B>, Response<ProxyBody>, BoxError> for FailoverPol
                     reason,
                     "failing over to the next account"
                 );
-                self.index += 1;
+                self.index = next_index.unwrap_or(self.index + 1);
                 self.retries = 0;
                 self.refreshed = false;
                 context.switch_to(std::sync::Arc::clone(next));

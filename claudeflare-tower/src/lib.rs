@@ -31,8 +31,9 @@
 //!
 //! Two things tie them together, and only these two: the [`RequestContext`] that the outermost
 //! layer puts in the request's extensions and the layers below fill in (data flows one way),
-//! and the [`Provider`], which holds everything upstream-specific
-//! ([`Anthropic`] by default).
+//! and the [`Provider`], which holds everything upstream-specific: each account names its own, and
+//! [`Providers`] (the default) mixes Anthropic, Anthropic-compatible backends and providers of
+//! your own in one pool, ordered by priority.
 //!
 //! # Features
 //!
@@ -46,6 +47,7 @@ pub mod body;
 pub mod classify;
 pub mod context;
 pub mod control;
+pub mod egress;
 pub(crate) mod error;
 pub mod failover;
 pub mod intake;
@@ -61,13 +63,14 @@ pub mod upstream;
 
 pub use account::{
     Account, AccountEntry, AccountInfo, AccountStatus, Credentials, LiveState, Mode, OAuthTokens,
-    Tier,
+    Route, Tier,
 };
 pub use body::ProxyBody;
 pub use context::RequestContext;
+pub use egress::EgressProxy;
 pub use error::SHOULD_RETRY;
 pub use pool::{AccountPool, MemoryStore, StateStore};
-pub use provider::{Anthropic, Provider};
+pub use provider::{Anthropic, Backend, ModelMap, Provider, Providers};
 pub use setting::{Current, Setting};
 pub use stack::{Balancer, BalancerService};
 pub use tokio_util::sync::CancellationToken;

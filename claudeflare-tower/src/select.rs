@@ -1,6 +1,12 @@
 //! The `Select` layer: asks the [`Strategy`](crate::strategy::Strategy) for the accounts a
 //! request may use and puts them, in order, in the request's [`RequestContext`].
 //!
+//! Accounts whose model map does not serve the request's model are left out. The rest go by
+//! priority (lower first): the strategy chooses among the accounts of the best priority that
+//! has an available one, and the accounts of the priorities after it follow, available ones in
+//! pool order, for failover. Only the first group is the strategy's, so a sticky session stays
+//! within its priority and returns there once a limit resets.
+//!
 //! When no account is available it answers 503 itself, in Anthropic's envelope, with
 //! `retry-after` set to the seconds until the earliest rate limit ends. When no account will
 //! come back on its own (all paused, refused or needing re-authentication), the answer says
@@ -17,17 +23,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use chrono::Utc;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::account::AccountStatus;
+use crate::account::{AccountEntry, AccountStatus};
 use crate::body::ProxyBody;
 use crate::context::RequestContext;
 use crate::error::{error_response, final_for_client};
 use crate::pool::AccountPool;
-use crate::strategy::StrategyHandle;
+use crate::strategy::{Strategy, StrategyHandle};
 
 /// Chooses candidate accounts. See the [module docs](self).
 #[derive(Debug, Clone)]
@@ -78,7 +86,10 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let now = Utc::now();
         let accounts = self.pool.current();
-        let candidates = self.strategy.current().select(&accounts, now);
+        let context = RequestContext::get_or_insert(&mut req);
+        let strategy = self.strategy.current();
+        let candidates = context
+            .with_choice(|model, allowed| candidates(&**strategy, &accounts, model, allowed, now));
         if candidates.is_empty() {
             return ResponseFuture {
                 kind: Kind::NoAccount {
@@ -86,13 +97,51 @@ where
                 },
             };
         }
-        RequestContext::get_or_insert(&mut req).set_candidates(candidates);
+        context.set_candidates(candidates);
         ResponseFuture {
             kind: Kind::Inner {
                 future: self.inner.call(req),
             },
         }
     }
+}
+
+/// The accounts that may serve a request for `model`, limited to the `allowed` names when
+/// given, in the order to try them. See the [module docs](self).
+pub fn candidates(
+    strategy: &dyn Strategy,
+    accounts: &[Arc<AccountEntry>],
+    model: Option<&str>,
+    allowed: Option<&[String]>,
+    now: DateTime<Utc>,
+) -> Vec<Arc<AccountEntry>> {
+    let first = accounts.first().map(|a| a.priority());
+    let plain = allowed.is_none()
+        && accounts.iter().all(|a| {
+            let route = a.route();
+            route.model_map.is_empty() && Some(route.priority) == first
+        });
+    if plain {
+        // The usual pool: one priority, no maps, no key bound to part of it.
+        return strategy.select(accounts, now);
+    }
+    let mut eligible: Vec<Arc<AccountEntry>> = accounts
+        .iter()
+        .filter(|a| allowed.is_none_or(|names| names.iter().any(|n| n == a.name())))
+        .filter(|a| a.route().model_map.serves(model))
+        .cloned()
+        .collect();
+    // Stable: pool order within a priority.
+    eligible.sort_by_key(|a| a.priority());
+    let mut ordered = Vec::new();
+    for group in eligible.chunk_by(|a, b| a.priority() == b.priority()) {
+        if ordered.is_empty() {
+            ordered = strategy.select(group, now);
+        } else {
+            ordered.extend(group.iter().filter(|a| a.is_available(now)).cloned());
+        }
+    }
+    ordered
 }
 
 impl<S> Select<S> {

@@ -12,7 +12,7 @@ use crate::classify::{Classify, ClassifyLayer};
 use crate::failover::{Failover, FailoverLayer, RetryConfig};
 use crate::intake::{BodyBudget, DEFAULT_BODY_LIMIT, Intake, IntakeLayer};
 use crate::pool::AccountPool;
-use crate::provider::{Anthropic, Provider};
+use crate::provider::{Provider, Providers};
 use crate::record::{NoopRecorder, Record, RecordLayer, Recorder};
 use crate::select::{Select, SelectLayer};
 use crate::setting::Setting;
@@ -20,10 +20,11 @@ use crate::strategy::{Session, StrategyHandle};
 use crate::upstream::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, Upstream};
 
 /// The whole balancer as one service: `Record → Intake → Select → Failover → Auth → Classify →
-/// Upstream`, for provider `P`. Accepts `http::Request<B>` for any body, never fails (errors
-/// are responses in the provider's envelope), and streams responses.
-pub type BalancerService<P = Anthropic> =
-    Record<Intake<Select<Failover<Auth<Classify<Upstream<P>, P>, P>>>>, P>;
+/// Upstream`, for providers `P` ([`Providers`]: each account's own). Accepts
+/// `http::Request<B>` for any body, never fails (errors are responses in Anthropic's
+/// envelope), and streams responses.
+pub type BalancerService<P = Providers> =
+    Record<Intake<Select<Failover<Auth<Classify<Upstream, P>, P>>>>, P>;
 
 /// Builds a [`BalancerService`]. Every setting that can change while serving is a [`Setting`]
 /// you can keep a clone of.
@@ -34,7 +35,7 @@ pub type BalancerService<P = Anthropic> =
 /// let service = Balancer::new(pool).build();
 /// ```
 #[must_use]
-pub struct Balancer<P = Anthropic> {
+pub struct Balancer<P = Providers> {
     provider: P,
     pool: AccountPool,
     strategy: StrategyHandle,
@@ -50,15 +51,16 @@ pub struct Balancer<P = Anthropic> {
 }
 
 impl Balancer {
-    /// A balancer over `pool` with the defaults: Anthropic's API, session strategy, no
+    /// A balancer over `pool` with the defaults: the built-in [`Providers`] (each account's
+    /// own: Anthropic's API, or an Anthropic-compatible backend), session strategy, no
     /// recording, 3 retries from 1 s doubling, 32 MiB bodies.
     pub fn new(pool: AccountPool) -> Self {
-        Self::with_provider(Anthropic::new(), pool)
+        Self::with_provider(Providers::new(), pool)
     }
 
-    /// Where requests go (a mock in tests): Anthropic's API at another URL.
+    /// Where Anthropic's API is (a mock in tests).
     pub fn upstream_url(mut self, url: impl Into<Setting<Uri>>) -> Self {
-        self.provider = self.provider.base_url(url);
+        self.provider = self.provider.upstream_url(url);
         self
     }
 }
@@ -161,12 +163,8 @@ impl<P: Provider> Balancer<P> {
             .layer(SelectLayer::new(self.pool.clone(), self.strategy))
             .layer(FailoverLayer::new(self.retry))
             .layer(auth)
-            .layer(ClassifyLayer::with_provider(
-                self.provider.clone(),
-                self.pool,
-            ))
+            .layer(ClassifyLayer::with_provider(self.provider, self.pool))
             .service(Upstream::with_timeouts(
-                self.provider,
                 self.connect_timeout,
                 self.first_byte_timeout,
             ))

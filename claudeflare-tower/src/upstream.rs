@@ -1,14 +1,16 @@
-//! The `Upstream` service: sends the request where the [`Provider`] says, over a pooled
-//! hyper-util client, and streams the response back untouched.
+//! The `Upstream` service: sends the request to the absolute URL the provider gave it
+//! ([`Provider::prepare`](crate::Provider::prepare), in `Auth`), over a pooled hyper-util
+//! client, and streams the response back untouched. An account with an
+//! [egress proxy](crate::egress) is sent through a client of its own that connects through
+//! it (an HTTP `CONNECT` tunnel or SOCKS5, hyper-util's connectors), one pool per proxy.
 //!
 //! Connect and first-byte (response header) timeouts apply; there is deliberately no total
 //! timeout, which would cut long streams. Hop-by-hop headers are dropped both ways, and so is
 //! `accept-encoding`, so the response arrives uncompressed for `Record` to read its usage.
 //!
 //! ```no_run
-//! use claudeflare_tower::provider::Anthropic;
 //! use claudeflare_tower::upstream::Upstream;
-//! let upstream = Upstream::new(Anthropic::new());
+//! let upstream = Upstream::new();
 //! ```
 //!
 //! HTTPS comes from the `rustls-ring` feature (on by default: rustls with ring and the webpki
@@ -16,17 +18,17 @@
 //! hyper-util client yourself and pass it to [`Upstream::from_client`]:
 //!
 //! ```
-//! use claudeflare_tower::provider::Anthropic;
 //! use claudeflare_tower::upstream::Upstream;
 //! use hyper_util::client::legacy::{Client, connect::HttpConnector};
 //! use hyper_util::rt::TokioExecutor;
 //! let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-//! let upstream = Upstream::from_client(Anthropic::new(), client);
+//! let upstream = Upstream::from_client(client);
 //! ```
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,7 +44,8 @@ use tower::Service;
 
 use crate::body::ProxyBody;
 use crate::context::RequestContext;
-use crate::provider::{Anthropic, InvalidUpstream, Provider};
+use crate::egress::EgressProxy;
+use crate::provider::InvalidUpstream;
 
 /// Default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,31 +65,50 @@ pub type DefaultConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 #[cfg(not(feature = "rustls-ring"))]
 pub type DefaultConnector = HttpConnector;
 
-/// A pooled keep-alive client with `connect_timeout`.
-fn pooled_client(
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-) -> Client<DefaultConnector, Full<Bytes>> {
+/// The plain TCP connector every client starts from.
+fn tcp(connect_timeout: Duration) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    #[cfg(feature = "rustls-ring")]
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    http
+}
+
+/// TLS (feature `rustls-ring`) over `connector`, plain HTTP allowed.
+#[cfg(feature = "rustls-ring")]
+fn tls<C>(connector: C) -> hyper_rustls::HttpsConnector<C> {
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
         // ring supports the default protocol versions (TLS 1.2 and 1.3), so this cannot fail.
         .expect("ring supports the default TLS versions")
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    #[cfg(not(feature = "rustls-ring"))]
-    let connector = http;
+        .wrap_connector(connector)
+}
+
+/// A keep-alive pool over `connector`, closing connections idle for `idle_timeout`.
+fn pool<C>(connector: C, idle_timeout: Duration) -> Client<C, Full<Bytes>>
+where
+    C: Connect + Clone,
+{
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(idle_timeout)
         // Without a timer the pool never looks at idle connections: they would stay open past
         // the idle timeout until the upstream closed them.
         .pool_timer(TokioTimer::new())
         .build(connector)
+}
+
+/// A pooled keep-alive client with `connect_timeout`.
+fn pooled_client(
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Client<DefaultConnector, Full<Bytes>> {
+    #[cfg(feature = "rustls-ring")]
+    let connector = tls(tcp(connect_timeout));
+    #[cfg(not(feature = "rustls-ring"))]
+    let connector = tcp(connect_timeout);
+    pool(connector, idle_timeout)
 }
 
 /// Why the upstream gave no response.
@@ -105,18 +127,26 @@ pub enum UpstreamError {
     /// The request's path does not make a valid upstream URL.
     #[error(transparent)]
     InvalidUri(#[from] InvalidUpstream),
+    /// The account's egress proxy cannot be used.
+    #[error("the egress proxy {proxy} cannot be used: {reason}")]
+    Proxy {
+        /// The proxy, password hidden.
+        proxy: String,
+        /// Why.
+        reason: String,
+    },
 }
 
-/// Sends requests to the upstream. Cheap to clone; clones share the connection pool.
+/// Sends requests to the upstream. Cheap to clone; clones share the connection pools.
 #[derive(Debug)]
-pub struct Upstream<P = Anthropic, C = DefaultConnector> {
+pub struct Upstream<C = DefaultConnector> {
     // One reference count for a clone, not one per part of the client: the stack is cloned for
     // every request, from every thread.
-    shared: Arc<Shared<P, C>>,
+    shared: Arc<Shared<C>>,
     first_byte_timeout: Duration,
 }
 
-impl<P, C> Clone for Upstream<P, C> {
+impl<C> Clone for Upstream<C> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -126,35 +156,47 @@ impl<P, C> Clone for Upstream<P, C> {
 }
 
 #[derive(Debug)]
-struct Shared<P, C> {
+struct Shared<C> {
     client: Client<C, Full<Bytes>>,
-    provider: P,
+    /// One client per egress proxy, made on first use.
+    proxied: Mutex<HashMap<EgressProxy, egress::ProxiedClient>>,
+    connect_timeout: Duration,
 }
 
-impl<P: Provider> Upstream<P> {
-    /// Requests go where `provider` says, with the default timeouts.
-    pub fn new(provider: P) -> Self {
-        Self::with_timeouts(
-            provider,
-            DEFAULT_CONNECT_TIMEOUT,
-            DEFAULT_FIRST_BYTE_TIMEOUT,
-        )
+impl Default for Upstream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upstream {
+    /// Requests go to their absolute URLs, with the default timeouts.
+    pub fn new() -> Self {
+        Self::with_timeouts(DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT)
     }
 
-    /// Requests go where `provider` says, with these timeouts.
-    pub fn with_timeouts(provider: P, connect: Duration, first_byte: Duration) -> Self {
+    /// Requests go to their absolute URLs, with these timeouts.
+    pub fn with_timeouts(connect: Duration, first_byte: Duration) -> Self {
         let client = pooled_client(connect, POOL_IDLE_TIMEOUT);
-        Self::from_client(provider, client).first_byte_timeout(first_byte)
+        let mut upstream = Self::from_client(client).first_byte_timeout(first_byte);
+        if let Some(shared) = Arc::get_mut(&mut upstream.shared) {
+            shared.connect_timeout = connect;
+        }
+        upstream
     }
 }
 
-impl<P: Provider, C> Upstream<P, C> {
-    /// Requests go where `provider` says, over `client`: any hyper-util client (your TLS stack,
-    /// proxy or connector), waiting [`DEFAULT_FIRST_BYTE_TIMEOUT`] for response headers. The
-    /// connect timeout is the connector's.
-    pub fn from_client(provider: P, client: Client<C, Full<Bytes>>) -> Self {
+impl<C> Upstream<C> {
+    /// Requests go over `client`: any hyper-util client (your TLS stack or connector), waiting
+    /// [`DEFAULT_FIRST_BYTE_TIMEOUT`] for response headers. The connect timeout is the
+    /// connector's. Accounts with an egress proxy still go through clients of their own.
+    pub fn from_client(client: Client<C, Full<Bytes>>) -> Self {
         Self {
-            shared: Arc::new(Shared { client, provider }),
+            shared: Arc::new(Shared {
+                client,
+                proxied: Mutex::new(HashMap::new()),
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            }),
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
         }
     }
@@ -163,6 +205,26 @@ impl<P: Provider, C> Upstream<P, C> {
     pub fn first_byte_timeout(mut self, timeout: Duration) -> Self {
         self.first_byte_timeout = timeout;
         self
+    }
+
+    /// The client for requests through `proxy`, made on first use.
+    fn proxied(&self, proxy: &EgressProxy) -> Result<egress::ProxiedClient, UpstreamError> {
+        let mut clients = self
+            .shared
+            .proxied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = clients.get(proxy) {
+            return Ok(client.clone());
+        }
+        let client = egress::client(proxy, self.shared.connect_timeout).map_err(|reason| {
+            UpstreamError::Proxy {
+                proxy: proxy.to_string(),
+                reason,
+            }
+        })?;
+        clients.insert(proxy.clone(), client.clone());
+        Ok(client)
     }
 }
 
@@ -223,9 +285,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-impl<P, C> Service<Request<Full<Bytes>>> for Upstream<P, C>
+impl<C> Service<Request<Full<Bytes>>> for Upstream<C>
 where
-    P: Provider,
     C: Connect + Clone + Send + Sync + 'static,
 {
     type Response = Response<ProxyBody>;
@@ -238,32 +299,167 @@ where
     }
 
     fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
-        let shared = &*self.shared;
-        let uri = match shared.provider.upstream_uri(req.uri()) {
-            Ok(uri) => uri,
-            Err(error) => {
-                return ResponseFuture {
-                    kind: Kind::Failed {
-                        error: Some(error.into()),
-                    },
-                };
-            }
+        let failed = |error: UpstreamError| ResponseFuture {
+            kind: Kind::Failed { error: Some(error) },
         };
+        if req.uri().scheme().is_none() || req.uri().authority().is_none() {
+            let error = InvalidUpstream(format!(
+                "`{}` is not an absolute URL: no provider prepared the request",
+                req.uri()
+            ));
+            return failed(error.into());
+        }
         let context = RequestContext::of(&req).cloned();
-        *req.uri_mut() = uri;
+        let proxy = context
+            .as_ref()
+            .and_then(RequestContext::account)
+            .and_then(|account| account.route().proxy.clone());
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
         strip_own(headers);
         headers.remove(header::HOST);
         headers.remove(header::ACCEPT_ENCODING);
+        let future = match proxy {
+            None => self.shared.client.request(req),
+            Some(proxy) => match self.proxied(&proxy) {
+                Ok(client) => client.request(req),
+                Err(error) => return failed(error),
+            },
+        };
         ResponseFuture {
             kind: Kind::Pending {
-                future: tokio::time::timeout(self.first_byte_timeout, shared.client.request(req)),
+                future: tokio::time::timeout(self.first_byte_timeout, future),
                 timeout: self.first_byte_timeout,
                 started: std::time::Instant::now(),
                 context,
             },
+        }
+    }
+}
+
+/// The clients of egress proxies.
+mod egress {
+    use super::*;
+
+    /// A client connecting through one proxy.
+    #[cfg(feature = "rustls-ring")]
+    pub(super) type ProxiedClient =
+        Client<hyper_rustls::HttpsConnector<connector::Egress>, Full<Bytes>>;
+    /// Without TLS there are no proxy clients (see [`client`]).
+    #[cfg(not(feature = "rustls-ring"))]
+    pub(super) type ProxiedClient = Client<HttpConnector, Full<Bytes>>;
+
+    /// A pool whose connections go through `proxy`.
+    #[cfg(feature = "rustls-ring")]
+    pub(super) fn client(
+        proxy: &EgressProxy,
+        connect_timeout: Duration,
+    ) -> Result<ProxiedClient, String> {
+        Ok(pool(
+            tls(connector::Egress::new(proxy, connect_timeout)?),
+            POOL_IDLE_TIMEOUT,
+        ))
+    }
+
+    /// Egress proxies need the `rustls-ring` feature.
+    #[cfg(not(feature = "rustls-ring"))]
+    pub(super) fn client(
+        _proxy: &EgressProxy,
+        _connect_timeout: Duration,
+    ) -> Result<ProxiedClient, String> {
+        Err("egress proxies need the rustls-ring feature".to_owned())
+    }
+
+    #[cfg(feature = "rustls-ring")]
+    mod connector {
+        use std::task::{Context, Poll};
+        use std::time::Duration;
+
+        use http::{HeaderValue, Uri};
+        use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+        use hyper_util::client::legacy::connect::HttpConnector;
+        use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
+        use hyper_util::rt::TokioIo;
+        use tokio::net::TcpStream;
+        use tower::Service;
+
+        use crate::egress::{EgressProxy, ProxyKind};
+        use crate::{BoxError, BoxFuture};
+
+        /// Connects through a proxy: a `CONNECT` tunnel (to an HTTP proxy, or over TLS to an
+        /// HTTPS one), or SOCKS5. Either way the stream it gives is a TCP connection (TLS to
+        /// the proxy included), which TLS to the upstream then wraps.
+        #[derive(Clone)]
+        pub(crate) enum Egress {
+            Tunnel(Tunnel<HttpsConnector<HttpConnector>>),
+            Socks(SocksV5<HttpConnector>),
+        }
+
+        impl Egress {
+            pub(crate) fn new(
+                proxy: &EgressProxy,
+                connect_timeout: Duration,
+            ) -> Result<Self, String> {
+                let address = proxy.address();
+                let credentials = proxy.credentials();
+                Ok(match proxy.kind() {
+                    ProxyKind::Socks5 => {
+                        let mut socks = SocksV5::new(address, super::super::tcp(connect_timeout));
+                        if let Some((user, password)) = credentials {
+                            socks = socks.with_auth(user, password);
+                        }
+                        Egress::Socks(socks)
+                    }
+                    _ => {
+                        let mut tunnel = Tunnel::new(
+                            address,
+                            super::super::tls(super::super::tcp(connect_timeout)),
+                        );
+                        if let Some((user, password)) = credentials {
+                            use base64::Engine as _;
+                            let token = base64::engine::general_purpose::STANDARD
+                                .encode(format!("{user}:{password}"));
+                            let mut value = HeaderValue::try_from(format!("Basic {token}"))
+                                .map_err(|_| "the proxy's credentials make no header".to_owned())?;
+                            value.set_sensitive(true);
+                            tunnel = tunnel.with_auth(value);
+                        }
+                        Egress::Tunnel(tunnel)
+                    }
+                })
+            }
+        }
+
+        impl Service<Uri> for Egress {
+            type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+            type Error = BoxError;
+            type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+            fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+                match self {
+                    Egress::Tunnel(tunnel) => tunnel.poll_ready(cx).map_err(Into::into),
+                    Egress::Socks(socks) => socks.poll_ready(cx).map_err(Into::into),
+                }
+            }
+
+            fn call(&mut self, target: Uri) -> Self::Future {
+                match self {
+                    Egress::Tunnel(tunnel) => {
+                        let connecting = tunnel.call(target);
+                        Box::pin(async move { connecting.await.map_err(Into::into) })
+                    }
+                    Egress::Socks(socks) => {
+                        let connecting = socks.call(target);
+                        Box::pin(async move {
+                            connecting
+                                .await
+                                .map(MaybeHttpsStream::Http)
+                                .map_err(Into::into)
+                        })
+                    }
+                }
+            }
         }
     }
 }

@@ -413,10 +413,10 @@ struct Persisting {
 impl TokenRefresher for Persisting {
     fn refresh<'a>(
         &'a self,
-        _account: &'a AccountInfo,
+        account: &'a AccountInfo,
         token: &'a secrecy::SecretString,
     ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
-        self.inner.refresh(token)
+        self.inner.refresh(account, token)
     }
 
     fn persist<'a>(
@@ -1148,8 +1148,9 @@ async fn an_overload_inside_a_stream_fails_the_request_only() {
     assert!(h.pool.get("a").unwrap().is_available(Utc::now()));
 }
 
-/// A provider of our own: Anthropic's conventions, plus a header of the gateway in front of it.
-/// No layer knows about it; the whole stack runs on it.
+/// A provider of our own: Anthropic's conventions, plus a header of the gateway in front of it,
+/// and its own reading of a 503. No layer knows about it; it shares a pool with Anthropic's
+/// accounts.
 #[derive(Clone)]
 struct Gateway {
     anthropic: Anthropic,
@@ -1158,35 +1159,31 @@ struct Gateway {
 impl Provider for Gateway {
     type Tap = <Anthropic as Provider>::Tap;
 
-    fn name(&self) -> &'static str {
-        "gateway"
-    }
-
-    fn upstream_uri(
+    fn prepare(
         &self,
-        uri: &http::Uri,
-    ) -> Result<http::Uri, claudeflare_tower::provider::InvalidUpstream> {
-        self.anthropic.upstream_uri(uri)
-    }
-
-    fn strip_client_credentials(&self, headers: &mut http::HeaderMap) {
-        self.anthropic.strip_client_credentials(headers);
-    }
-
-    fn authorize(&self, headers: &mut http::HeaderMap, mode: Mode, credential: http::HeaderValue) {
-        self.anthropic.authorize(headers, mode, credential);
-        headers.insert(
+        account: &claudeflare_tower::AccountEntry,
+        req: &mut http::Request<http_body_util::Full<Bytes>>,
+    ) -> Result<(), claudeflare_tower::provider::InvalidUpstream> {
+        self.anthropic.prepare(account, req)?;
+        req.headers_mut().insert(
             "x-gateway-tenant",
             http::HeaderValue::from_static("claudeflare"),
         );
+        Ok(())
     }
 
-    fn needs_body(&self, status: http::StatusCode, headers: &http::HeaderMap) -> bool {
-        self.anthropic.needs_body(status, headers)
+    fn needs_body(
+        &self,
+        account: &claudeflare_tower::AccountEntry,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+    ) -> bool {
+        self.anthropic.needs_body(account, status, headers)
     }
 
     fn classify(
         &self,
+        account: &claudeflare_tower::AccountEntry,
         status: http::StatusCode,
         headers: &http::HeaderMap,
         body: Option<&[u8]>,
@@ -1197,43 +1194,54 @@ impl Provider for Gateway {
             let until = now + TimeDelta::seconds(30);
             return Classification::new(Outcome::RateLimited { until });
         }
-        self.anthropic.classify(status, headers, body, now)
+        self.anthropic.classify(account, status, headers, body, now)
     }
 
     fn classify_stream_error(
         &self,
+        account: &claudeflare_tower::AccountEntry,
         error: &claudeflare_tower::provider::StreamError,
         now: chrono::DateTime<Utc>,
     ) -> Classification {
-        self.anthropic.classify_stream_error(error, now)
+        self.anthropic.classify_stream_error(account, error, now)
     }
 
-    fn tap(&self, headers: &http::HeaderMap) -> Self::Tap {
-        self.anthropic.tap(headers)
+    fn tap(
+        &self,
+        account: Option<&claudeflare_tower::AccountEntry>,
+        headers: &http::HeaderMap,
+    ) -> Self::Tap {
+        self.anthropic.tap(account, headers)
     }
 
     fn refresh<'a>(
         &'a self,
+        account: &'a AccountInfo,
         refresh_token: &'a secrecy::SecretString,
     ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
-        self.anthropic.refresh(refresh_token)
+        self.anthropic.refresh(account, refresh_token)
     }
 }
 
 #[tokio::test]
-async fn a_provider_of_ones_own_runs_the_whole_stack() {
+async fn a_provider_of_ones_own_shares_a_pool_with_anthropic() {
+    use claudeflare_tower::{Backend, Providers};
     let mock = MockUpstream::start().await;
     mock.script("key-a", [Reply::status(503)]);
-    let gateway = Gateway {
-        anthropic: Anthropic::new().base_url(mock.url().parse::<http::Uri>().unwrap()),
-    };
+    let base = mock.url().parse::<http::Uri>().unwrap();
+    let providers = Providers::new().upstream_url(base.clone()).with(
+        "gateway",
+        Gateway {
+            anthropic: Anthropic::new().base_url(base),
+        },
+    );
     let accounts = vec![
-        Account::api_key("a", "key-a"),
+        Account::api_key("a", "key-a").with_backend(Backend::External("gateway".into())),
         Account::api_key("b", "key-b"),
     ];
     let pool = AccountPool::new(accounts);
     let recorder = Arc::new(MemoryRecorder::default());
-    let service = Balancer::with_provider(gateway, pool.clone())
+    let service = Balancer::with_provider(providers, pool.clone())
         .recorder(recorder.clone())
         .build();
     let app = axum::Router::new().route_service("/v1/{*rest}", service);
@@ -1251,19 +1259,22 @@ async fn a_provider_of_ones_own_runs_the_whole_stack() {
         Some("b"),
         "the provider's own reading of a 503 failed it over at once"
     );
+    assert_eq!(response.header("x-claudeflare-provider"), Some("anthropic"));
     let seen = mock.requests();
     assert_eq!(
         seen.len(),
         2,
         "no retry on a: the provider called it a rate limit"
     );
+    assert_eq!(seen[0].headers["x-gateway-tenant"], "claudeflare");
     assert!(
-        seen.iter()
-            .all(|r| r.headers["x-gateway-tenant"] == "claudeflare")
+        !seen[1].headers.contains_key("x-gateway-tenant"),
+        "Anthropic's account went out the Anthropic way"
     );
     assert!(!pool.get("a").unwrap().is_available(Utc::now()));
     let records = recorder.records();
     assert_eq!(records[0].usage.output_tokens, OUTPUT_TOKENS);
+    assert_eq!(records[0].provider.as_deref(), Some("anthropic"));
 }
 
 #[tokio::test]
@@ -1278,14 +1289,14 @@ async fn layers_compose_by_hand_over_a_client_of_ones_own() {
     let mock = MockUpstream::start().await;
     mock.script("key-a", [Reply::rate_limited(120)]);
     let pool = AccountPool::new(vec![Account::api_key("a", "key-a")]);
-    let anthropic = Anthropic::new().base_url(mock.url().parse::<http::Uri>().unwrap());
     // Plain HTTP, no TLS stack: any hyper-util client will do.
     let client = Client::builder(TokioExecutor::new()).build_http();
     let service = ServiceBuilder::new()
         .layer(ClassifyLayer::new(pool.clone()))
-        .service(Upstream::from_client(anthropic, client));
+        .service(Upstream::from_client(client));
 
-    let mut request = http::Request::post("/v1/messages")
+    // Without `Auth`, nothing prepares the request: it carries its absolute URL and key.
+    let mut request = http::Request::post(format!("{}/v1/messages", mock.url()))
         .header("x-api-key", "key-a")
         .body(http_body_util::Full::new(Bytes::from(
             request_body(false).to_string(),

@@ -13,6 +13,7 @@ mod m20261130_000007_several_instances;
 mod m20261130_000008_keyed_requests_index;
 mod m20261202_000009_prices_as_data;
 mod m20261202_000010_key_models;
+mod m20261203_000011_providers;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000008_keyed_requests_index::Migration),
             Box::new(m20261202_000009_prices_as_data::Migration),
             Box::new(m20261202_000010_key_models::Migration),
+            Box::new(m20261203_000011_providers::Migration),
         ]
     }
 }

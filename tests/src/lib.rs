@@ -7,6 +7,7 @@
 
 mod client;
 mod mock;
+pub mod proxy;
 mod served;
 pub mod sse;
 
@@ -16,4 +17,5 @@ pub use mock::{
     CACHE_READ_TOKENS, EXTRA_USAGE_MESSAGE, Grant, INPUT_TOKENS, LONG_CONTEXT_MESSAGE,
     MockUpstream, OUTPUT_TOKENS, Received, Reply, message_json, unified_headers,
 };
+pub use proxy::TestProxy;
 pub use served::Served;

@@ -146,10 +146,11 @@ pub struct RequestsQuery {
     account: Option<String>,
     api_key: Option<String>,
     status: Option<String>,
+    provider: Option<String>,
 }
 
-/// `GET /api/requests?limit=N[&account=NAME][&api_key=NAME][&status=ok|error|CODE]`: newest
-/// first, 50 by default, at most 1000.
+/// `GET /api/requests?limit=N[&account=NAME][&api_key=NAME][&provider=NAME]
+/// [&status=ok|error|CODE]`: newest first, 50 by default, at most 1000.
 pub async fn requests(
     State(state): State<AppState>,
     ApiQuery(RequestsQuery {
@@ -157,6 +158,7 @@ pub async fn requests(
         account,
         api_key,
         status,
+        provider,
     }): ApiQuery<RequestsQuery>,
 ) -> ApiResult {
     let limit = match limit {
@@ -180,6 +182,7 @@ pub async fn requests(
         account,
         api_key,
         status,
+        provider,
     };
     Ok(Json(json!(
         requests::newest(&state.db, limit, &filter).await?

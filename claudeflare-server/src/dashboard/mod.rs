@@ -158,7 +158,8 @@ pub async fn gather(state: &AppState, filter: Filter) -> Result<Data, DbError> {
     })
 }
 
-/// The history filter from the query string (`account`, `status`, `api_key`; empty means all).
+/// The history filter from the query string (`account`, `status`, `api_key`, `provider`; empty
+/// means all).
 fn filter_of(query: &HashMap<String, String>) -> Filter {
     let get = |key: &str| {
         query
@@ -170,6 +171,7 @@ fn filter_of(query: &HashMap<String, String>) -> Filter {
         account: get("account"),
         status: get("status"),
         api_key: get("api_key"),
+        provider: get("provider"),
     }
 }
 

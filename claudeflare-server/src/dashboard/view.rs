@@ -168,7 +168,7 @@ fn token_cell(row: &AccountRow, data: &Data) -> Markup {
             html! { "valid " span.sub { (span(expires - data.now)) } }
         }
         (Mode::Max, _) => html! { span.pill.warn { "expired" } span.sub { " refreshes on use" } },
-        (Mode::Console, _) => html! { span.sub { "API key" } },
+        _ => html! { span.sub { "API key" } },
     }
 }
 
@@ -232,7 +232,7 @@ fn accounts(data: &Data) -> Markup {
                 div.scroll {
                     table {
                         thead { tr {
-                            th scope="col" { "Account" } th scope="col" { "Tier" } th scope="col" { "Status" }
+                            th scope="col" { "Account" } th scope="col" { "Provider" } th scope="col" { "Tier" } th scope="col" { "Status" }
                             th scope="col" { "Session" } th scope="col" { "Requests" } th scope="col" { "Last used" }
                             th scope="col" { "Token" } th scope="col" { "Usage" } th scope="col" { span.visually-hidden { "Actions" } }
                         } }
@@ -241,6 +241,14 @@ fn accounts(data: &Data) -> Markup {
                                 @let view = &row.view;
                                 tr data-account=(view.name) {
                                     td { strong { (view.name) } div.sub { (view.mode.as_str()) } }
+                                    td.provider {
+                                        (view.provider) " " span.sub { "priority " (view.priority) }
+                                        @if let Some(url) = &view.base_url { div.sub { (url) } }
+                                        @if !view.model_map.is_empty() {
+                                            div.sub { "maps " (view.model_map.iter().map(|e| format!("{}→{}", e.pattern, e.model)).collect::<Vec<_>>().join(", ")) }
+                                        }
+                                        @if let Some(proxy) = &view.proxy { div.sub { "via " (proxy) } }
+                                    }
                                     td {
                                         span.badge { "×" (view.tier) }
                                         label.visually-hidden for={"tier-" (view.id)} { "Tier of " (view.name) }
@@ -402,6 +410,18 @@ fn keys(data: &Data) -> Markup {
     }
 }
 
+/// The providers of the pool, each once: the history's provider filter.
+fn providers(data: &Data) -> Vec<&str> {
+    let mut providers: Vec<&str> = data
+        .accounts
+        .iter()
+        .map(|row| row.view.provider.as_str())
+        .collect();
+    providers.sort_unstable();
+    providers.dedup();
+    providers
+}
+
 fn history(data: &Data) -> Markup {
     let filter = &data.filter;
     let statuses = [
@@ -434,6 +454,13 @@ fn history(data: &Data) -> Markup {
                         }
                     }
                 }
+                label for="filter-provider" { "Provider" }
+                select #filter-provider name="provider" {
+                    option value="" { "all" }
+                    @for provider in providers(data) {
+                        option value=(provider) selected[filter.provider.as_deref() == Some(provider)] { (provider) }
+                    }
+                }
                 label for="filter-status" { "Status" }
                 select #filter-status name="status" {
                     @for (value, label) in statuses {
@@ -445,16 +472,17 @@ fn history(data: &Data) -> Markup {
             div.scroll {
                 table #requests {
                     thead { tr {
-                        th scope="col" { "Time" } th scope="col" { "Account" } th scope="col" { "Model" } th scope="col" { "Status" }
+                        th scope="col" { "Time" } th scope="col" { "Account" } th scope="col" { "Provider" } th scope="col" { "Model" } th scope="col" { "Status" }
                         th scope="col" { "Latency" } th scope="col" { "First byte" } th scope="col" { "Tokens in / out / cache" }
                         th scope="col" { "Cost" } th scope="col" { "Failovers" } th scope="col" { "Key" } th scope="col" { "Error" }
                     } }
                     tbody {
-                        @if data.requests.is_empty() { tr { td colspan="11" .empty { "No requests to show." } } }
+                        @if data.requests.is_empty() { tr { td colspan="12" .empty { "No requests to show." } } }
                         @for r in &data.requests {
                             tr.failed[!r.success] {
                                 td { time datetime=(r.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)) { (clock(r.timestamp, data.now)) } }
                                 td { (r.account_name.as_deref().unwrap_or("–")) }
+                                td { (r.provider.as_deref().unwrap_or("–")) }
                                 td {
                                     (r.model.as_deref().unwrap_or("–")) @if r.stream { " " span.sub { "stream" } }
                                     @if let Some(asked) = r.requested_model.as_deref().filter(|asked| Some(*asked) != r.model.as_deref()) {

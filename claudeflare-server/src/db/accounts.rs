@@ -1,7 +1,10 @@
 //! Accounts in the database: what the CLI, the API and the running server read and change.
 
 use chrono::{DateTime, Utc};
-use claudeflare_tower::{Account, Credentials, LiveState, Mode, OAuthTokens, Tier};
+use claudeflare_tower::provider::AuthStyle;
+use claudeflare_tower::{
+    Account, Backend, Credentials, EgressProxy, LiveState, Mode, ModelMap, OAuthTokens, Route, Tier,
+};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
@@ -43,10 +46,16 @@ pub async fn insert(
     let (api_key, access_token, refresh_token, expires_at) =
         credential_columns(cipher, &account.credentials);
     let live = &account.live;
+    let route = RouteColumns::of(&account.route, cipher);
     let model = ActiveModel {
         id: Set(account.id.clone()),
         name: Set(account.name.clone()),
-        provider: Set("anthropic".into()),
+        provider: Set(route.provider),
+        base_url: Set(route.base_url),
+        auth_header: Set(route.auth_header),
+        priority: Set(route.priority),
+        model_map: Set(route.model_map),
+        proxy: Set(route.proxy),
         mode: Set(account.mode.as_str().into()),
         tier: Set(i32::from(account.tier.weight())),
         paused: Set(account.paused),
@@ -84,6 +93,110 @@ pub async fn insert(
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// An account's route as it is stored.
+struct RouteColumns {
+    provider: String,
+    base_url: Option<String>,
+    auth_header: Option<String>,
+    priority: i32,
+    model_map: Option<String>,
+    proxy: Option<String>,
+}
+
+impl RouteColumns {
+    fn of(route: &Route, cipher: &Cipher) -> Self {
+        let (base_url, auth_header) = match &route.backend {
+            Backend::Compatible { base_url, auth } => {
+                (Some(base_url.to_string()), Some(auth.as_str().to_owned()))
+            }
+            _ => (None, None),
+        };
+        Self {
+            provider: route.backend.name().to_owned(),
+            base_url,
+            auth_header,
+            priority: i32::try_from(route.priority).unwrap_or(i32::MAX),
+            model_map: (!route.model_map.is_empty()).then(|| route.model_map.to_string()),
+            proxy: route
+                .proxy
+                .as_ref()
+                .map(|proxy| cipher.encrypt(proxy.expose_url())),
+        }
+    }
+}
+
+/// The route stored in a row, its proxy as `proxy` (decrypted by the caller, or none).
+fn route_of(model: &Model, proxy: Option<EgressProxy>) -> Result<Route, DbError> {
+    let corrupt = |what| DbError::Corrupt {
+        account: model.name.clone(),
+        what,
+    };
+    let backend = match model.provider.as_str() {
+        "anthropic" => Backend::Anthropic,
+        claudeflare_tower::provider::compatible::NAME => Backend::Compatible {
+            base_url: model
+                .base_url
+                .as_deref()
+                .and_then(|url| url.parse().ok())
+                .ok_or_else(|| corrupt("base URL"))?,
+            auth: model
+                .auth_header
+                .as_deref()
+                .map_or(Ok(AuthStyle::default()), str::parse)
+                .map_err(|_| corrupt("auth header"))?,
+        },
+        _ => return Err(corrupt("provider")),
+    };
+    let model_map: ModelMap = model
+        .model_map
+        .as_deref()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| corrupt("model map"))?;
+    let mut route = Route::default();
+    route.backend = backend;
+    route.priority = u32::try_from(model.priority).unwrap_or(0);
+    route.model_map = model_map;
+    route.proxy = proxy;
+    Ok(route)
+}
+
+/// The egress proxy of a row, decrypted.
+fn proxy_of(model: &Model, cipher: &Cipher) -> Result<Option<EgressProxy>, DbError> {
+    let Some(stored) = &model.proxy else {
+        return Ok(None);
+    };
+    let url = cipher
+        .decrypt(stored)
+        .map_err(|_| DbError::Undecryptable(model.name.clone()))?;
+    url.parse().map(Some).map_err(|_| DbError::Corrupt {
+        account: model.name.clone(),
+        what: "proxy",
+    })
+}
+
+/// Change an account's route (`edit`): provider settings, priority, model map, proxy.
+pub async fn set_route(
+    db: &impl ConnectionTrait,
+    cipher: &Cipher,
+    id: &str,
+    route: &Route,
+) -> Result<(), DbError> {
+    let columns = RouteColumns::of(route, cipher);
+    let result = Entity::update_many()
+        .col_expr(Column::Provider, Expr::value(columns.provider))
+        .col_expr(Column::BaseUrl, Expr::value(columns.base_url))
+        .col_expr(Column::AuthHeader, Expr::value(columns.auth_header))
+        .col_expr(Column::Priority, Expr::value(columns.priority))
+        .col_expr(Column::ModelMap, Expr::value(columns.model_map))
+        .col_expr(Column::Proxy, Expr::value(columns.proxy))
+        .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+        .filter(Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    changed(result.rows_affected, id)
 }
 
 type CredentialColumns = (
@@ -126,9 +239,10 @@ pub fn to_account(model: &Model, cipher: &Cipher) -> Result<Account, DbError> {
             .decrypt(stored)
             .map_err(|_| DbError::Undecryptable(model.name.clone()))
     };
+    account.route.proxy = proxy_of(model, cipher)?;
     account.credentials = match account.mode {
         Mode::Console => Credentials::ApiKey(open(&model.api_key, "API key")?.into()),
-        Mode::Max => Credentials::OAuth(OAuthTokens {
+        _ => Credentials::OAuth(OAuthTokens {
             access_token: open(&model.access_token, "access token")?.into(),
             refresh_token: open(&model.refresh_token, "refresh token")?.into(),
             expires_at: model
@@ -152,7 +266,7 @@ fn shell(model: &Model) -> Result<Account, DbError> {
         .ok_or_else(|| corrupt("tier"))?;
     let credentials = match mode {
         Mode::Console => Credentials::ApiKey(String::new().into()),
-        Mode::Max => Credentials::OAuth(OAuthTokens {
+        _ => Credentials::OAuth(OAuthTokens {
             access_token: String::new().into(),
             refresh_token: String::new().into(),
             expires_at: model.token_expires_at.unwrap_or(model.created_at),
@@ -163,6 +277,7 @@ fn shell(model: &Model) -> Result<Account, DbError> {
     account.paused = model.paused;
     account.created_at = model.created_at;
     account.live = live(model);
+    account.route = route_of(model, None)?;
     Ok(account)
 }
 
@@ -521,10 +636,15 @@ pub fn view(
     cipher: &Cipher,
     now: DateTime<Utc>,
 ) -> Result<crate::views::AccountView, DbError> {
-    let mut account = shell(model)?;
-    if matches!(to_account(model, cipher), Err(DbError::Undecryptable(_))) {
-        account.live.needs_reauth = true;
-    }
+    let account = match to_account(model, cipher) {
+        Ok(account) => account,
+        Err(DbError::Undecryptable(_)) => {
+            let mut account = shell(model)?;
+            account.live.needs_reauth = true;
+            account
+        }
+        Err(error) => return Err(error),
+    };
     let entry = claudeflare_tower::AccountEntry::new(account);
     Ok(crate::views::AccountView::of(&entry, now))
 }

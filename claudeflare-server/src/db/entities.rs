@@ -14,8 +14,18 @@ pub mod account {
         /// Unique name.
         #[sea_orm(unique)]
         pub name: String,
-        /// "anthropic".
+        /// "anthropic" or "anthropic-compatible".
         pub provider: String,
+        /// A compatible backend's base URL; null for Anthropic.
+        pub base_url: Option<String>,
+        /// The header a compatible backend's key goes in (`x-api-key`, `bearer`).
+        pub auth_header: Option<String>,
+        /// Lower goes first.
+        pub priority: i32,
+        /// `PATTERN=MODEL,…`; null for none.
+        pub model_map: Option<String>,
+        /// The egress proxy URL, encrypted (it may hold a password).
+        pub proxy: Option<String>,
         /// "max" or "console".
         pub mode: String,
         /// 1, 5 or 20.
@@ -106,6 +116,8 @@ pub mod request {
         /// Serving account name.
         #[serde(rename = "account")]
         pub account_name: Option<String>,
+        /// The serving account's provider (`anthropic`, `anthropic-compatible`, …).
+        pub provider: Option<String>,
         /// Status sent.
         pub status: Option<i32>,
         /// Succeeded.
@@ -178,6 +190,8 @@ pub mod client_key {
         pub monthly_budget_usd: Option<f64>,
         /// The models it may ask for, comma-separated; `None`: any.
         pub models: Option<String>,
+        /// The accounts its requests may use (names, comma-separated); `None`: all.
+        pub accounts: Option<String>,
         /// Created at.
         pub created_at: DateTimeUtc,
         /// Last request with it.

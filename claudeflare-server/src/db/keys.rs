@@ -74,6 +74,7 @@ pub async fn create(
     admin: bool,
     limits: Limits,
     models: &[String],
+    accounts: &[String],
 ) -> Result<Created, DbError> {
     if Entity::find()
         .filter(Column::Name.eq(name))
@@ -94,6 +95,7 @@ pub async fn create(
         concurrency: Set(limits.concurrency.map(i64::from)),
         monthly_budget_usd: Set(limits.monthly_budget_usd),
         models: Set((!models.is_empty()).then(|| models.join(","))),
+        accounts: Set((!accounts.is_empty()).then(|| accounts.join(","))),
         created_at: Set(Utc::now()),
         last_used_at: Set(None),
     }
@@ -238,6 +240,7 @@ pub fn json(model: &Model, requests: i64, cost: f64) -> serde_json::Value {
         "concurrency": model.concurrency,
         "monthly_budget_usd": model.monthly_budget_usd,
         "models": allowed_models(model),
+        "accounts": allowed_accounts(model),
         "created_at": model.created_at,
         "last_used_at": model.last_used_at,
         "requests_this_month": requests,
@@ -249,6 +252,14 @@ pub fn json(model: &Model, requests: i64, cost: f64) -> serde_json::Value {
 pub fn allowed_models(model: &Model) -> Option<Vec<String>> {
     model
         .models
+        .as_deref()
+        .map(|list| list.split(',').map(str::to_owned).collect())
+}
+
+/// The accounts the key's requests may use, by name; `None`: all.
+pub fn allowed_accounts(model: &Model) -> Option<Vec<String>> {
+    model
+        .accounts
         .as_deref()
         .map(|list| list.split(',').map(str::to_owned).collect())
 }

@@ -18,7 +18,7 @@ use super::{DbError, int, placeholders, rollups};
 mod copy;
 
 /// The columns of a row, in the order [`write`] binds them.
-const COLUMNS: [Column; 23] = [
+const COLUMNS: [Column; 24] = [
     Column::Id,
     Column::Timestamp,
     Column::Method,
@@ -42,6 +42,7 @@ const COLUMNS: [Column; 23] = [
     Column::CostUsd,
     Column::PriceKnown,
     Column::ApiKey,
+    Column::Provider,
 ];
 
 /// How many rows each SQLite `INSERT` of a batch carries: a batch goes in power-of-two chunks
@@ -333,6 +334,7 @@ async fn insert_values(
             bind::<sqlx::Sqlite, _>(&mut args, cost.usd)?;
             bind::<sqlx::Sqlite, _>(&mut args, cost.known)?;
             bind::<sqlx::Sqlite, _>(&mut args, record.client.as_deref())?;
+            bind::<sqlx::Sqlite, _>(&mut args, record.provider.as_deref())?;
         }
         sqlx::query_with(statements.inserts[chunk].as_str(), args)
             .execute(&mut *conn)
@@ -360,6 +362,8 @@ pub struct Filter {
     pub status: Option<String>,
     /// Sent with this client key (by name).
     pub api_key: Option<String>,
+    /// Served by an account of this provider.
+    pub provider: Option<String>,
 }
 
 /// The newest `limit` requests matching `filter`, newest first.
@@ -374,6 +378,9 @@ pub async fn newest(
     }
     if let Some(key) = &filter.api_key {
         query = query.filter(Column::ApiKey.eq(key.as_str()));
+    }
+    if let Some(provider) = &filter.provider {
+        query = query.filter(Column::Provider.eq(provider.as_str()));
     }
     match filter.status.as_deref() {
         Some("ok") => query = query.filter(Column::Success.eq(true)),
@@ -443,6 +450,7 @@ mod tests {
         let mut stored = RequestRecord::new("req-1", timestamp, "POST", "/v1/messages?beta=true");
         stored.account_id = Some("acc-1".into());
         stored.account = Some("work".into());
+        stored.provider = Some("anthropic".into());
         stored.status = Some(529);
         stored.error = Some("overloaded".into());
         stored.response_time_ms = 11;
@@ -491,6 +499,7 @@ mod tests {
                 cost_usd: 0.25,
                 price_known: false,
                 api_key: Some("team".into()),
+                provider: Some("anthropic".into()),
             }]
         );
         assert_eq!(

@@ -58,6 +58,9 @@ impl Api {
         if let Some(account) = &filter.account {
             query.push(("account", account));
         }
+        if let Some(provider) = &filter.provider {
+            query.push(("provider", provider));
+        }
         if filter.failures {
             query.push(("status", "error"));
         }

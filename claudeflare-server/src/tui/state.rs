@@ -58,6 +58,10 @@ pub struct Account {
     pub id: String,
     /// Name.
     pub name: String,
+    /// "anthropic", "anthropic-compatible", ….
+    pub provider: String,
+    /// Lower goes first.
+    pub priority: u32,
     /// "max" or "console".
     pub mode: String,
     /// 1, 5 or 20.
@@ -88,6 +92,8 @@ pub struct Request {
     pub timestamp: Option<DateTime<Utc>>,
     /// The account that served it.
     pub account: Option<String>,
+    /// That account's provider.
+    pub provider: Option<String>,
     /// The model asked for.
     pub model: Option<String>,
     /// HTTP status of the answer.
@@ -165,6 +171,8 @@ impl Screen {
 pub struct Filter {
     /// Only this account's.
     pub account: Option<String>,
+    /// Only those served by this provider's accounts.
+    pub provider: Option<String>,
     /// Only the failed ones.
     pub failures: bool,
 }
@@ -294,6 +302,17 @@ impl App {
                     None
                 } else {
                     name
+                };
+                self.screen = Screen::Requests;
+                return Some(Action::Refresh);
+            }
+            Key::Char('v') => {
+                // Filter the requests by the selected account's provider; again to show all.
+                let provider = self.selected_account().map(|a| a.provider.clone());
+                self.filter.provider = if self.filter.provider == provider {
+                    None
+                } else {
+                    provider
                 };
                 self.screen = Screen::Requests;
                 return Some(Action::Refresh);

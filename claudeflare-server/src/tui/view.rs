@@ -20,6 +20,7 @@ const KEYS: &[(&str, &str)] = &[
     ("p", "pause"),
     ("t", "tier"),
     ("a", "account"),
+    ("v", "provider"),
     ("f", "failed"),
     ("Esc", "clear"),
 ];
@@ -240,9 +241,10 @@ fn draw_accounts(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
     // says it for the selected account.
     let wide = area.width >= 120;
     let bar_width = if wide { 10 } else { 4 };
-    let mut header = vec!["name", "mode", "tier", "status"];
+    let mut header = vec!["name", "provider", "mode", "tier", "status"];
     let mut widths = vec![
         Constraint::Length(if wide { 16 } else { 9 }),
+        Constraint::Length(if wide { 22 } else { 11 }),
         Constraint::Length(7),
         Constraint::Length(4),
         Constraint::Length(if wide { 16 } else { 13 }),
@@ -266,6 +268,7 @@ fn draw_accounts(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
     let rows = data.accounts.iter().map(|account| {
         let mut cells = vec![
             Cell::from(account.name.clone()),
+            Cell::from(provider_cell(account, wide)),
             Cell::from(account.mode.clone()),
             Cell::from(account.tier.to_string()),
             Cell::from(status(account, data.at)).style(status_style(&account.status)),
@@ -303,18 +306,40 @@ fn draw_accounts(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
     );
 }
 
+/// A provider's name, shortened on a narrow screen (`compatible` for `anthropic-compatible`).
+fn short_provider(provider: &str, wide: bool) -> String {
+    if wide {
+        provider.to_owned()
+    } else {
+        provider.trim_start_matches("anthropic-").to_owned()
+    }
+}
+
+/// The provider column of an account: its provider, and its priority when not the default.
+fn provider_cell(account: &Account, wide: bool) -> String {
+    let provider = short_provider(&account.provider, wide);
+    if account.priority == 0 {
+        provider
+    } else {
+        format!("{provider} p{}", account.priority)
+    }
+}
+
 fn draw_requests(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) {
     let wide = area.width >= 120;
     let mut title = " Newest requests".to_owned();
     if let Some(account) = &app.filter.account {
         title.push_str(&format!(", account {account}"));
     }
+    if let Some(provider) = &app.filter.provider {
+        title.push_str(&format!(", provider {provider}"));
+    }
     if app.filter.failures {
         title.push_str(", failed only");
     }
     title.push(' ');
     let header = Row::new([
-        "time", "account", "model", "status", "ms", "in", "out", "cost", "error",
+        "time", "account", "provider", "model", "status", "ms", "in", "out", "cost", "error",
     ])
     .style(Style::new().bold());
     let rows = data.requests.iter().map(|request| {
@@ -329,6 +354,7 @@ fn draw_requests(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
                 .map(|t| t.format("%H:%M:%S").to_string())
                 .unwrap_or_default(),
             request.account.clone().unwrap_or_else(|| "-".into()),
+            short_provider(request.provider.as_deref().unwrap_or("-"), wide),
             short_model(request.model.as_deref().unwrap_or("-"), wide),
             request.status.map_or_else(|| "-".into(), |s| s.to_string()),
             request.response_time_ms.to_string(),
@@ -342,6 +368,7 @@ fn draw_requests(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
     let widths = [
         Constraint::Length(8),
         Constraint::Length(if wide { 16 } else { 9 }),
+        Constraint::Length(if wide { 20 } else { 9 }),
         Constraint::Length(if wide { 26 } else { 10 }),
         Constraint::Length(6),
         Constraint::Length(6),
@@ -470,6 +497,7 @@ mod tests {
         let request = |minutes: i64, account: &str, status: u16, error: Option<&str>| Request {
             timestamp: Some(now - TimeDelta::minutes(minutes)),
             account: Some(account.into()),
+            provider: Some("anthropic".into()),
             model: Some("claude-sonnet-4-20250514".into()),
             status: Some(status),
             success: status == 200,
@@ -611,6 +639,7 @@ mod tests {
         app.screen = Screen::Requests;
         app.filter = Filter {
             account: Some("work".into()),
+            provider: None,
             failures: true,
         };
         let mut terminal = Terminal::new(TestBackend::new(120, 30)).unwrap();

@@ -2,29 +2,52 @@
 //!
 //! The layers know HTTP, accounts and retries; a provider knows its upstream:
 //!
-//! - where requests go ([`Provider::upstream_uri`]);
-//! - how a credential goes on a request and the client's comes off ([`Provider::authorize`],
-//!   [`Provider::strip_client_credentials`]);
+//! - how the client's request becomes the upstream's for an account ([`Provider::prepare`]):
+//!   the URL, the account's credential in the provider's header style (the client's taken
+//!   off), and the model through the account's [`ModelMap`];
 //! - what a response means ([`Provider::classify`], in the spirit of tower-http's
-//!   `ClassifyResponse`), and an error inside a stream ([`Provider::classify_stream_error`]);
+//!   `ClassifyResponse`), what an error instead of a response means
+//!   ([`Provider::classify_error`]), and what an error inside a stream means
+//!   ([`Provider::classify_stream_error`]);
 //! - how usage is read from a response body as it passes ([`Provider::tap`]);
 //! - how a subscription token is refreshed ([`Provider::refresh`]).
 //!
-//! [`Anthropic`] is the first implementation. The layers are generic over the provider (with
-//! `Anthropic` as the default type), so a new provider touches no layer. Its methods are called
-//! through generics, not a vtable: on the request path they cost what the code in them costs.
+//! # One pool, several providers
+//!
+//! Each account names its provider in its [`Route`](crate::account::Route)'s [`Backend`]:
+//! Anthropic, an [Anthropic-compatible](compatible) backend at its own base URL, or a provider
+//! written outside this crate, by name. [`Providers`], the stack's default, holds the built-in
+//! ones and any you register, and hands each call to the account's: a `match` over an enum for
+//! the built-in providers (no vtable on their request path), one dynamic call for yours.
+//!
+//! # Adding a provider
+//!
+//! Implement [`Provider`] for a type of your own, register it under a name with
+//! [`Providers::with`], and give its accounts [`Backend::External`] with that name. Its
+//! `prepare` sets the request's absolute URL and credential (the helpers [`bearer`], [`plain`],
+//! [`join`] and [`ModelMap::rewrite`] do the common parts), and its `classify` can start from
+//! [`classify_generic`], the rules any HTTP API follows. `examples/custom_provider.rs` mixes
+//! one with Anthropic accounts in a pool. The layers do not change.
 
 pub mod anthropic;
+pub mod compatible;
+mod model_map;
+mod set;
 
+use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
-use http::{HeaderMap, HeaderValue, StatusCode, Uri};
-use secrecy::SecretString;
+use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::Full;
+use secrecy::{ExposeSecret, SecretString};
 
 pub use anthropic::Anthropic;
+pub use compatible::{AuthStyle, Compatible};
+pub use model_map::{InvalidModelMap, MapEntry, ModelMap};
+pub use set::{AnyTap, Providers};
 
 use serde::{Deserialize, Serialize};
 
-use crate::account::Mode;
+use crate::account::{AccountEntry, AccountInfo, Credentials};
 use crate::{BoxError, BoxFuture};
 
 /// An upstream API and its conventions. See the [module docs](self).
@@ -32,44 +55,228 @@ pub trait Provider: Clone + Send + Sync + 'static {
     /// Reads usage from one response body.
     type Tap: UsageTap;
 
-    /// Short lowercase name, e.g. `anthropic`.
-    fn name(&self) -> &'static str;
-
-    /// The upstream URL for a request to `uri` (whose path and query are the client's).
-    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, InvalidUpstream>;
-
-    /// Remove whatever credential the client sent: it must never reach the upstream.
-    fn strip_client_credentials(&self, headers: &mut HeaderMap);
-
-    /// Put an account's `credential` (the header value [`Credentials`](crate::Credentials)
-    /// makes) on a request.
-    fn authorize(&self, headers: &mut HeaderMap, mode: Mode, credential: HeaderValue);
+    /// Make `req` (the client's request, its body read whole) the upstream request for
+    /// `account`: its absolute URL, the account's credential in the provider's header style
+    /// with the client's taken off (it must never reach the upstream), and the body's model
+    /// through the account's map.
+    fn prepare(
+        &self,
+        account: &AccountEntry,
+        req: &mut Request<Full<Bytes>>,
+    ) -> Result<(), InvalidUpstream>;
 
     /// Whether a response's meaning depends on its (error) body, which `Classify` then reads,
     /// up to 64 KiB, before handing it on.
-    fn needs_body(&self, status: StatusCode, headers: &HeaderMap) -> bool;
+    fn needs_body(&self, account: &AccountEntry, status: StatusCode, headers: &HeaderMap) -> bool;
 
     /// What a response received at `now` means, from its status, headers and (when
     /// [`needs_body`](Self::needs_body) said so) its body.
     fn classify(
         &self,
+        account: &AccountEntry,
         status: StatusCode,
         headers: &HeaderMap,
         body: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Classification;
 
-    /// What an error announced inside a successful stream means for the account.
-    fn classify_stream_error(&self, error: &StreamError, now: DateTime<Utc>) -> Classification;
+    /// What an error instead of a response means: the upstream unreachable, a timeout, a
+    /// credential that cannot be had. The default is [`classify::error_outcome`](crate::classify::error_outcome).
+    fn classify_error(
+        &self,
+        account: &AccountEntry,
+        error: &(dyn std::error::Error + 'static),
+    ) -> Outcome {
+        let _ = account;
+        crate::classify::error_outcome(error)
+    }
 
-    /// A usage reader for a response with these headers.
-    fn tap(&self, headers: &HeaderMap) -> Self::Tap;
+    /// What an error announced inside a successful stream means for the account.
+    fn classify_stream_error(
+        &self,
+        account: &AccountEntry,
+        error: &StreamError,
+        now: DateTime<Utc>,
+    ) -> Classification;
+
+    /// A usage reader for a response with these headers, from `account` (none: an answer
+    /// claudeflare made itself).
+    fn tap(&self, account: Option<&AccountEntry>, headers: &HeaderMap) -> Self::Tap;
 
     /// Exchange a subscription account's refresh token for new tokens.
     fn refresh<'a>(
         &'a self,
+        account: &'a AccountInfo,
         refresh_token: &'a SecretString,
     ) -> BoxFuture<'a, Result<TokenPair, RefreshError>>;
+}
+
+/// Which provider serves an account, with what that provider needs of the account beyond its
+/// credential.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// Anthropic's API, at the base URL of the stack's [`Anthropic`] (`upstream_url`).
+    #[default]
+    Anthropic,
+    /// A backend that speaks the Messages API at its own base URL (z.ai, Moonshot, DeepSeek,
+    /// MiniMax, OpenRouter's Anthropic endpoint).
+    Compatible {
+        /// Where its API is (`https://api.z.ai/api/anthropic`): the client's path is appended.
+        base_url: Uri,
+        /// The header its key goes in.
+        auth: AuthStyle,
+    },
+    /// A provider registered with [`Providers::with`] under this name.
+    External(std::sync::Arc<str>),
+}
+
+impl Backend {
+    /// The provider's name: `anthropic`, `anthropic-compatible`, or an external one's.
+    pub fn name(&self) -> &str {
+        match self {
+            Backend::Anthropic => "anthropic",
+            Backend::Compatible { .. } => compatible::NAME,
+            Backend::External(name) => name,
+        }
+    }
+
+    /// [`name`](Self::name) as a header value (a built-in one costs no allocation).
+    pub(crate) fn header_value(&self) -> Option<HeaderValue> {
+        match self {
+            Backend::Anthropic => Some(HeaderValue::from_static("anthropic")),
+            Backend::Compatible { .. } => Some(HeaderValue::from_static(compatible::NAME)),
+            Backend::External(name) => HeaderValue::from_str(name).ok(),
+        }
+    }
+
+    /// Its own base URL, when it has one.
+    pub fn base_url(&self) -> Option<&Uri> {
+        match self {
+            Backend::Compatible { base_url, .. } => Some(base_url),
+            _ => None,
+        }
+    }
+}
+
+/// A credential as `Authorization: Bearer …`: an OAuth access token, or a key a provider wants
+/// as a bearer. For [`AccountEntry::credential`].
+pub fn bearer(credentials: &Credentials) -> Option<HeaderValue> {
+    HeaderValue::try_from(format!("Bearer {}", secret_of(credentials).expose_secret())).ok()
+}
+
+/// A credential as it is, for a header of its own (`x-api-key`). For
+/// [`AccountEntry::credential`].
+pub fn plain(credentials: &Credentials) -> Option<HeaderValue> {
+    HeaderValue::from_str(secret_of(credentials).expose_secret()).ok()
+}
+
+/// The secret a request carries: the key, or the access token.
+fn secret_of(credentials: &Credentials) -> &SecretString {
+    match credentials {
+        Credentials::ApiKey(key) => key,
+        Credentials::OAuth(tokens) => &tokens.access_token,
+    }
+}
+
+/// `base` joined with the path and query of `uri`: `https://api.z.ai/api/anthropic` and
+/// `/v1/messages?beta=true` make `https://api.z.ai/api/anthropic/v1/messages?beta=true`.
+pub fn join(base: &Uri, uri: &Uri) -> Result<Uri, InvalidUpstream> {
+    let (Some(scheme), Some(authority)) = (base.scheme(), base.authority()) else {
+        return Err(InvalidUpstream(base.to_string()));
+    };
+    let prefix = base.path().trim_end_matches('/');
+    if prefix.is_empty() {
+        // The usual case (`https://api.anthropic.com`): reuse the parsed parts, no new parsing.
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        return Uri::from_parts(parts)
+            .map_err(|e: http::uri::InvalidUriParts| InvalidUpstream(e.to_string()));
+    }
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    format!("{scheme}://{authority}{prefix}{path}")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| InvalidUpstream(e.to_string()))
+}
+
+/// Rename the model of `req`'s body through `map` (keeping `content-length` true); nothing
+/// changes when the map is empty or sends the model as it is.
+pub fn map_model(map: &ModelMap, req: &mut Request<Full<Bytes>>) {
+    if map.is_empty() {
+        return;
+    }
+    let body = crate::body::take_full(req.body_mut());
+    let body = map.rewrite(&body).unwrap_or(body);
+    if req.headers().contains_key(http::header::CONTENT_LENGTH) {
+        req.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    *req.body_mut() = Full::new(body);
+}
+
+/// What a response means by the rules any HTTP API follows: a 429 benches the account until
+/// its `retry-after` (or for [`DEFAULT_COOLDOWN`]), 401 is a refused credential, 403 a refused
+/// account (with the body's message, when it is JSON), 529 overloaded, other 5xx retried, other
+/// 4xx the client's. For providers that have no rules of their own beyond these.
+pub fn classify_generic(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+    now: DateTime<Utc>,
+) -> Classification {
+    match status.as_u16() {
+        429 => {
+            let until = retry_after(headers, now).unwrap_or(now + DEFAULT_COOLDOWN);
+            Classification::new(Outcome::RateLimited { until })
+        }
+        403 => {
+            let mut seen = Classification::new(Outcome::Forbidden);
+            seen.reason = Some(
+                body.and_then(error_message)
+                    .unwrap_or_else(|| "the upstream refused the account (403)".to_owned()),
+            );
+            seen
+        }
+        _ => Classification::new(Outcome::from_status(status)),
+    }
+}
+
+/// `retry-after` in seconds (or as an HTTP date), as an instant after `now`.
+pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    retry_after_value(headers.get(http::header::RETRY_AFTER)?.to_str().ok()?, now)
+}
+
+/// The longest wait a `retry-after` is taken at (a day and a second): beyond it, a value is a
+/// mistake, not a plan.
+pub(crate) const MAX_RETRY_AFTER: TimeDelta = TimeDelta::seconds(24 * 3600 + 1);
+
+pub(crate) fn retry_after_value(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        let seconds = i64::try_from(seconds)
+            .ok()?
+            .min(MAX_RETRY_AFTER.num_seconds());
+        return Some(now + TimeDelta::seconds(seconds));
+    }
+    DateTime::parse_from_rfc2822(value)
+        .ok()
+        .map(|date| date.with_timezone(&Utc))
+}
+
+/// `error.message` (or a top-level `message`) of a JSON error body.
+pub fn error_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value
+        .pointer("/error/message")
+        .or_else(|| value.get("message"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
 }
 
 /// Token counts of one response.
@@ -196,7 +403,7 @@ pub enum RefreshError {
 /// How long an account is benched when a limited response names no usable reset.
 pub const DEFAULT_COOLDOWN: TimeDelta = TimeDelta::seconds(60);
 
-/// A request path that makes no valid upstream URL.
+/// A request that makes no valid upstream request (its path, or the account's base URL).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("invalid upstream URL: {0}")]
 pub struct InvalidUpstream(pub String);
@@ -231,6 +438,14 @@ pub enum Outcome {
     Overloaded,
     /// 5xx: retry with backoff, then the next account.
     ServerError,
+    /// No answer came: the upstream could not be reached or the connection broke. Retry with
+    /// backoff; then the next account of another upstream, or 502.
+    Unreachable,
+    /// No answer within the first-byte timeout: 504 at once.
+    TimedOut,
+    /// The account cannot take the request now (its credential is dead, its upstream URL
+    /// invalid): the next account at once.
+    Unusable,
 }
 
 impl Outcome {

@@ -183,10 +183,11 @@ fn take_usage<P: Provider>(guard: &mut Guard<P>, tap: &mut P::Tap) -> Option<Str
         (&summary.stream_error, &guard.account, &guard.shared.pool)
     {
         let now = Utc::now();
-        let classification = guard
-            .shared
-            .provider
-            .classify_stream_error(stream_error, now);
+        let classification =
+            guard
+                .shared
+                .provider
+                .classify_stream_error(account, stream_error, now);
         pool.observe_in_stream(account, &classification, now);
     }
     keep(guard, summary);

@@ -48,11 +48,13 @@ use crate::BoxError;
 use crate::account::AccountEntry;
 use crate::context::RequestContext;
 use crate::pool::AccountPool;
-use crate::provider::{Anthropic, Provider};
 pub use crate::provider::{Billing, Iteration, Usage};
+use crate::provider::{Outcome, Provider, Providers};
 
 /// Response header naming the account that served the request.
 pub const ACCOUNT_HEADER: &str = "x-claudeflare-account";
+/// The response header naming the provider of the account that served the request.
+pub const PROVIDER_HEADER: &str = "x-claudeflare-provider";
 /// Response header carrying claudeflare's id of the request.
 pub const REQUEST_ID_HEADER: &str = "x-claudeflare-request-id";
 
@@ -73,6 +75,9 @@ pub struct RequestRecord {
     pub account_id: Option<String>,
     /// Name of the account that served it.
     pub account: Option<String>,
+    /// The provider of that account (`anthropic`, `anthropic-compatible`, …).
+    #[serde(default)]
+    pub provider: Option<String>,
     /// Status sent to the client; `None` when no response was produced.
     pub status: Option<u16>,
     /// 2xx/3xx and no error in the stream.
@@ -126,6 +131,7 @@ impl RequestRecord {
             path: path.into(),
             account_id: None,
             account: None,
+            provider: None,
             status: None,
             success: false,
             error: None,
@@ -146,7 +152,7 @@ impl RequestRecord {
 
 /// Records requests. See the [module docs](self).
 #[derive(Clone)]
-pub struct RecordLayer<P = Anthropic> {
+pub struct RecordLayer<P = Providers> {
     recorder: Arc<dyn Recorder>,
     provider: P,
     pool: Option<AccountPool>,
@@ -162,7 +168,7 @@ impl<P> std::fmt::Debug for RecordLayer<P> {
 impl RecordLayer {
     /// Records of Anthropic answers go to `recorder`.
     pub fn new(recorder: Arc<dyn Recorder>) -> Self {
-        Self::with_provider(Anthropic::new(), recorder)
+        Self::with_provider(Providers::new(), recorder)
     }
 }
 
@@ -211,7 +217,7 @@ impl<S, P: Clone> Layer<S> for RecordLayer<P> {
 
 /// The service of [`RecordLayer`].
 #[derive(Clone)]
-pub struct Record<S, P = Anthropic> {
+pub struct Record<S, P = Providers> {
     inner: S,
     // One reference count per request for all of it: the body keeps it to its end.
     shared: Arc<Shared<P>>,
@@ -304,7 +310,10 @@ where
         match result {
             Ok(mut response) => {
                 guard.on_response(&mut response);
-                let tap = guard.shared.provider.tap(response.headers());
+                let tap = guard
+                    .shared
+                    .provider
+                    .tap(guard.account.as_deref(), response.headers());
                 Poll::Ready(Ok(response.map(|body| RecordBody::new(body, guard, tap))))
             }
             Err(error) => {
@@ -343,7 +352,12 @@ impl<P> Guard<P> {
                 record.overhead_us = Some(u64::try_from(own.as_micros()).unwrap_or(u64::MAX));
             }
             record.status = Some(status.as_u16());
-            record.success = !status.is_client_error() && !status.is_server_error();
+            // What the answer meant is the provider's word; an answer claudeflare made itself
+            // has none, and its status says.
+            record.success = match context.outcome {
+                Some(outcome) => outcome == Outcome::Success,
+                None => !status.is_client_error() && !status.is_server_error(),
+            };
             record.failover_attempts = context.switches;
             record.requested_model = context.model;
             record.stream = context.stream;
@@ -351,14 +365,20 @@ impl<P> Guard<P> {
             if let Some(account) = &context.account {
                 record.account_id = Some(account.id().to_owned());
                 record.account = Some(account.name().to_owned());
+                record.provider = Some(account.provider_name());
             }
         }
         let headers = response.headers_mut();
         if let Some(id) = self.request_id.take() {
             headers.insert(REQUEST_ID_HEADER, id);
         }
-        if let Some(name) = context.account.as_ref().and_then(|a| a.name_header()) {
-            headers.insert(ACCOUNT_HEADER, name.clone());
+        if let Some(account) = &context.account {
+            if let Some(name) = account.name_header() {
+                headers.insert(ACCOUNT_HEADER, name.clone());
+            }
+            if let Some(provider) = account.route().backend.header_value() {
+                headers.insert(PROVIDER_HEADER, provider);
+            }
         }
         self.account = context.account;
     }

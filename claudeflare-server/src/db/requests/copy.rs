@@ -62,6 +62,7 @@ pub(super) fn binary(rows: &[&(RequestRecord, Cost)]) -> BytesMut {
         fixed(&mut out, &cost.usd.to_be_bytes());
         fixed(&mut out, &[u8::from(cost.known)]);
         text(&mut out, record.client.as_deref());
+        text(&mut out, record.provider.as_deref());
     }
     out.put_i16(-1);
     out

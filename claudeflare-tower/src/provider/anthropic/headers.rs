@@ -100,15 +100,7 @@ fn epoch_seconds(value: &str) -> Option<DateTime<Utc>> {
 }
 
 fn retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    if let Ok(seconds) = value.parse::<u64>() {
-        let seconds = i64::try_from(seconds)
-            .ok()?
-            .min(MAX_RESET.num_seconds() + 1);
-        return Some(now + TimeDelta::seconds(seconds));
-    }
-    DateTime::parse_from_rfc2822(value)
-        .ok()
-        .map(|date| date.with_timezone(&Utc))
+    crate::provider::retry_after_value(value, now)
 }
 
 impl RateLimitInfo {

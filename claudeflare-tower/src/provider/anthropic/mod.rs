@@ -8,7 +8,7 @@
 //!     .oauth("https://platform.claude.com/v1/oauth/token".parse().unwrap(), "my-client-id");
 //! ```
 
-mod classify;
+pub(crate) mod classify;
 mod headers;
 mod oauth;
 mod usage;
@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header};
+use http_body_util::Full;
 use secrecy::SecretString;
 
 pub use oauth::{DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL};
@@ -25,10 +26,10 @@ use usage::{JsonTap, SseTap};
 
 use super::{
     Classification, InvalidUpstream, Provider, RefreshError, StreamError, TapSummary, TokenPair,
-    UsageTap,
+    UsageTap, join, map_model,
 };
 use crate::BoxFuture;
-use crate::account::Mode;
+use crate::account::{AccountEntry, AccountInfo, Credentials, Mode};
 use crate::setting::Setting;
 
 /// Anthropic's API.
@@ -37,7 +38,7 @@ pub const DEFAULT_UPSTREAM_URL: &str = "https://api.anthropic.com";
 pub const OAUTH_BETA: &str = "oauth-2025-04-20";
 
 /// Header names as constants: a `&str` name is parsed and validated at every use.
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+pub(crate) const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 /// The Anthropic provider. Cheap to clone; clones share the base URL setting.
@@ -79,40 +80,55 @@ impl Anthropic {
     }
 }
 
+impl Anthropic {
+    /// The account's credential as Anthropic takes it: a subscription's access token as a
+    /// bearer, a key as it is. For calls of your own on the account's behalf (the usage
+    /// endpoint).
+    pub fn credential(account: &AccountEntry) -> Option<HeaderValue> {
+        account.credential(|credentials| match credentials {
+            Credentials::OAuth(_) => super::bearer(credentials),
+            Credentials::ApiKey(_) => super::plain(credentials),
+        })
+    }
+}
+
 impl Provider for Anthropic {
     type Tap = AnthropicTap;
 
-    fn name(&self) -> &'static str {
-        "anthropic"
-    }
-
-    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, InvalidUpstream> {
-        join(&self.base.current(), uri)
-    }
-
-    fn strip_client_credentials(&self, headers: &mut HeaderMap) {
-        headers.remove(header::AUTHORIZATION);
-        headers.remove(X_API_KEY);
-    }
-
-    fn authorize(&self, headers: &mut HeaderMap, mode: Mode, credential: HeaderValue) {
-        match mode {
-            Mode::Console => {
-                headers.insert(X_API_KEY, credential);
-            }
+    fn prepare(
+        &self,
+        account: &AccountEntry,
+        req: &mut Request<Full<Bytes>>,
+    ) -> Result<(), InvalidUpstream> {
+        *req.uri_mut() = join(&self.base.current(), req.uri())?;
+        let headers = req.headers_mut();
+        strip_client_credentials(headers);
+        let credential = Self::credential(account).ok_or_else(|| {
+            InvalidUpstream(format!(
+                "account `{}` has no usable credential",
+                account.name()
+            ))
+        })?;
+        match account.mode() {
             Mode::Max => {
                 headers.insert(header::AUTHORIZATION, credential);
                 add_oauth_beta(headers);
             }
+            _ => {
+                headers.insert(X_API_KEY, credential);
+            }
         }
+        map_model(&account.route().model_map, req);
+        Ok(())
     }
 
-    fn needs_body(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+    fn needs_body(&self, _account: &AccountEntry, status: StatusCode, headers: &HeaderMap) -> bool {
         classify::needs_body(status) && is_json(headers)
     }
 
     fn classify(
         &self,
+        _account: &AccountEntry,
         status: StatusCode,
         headers: &HeaderMap,
         body: Option<&[u8]>,
@@ -121,49 +137,56 @@ impl Provider for Anthropic {
         classify::classify(status, headers, body, now)
     }
 
-    fn classify_stream_error(&self, error: &StreamError, now: DateTime<Utc>) -> Classification {
+    fn classify_stream_error(
+        &self,
+        _account: &AccountEntry,
+        error: &StreamError,
+        now: DateTime<Utc>,
+    ) -> Classification {
         classify::classify_stream_error(error, now)
     }
 
-    fn tap(&self, headers: &HeaderMap) -> AnthropicTap {
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        if content_type.starts_with("text/event-stream") {
-            AnthropicTap(Tap::Sse(Box::default()))
-        } else if content_type.starts_with("application/json") {
-            AnthropicTap(Tap::Json(JsonTap::default()))
-        } else {
-            AnthropicTap(Tap::None)
-        }
+    fn tap(&self, _account: Option<&AccountEntry>, headers: &HeaderMap) -> AnthropicTap {
+        AnthropicTap::for_headers(headers)
     }
 
     fn refresh<'a>(
         &'a self,
+        account: &'a AccountInfo,
         refresh_token: &'a SecretString,
     ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
-        Box::pin(self.oauth.refresh(refresh_token))
+        Box::pin(self.oauth.refresh(refresh_token, account.proxy.as_ref()))
     }
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
+/// Take off whatever credential the client sent: it must never reach the upstream.
+pub(crate) fn strip_client_credentials(headers: &mut HeaderMap) {
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(X_API_KEY);
+}
+
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-/// Append the OAuth beta flag to `anthropic-beta` unless the client already lists it.
-fn add_oauth_beta(headers: &mut HeaderMap) {
-    let values: Vec<&str> = headers
+/// The values of `anthropic-beta`, split at commas.
+fn betas(headers: &HeaderMap) -> Vec<&str> {
+    headers
         .get_all(&ANTHROPIC_BETA)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .collect();
+        .collect()
+}
+
+/// Append the OAuth beta flag to `anthropic-beta` unless the client already lists it.
+fn add_oauth_beta(headers: &mut HeaderMap) {
+    let values = betas(headers);
     if values.contains(&OAUTH_BETA) {
         return;
     }
@@ -177,29 +200,26 @@ fn add_oauth_beta(headers: &mut HeaderMap) {
     }
 }
 
-/// `base` joined with the path and query of `uri`.
-fn join(base: &Uri, uri: &Uri) -> Result<Uri, InvalidUpstream> {
-    let (Some(scheme), Some(authority)) = (base.scheme(), base.authority()) else {
-        return Err(InvalidUpstream(base.to_string()));
-    };
-    let prefix = base.path().trim_end_matches('/');
-    if prefix.is_empty() {
-        // The usual case (`https://api.anthropic.com`): reuse the parsed parts, no new parsing.
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(scheme.clone());
-        parts.authority = Some(authority.clone());
-        parts.path_and_query = Some(
-            uri.path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        return Uri::from_parts(parts)
-            .map_err(|e: http::uri::InvalidUriParts| InvalidUpstream(e.to_string()));
+/// Take the OAuth beta flag out of `anthropic-beta` (a subscription's client sends it; a
+/// backend other than Anthropic must not get it).
+pub(crate) fn remove_oauth_beta(headers: &mut HeaderMap) {
+    let values = betas(headers);
+    if !values.contains(&OAUTH_BETA) {
+        return;
     }
-    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    format!("{scheme}://{authority}{prefix}{path}")
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| InvalidUpstream(e.to_string()))
+    let joined = values
+        .into_iter()
+        .filter(|v| *v != OAUTH_BETA)
+        .collect::<Vec<_>>()
+        .join(",");
+    match HeaderValue::from_str(&joined) {
+        Ok(value) if !joined.is_empty() => {
+            headers.insert(ANTHROPIC_BETA, value);
+        }
+        _ => {
+            headers.remove(ANTHROPIC_BETA);
+        }
+    }
 }
 
 /// Usage from an Anthropic answer: the SSE events of a stream (`message_start`, the last
@@ -219,6 +239,23 @@ enum Tap {
     Json(JsonTap),
     /// Anything else: nothing to read.
     None,
+}
+
+impl AnthropicTap {
+    /// A reader for an answer with these headers: SSE, JSON, or nothing to read.
+    pub(crate) fn for_headers(headers: &HeaderMap) -> Self {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if content_type.starts_with("text/event-stream") {
+            AnthropicTap(Tap::Sse(Box::default()))
+        } else if content_type.starts_with("application/json") {
+            AnthropicTap(Tap::Json(JsonTap::default()))
+        } else {
+            AnthropicTap(Tap::None)
+        }
+    }
 }
 
 impl UsageTap for AnthropicTap {
@@ -325,24 +362,34 @@ mod tests {
     #[test]
     fn client_credentials_are_replaced() {
         let anthropic = Anthropic::new();
+        let account = AccountEntry::new(crate::Account::api_key("a", "account-key"));
+        let mut req = Request::post("/v1/messages?beta=true")
+            .header("x-api-key", "client-key")
+            .header(header::AUTHORIZATION, "Bearer client")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        anthropic.prepare(&account, &mut req).unwrap();
+        assert_eq!(req.headers()["x-api-key"], "account-key");
+        assert!(req.headers().get(header::AUTHORIZATION).is_none());
+        assert_eq!(
+            req.uri().to_string(),
+            "https://api.anthropic.com/v1/messages?beta=true"
+        );
         let mut headers = HeaderMap::new();
-        headers.insert("x-api-key", HeaderValue::from_static("client-key"));
         headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer client"),
+            "anthropic-beta",
+            HeaderValue::from_static("a, oauth-2025-04-20,b"),
         );
-        anthropic.strip_client_credentials(&mut headers);
-        anthropic.authorize(
-            &mut headers,
-            Mode::Console,
-            HeaderValue::from_static("account-key"),
-        );
-        assert_eq!(headers["x-api-key"], "account-key");
-        assert!(headers.get(header::AUTHORIZATION).is_none());
+        remove_oauth_beta(&mut headers);
+        assert_eq!(headers["anthropic-beta"], "a,b");
+        headers.insert("anthropic-beta", HeaderValue::from_static(OAUTH_BETA));
+        remove_oauth_beta(&mut headers);
+        assert!(headers.get("anthropic-beta").is_none());
     }
 
     #[test]
     fn paths_join_the_base_url() {
+        use crate::provider::join;
         let uri = |s: &'static str| Uri::from_static(s);
         let joined = |base, path| join(&uri(base), &uri(path)).unwrap().to_string();
         assert_eq!(

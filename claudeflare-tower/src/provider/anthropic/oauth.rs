@@ -5,6 +5,7 @@ use http::{Uri, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::egress::EgressProxy;
 use crate::provider::{RefreshError, TokenPair};
 
 /// Anthropic's public OAuth client id, used by Claude Code.
@@ -39,6 +40,7 @@ impl Endpoint {
     pub(super) async fn refresh(
         &self,
         refresh_token: &SecretString,
+        proxy: Option<&EgressProxy>,
     ) -> Result<TokenPair, RefreshError> {
         let body = serde_json::json!({
             "grant_type": "refresh_token",
@@ -46,7 +48,7 @@ impl Endpoint {
             "client_id": self.client_id,
         });
         let exchange = async {
-            let response = crate::control::client()?
+            let response = crate::control::client_via(proxy)?
                 .post(self.token_url.to_string())
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(header::ACCEPT, "application/json")
