@@ -232,7 +232,7 @@ pub async fn add(
         _ => "console",
     };
     println!(
-        "Added {kind} account `{name}` (tier {tier}; {}).",
+        "Added {kind} account `{name}` (tier {tier}): {}.",
         route::describe(&account.route)
     );
     Ok(())

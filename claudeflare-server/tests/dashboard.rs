@@ -272,7 +272,7 @@ async fn every_section_shows_its_data_without_javascript() {
         .select(&Selector::parse("td").unwrap())
         .map(|c| text(&c))
         .collect();
-    assert_eq!(cells[8], "1", "one failover: {cells:?}");
+    assert_eq!(cells[9], "1", "one failover: {cells:?}");
 
     let filtered =
         Html::parse_document(&server.get("/dashboard?account=home&status=").await.text());

@@ -222,3 +222,122 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::Account;
+    use crate::strategy::{LeastRequests, RoundRobin, Session, Weighted, WeightedRoundRobin};
+    use chrono::TimeDelta;
+
+    fn pool(accounts: &[(&str, u32)]) -> Vec<Arc<AccountEntry>> {
+        accounts
+            .iter()
+            .map(|(name, priority)| {
+                Arc::new(AccountEntry::new(
+                    Account::api_key(*name, "k").with_priority(*priority),
+                ))
+            })
+            .collect()
+    }
+
+    fn names(list: &[Arc<AccountEntry>]) -> Vec<&str> {
+        list.iter().map(|a| a.name()).collect()
+    }
+
+    #[test]
+    fn every_strategy_chooses_within_the_best_priority_that_has_an_available_account() {
+        let strategies: Vec<Box<dyn Strategy>> = vec![
+            Box::new(Session::default()),
+            Box::new(LeastRequests),
+            Box::new(RoundRobin::default()),
+            Box::new(Weighted),
+            Box::new(WeightedRoundRobin::default()),
+        ];
+        for strategy in &strategies {
+            let now = Utc::now();
+            // Pool order puts the overflow first: priority decides, not the order.
+            let accounts = pool(&[
+                ("overflow", 1),
+                ("claude-a", 0),
+                ("claude-b", 0),
+                ("last", 2),
+            ]);
+            for _ in 0..6 {
+                let chosen = candidates(&**strategy, &accounts, Some("claude-opus-5"), None, now);
+                let order = names(&chosen);
+                assert!(
+                    order[0].starts_with("claude-"),
+                    "{}: {order:?}",
+                    strategy.name()
+                );
+                assert_eq!(&order[2..], ["overflow", "last"], "{}", strategy.name());
+            }
+            // The whole best priority limited: the next one serves.
+            for account in &accounts[1..3] {
+                account.mark_rate_limited(now + TimeDelta::minutes(5));
+            }
+            let chosen = candidates(&**strategy, &accounts, None, None, now);
+            assert_eq!(names(&chosen), ["overflow", "last"], "{}", strategy.name());
+            // Once a limit resets, back to the best priority.
+            let later = now + TimeDelta::minutes(6);
+            let chosen = candidates(&**strategy, &accounts, None, None, later);
+            assert!(
+                names(&chosen)[0].starts_with("claude-"),
+                "{}",
+                strategy.name()
+            );
+        }
+    }
+
+    #[test]
+    fn the_session_returns_to_its_account_when_its_limit_resets() {
+        let now = Utc::now();
+        let strategy = Session::default();
+        let accounts = pool(&[("claude", 0), ("overflow", 1)]);
+        let first = candidates(&strategy, &accounts, None, None, now);
+        assert_eq!(names(&first), ["claude", "overflow"]);
+        accounts[0].mark_rate_limited(now + TimeDelta::minutes(1));
+        let limited = candidates(&strategy, &accounts, None, None, now);
+        assert_eq!(names(&limited), ["overflow"]);
+        let reset = candidates(
+            &strategy,
+            &accounts,
+            None,
+            None,
+            now + TimeDelta::minutes(2),
+        );
+        assert_eq!(names(&reset), ["claude", "overflow"]);
+        assert!(
+            accounts[0]
+                .session_open(now + TimeDelta::minutes(2), TimeDelta::hours(5))
+                .is_some(),
+            "the same session, its prompt cache still warm"
+        );
+    }
+
+    #[test]
+    fn maps_and_bound_keys_leave_accounts_out() {
+        let now = Utc::now();
+        let mapped = Account::api_key("glm", "k")
+            .with_model_map("claude-haiku-*=glm-4.5-air".parse().unwrap());
+        let accounts = vec![
+            Arc::new(AccountEntry::new(mapped)),
+            Arc::new(AccountEntry::new(Account::api_key("claude", "k"))),
+        ];
+        let strategy = LeastRequests;
+        let haiku = candidates(&strategy, &accounts, Some("claude-haiku-4-5"), None, now);
+        assert_eq!(names(&haiku), ["glm", "claude"]);
+        let opus = candidates(&strategy, &accounts, Some("claude-opus-5"), None, now);
+        assert_eq!(names(&opus), ["claude"]);
+        let bound = ["glm".to_owned()];
+        let only = candidates(
+            &strategy,
+            &accounts,
+            Some("claude-haiku-4-5"),
+            Some(&bound),
+            now,
+        );
+        assert_eq!(names(&only), ["glm"]);
+    }
+}

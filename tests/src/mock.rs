@@ -285,6 +285,9 @@ struct Inner {
     /// Documents served at their paths (a price catalogue, say), with a status.
     documents: HashMap<String, (u16, String)>,
     document_fetches: HashMap<String, usize>,
+    /// A backend other than Anthropic that speaks its Messages API (z.ai, Moonshot, …): a
+    /// bearer is an API key like `x-api-key`, and no OAuth is involved.
+    compatible: bool,
 }
 
 struct Shared {
@@ -317,9 +320,21 @@ impl Drop for MockUpstream {
 impl MockUpstream {
     /// Start the mock.
     pub async fn start() -> Self {
+        Self::start_as(false).await
+    }
+
+    /// Start a mock of an Anthropic-compatible backend (z.ai, Moonshot, DeepSeek, …): the
+    /// Messages API, its SSE and errors, and a key taken as `x-api-key` or as
+    /// `authorization: Bearer` alike (no OAuth, no beta flag needed).
+    pub async fn start_compatible() -> Self {
+        Self::start_as(true).await
+    }
+
+    async fn start_as(compatible: bool) -> Self {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 token_expires_in: 8 * 3600,
+                compatible,
                 ..Inner::default()
             }),
             request_ids: AtomicUsize::new(0),
@@ -695,6 +710,9 @@ fn resolve_credential(shared: &Shared, headers: &HeaderMap) -> Result<String, &'
     else {
         return Err("x-api-key header is required");
     };
+    if shared.lock().compatible {
+        return Ok(bearer.to_owned());
+    }
     let beta_ok = headers
         .get_all("anthropic-beta")
         .iter()

@@ -244,7 +244,7 @@ fn draw_accounts(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
     let mut header = vec!["name", "provider", "mode", "tier", "status"];
     let mut widths = vec![
         Constraint::Length(if wide { 16 } else { 9 }),
-        Constraint::Length(if wide { 22 } else { 11 }),
+        Constraint::Length(if wide { 14 } else { 10 }),
         Constraint::Length(7),
         Constraint::Length(4),
         Constraint::Length(if wide { 16 } else { 13 }),
@@ -268,7 +268,7 @@ fn draw_accounts(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
     let rows = data.accounts.iter().map(|account| {
         let mut cells = vec![
             Cell::from(account.name.clone()),
-            Cell::from(provider_cell(account, wide)),
+            Cell::from(provider_cell(account)),
             Cell::from(account.mode.clone()),
             Cell::from(account.tier.to_string()),
             Cell::from(status(account, data.at)).style(status_style(&account.status)),
@@ -306,18 +306,14 @@ fn draw_accounts(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
     );
 }
 
-/// A provider's name, shortened on a narrow screen (`compatible` for `anthropic-compatible`).
-fn short_provider(provider: &str, wide: bool) -> String {
-    if wide {
-        provider.to_owned()
-    } else {
-        provider.trim_start_matches("anthropic-").to_owned()
-    }
+/// A provider's name, short (`compatible` for `anthropic-compatible`).
+fn short_provider(provider: &str) -> String {
+    provider.trim_start_matches("anthropic-").to_owned()
 }
 
 /// The provider column of an account: its provider, and its priority when not the default.
-fn provider_cell(account: &Account, wide: bool) -> String {
-    let provider = short_provider(&account.provider, wide);
+fn provider_cell(account: &Account) -> String {
+    let provider = short_provider(&account.provider);
     if account.priority == 0 {
         provider
     } else {
@@ -354,7 +350,7 @@ fn draw_requests(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
                 .map(|t| t.format("%H:%M:%S").to_string())
                 .unwrap_or_default(),
             request.account.clone().unwrap_or_else(|| "-".into()),
-            short_provider(request.provider.as_deref().unwrap_or("-"), wide),
+            short_provider(request.provider.as_deref().unwrap_or("-")),
             short_model(request.model.as_deref().unwrap_or("-"), wide),
             request.status.map_or_else(|| "-".into(), |s| s.to_string()),
             request.response_time_ms.to_string(),
@@ -368,8 +364,8 @@ fn draw_requests(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
     let widths = [
         Constraint::Length(8),
         Constraint::Length(if wide { 16 } else { 9 }),
-        Constraint::Length(if wide { 20 } else { 9 }),
-        Constraint::Length(if wide { 26 } else { 10 }),
+        Constraint::Length(10),
+        Constraint::Length(if wide { 24 } else { 10 }),
         Constraint::Length(6),
         Constraint::Length(6),
         Constraint::Length(6),
@@ -519,6 +515,7 @@ mod tests {
                 Account {
                     id: "1".into(),
                     name: "personal".into(),
+                    provider: "anthropic".into(),
                     mode: "max".into(),
                     tier: 20,
                     status: "active".into(),
@@ -532,6 +529,7 @@ mod tests {
                 Account {
                     id: "2".into(),
                     name: "work".into(),
+                    provider: "anthropic".into(),
                     mode: "max".into(),
                     tier: 5,
                     status: "rate_limited".into(),
@@ -544,6 +542,8 @@ mod tests {
                 Account {
                     id: "3".into(),
                     name: "api".into(),
+                    provider: "anthropic-compatible".into(),
+                    priority: 1,
                     mode: "console".into(),
                     tier: 1,
                     status: "paused".into(),
@@ -553,6 +553,7 @@ mod tests {
                 Account {
                     id: "4".into(),
                     name: "old".into(),
+                    provider: "anthropic".into(),
                     mode: "max".into(),
                     tier: 5,
                     status: "needs_reauth".into(),

@@ -112,7 +112,7 @@ mod tests {
         )]);
         assert!(bytes.starts_with(SIGNATURE));
         let row = &bytes[SIGNATURE.len() + 8..];
-        assert_eq!(&row[..2], &23i16.to_be_bytes(), "one field per column");
+        assert_eq!(&row[..2], &24i16.to_be_bytes(), "one field per column");
         // id: length 1, "r"; then the timestamp: 8 bytes, one second after PostgreSQL's epoch.
         assert_eq!(&row[2..7], &[0, 0, 0, 1, b'r']);
         assert_eq!(&row[7..11], &8i32.to_be_bytes());
