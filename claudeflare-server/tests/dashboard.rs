@@ -288,6 +288,32 @@ async fn every_section_shows_its_data_without_javascript() {
             .attr("value"),
         Some("home")
     );
+    // The provider column and filter: every request here was Anthropic's.
+    let by_provider = |provider: &'static str| {
+        let server = &server;
+        async move {
+            let page = server
+                .get(&format!("/dashboard?provider={provider}"))
+                .await
+                .text();
+            let page = Html::parse_document(&page);
+            select(&page, "#requests tbody tr")
+                .iter()
+                .map(text)
+                .filter(|row| !row.contains("No requests"))
+                .count()
+        }
+    };
+    assert_eq!(
+        by_provider("anthropic").await,
+        select(&page, "#requests tbody tr").len()
+    );
+    assert_eq!(by_provider("anthropic-compatible").await, 0);
+    assert!(
+        select(&page, "#filter-provider option")
+            .iter()
+            .any(|o| o.value().attr("value") == Some("anthropic"))
+    );
     let errors = Html::parse_document(&server.get("/dashboard?status=error").await.text());
     assert_eq!(select(&errors, "#requests tbody tr.failed").len(), 1);
     assert_eq!(select(&errors, "#requests tbody tr").len(), 1);
