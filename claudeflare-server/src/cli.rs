@@ -74,6 +74,9 @@ pub enum Command {
         /// As JSON (the objects of /api/accounts).
         #[arg(long)]
         json: bool,
+        /// Only the accounts of this provider (anthropic, anthropic-compatible).
+        #[arg(long)]
+        provider: Option<String>,
     },
     /// Remove an account.
     Remove {

@@ -353,12 +353,15 @@ fn usage_text(usage: Option<&Usage>) -> String {
 }
 
 /// `list [--json]`.
-pub async fn list(json: bool) -> anyhow::Result<()> {
+pub async fn list(json: bool, provider: Option<&str>) -> anyhow::Result<()> {
     let context = open().await?;
     let now = Utc::now();
     let models = accounts::all(&context.db).await?;
     let mut rows = Vec::new();
-    for model in &models {
+    for model in models
+        .iter()
+        .filter(|m| provider.is_none_or(|p| m.provider == p))
+    {
         let view = crate::views::finish(accounts::view(model, &context.cipher, now)?);
         let usage: Option<Usage> = model
             .usage

@@ -107,7 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             base_url,
             route,
         } => commands::edit(&name, base_url, route).await,
-        Command::List { json } => commands::list(json).await,
+        Command::List { json, provider } => commands::list(json, provider.as_deref()).await,
         Command::Remove { name, yes } => commands::remove(&name, yes).await,
         Command::Pause { name } => commands::set_paused(&name, true).await,
         Command::Resume { name } => commands::set_paused(&name, false).await,

@@ -257,10 +257,10 @@ impl<B: Clone> Policy<Request<B>, Response<ProxyBody>, BoxError> for FailoverPol
             verdict @ (Verdict::NextAccount | Verdict::OtherUpstream) => {
                 let candidates = context.candidates();
                 let current = &candidates[self.index];
-                let skip = matches!(verdict, Verdict::OtherUpstream);
-                let next_index = (self.index + 1..candidates.len())
-                    .find(|&i| !skip || !same_upstream(current, &candidates[i]));
-                let Some(next) = next_index.and_then(|i| candidates.get(i)) else {
+                let other_upstream = matches!(verdict, Verdict::OtherUpstream);
+                let Some(next) = (self.index + 1..candidates.len())
+                    .find(|&i| !other_upstream || !same_upstream(current, &candidates[i]))
+                else {
                     // Every candidate failed: the last answer is the client's.
                     if let Err(error) = result {
                         *result = Ok(final_answer(error));
@@ -272,15 +272,15 @@ impl<B: Clone> Policy<Request<B>, Response<ProxyBody>, BoxError> for FailoverPol
                     Err(error) => error.to_string(),
                 };
                 tracing::warn!(
-                    from = candidates[self.index].name(),
-                    to = next.name(),
+                    from = current.name(),
+                    to = candidates[next].name(),
                     reason,
                     "failing over to the next account"
                 );
-                self.index = next_index.unwrap_or(self.index + 1);
+                context.switch_to(std::sync::Arc::clone(&candidates[next]));
+                self.index = next;
                 self.retries = 0;
                 self.refreshed = false;
-                context.switch_to(std::sync::Arc::clone(next));
                 context.clear_outcome();
                 Some(Pause::NOW)
             }
