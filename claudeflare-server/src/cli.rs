@@ -160,6 +160,9 @@ pub struct RouteArgs {
     /// http://, https:// or socks5:// (user:password@ allowed); `none` to remove.
     #[arg(long)]
     pub proxy: Option<String>,
+    /// Put it in this group, which `keys add --accounts` can name; `none` to remove.
+    #[arg(long)]
+    pub group: Option<String>,
 }
 
 /// `--provider`.
@@ -203,8 +206,8 @@ pub enum KeysCommand {
         /// then lists them. Default: any (or the config file's `models`).
         #[arg(long, value_delimiter = ',', value_parser = parse_model)]
         models: Vec<String>,
-        /// The only accounts the key's requests may use (names, comma-separated). Default: the
-        /// whole pool.
+        /// The only accounts the key's requests may use (account or group names,
+        /// comma-separated). Default: the whole pool.
         #[arg(long, value_delimiter = ',')]
         accounts: Vec<String>,
     },

@@ -542,9 +542,13 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
                 .map(|n| n.trim().to_owned())
                 .filter(|n| !n.is_empty())
                 .collect();
-            for account in &bound {
-                if accounts::find(&db, account).await.is_err() {
-                    bail!("--accounts: there is no account named `{account}`");
+            let pool = accounts::all(&db).await?;
+            for name in &bound {
+                let known = pool
+                    .iter()
+                    .any(|a| a.name == *name || a.account_group.as_deref() == Some(name.as_str()));
+                if !known {
+                    bail!("--accounts: there is no account or group named `{name}`");
                 }
             }
             let limits = keys::Limits {

@@ -26,6 +26,8 @@ pub struct AccountView {
     pub model_map: Vec<MapEntry>,
     /// The egress proxy, its password shown as `***`.
     pub proxy: Option<String>,
+    /// The group it belongs to.
+    pub group: Option<String>,
     /// "max" or "console".
     pub mode: Mode,
     /// 1, 5 or 20.
@@ -73,6 +75,7 @@ impl AccountView {
             priority: route.priority,
             model_map: route.model_map.entries(),
             proxy: route.proxy.as_ref().map(ToString::to_string),
+            group: route.group.clone(),
             mode: entry.mode(),
             tier: entry.tier(),
             paused: entry.paused(),

@@ -382,7 +382,7 @@ async fn each_account_leaves_through_its_own_proxy_and_keys_can_be_bound_to_acco
     // A subscription through the HTTP proxy: its sign-in goes through it already.
     let added = env.oauth(
         &[
-            "add", "sub", "--mode", "max", "--tier", "5", "--proxy", &via_http,
+            "add", "sub", "--mode", "max", "--tier", "5", "--proxy", &via_http, "--group", "egress",
         ],
         "sub",
         false,
@@ -403,6 +403,8 @@ async fn each_account_leaves_through_its_own_proxy_and_keys_can_be_bound_to_acco
         &key("keyed"),
         "--proxy",
         &via_socks,
+        "--group",
+        "egress",
     ]);
     env.add_keys(&["direct"]);
     let admin = env
@@ -419,6 +421,10 @@ async fn each_account_leaves_through_its_own_proxy_and_keys_can_be_bound_to_acco
         .to_owned();
     let to_direct = env
         .ok(&["keys", "add", "to-direct", "--accounts", "direct"])
+        .trim()
+        .to_owned();
+    let to_egress = env
+        .ok(&["keys", "add", "to-egress", "--accounts", "egress"])
         .trim()
         .to_owned();
     let refused = env.cli(&["keys", "add", "typo", "--accounts", "nobody"]);
@@ -502,6 +508,14 @@ async fn each_account_leaves_through_its_own_proxy_and_keys_can_be_bound_to_acco
         "an account without a proxy goes direct"
     );
 
+    // A key bound to a group uses the accounts in it, and no other.
+    for _ in 0..4 {
+        let response = ask(to_egress.clone()).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        let served = response.header("x-claudeflare-account");
+        assert!(matches!(served, Some("sub" | "keyed")), "{served:?}");
+    }
+
     // Every request of the proxied account depends on its proxy: without it, it is not
     // served, while the others are.
     drop(socks_proxy);
@@ -526,6 +540,7 @@ async fn each_account_leaves_through_its_own_proxy_and_keys_can_be_bound_to_acco
         .find(|k| k["name"] == "to-sub")
         .unwrap();
     assert_eq!(bound["accounts"], json!(["sub"]));
+    assert_eq!(sub["group"], "egress");
     for text in [
         accounts.to_string(),
         env.ok(&["list", "--json"]),

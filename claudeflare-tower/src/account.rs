@@ -189,6 +189,9 @@ pub struct Route {
     pub model_map: ModelMap,
     /// The proxy all its traffic (requests, token refreshes, usage polls) goes through.
     pub proxy: Option<EgressProxy>,
+    /// A group it belongs to, which a client can be bound to by name like an account (see
+    /// [`RequestContext::allow_accounts`](crate::RequestContext::allow_accounts)).
+    pub group: Option<String>,
 }
 
 impl Account {
@@ -243,6 +246,12 @@ impl Account {
     /// Send all of its traffic through `proxy`.
     pub fn with_proxy(mut self, proxy: EgressProxy) -> Self {
         self.route.proxy = Some(proxy);
+        self
+    }
+
+    /// Put it in the group `name`.
+    pub fn with_group(mut self, name: impl Into<String>) -> Self {
+        self.route.group = Some(name.into());
         self
     }
 }

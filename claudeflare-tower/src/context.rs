@@ -151,8 +151,8 @@ impl RequestContext {
         parts.stream = stream;
     }
 
-    /// Let the request use only the accounts of these names (a client key bound to part of
-    /// the pool); `Select` leaves the others out.
+    /// Let the request use only the accounts of these names, or of these groups (a client key
+    /// bound to part of the pool); `Select` leaves the others out.
     pub fn allow_accounts(&self, names: Arc<[String]>) {
         self.lock().allowed_accounts = Some(names);
     }

@@ -127,7 +127,7 @@ pub fn candidates(
     }
     let mut eligible: Vec<Arc<AccountEntry>> = accounts
         .iter()
-        .filter(|a| allowed.is_none_or(|names| names.iter().any(|n| n == a.name())))
+        .filter(|a| allowed.is_none_or(|names| bound_to(a, names)))
         .filter(|a| a.route().model_map.serves(model))
         .cloned()
         .collect();
@@ -142,6 +142,14 @@ pub fn candidates(
         }
     }
     ordered
+}
+
+/// Whether `account` is one of `names`, by its name or its group's.
+fn bound_to(account: &AccountEntry, names: &[String]) -> bool {
+    let route = account.route();
+    names
+        .iter()
+        .any(|n| n == account.name() || route.group.as_deref() == Some(n.as_str()))
 }
 
 impl<S> Select<S> {
@@ -339,5 +347,11 @@ mod tests {
             now,
         );
         assert_eq!(names(&only), ["glm"]);
+        let mut route = (**accounts[1].route()).clone();
+        route.group = Some("team".into());
+        accounts[1].set_route(route);
+        let team = ["team".to_owned()];
+        let grouped = candidates(&strategy, &accounts, None, Some(&team), now);
+        assert_eq!(names(&grouped), ["claude"], "bound by the group's name");
     }
 }

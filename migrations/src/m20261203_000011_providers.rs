@@ -5,7 +5,8 @@ use sea_orm_migration::prelude::*;
 
 /// Adds `accounts.base_url`, `accounts.auth_header`, `accounts.priority`, `accounts.model_map`
 /// (`PATTERN=MODEL,…`), `accounts.proxy` (encrypted, as the credentials are),
-/// `requests.provider` and `client_keys.accounts` (names, comma-separated; null for all).
+/// `accounts.account_group`, `requests.provider` and `client_keys.accounts` (account or group
+/// names, comma-separated; null for all).
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -17,6 +18,7 @@ enum Accounts {
     Priority,
     ModelMap,
     Proxy,
+    AccountGroup,
 }
 
 #[derive(DeriveIden)]
@@ -61,6 +63,13 @@ fn columns() -> Vec<(DynIden, ColumnDef)> {
         (
             accounts(),
             ColumnDef::new(Accounts::Proxy).text().null().to_owned(),
+        ),
+        (
+            accounts(),
+            ColumnDef::new(Accounts::AccountGroup)
+                .text()
+                .null()
+                .to_owned(),
         ),
         (
             Requests::Table.into_iden(),

@@ -98,6 +98,18 @@ fn apply(route: &mut Route, args: &RouteArgs) -> anyhow::Result<()> {
             map.parse()?
         };
     }
+    if let Some(group) = &args.group {
+        let group = group.trim();
+        route.group = match group {
+            "none" => None,
+            "" => bail!("--group needs a name (or `none`)"),
+            _ if group.contains(',') || group.chars().any(char::is_control) => bail!(
+                "--group `{}`: a name without commas or control characters",
+                group.escape_default()
+            ),
+            _ => Some(group.to_owned()),
+        };
+    }
     if let Some(proxy) = &args.proxy {
         route.proxy = if proxy.trim() == "none" {
             None
@@ -108,14 +120,16 @@ fn apply(route: &mut Route, args: &RouteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `edit NAME [--priority N] [--model-map MAP|none] [--proxy URL|none] [--base-url URL]`.
+/// `edit NAME [--priority N] [--model-map MAP|none] [--proxy URL|none] [--group G|none]
+/// [--base-url URL]`.
 pub async fn edit(name: &str, base_url: Option<String>, args: RouteArgs) -> anyhow::Result<()> {
     if base_url.is_none()
         && args.priority.is_none()
         && args.model_map.is_none()
         && args.proxy.is_none()
+        && args.group.is_none()
     {
-        bail!("nothing to change: pass --priority, --model-map, --proxy or --base-url");
+        bail!("nothing to change: pass --priority, --model-map, --proxy, --group or --base-url");
     }
     let context = super::open().await?;
     let model = accounts::find(&context.db, name).await?;
@@ -152,6 +166,9 @@ pub fn describe(route: &Route) -> String {
     }
     if let Some(proxy) = &route.proxy {
         parts.push(format!("proxy {proxy}"));
+    }
+    if let Some(group) = &route.group {
+        parts.push(format!("group {group}"));
     }
     parts.join(", ")
 }

@@ -56,6 +56,7 @@ pub async fn insert(
         priority: Set(route.priority),
         model_map: Set(route.model_map),
         proxy: Set(route.proxy),
+        account_group: Set(route.group),
         mode: Set(account.mode.as_str().into()),
         tier: Set(i32::from(account.tier.weight())),
         paused: Set(account.paused),
@@ -103,6 +104,7 @@ struct RouteColumns {
     priority: i32,
     model_map: Option<String>,
     proxy: Option<String>,
+    group: Option<String>,
 }
 
 impl RouteColumns {
@@ -123,6 +125,7 @@ impl RouteColumns {
                 .proxy
                 .as_ref()
                 .map(|proxy| cipher.encrypt(proxy.expose_url())),
+            group: route.group.clone(),
         }
     }
 }
@@ -160,6 +163,7 @@ fn route_of(model: &Model, proxy: Option<EgressProxy>) -> Result<Route, DbError>
     route.priority = u32::try_from(model.priority).unwrap_or(0);
     route.model_map = model_map;
     route.proxy = proxy;
+    route.group.clone_from(&model.account_group);
     Ok(route)
 }
 
@@ -192,6 +196,7 @@ pub async fn set_route(
         .col_expr(Column::Priority, Expr::value(columns.priority))
         .col_expr(Column::ModelMap, Expr::value(columns.model_map))
         .col_expr(Column::Proxy, Expr::value(columns.proxy))
+        .col_expr(Column::AccountGroup, Expr::value(columns.group))
         .col_expr(Column::Version, Expr::col(Column::Version).add(1))
         .filter(Column::Id.eq(id))
         .exec(db)

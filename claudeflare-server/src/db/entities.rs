@@ -26,6 +26,8 @@ pub mod account {
         pub model_map: Option<String>,
         /// The egress proxy URL, encrypted (it may hold a password).
         pub proxy: Option<String>,
+        /// The group it belongs to (a client key can be bound to it by name).
+        pub account_group: Option<String>,
         /// "max" or "console".
         pub mode: String,
         /// 1, 5 or 20.
@@ -190,7 +192,8 @@ pub mod client_key {
         pub monthly_budget_usd: Option<f64>,
         /// The models it may ask for, comma-separated; `None`: any.
         pub models: Option<String>,
-        /// The accounts its requests may use (names, comma-separated); `None`: all.
+        /// The accounts its requests may use (account or group names, comma-separated);
+        /// `None`: all.
         pub accounts: Option<String>,
         /// Created at.
         pub created_at: DateTimeUtc,
