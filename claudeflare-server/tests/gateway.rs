@@ -11,12 +11,6 @@ use common::{Env, Server, key};
 use http::Method;
 use serde_json::{Value, json};
 
-fn create_key(env: &Env, args: &[&str]) -> String {
-    let mut all = vec!["keys", "add"];
-    all.extend_from_slice(args);
-    env.ok(&all).trim().to_owned()
-}
-
 async fn ask(server: &Server, key: &str, model: &str) -> TestResponse {
     let body =
         json!({"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
@@ -50,7 +44,7 @@ fn assert_final(response: &TestResponse, status: u16, kind: &str) {
 async fn a_wrong_or_missing_key_is_final() {
     let env = Env::sqlite().await;
     env.add_keys(&["a"]);
-    create_key(&env, &["team"]);
+    env.new_key(&["team"]);
     let server = env.start();
     assert_final(
         &ask(&server, "cfk_mistyped", "claude-opus-5-5").await,
@@ -98,8 +92,8 @@ async fn a_budget_reports_its_standing_in_place_of_the_upstreams_headers_then_re
         }),
     );
     // The mock's Sonnet 4 answer costs about $0.00106: the second crosses 75 % of $0.0013.
-    let team = create_key(&env, &["team", "--monthly-budget-usd", "0.0013"]);
-    let free = create_key(&env, &["free"]);
+    let team = env.new_key(&["team", "--monthly-budget-usd", "0.0013"]);
+    let free = env.new_key(&["free"]);
     let server = env.start();
 
     let first = ask(&server, &team, "claude-sonnet-4-20250514").await;
@@ -218,11 +212,8 @@ async fn a_budget_reports_its_standing_in_place_of_the_upstreams_headers_then_re
 async fn a_key_limited_to_some_models_is_refused_others_and_lists_its_own() {
     let env = Env::sqlite().await;
     env.add_keys(&["a"]);
-    let team = create_key(
-        &env,
-        &["team", "--models", "claude-sonnet-5-5,claude-haiku-5-5"],
-    );
-    let any = create_key(&env, &["any"]);
+    let team = env.new_key(&["team", "--models", "claude-sonnet-5-5,claude-haiku-5-5"]);
+    let any = env.new_key(&["any"]);
     let server = env.start();
     let refused = ask(&server, &team, "claude-opus-5-5").await;
     assert_final(&refused, 400, "invalid_request_error");
@@ -309,7 +300,7 @@ async fn the_config_files_models_limit_every_request() {
 async fn telemetry_is_answered_and_forwarded_without_the_clients_credential() {
     let mut env = Env::sqlite().await;
     env.add_keys(&["a"]);
-    let team = create_key(&env, &["team"]);
+    let team = env.new_key(&["team"]);
     // Without a collector: answered, dropped.
     let server = env.start();
     for signal in ["metrics", "logs", "traces"] {
@@ -428,8 +419,8 @@ async fn claude_code_is_told_at_once_when_retrying_cannot_help() {
     };
     let env = Env::sqlite().await;
     env.add_keys(&["a"]);
-    let team = create_key(&env, &["team"]);
-    let spent = create_key(&env, &["spent", "--monthly-budget-usd", "0"]);
+    let team = env.new_key(&["team"]);
+    let spent = env.new_key(&["spent", "--monthly-budget-usd", "0"]);
     let server = env.start();
 
     let (ok, said, took) = run_claude_code(&bin, &server, "cfk_mistyped");

@@ -407,26 +407,11 @@ async fn each_account_leaves_through_its_own_proxy_and_keys_can_be_bound_to_acco
         "egress",
     ]);
     env.add_keys(&["direct"]);
-    let admin = env
-        .ok(&["keys", "add", "admin", "--admin"])
-        .trim()
-        .to_owned();
-    let to_sub = env
-        .ok(&["keys", "add", "to-sub", "--accounts", "sub"])
-        .trim()
-        .to_owned();
-    let to_keyed = env
-        .ok(&["keys", "add", "to-keyed", "--accounts", "keyed"])
-        .trim()
-        .to_owned();
-    let to_direct = env
-        .ok(&["keys", "add", "to-direct", "--accounts", "direct"])
-        .trim()
-        .to_owned();
-    let to_egress = env
-        .ok(&["keys", "add", "to-egress", "--accounts", "egress"])
-        .trim()
-        .to_owned();
+    let admin = env.new_key(&["admin", "--admin"]);
+    let to_sub = env.new_key(&["to-sub", "--accounts", "sub"]);
+    let to_keyed = env.new_key(&["to-keyed", "--accounts", "keyed"]);
+    let to_direct = env.new_key(&["to-direct", "--accounts", "direct"]);
+    let to_egress = env.new_key(&["to-egress", "--accounts", "egress"]);
     let refused = env.cli(&["keys", "add", "typo", "--accounts", "nobody"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("nobody"));

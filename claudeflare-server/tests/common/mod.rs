@@ -216,6 +216,13 @@ impl Env {
         String::from_utf8(output.stdout).unwrap()
     }
 
+    /// Create a client key (`keys add ARGS`) and return it.
+    pub fn new_key(&self, args: &[&str]) -> String {
+        let mut all = vec!["keys", "add"];
+        all.extend_from_slice(args);
+        self.ok(&all).trim().to_owned()
+    }
+
     /// Add console accounts `name` with key `sk-ant-api03-SECRET-name`.
     pub fn add_keys(&self, names: &[&str]) {
         for name in names {
