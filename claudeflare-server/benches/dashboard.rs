@@ -78,6 +78,7 @@ fn main() {
             pool,
             strategy: StrategyHandle::new(Box::new(Session::default())),
             access: claudeflare_server::access::Access::new(config.clone()),
+            device_tries: Default::default(),
             config,
             config_path: Arc::new(dir.path().join("claudeflare.json")),
             overrides: Setting::new(Overrides::default()),

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::keys::{self, Limits};
-use crate::db::{DbError, entities::client_key};
+use crate::db::{DbError, entities::client_key, signin};
 
 /// The dashboard's session cookie.
 pub const SESSION_COOKIE: &str = "claudeflare_session";
@@ -53,6 +53,8 @@ pub struct ClientKey {
     pub models: Option<Arc<[String]>>,
     /// The accounts its requests may use, by name; `None`: the whole pool.
     pub accounts: Option<Arc<[String]>>,
+    /// The person's email, which Claude Code shows at sign-in.
+    pub email: Option<String>,
     /// Requests in flight now.
     pub in_flight: AtomicU64,
     /// Requests of the current minute: (minute, count).
@@ -136,6 +138,18 @@ struct Inner {
     /// This month's estimated cost per key name: every instance's stored records, and this
     /// instance's own requests as they are recorded.
     spent: Mutex<Spent>,
+    /// Bearer tokens of sign-ins from Claude Code's `/login`, by their SHA-256: this
+    /// instance's and, reloaded from the database, every other instance's. Each acts as its
+    /// client key.
+    bearers: Mutex<HashMap<[u8; 32], SignedIn>>,
+}
+
+/// A bearer token: the key it acts as, until when.
+struct SignedIn {
+    key: Arc<str>,
+    until: chrono::DateTime<Utc>,
+    /// Issued by this instance then (kept across a reload that may have missed it).
+    issued_here: Option<Instant>,
 }
 
 /// What each key spent in one calendar month (UTC).
@@ -167,6 +181,7 @@ impl Access {
                 sessions: Mutex::default(),
                 used: Mutex::default(),
                 spent: Mutex::default(),
+                bearers: Mutex::default(),
             }),
         }
     }
@@ -219,11 +234,16 @@ impl Access {
             if let Err(error) = self.load(&db).await {
                 tracing::warn!(%error, "could not read the client keys; keeping the ones known");
             }
-            // Logins need an admin key: without keys there is nothing to read.
+            // Logins need an admin key, bearers a key: without keys there is nothing to read.
             if self.keys_exist()
                 && let Err(error) = self.load_sessions(&db).await
             {
                 tracing::warn!(%error, "could not read the dashboard logins; keeping the ones known");
+            }
+            if self.keys_exist()
+                && let Err(error) = self.load_bearers(&db).await
+            {
+                tracing::warn!(%error, "could not read the sign-ins' bearer tokens; keeping the ones known");
             }
             if ticks % 4 == 0 && self.keys_exist() {
                 self.refresh_spending(&db).await;
@@ -232,6 +252,9 @@ impl Access {
                 self.store_last_used(&db).await;
                 if let Err(error) = keys::drop_ended_sessions(&db, Utc::now()).await {
                     tracing::warn!(%error, "could not delete the dashboard logins that ended");
+                }
+                if let Err(error) = signin::trim(&db, Utc::now()).await {
+                    tracing::warn!(%error, "could not delete the sign-ins and tokens that ended");
                 }
             }
             ticks += 1;
@@ -313,10 +336,83 @@ impl Access {
         }
     }
 
-    /// The key `presented` is, if it is one.
+    /// The key `presented` is, if it is one: a client key, or a live bearer token of a
+    /// sign-in, which acts as its key (a revoked key takes its bearers with it).
     pub fn find(&self, presented: &str) -> Option<Arc<ClientKey>> {
         let digest = keys::digest(presented);
-        self.inner.keys.current().by_digest.get(&digest).cloned()
+        let keys = self.inner.keys.current();
+        if let Some(key) = keys.by_digest.get(&digest) {
+            return Some(Arc::clone(key));
+        }
+        let bearers = self.bearers();
+        let bearer = bearers.get(&digest).filter(|b| b.until > Utc::now())?;
+        keys.by_digest
+            .values()
+            .find(|key| key.name == bearer.key)
+            .cloned()
+    }
+
+    /// The key named `name`, if it exists (not revoked).
+    pub fn key_named(&self, name: &str) -> Option<Arc<ClientKey>> {
+        self.inner
+            .keys
+            .current()
+            .by_digest
+            .values()
+            .find(|key| &*key.name == name)
+            .cloned()
+    }
+
+    /// A bearer token this instance just issued, usable here at once (the others read it
+    /// from the database within a second).
+    pub fn add_bearer(&self, token: &str, key: &str, until: chrono::DateTime<Utc>) {
+        self.bearers().insert(
+            keys::digest(token),
+            SignedIn {
+                key: Arc::from(key),
+                until,
+                issued_here: Some(Instant::now()),
+            },
+        );
+    }
+
+    /// Forget a bearer token (revoked here; the others drop it at their next reload).
+    pub fn remove_bearer(&self, token: &str) {
+        self.bearers().remove(&keys::digest(token));
+    }
+
+    fn bearers(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], SignedIn>> {
+        self.inner
+            .bearers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Take the stored bearer tokens: every instance's, and no more those revoked anywhere.
+    async fn load_bearers(&self, db: &DatabaseConnection) -> Result<(), DbError> {
+        let read_at = Instant::now();
+        let stored = signin::live_bearers(db, Utc::now()).await?;
+        let mut bearers: HashMap<[u8; 32], SignedIn> = stored
+            .into_iter()
+            .filter_map(|t| {
+                let digest = decode_hash(&t.digest)?;
+                let bearer = SignedIn {
+                    key: Arc::from(t.key_name),
+                    until: t.expires_at,
+                    issued_here: None,
+                };
+                Some((digest, bearer))
+            })
+            .collect();
+        let mut current = self.bearers();
+        for (digest, bearer) in current.drain() {
+            // Issued while the database was being read: it may not be in what was read.
+            if bearer.issued_here.is_some_and(|at| at >= read_at) {
+                bearers.entry(digest).or_insert(bearer);
+            }
+        }
+        *current = bearers;
+        Ok(())
     }
 
     /// The key a request presents: `x-api-key`, or `authorization: Bearer`.
@@ -586,6 +682,7 @@ fn entry(model: &client_key::Model) -> ClientKey {
         },
         models: keys::allowed_models(model).map(Arc::from),
         accounts: keys::allowed_accounts(model).map(Arc::from),
+        email: model.email.clone(),
         in_flight: AtomicU64::new(0),
         minute: Mutex::new((0, 0)),
     }
@@ -600,6 +697,7 @@ fn same(key: &ClientKey, model: &client_key::Model) -> bool {
         && key.limits == fresh.limits
         && key.models == fresh.models
         && key.accounts == fresh.accounts
+        && key.email == fresh.email
 }
 
 fn decode_hash(hex: &str) -> Option<[u8; 32]> {

@@ -129,8 +129,13 @@ impl App {
             }
             return Ok(Some(admitted));
         }
-        // A key's own spend, for any key (Claude Code asks with the key it was given).
-        if path == "/api/oauth/usage" {
+        // Signing in needs no key yet: the sign-in is what gets one.
+        if SIGN_IN_PATHS.contains(&path) {
+            return Ok(None);
+        }
+        // A key's own spend and policy, for any key (Claude Code asks with the key or bearer
+        // it was given).
+        if path == "/api/oauth/usage" || path == "/managed/settings" {
             let Some(key) = key else {
                 return refuse(Refusal::new(
                     http::StatusCode::UNAUTHORIZED,
@@ -160,6 +165,15 @@ impl App {
         req.extensions_mut().insert(gateway::AllowedModels(models));
     }
 }
+
+/// The sign-in endpoints of Claude Code's `/login`, open to anyone (cross-site checks apply).
+const SIGN_IN_PATHS: [&str; 5] = [
+    "/.well-known/oauth-authorization-server",
+    "/oauth/device_authorization",
+    "/oauth/token",
+    "/oauth/revoke",
+    "/device",
+];
 
 /// Whether a `/v1` request is answered here rather than by an account: Claude Code's
 /// telemetry, and the model list of a request limited to some models.

@@ -210,6 +210,10 @@ pub enum KeysCommand {
         /// comma-separated). Default: the whole pool.
         #[arg(long, value_delimiter = ',')]
         accounts: Vec<String>,
+        /// The person's email: Claude Code shows it (and asks to confirm it) when they sign in
+        /// with `/login` for this key.
+        #[arg(long)]
+        email: Option<String>,
     },
     /// List the keys (name, admin, limits, created, last used, requests and cost this month;
     /// never the key).

@@ -533,6 +533,7 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
             monthly_budget_usd,
             models,
             accounts: bound,
+            email,
         } => {
             if name.trim().is_empty() || name.chars().any(char::is_control) {
                 bail!("a key needs a name of visible characters (it names its requests)");
@@ -556,7 +557,11 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
                 concurrency,
                 monthly_budget_usd,
             };
-            let created = keys::create(&db, &name, admin, limits, &models, &bound).await?;
+            let email = email.as_deref().map(str::trim).filter(|e| !e.is_empty());
+            if email.is_some_and(|e| !e.contains('@') || e.chars().any(char::is_control)) {
+                bail!("--email must be an email address");
+            }
+            let created = keys::create(&db, &name, admin, limits, &models, &bound, email).await?;
             let kind = if admin { "admin key" } else { "key" };
             eprintln!(
                 "Created the {kind} `{name}`. It is shown once, here; only its hash is stored:"

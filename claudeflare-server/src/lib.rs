@@ -21,6 +21,7 @@ pub mod recorder;
 pub mod refresher;
 pub mod secrets;
 pub mod serve;
+pub mod signin;
 pub mod state;
 pub mod store;
 pub mod threads;

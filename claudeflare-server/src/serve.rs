@@ -233,6 +233,7 @@ impl Server {
             usage: Arc::clone(&self.usage),
             health: Arc::clone(&self.health),
             access: self.access.clone(),
+            device_tries: Arc::default(),
         };
         let threads = std::thread::available_parallelism()
             .map_or(1, NonZeroUsize::get)

@@ -37,4 +37,6 @@ pub struct AppState {
     pub health: Arc<crate::health::Health>,
     /// Client keys and dashboard sessions.
     pub access: crate::access::Access,
+    /// Tries of the sign-in page per address (a user code is short: guessing must be slow).
+    pub device_tries: Arc<crate::signin::DeviceTries>,
 }

@@ -159,10 +159,16 @@ async fn serve(
                 continue;
             }
         };
-        let service = TowerToHyperService::new(
-            app.clone()
-                .map_request(|request: http::Request<Incoming>| request.map(Body::new)),
-        );
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |request: http::Request<Incoming>| {
+                let mut request = request.map(Body::new);
+                // Who is asking, for the sign-in page's per-address limit.
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        ));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {

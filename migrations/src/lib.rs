@@ -14,6 +14,7 @@ mod m20261130_000008_keyed_requests_index;
 mod m20261202_000009_prices_as_data;
 mod m20261202_000010_key_models;
 mod m20261203_000011_providers;
+mod m20261203_000012_device_sign_in;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000009_prices_as_data::Migration),
             Box::new(m20261202_000010_key_models::Migration),
             Box::new(m20261203_000011_providers::Migration),
+            Box::new(m20261203_000012_device_sign_in::Migration),
         ]
     }
 }

@@ -41,6 +41,21 @@ pub fn router() -> Router<AppState> {
         .route("/api/strategies", get(strategies))
         .route("/api/oauth/usage", get(gateway::usage))
         .route("/v1/models", get(gateway::models))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(crate::signin::discovery),
+        )
+        .route(
+            "/oauth/device_authorization",
+            post(crate::signin::device_authorization),
+        )
+        .route("/oauth/token", post(crate::signin::token))
+        .route("/oauth/revoke", post(crate::signin::revoke))
+        .route(
+            "/device",
+            get(crate::signin::show_device).post(crate::signin::approve_device),
+        )
+        .route("/managed/settings", get(crate::signin::managed_settings))
         .route("/v1/metrics", post(gateway::telemetry))
         .route("/v1/logs", post(gateway::telemetry))
         .route("/v1/traces", post(gateway::telemetry))

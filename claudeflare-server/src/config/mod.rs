@@ -94,6 +94,13 @@ pub struct Config {
     /// An OTLP/HTTP collector (base URL) that Claude Code's telemetry is forwarded to;
     /// none: it is dropped.
     pub otlp_endpoint: Option<String>,
+    /// How long a bearer token from Claude Code's `/login` lasts (8 hours).
+    pub access_token_lifetime_seconds: u64,
+    /// How long its refresh token lasts (30 days).
+    pub refresh_token_lifetime_seconds: u64,
+    /// Claude Code's managed settings (`GET /managed/settings`): `{"default": {...}, "keys":
+    /// {"NAME": {...}}}`; none: no policy.
+    pub managed_settings: Option<serde_json::Value>,
     /// `Host` names answered besides the loopback ones while no client key exists.
     pub allowed_hosts: Vec<String>,
     /// Serve on a non-loopback `host` with no client key (anyone who can reach the port may
@@ -136,6 +143,9 @@ impl Default for Config {
             pricing_url: None,
             models: std::sync::Arc::from([]),
             otlp_endpoint: None,
+            access_token_lifetime_seconds: 8 * 3600,
+            refresh_token_lifetime_seconds: 30 * 24 * 3600,
+            managed_settings: None,
             allowed_hosts: Vec::new(),
             allow_unauthenticated: false,
         }
@@ -143,7 +153,7 @@ impl Default for Config {
 }
 
 /// File keys, which are also `CLAUDEFLARE_<KEY>` in the environment.
-const KEYS: [&str; 33] = [
+const KEYS: [&str; 36] = [
     "port",
     "host",
     "lb_strategy",
@@ -175,6 +185,9 @@ const KEYS: [&str; 33] = [
     "pricing_url",
     "models",
     "otlp_endpoint",
+    "access_token_lifetime_seconds",
+    "refresh_token_lifetime_seconds",
+    "managed_settings",
     "allowed_hosts",
     "allow_unauthenticated",
 ];

@@ -195,6 +195,8 @@ pub mod client_key {
         /// The accounts its requests may use (account or group names, comma-separated);
         /// `None`: all.
         pub accounts: Option<String>,
+        /// The email its sign-ins from Claude Code show (`keys add … --email`).
+        pub email: Option<String>,
         /// Created at.
         pub created_at: DateTimeUtc,
         /// Last request with it.
@@ -252,6 +254,77 @@ pub mod pricing_catalogue {
         pub as_of: String,
         /// The catalogue, as JSON.
         pub catalogue: String,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `device_authorizations`: sign-ins from Claude Code's `/login` (RFC 8628), pending until a
+/// person approves them.
+pub mod device_authorization {
+    use sea_orm::entity::prelude::*;
+
+    /// One sign-in; the device code is never stored, only its SHA-256.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "device_authorizations")]
+    pub struct Model {
+        /// SHA-256 of the device code, hex.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub device_digest: String,
+        /// What the person types on `/device` (`WDJB-MJHT`).
+        #[sea_orm(unique)]
+        pub user_code: String,
+        /// Asked for then.
+        pub created_at: DateTimeUtc,
+        /// Unusable after.
+        pub expires_at: DateTimeUtc,
+        /// The least time between two polls.
+        pub interval_seconds: i32,
+        /// `pending`, `approved`, `denied` or `used`.
+        pub state: String,
+        /// The client key it was approved for.
+        pub key_name: Option<String>,
+        /// The client's `User-Agent` (`claude-code/2.1.332`).
+        pub user_agent: Option<String>,
+        /// The client's `surface` (`claude_code`).
+        pub surface: Option<String>,
+        /// The last poll of the token endpoint.
+        pub last_poll_at: Option<DateTimeUtc>,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `oauth_tokens`: the bearer tokens sign-ins became (access and refresh), each acting as a
+/// client key; only their SHA-256 is stored.
+pub mod oauth_token {
+    use sea_orm::entity::prelude::*;
+
+    /// One token.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "oauth_tokens")]
+    pub struct Model {
+        /// SHA-256 of the token, hex.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub digest: String,
+        /// `access` or `refresh`.
+        pub kind: String,
+        /// The client key it acts as.
+        pub key_name: String,
+        /// The sign-in it comes from (shared by the pair, and by the pairs its refreshes made).
+        pub grant: String,
+        /// Issued then.
+        pub created_at: DateTimeUtc,
+        /// Ends then.
+        pub expires_at: DateTimeUtc,
     }
 
     /// No relations.

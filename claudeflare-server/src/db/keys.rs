@@ -75,6 +75,7 @@ pub async fn create(
     limits: Limits,
     models: &[String],
     accounts: &[String],
+    email: Option<&str>,
 ) -> Result<Created, DbError> {
     if Entity::find()
         .filter(Column::Name.eq(name))
@@ -96,6 +97,7 @@ pub async fn create(
         monthly_budget_usd: Set(limits.monthly_budget_usd),
         models: Set((!models.is_empty()).then(|| models.join(","))),
         accounts: Set((!accounts.is_empty()).then(|| accounts.join(","))),
+        email: Set(email.map(str::to_owned)),
         created_at: Set(Utc::now()),
         last_used_at: Set(None),
     }
@@ -241,6 +243,7 @@ pub fn json(model: &Model, requests: i64, cost: f64) -> serde_json::Value {
         "monthly_budget_usd": model.monthly_budget_usd,
         "models": allowed_models(model),
         "accounts": allowed_accounts(model),
+        "email": model.email,
         "created_at": model.created_at,
         "last_used_at": model.last_used_at,
         "requests_this_month": requests,

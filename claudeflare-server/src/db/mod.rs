@@ -5,6 +5,7 @@ pub mod entities;
 pub mod keys;
 pub mod requests;
 pub mod rollups;
+pub mod signin;
 mod sqlite;
 
 use std::path::PathBuf;
