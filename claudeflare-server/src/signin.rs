@@ -476,3 +476,95 @@ mod tests {
         assert_eq!(pointer_escape("a/b~c"), "a~1b~0c");
     }
 }
+
+/// `GET /api/signins` (admin): the sign-ins waiting for an approval.
+pub async fn pending_signins(
+    State(state): State<AppState>,
+) -> Result<axum::Json<Value>, crate::api::ApiError> {
+    let waiting = signin::all_pending(&state.db).await?;
+    let list: Vec<Value> = waiting
+        .iter()
+        .map(|s| {
+            json!({
+                "user_code": s.user_code,
+                "created_at": s.created_at,
+                "expires_at": s.expires_at,
+                "user_agent": s.user_agent,
+                "surface": s.surface,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!(list)))
+}
+
+/// The body of `POST /api/signins/{code}/approve`: an existing key, or the name of a new one.
+#[derive(serde::Deserialize)]
+pub struct ApproveBody {
+    key: Option<String>,
+    new_key: Option<String>,
+}
+
+/// `POST /api/signins/{code}/approve` (admin): approve a waiting sign-in for `{"key": NAME}`,
+/// or for a new key `{"new_key": NAME}` made for it (its secret is never shown: the sign-in is
+/// its only way in).
+pub async fn approve_signin(
+    State(state): State<AppState>,
+    crate::api::extract::ApiPath(code): crate::api::extract::ApiPath<String>,
+    crate::api::extract::JsonObject(body): crate::api::extract::JsonObject<ApproveBody>,
+) -> Result<axum::Json<Value>, crate::api::ApiError> {
+    use crate::api::ApiError;
+    let name = match (body.key, body.new_key) {
+        (Some(key), None) => {
+            if state.access.key_named(&key).is_none() {
+                return Err(ApiError::NotFound(format!("no client key named `{key}`")));
+            }
+            key
+        }
+        (None, Some(name)) => {
+            let name = name.trim().to_owned();
+            if name.is_empty() || name.chars().any(char::is_control) {
+                return Err(ApiError::BadRequest(
+                    "a key needs a name of visible characters".into(),
+                ));
+            }
+            crate::db::keys::create(
+                &state.db,
+                &name,
+                false,
+                crate::db::keys::Limits::default(),
+                &[],
+                &[],
+                None,
+            )
+            .await?;
+            // Known here at once, so the client's next poll gets its tokens.
+            state.access.load(&state.db).await?;
+            name
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "send {\"key\": NAME} or {\"new_key\": NAME}".into(),
+            ));
+        }
+    };
+    if !signin::decide(&state.db, &code, Some(&name)).await? {
+        return Err(ApiError::NotFound(format!(
+            "no sign-in waits for the code {code}"
+        )));
+    }
+    tracing::info!(key = %name, "a Claude Code sign-in was approved on the dashboard");
+    Ok(axum::Json(json!({"user_code": code, "key": name})))
+}
+
+/// `POST /api/signins/{code}/deny` (admin): the client's next poll gets `access_denied`.
+pub async fn deny_signin(
+    State(state): State<AppState>,
+    crate::api::extract::ApiPath(code): crate::api::extract::ApiPath<String>,
+) -> Result<axum::Json<Value>, crate::api::ApiError> {
+    if !signin::decide(&state.db, &code, None).await? {
+        return Err(crate::api::ApiError::NotFound(format!(
+            "no sign-in waits for the code {code}"
+        )));
+    }
+    Ok(axum::Json(json!({"user_code": code, "denied": true})))
+}

@@ -326,3 +326,126 @@ async fn managed_settings_are_per_key_and_404_without_a_policy() {
     let missing = with_bearer(&server, Method::GET, "/managed/settings", &none, "").await;
     assert_eq!(missing.status, 404, "no policy");
 }
+
+/// Start a sign-in as Claude Code does; its device code and user code.
+async fn start_signin(server: &Server) -> (String, String) {
+    let started = form(
+        server,
+        "/oauth/device_authorization",
+        &[("surface", "claude_code")],
+    )
+    .await;
+    assert_eq!(started.status, 200, "{}", started.text());
+    let started = started.json();
+    (
+        started["device_code"].as_str().unwrap().to_owned(),
+        started["user_code"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn poll_once(server: &Server, device_code: &str) -> TestResponse {
+    form(
+        server,
+        "/oauth/token",
+        &[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", device_code),
+        ],
+    )
+    .await
+}
+
+async fn admin_post(server: &Server, admin: &str, path: &str, body: &Value) -> TestResponse {
+    let auth = format!("Bearer {admin}");
+    server
+        .client
+        .send(
+            Method::POST,
+            path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body.to_string(),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_approves_or_refuses_a_sign_in_on_the_dashboard() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    let admin = env.new_key(&["admin", "--admin"]);
+    env.new_key(&["team"]);
+    let server = env.start();
+
+    let (device_code, user_code) = start_signin(&server).await;
+    let waiting = with_bearer(&server, Method::GET, "/api/signins", &admin, "").await;
+    assert_eq!(waiting.status, 200, "{}", waiting.text());
+    let waiting = waiting.json();
+    assert_eq!(waiting[0]["user_code"], user_code);
+    assert_eq!(waiting[0]["user_agent"], USER_AGENT);
+    assert_eq!(waiting[0]["surface"], "claude_code");
+    let page = with_bearer(&server, Method::GET, "/dashboard", &admin, "")
+        .await
+        .text();
+    assert!(
+        page.contains("Sign-ins waiting") && page.contains(&user_code),
+        "the dashboard shows it"
+    );
+
+    // A new key made for it: the sign-in is its only way in.
+    let approved = admin_post(
+        &server,
+        &admin,
+        &format!("/api/signins/{user_code}/approve"),
+        &json!({"new_key": "laptop"}),
+    )
+    .await;
+    assert_eq!(approved.status, 200, "{}", approved.text());
+    let tokens = poll_once(&server, &device_code).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.text());
+    let access = tokens.json()["access_token"].as_str().unwrap().to_owned();
+    let answer = with_bearer(&server, Method::POST, "/v1/messages", &access, &message()).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let keys = env.ok(&["keys", "list", "--json"]);
+    assert!(keys.contains("\"laptop\""), "{keys}");
+
+    // Approved for an existing key, or refused.
+    let (_, second) = start_signin(&server).await;
+    let missing = admin_post(
+        &server,
+        &admin,
+        &format!("/api/signins/{second}/approve"),
+        &json!({"key": "nobody"}),
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    let (refused_code, refused) = start_signin(&server).await;
+    let denied = admin_post(
+        &server,
+        &admin,
+        &format!("/api/signins/{refused}/deny"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(denied.status, 200, "{}", denied.text());
+    assert_eq!(
+        poll_once(&server, &refused_code).await.json()["error"],
+        "access_denied"
+    );
+    let not_admin = env.new_key(&["plain"]);
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(
+        admin_post(
+            &server,
+            &not_admin,
+            &format!("/api/signins/{second}/approve"),
+            &json!({"key": "team"})
+        )
+        .await
+        .status,
+        403,
+        "only an admin approves for another key"
+    );
+}

@@ -13,7 +13,7 @@ use crate::config::{self, StrategyName};
 use crate::db::{accounts, requests, rollups};
 use crate::state::AppState;
 pub mod error;
-mod extract;
+pub(crate) mod extract;
 
 pub use error::ApiError;
 use extract::{ApiPath, ApiQuery, JsonObject};
@@ -56,6 +56,12 @@ pub fn router() -> Router<AppState> {
             get(crate::signin::show_device).post(crate::signin::approve_device),
         )
         .route("/managed/settings", get(crate::signin::managed_settings))
+        .route("/api/signins", get(crate::signin::pending_signins))
+        .route(
+            "/api/signins/{code}/approve",
+            post(crate::signin::approve_signin),
+        )
+        .route("/api/signins/{code}/deny", post(crate::signin::deny_signin))
         .route("/v1/metrics", post(gateway::telemetry))
         .route("/v1/logs", post(gateway::telemetry))
         .route("/v1/traces", post(gateway::telemetry))

@@ -105,6 +105,27 @@ pub const JS: &str = r#"
       act(() => post('/api/keys/' + encodeURIComponent(name) + '/revoke'), () => 'Key ' + name + ' revoked');
       return;
     }
+    const approve = event.target.closest('button[data-approve]');
+    if (approve) {
+      const code = approve.dataset.approve;
+      const select = document.querySelector('select[data-signin-key="' + code + '"]');
+      let body = { key: select ? select.value : '' };
+      if (!body.key) {
+        const name = prompt('Name of the new key for sign-in ' + code + ':');
+        if (!name) return;
+        body = { new_key: name };
+      }
+      approve.disabled = true;
+      act(() => post('/api/signins/' + encodeURIComponent(code) + '/approve', body), (a) => 'Sign-in ' + code + ' approved as ' + a.key);
+      return;
+    }
+    const deny = event.target.closest('button[data-deny]');
+    if (deny) {
+      const code = deny.dataset.deny;
+      deny.disabled = true;
+      act(() => post('/api/signins/' + encodeURIComponent(code) + '/deny'), () => 'Sign-in ' + code + ' refused');
+      return;
+    }
     const button = event.target.closest('button[data-action]');
     if (!button) return;
     button.disabled = true;

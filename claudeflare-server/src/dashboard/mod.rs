@@ -87,6 +87,8 @@ pub struct Data {
     pub filter: Filter,
     /// The client keys (as `/api/keys` shows them); empty when there are none.
     pub keys: Vec<serde_json::Value>,
+    /// Sign-ins from Claude Code's `/login` waiting for an approval.
+    pub signins: Vec<crate::db::entities::device_authorization::Model>,
 }
 
 /// Fill the gaps of a series so every key in `keys` has a value.
@@ -154,6 +156,7 @@ pub async fn gather(state: &AppState, filter: Filter) -> Result<Data, DbError> {
         by_model: rollups::series(db, days_from, By::Model).await?,
         requests: requests::newest(db, HISTORY, &filter).await?,
         keys: crate::db::keys::list_json(db).await?,
+        signins: crate::db::signin::all_pending(db).await?,
         filter,
     })
 }

@@ -37,6 +37,7 @@ pub fn page(data: &Data) -> Markup {
                     (overview(data))
                     (accounts(data))
                     (keys(data))
+                    (signins(data))
                     (analytics(data))
                     (history(data))
                 }
@@ -401,6 +402,56 @@ fn keys(data: &Data) -> Markup {
                                 td { (usd(key["cost_this_month_usd"].as_f64().unwrap_or(0.0))) }
                                 td { (ago(when(&key["last_used_at"]), data.now)) }
                                 td { button type="button" data-revoke=(name) { "Revoke " span.visually-hidden { (name) } } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sign-ins from Claude Code's `/login` waiting for a person: approve one for a key (or a new
+/// key of its own), or refuse it. Shown only while some wait.
+fn signins(data: &Data) -> Markup {
+    if data.signins.is_empty() {
+        return html! {};
+    }
+    html! {
+        section #signins aria-labelledby="signins-title" {
+            h2 #signins-title { "Sign-ins waiting" }
+            p.sub { "Claude Code's /login, waiting for an approval. Check the code with the person signing in before you approve it." }
+            div.scroll {
+                table {
+                    thead { tr {
+                        th scope="col" { "Code" } th scope="col" { "Asked" } th scope="col" { "Client" }
+                        th scope="col" { "Approve as" } th scope="col" { span.visually-hidden { "Actions" } }
+                    } }
+                    tbody {
+                        @for signin in &data.signins {
+                            @let code = signin.user_code.as_str();
+                            tr data-signin=(code) {
+                                td { strong { code { (code) } } }
+                                td { (ago(Some(signin.created_at), data.now)) }
+                                td {
+                                    (signin.user_agent.as_deref().unwrap_or("–"))
+                                    @if let Some(surface) = &signin.surface { div.sub { (surface) } }
+                                }
+                                td {
+                                    label.visually-hidden for={"signin-key-" (code)} { "Key for " (code) }
+                                    select id={"signin-key-" (code)} data-signin-key=(code) {
+                                        @for key in &data.keys {
+                                            @let name = key["name"].as_str().unwrap_or_default();
+                                            option value=(name) { (name) }
+                                        }
+                                        option value="" { "a new key…" }
+                                    }
+                                }
+                                td {
+                                    button type="button" data-approve=(code) { "Approve " span.visually-hidden { (code) } }
+                                    " "
+                                    button type="button" data-deny=(code) { "Refuse " span.visually-hidden { (code) } }
+                                }
                             }
                         }
                     }
