@@ -449,3 +449,65 @@ async fn an_admin_approves_or_refuses_a_sign_in_on_the_dashboard() {
         "only an admin approves for another key"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sign_in_holds_on_every_instance_of_a_shared_database() {
+    let Some(env) = Env::new(common::Backend::Postgres).await else {
+        return;
+    };
+    env.add_keys(&["a"]);
+    let dev = env.new_key(&["dev"]);
+    let (one, two) = (env.start(), env.start());
+    // Started on one, approved on the other, polled on the first.
+    let (device_code, user_code) = start_signin(&one).await;
+    let approved = form(&two, "/device", &[("user_code", &user_code), ("key", &dev)]).await;
+    assert_eq!(approved.status, 200, "{}", approved.text());
+    let tokens = poll_once(&one, &device_code).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.text());
+    let tokens = tokens.json();
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let issued = std::time::Instant::now();
+    let works = common::eventually(std::time::Duration::from_secs(2), || async {
+        with_bearer(&two, Method::POST, "/v1/messages", &access, &message())
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(works, "the other instance does not know the bearer");
+    eprintln!(
+        "known on the other instance after {} ms",
+        issued.elapsed().as_millis()
+    );
+    // Refreshed on the second, revoked on the first: refused on both.
+    let renewed = form(
+        &two,
+        "/oauth/token",
+        &[("grant_type", "refresh_token"), ("refresh_token", &refresh)],
+    )
+    .await;
+    assert_eq!(renewed.status, 200, "{}", renewed.text());
+    let renewed = renewed.json()["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        form(
+            &one,
+            "/oauth/revoke",
+            &[("token", &renewed), ("token_type_hint", "refresh_token")]
+        )
+        .await
+        .status,
+        200
+    );
+    let ended = common::eventually(std::time::Duration::from_secs(2), || async {
+        with_bearer(&two, Method::POST, "/v1/messages", &access, &message())
+            .await
+            .status
+            == 401
+    })
+    .await;
+    assert!(
+        ended,
+        "revoking the sign-in's refresh token ends its bearers everywhere"
+    );
+}
