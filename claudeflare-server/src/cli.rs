@@ -26,6 +26,12 @@ pub enum Command {
         /// Address to listen on (overrides `host` / HOST).
         #[arg(long)]
         host: Option<String>,
+        /// Serve https with this PEM certificate chain (overrides `tls_cert`); needs --tls-key.
+        #[arg(long)]
+        tls_cert: Option<String>,
+        /// The PEM private key of --tls-cert (overrides `tls_key`).
+        #[arg(long)]
+        tls_key: Option<String>,
     },
     /// Add an account through OAuth (prints a URL to open, then asks for the code), from an
     /// existing console API key with --api-key, or an Anthropic-compatible backend with

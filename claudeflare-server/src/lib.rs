@@ -25,6 +25,7 @@ pub mod signin;
 pub mod state;
 pub mod store;
 pub mod threads;
+pub mod tls;
 pub mod tui;
 pub mod usage;
 pub mod views;

@@ -75,11 +75,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve {
         port: None,
         host: None,
+        tls_cert: None,
+        tls_key: None,
     }) {
-        Command::Serve { port, host } => {
+        Command::Serve {
+            port,
+            host,
+            tls_cert,
+            tls_key,
+        } => {
             serve::run(config::Overrides {
                 port,
                 host,
+                tls_cert,
+                tls_key,
                 lb_strategy: None,
             })
             .await

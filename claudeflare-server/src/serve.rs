@@ -251,6 +251,13 @@ impl Server {
             grace: Duration::from_secs(self.config.shutdown_grace_seconds),
         };
         let (accounts, strategy) = (self.pool.len(), self.config.lb_strategy);
+        let tls = match crate::tls::acceptor(&self.config) {
+            Ok(tls) => tls,
+            Err(error) => {
+                return Err(error);
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         // Before listening: the configuration watcher must see the file as it is when the
         // first client can connect, or an edit made right then would go unnoticed.
         let tasks = self.spawn_background(&stop);
@@ -259,8 +266,8 @@ impl Server {
                 .await
                 .with_context(|| format!("cannot listen on {address}"))?;
             let local = listener.local_addr()?;
-            let http =
-                HttpThreads::start(listener, apps, limits, cut).context("cannot start serving")?;
+            let http = HttpThreads::start(listener, apps, limits, cut, tls)
+                .context("cannot start serving")?;
             anyhow::Ok((http, local))
         };
         let (http, local) = match started.await {
@@ -272,7 +279,7 @@ impl Server {
                 return Err(error);
             }
         };
-        tracing::info!(accounts, %strategy, "listening on http://{local}");
+        tracing::info!(accounts, %strategy, "listening on {scheme}://{local}");
         let served = http
             .run_until(async {
                 shutdown_signal().await;

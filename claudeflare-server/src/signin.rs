@@ -36,24 +36,25 @@ use crate::state::AppState;
 /// The grant type of RFC 8628.
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
-/// The base URL the client reached us at: its `Host`, over https when a proxy in front says so
-/// (or the server terminates TLS itself).
-fn base_url(headers: &HeaderMap) -> String {
+/// The base URL the client reached us at: its `Host`, over https when the server terminates TLS
+/// itself or a proxy in front says so.
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("localhost");
-    let https = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let https = state.config.get().tls_cert.is_some()
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("https"));
     let scheme = if https { "https" } else { "http" };
     format!("{scheme}://{host}")
 }
 
 /// `GET /.well-known/oauth-authorization-server` (RFC 8414).
-pub async fn discovery(headers: HeaderMap) -> Response {
-    let base = base_url(&headers);
+pub async fn discovery(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let base = base_url(&state, &headers);
     json_answer(
         StatusCode::OK,
         &json!({
@@ -97,7 +98,7 @@ pub async fn device_authorization(
     let surface = form.get("surface").map(String::as_str);
     match signin::start(&state.db, user_agent, surface).await {
         Ok(started) => {
-            let base = base_url(&headers);
+            let base = base_url(&state, &headers);
             json_answer(
                 StatusCode::OK,
                 &json!({

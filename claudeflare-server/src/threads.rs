@@ -62,6 +62,7 @@ impl HttpThreads {
         apps: Vec<App>,
         limits: Limits,
         cut: CancellationToken,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> io::Result<Self> {
         if apps.is_empty() {
             return Err(io::Error::other("no HTTP thread to start"));
@@ -74,6 +75,7 @@ impl HttpThreads {
             let stopped = stop.clone();
             let ended = ended_tx.clone();
             let cut = cut.clone();
+            let tls = tls.clone();
             std::thread::Builder::new()
                 .name(format!("claudeflare-http-{index}"))
                 .spawn(move || {
@@ -81,7 +83,7 @@ impl HttpThreads {
                         .enable_all()
                         .build()
                         .map(|runtime| {
-                            runtime.block_on(serve(connections, app, stopped, limits, cut))
+                            runtime.block_on(serve(connections, app, stopped, limits, cut, tls))
                         });
                     let _ = ended.send(result);
                 })?;
@@ -127,6 +129,7 @@ async fn serve(
     stopped: CancellationToken,
     limits: Limits,
     cut: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -169,13 +172,34 @@ async fn serve(
                 request
             },
         ));
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let Some(tls) = &tls else {
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    // A client that was too slow with its headers, or went away: its business.
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                }
+                // Its place under the connection limit is free again.
+                drop(permit);
+            });
+            continue;
+        };
+        // The handshake first, under the same timeout as a request's headers; then the
+        // connection is served like any other (the graceful shutdown watches it from then on).
+        let (tls, http, watcher) = (tls.clone(), http.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                // A client that was too slow with its headers, or went away: its business.
-                tracing::debug!(%error, %peer, "connection ended with an error");
+            let handshake = tokio::time::timeout(limits.header_read_timeout, tls.accept(stream));
+            match handshake.await {
+                Ok(Ok(stream)) => {
+                    let connection =
+                        watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, %peer, "connection ended with an error");
+                    }
+                }
+                Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
-            // Its place under the connection limit is free again.
             drop(permit);
         });
     }

@@ -511,3 +511,66 @@ async fn a_sign_in_holds_on_every_instance_of_a_shared_database() {
         "revoking the sign-in's refresh token ends its bearers everywhere"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_serves_https_itself_with_tls_cert_and_tls_key() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    let dev = env.new_key(&["dev"]);
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (
+        env.dir.path().join("cert.pem"),
+        env.dir.path().join("key.pem"),
+    );
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let server = env.start_with(&["serve", "--tls-cert", &cert, "--tls-key", &key]);
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    let base = format!("https://localhost:{port}");
+    let trusted = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(trusted)
+        .build()
+        .unwrap();
+    // The sign-in's endpoints are named https.
+    let metadata: Value = client
+        .get(format!("{base}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["token_endpoint"], format!("{base}/oauth/token"));
+    let answer = client
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", &dev)
+        .header("content-type", "application/json")
+        .body(message())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    // Plain http on the same port is not served.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+
+    // A missing key file is told, naming it, and nothing starts.
+    let output = env.cli(&[
+        "serve",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        "/nonexistent/key.pem",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/key.pem"), "{stderr}");
+    let output = env.cli(&["serve", "--tls-cert", &cert]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--tls-key"));
+}

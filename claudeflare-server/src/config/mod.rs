@@ -101,6 +101,11 @@ pub struct Config {
     /// Claude Code's managed settings (`GET /managed/settings`): `{"default": {...}, "keys":
     /// {"NAME": {...}}}`; none: no policy.
     pub managed_settings: Option<serde_json::Value>,
+    /// A PEM certificate chain to serve https with (rustls), with `tls_key`; none: plain http
+    /// (for a reverse proxy in front, or loopback).
+    pub tls_cert: Option<String>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<String>,
     /// `Host` names answered besides the loopback ones while no client key exists.
     pub allowed_hosts: Vec<String>,
     /// Serve on a non-loopback `host` with no client key (anyone who can reach the port may
@@ -146,6 +151,8 @@ impl Default for Config {
             access_token_lifetime_seconds: 8 * 3600,
             refresh_token_lifetime_seconds: 30 * 24 * 3600,
             managed_settings: None,
+            tls_cert: None,
+            tls_key: None,
             allowed_hosts: Vec::new(),
             allow_unauthenticated: false,
         }
@@ -153,7 +160,7 @@ impl Default for Config {
 }
 
 /// File keys, which are also `CLAUDEFLARE_<KEY>` in the environment.
-const KEYS: [&str; 36] = [
+const KEYS: [&str; 38] = [
     "port",
     "host",
     "lb_strategy",
@@ -188,6 +195,8 @@ const KEYS: [&str; 36] = [
     "access_token_lifetime_seconds",
     "refresh_token_lifetime_seconds",
     "managed_settings",
+    "tls_cert",
+    "tls_key",
     "allowed_hosts",
     "allow_unauthenticated",
 ];
@@ -215,6 +224,12 @@ pub struct Overrides {
     /// `--host`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// `--tls-cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    /// `--tls-key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
     /// Chosen through the API while running: it holds over the environment until the next start
     /// (the file has it too, by then).
     #[serde(skip_serializing_if = "Option::is_none")]

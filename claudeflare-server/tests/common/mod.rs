@@ -302,7 +302,10 @@ impl Env {
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on http://") {
+                if let Some(at) = line
+                    .find("listening on http://")
+                    .or_else(|| line.find("listening on https://"))
+                {
                     let url = line[at + "listening on ".len()..]
                         .split_whitespace()
                         .next()
