@@ -726,3 +726,78 @@ async fn with_keys_the_dashboard_logs_in_and_its_refresh_and_actions_work() {
     assert!(out, "logged out");
     client.close().await.unwrap();
 }
+
+/// Claude Code's `/login` page in a real browser: the link fills the code in and submits
+/// nothing; the person types their key and the sign-in is approved.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sign_in_page_works_in_a_real_browser() {
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    let dev = env.new_key(&["dev"]);
+    let server = env.start();
+    let Some((_driver, client)) = browser(&env.dir.path().join("chromium")).await else {
+        return;
+    };
+    let form = |body: String| {
+        server.client.send(
+            http::Method::POST,
+            "/oauth/device_authorization",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body,
+        )
+    };
+    let started = form("surface=claude_code".into()).await.json();
+    let device_code = started["device_code"].as_str().unwrap().to_owned();
+    let link = started["verification_uri_complete"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let user_code = started["user_code"].as_str().unwrap().to_owned();
+
+    client.goto(&link).await.unwrap();
+    let filled = client
+        .execute("return document.querySelector('#user_code').value", vec![])
+        .await
+        .unwrap();
+    assert_eq!(filled, json!(user_code), "the link fills the code in");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        client
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains("user_code="),
+        "nothing was submitted by itself"
+    );
+    let poll = || {
+        server.client.send(
+            http::Method::POST,
+            "/oauth/token",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code={device_code}"),
+        )
+    };
+    assert_eq!(poll().await.json()["error"], "authorization_pending");
+
+    on_element(&client, "#key", |element| {
+        let dev = dev.clone();
+        async move { element.send_keys(&dev).await }
+    })
+    .await;
+    click(&client, "button[type=submit]").await;
+    let mut said = String::new();
+    for _ in 0..100 {
+        said = text_of(&client, "[role=status]").await.unwrap_or_default();
+        if said.contains("Signed in") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(said.contains("Signed in as the key “dev”"), "{said}");
+    screenshot(&client, "sign-in-approved").await;
+    // The next poll gets the tokens.
+    let tokens = poll().await;
+    assert_eq!(tokens.status, 200, "{}", tokens.text());
+    assert!(tokens.json()["access_token"].is_string());
+}
