@@ -443,3 +443,142 @@ async fn claude_code_is_told_at_once_when_retrying_cannot_help() {
     let (ok, said, _) = run_claude_code(&bin, &server, &team);
     assert!(ok && said.contains("Hello from the mock"), "{said}");
 }
+
+/// Claude Code 2.1.332 itself signs in with its gateway sign-in (`claude auth login
+/// --gateway-json`, the `/login` flow as JSON lines; the gateway named in its settings by
+/// `forceLoginGatewayUrl`), the person approves on `/device` with their key, and Claude Code,
+/// holding the bearer, gets its first answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_code_signs_in_with_its_gateway_login_and_is_answered() {
+    use std::io::{BufRead, BufReader, Write};
+    let Some(bin) = claude_code() else {
+        return;
+    };
+    let env = Env::sqlite().await;
+    env.add_keys(&["a"]);
+    let dev = env.new_key(&["dev", "--email", "dev@example.com"]);
+    let admin = env.new_key(&["admin", "--admin"]);
+    let server = env.start();
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        home.path().join(".claude.json"),
+        r#"{"hasCompletedOnboarding": true}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(home.path().join(".claude")).unwrap();
+    let settings = json!({"forceLoginMethod": "gateway", "forceLoginGatewayUrl": server.url});
+    std::fs::write(
+        home.path().join(".claude/settings.json"),
+        settings.to_string(),
+    )
+    .unwrap();
+    let claude = |args: &[&str]| {
+        let mut command = std::process::Command::new("timeout");
+        command
+            .arg("120")
+            .arg(&bin)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("BROWSER", "/bin/true")
+            .env("DISABLE_TELEMETRY", "1")
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("DISABLE_ERROR_REPORTING", "1")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+        command
+    };
+
+    // The sign-in, answering its questions as a person would, on a thread of its own.
+    let mut child = claude(&["auth", "login", "--gateway-json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut answers, questions) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let (code_tx, code_rx) = std::sync::mpsc::channel();
+    let dialogue = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(questions).lines().map_while(Result::ok) {
+            let Ok(question) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let state = question["state"].as_str().unwrap_or_default().to_owned();
+            seen.push(question.clone());
+            match state.as_str() {
+                // The gateway's URL, its (loopback) certificate, the account it signed in as.
+                "url_input" | "trust_prompt" | "confirm_account" => {
+                    let answer =
+                        json!({"state": state, "shown": question["shown"], "accept": true});
+                    writeln!(answers, "{answer}").unwrap();
+                }
+                "polling" => {
+                    let _ =
+                        code_tx.send(question["userCode"].as_str().unwrap_or_default().to_owned());
+                }
+                "done" | "error" | "cancelled" => break,
+                _ => {}
+            }
+        }
+        drop(answers);
+        seen
+    });
+    let user_code = tokio::task::spawn_blocking(move || {
+        code_rx.recv_timeout(std::time::Duration::from_secs(60))
+    })
+    .await
+    .unwrap()
+    .expect("Claude Code never showed a code");
+    let approved = server
+        .client
+        .send(
+            Method::POST,
+            "/device",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("user_code={user_code}&key={dev}"),
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{}", approved.text());
+    let seen = tokio::task::spawn_blocking(move || dialogue.join().unwrap())
+        .await
+        .unwrap();
+    let status = child.wait().unwrap();
+    let states: Vec<&str> = seen.iter().filter_map(|q| q["state"].as_str()).collect();
+    assert!(status.success(), "{seen:?}");
+    assert_eq!(states.last(), Some(&"done"), "{seen:?}");
+    let account = seen
+        .iter()
+        .find(|q| q["state"] == "confirm_account")
+        .unwrap();
+    assert_eq!(
+        account["shown"], "dev@example.com",
+        "the key's email, to confirm"
+    );
+
+    // Signed in: its first prompt is answered, as the key.
+    let output = claude(&["-p", "say hi"]).output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("Hello from the mock"), "{said}");
+    let auth = format!("Bearer {admin}");
+    let recorded = common::eventually(std::time::Duration::from_secs(5), || async {
+        let history = server
+            .client
+            .send(
+                Method::GET,
+                "/api/requests",
+                &[("authorization", &auth)],
+                "",
+            )
+            .await
+            .json();
+        history[0]["api_key"] == "dev"
+    })
+    .await;
+    assert!(recorded, "the answer is recorded as the key's");
+}
