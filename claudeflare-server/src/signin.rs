@@ -25,7 +25,7 @@ use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{TimeDelta, Utc};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use maud::{DOCTYPE, Markup, html};
+use maud::{Markup, html};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -298,16 +298,9 @@ impl DeviceTries {
 /// The verification page: the code field (filled in from the link, never sent by itself), the
 /// key field, and `message` above them.
 fn device_page(user_code: &str, message: Option<(&str, bool)>) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "claudeflare · sign in Claude Code" }
-                style { "body{font-family:system-ui,sans-serif;max-width:30rem;margin:4rem auto;padding:0 1rem}input,button{font:inherit;padding:.4rem;margin:.3rem 0;width:100%;box-sizing:border-box}.error{color:#b00020}.ok{color:#1b5e20}" }
-            }
-            body {
+    crate::dashboard::login::form_page(
+        "sign in Claude Code",
+        html! {
                 h1 { "Sign in Claude Code" }
                 @match message {
                     Some((text, true)) => p.ok role="status" { (text) },
@@ -321,9 +314,8 @@ fn device_page(user_code: &str, message: Option<(&str, bool)>) -> Markup {
                     input id="key" name="key" type="password" autocomplete="current-password" required;
                     button type="submit" { "Sign in" }
                 }
-            }
-        }
-    }
+        },
+    )
 }
 
 /// A page that may not be framed.

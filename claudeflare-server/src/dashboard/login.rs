@@ -11,18 +11,27 @@ use maud::{DOCTYPE, Markup, html};
 use crate::access::{Access, SESSION_COOKIE, SESSION_LIFETIME};
 use crate::state::AppState;
 
-/// The login page, with `error` said above the form.
-pub fn login_page(error: Option<&str>) -> Markup {
+/// A small page of one form (the dashboard's login, Claude Code's sign-in): `title` and `body`.
+pub fn form_page(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "claudeflare · log in" }
-                style { "body{font-family:system-ui,sans-serif;max-width:28rem;margin:4rem auto;padding:0 1rem}input,button{font:inherit;padding:.4rem;margin:.3rem 0;width:100%;box-sizing:border-box}.error{color:#b00020}" }
+                title { "claudeflare · " (title) }
+                style { "body{font-family:system-ui,sans-serif;max-width:30rem;margin:4rem auto;padding:0 1rem}input,button{font:inherit;padding:.4rem;margin:.3rem 0;width:100%;box-sizing:border-box}.error{color:#b00020}.ok{color:#1b5e20}" }
             }
-            body {
+            body { (body) }
+        }
+    }
+}
+
+/// The login page, with `error` said above the form.
+pub fn login_page(error: Option<&str>) -> Markup {
+    form_page(
+        "log in",
+        html! {
                 h1 { "claudeflare" }
                 p { "This server needs an admin key. Create one with " code { "claudeflare-server keys add NAME --admin" } "." }
                 @if let Some(error) = error { p.error role="alert" { (error) } }
@@ -31,9 +40,8 @@ pub fn login_page(error: Option<&str>) -> Markup {
                     input id="key" name="key" type="password" autocomplete="current-password" required autofocus;
                     button type="submit" { "Log in" }
                 }
-            }
-        }
-    }
+        },
+    )
 }
 
 /// `GET /login`.

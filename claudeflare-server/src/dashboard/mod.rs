@@ -7,7 +7,7 @@
 mod assets;
 mod charts;
 mod format;
-mod login;
+pub(crate) mod login;
 mod view;
 
 pub use login::login_page;
