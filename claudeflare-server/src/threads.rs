@@ -165,10 +165,13 @@ async fn serve(
         let service = TowerToHyperService::new(app.clone().map_request(
             move |request: http::Request<Incoming>| {
                 let mut request = request.map(Body::new);
-                // Who is asking, for the sign-in page's per-address limit.
-                request
-                    .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
+                // Who is asking, for the sign-in page's per-address limit (only that page
+                // reads it: the proxy's requests carry nothing more).
+                if request.uri().path() == "/device" {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                }
                 request
             },
         ));
