@@ -134,8 +134,55 @@ impl InvalidValue {
 pub enum Credentials {
     /// A console API key (`sk-ant-api03-…`).
     ApiKey(SecretString),
-    /// OAuth tokens of a subscription.
+    /// OAuth tokens of a subscription, or a cloud provider's access token with what gets the
+    /// next one (Vertex AI: a service account's key).
     OAuth(OAuthTokens),
+    /// AWS access keys, which sign each request (Bedrock's SigV4).
+    Aws(AwsKeys),
+}
+
+/// AWS access keys: an access key id and its secret, and the session token of temporary
+/// credentials. `Debug` shows none of them.
+#[derive(Clone)]
+pub struct AwsKeys {
+    /// `AKIA…` (long-term) or `ASIA…` (temporary).
+    pub access_key_id: SecretString,
+    /// The secret access key.
+    pub secret_access_key: SecretString,
+    /// The session token of temporary credentials.
+    pub session_token: Option<SecretString>,
+}
+
+impl fmt::Debug for AwsKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsKeys").finish_non_exhaustive()
+    }
+}
+
+impl AwsKeys {
+    /// Keys `access_key_id` and `secret_access_key`, with the session token of temporary ones.
+    pub fn new(
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+        session_token: Option<String>,
+    ) -> Self {
+        Self {
+            access_key_id: SecretString::from(access_key_id.into()),
+            secret_access_key: SecretString::from(secret_access_key.into()),
+            session_token: session_token.map(SecretString::from),
+        }
+    }
+
+    fn same(&self, other: &Self) -> bool {
+        let token = |keys: &Self| {
+            keys.session_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned())
+        };
+        self.access_key_id.expose_secret() == other.access_key_id.expose_secret()
+            && self.secret_access_key.expose_secret() == other.secret_access_key.expose_secret()
+            && token(self) == token(other)
+    }
 }
 
 /// An OAuth token pair and the access token's expiry.
@@ -525,7 +572,7 @@ impl AccountEntry {
     pub fn token_expires_at(&self) -> Option<DateTime<Utc>> {
         match &self.lock().credentials {
             Credentials::OAuth(tokens) => Some(tokens.expires_at),
-            Credentials::ApiKey(_) => None,
+            _ => None,
         }
     }
 
@@ -683,6 +730,13 @@ impl AccountEntry {
         Some(state.token_generation)
     }
 
+    /// Call `f` with its credentials, unless the upstream refused them: for a provider that
+    /// derives each request's credential from them (a signature over the request).
+    pub fn with_credentials<R>(&self, f: impl FnOnce(&Credentials) -> R) -> Option<R> {
+        let state = self.lock();
+        (!state.token_rejected).then(|| f(&state.credentials))
+    }
+
     /// Its credential as a header value, formatted by `format` (the provider's header style:
     /// see [`provider::bearer`](crate::provider::bearer)) the first time and kept until the
     /// credential or the route changes. `None` once the upstream refused it, or when `format`
@@ -716,7 +770,7 @@ impl AccountEntry {
     pub(crate) fn refresh_token(&self) -> Option<SecretString> {
         match &self.lock().credentials {
             Credentials::OAuth(tokens) => Some(tokens.refresh_token.clone()),
-            Credentials::ApiKey(_) => None,
+            _ => None,
         }
     }
 }
@@ -729,6 +783,7 @@ fn same_credentials(a: &Credentials, b: &Credentials) -> bool {
                 && a.refresh_token.expose_secret() == b.refresh_token.expose_secret()
                 && a.expires_at == b.expires_at
         }
+        (Credentials::Aws(a), Credentials::Aws(b)) => a.same(b),
         _ => false,
     }
 }

@@ -33,7 +33,7 @@ use pin_project_lite::pin_project;
 use secrecy::SecretString;
 use tower::{Layer, Service};
 
-use crate::account::{AccountEntry, AccountInfo, Credentials, Mode, OAuthTokens};
+use crate::account::{AccountEntry, AccountInfo, Credentials, OAuthTokens};
 use crate::context::RequestContext;
 use crate::pool::AccountPool;
 use crate::provider::{InvalidUpstream, Outcome, Provider, Providers};
@@ -328,17 +328,16 @@ async fn credential(
         if let Some(generation) = account.usable(Utc::now(), margin) {
             return Ok(generation);
         }
-        if account.mode() != Mode::Max {
+        let Some(refresh_token) = account.refresh_token() else {
             // A key is only unusable once the upstream refused it.
             return Err(needs_reauth("the API key was rejected".to_owned()));
-        }
+        };
         let _single_flight = account.refresh_lock.lock().await;
         if let Some(generation) = account.usable(Utc::now(), margin) {
             return Ok(generation);
         }
-        let Some(refresh_token) = account.refresh_token() else {
-            return Err(needs_reauth("there is no refresh token".to_owned()));
-        };
+        // Another refresh may have rotated it while this one waited.
+        let refresh_token = account.refresh_token().unwrap_or(refresh_token);
         let info = account.info();
         tracing::info!(account = account.name(), "refreshing the access token");
         match refresher.refresh(&info, &refresh_token).await {

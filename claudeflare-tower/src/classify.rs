@@ -145,6 +145,13 @@ impl<P: Provider> Judge<P> {
         self.context.set_outcome(seen.outcome);
     }
 
+    /// What the client gets in place of an error body the provider read.
+    fn error_body<B>(&self, response: &Response<B>, body: &[u8]) -> Option<Bytes> {
+        let account = self.context.account()?;
+        self.provider
+            .error_body(&account, response.status(), response.headers(), body)
+    }
+
     /// Whether the response's meaning needs its body read first.
     fn needs_body<B>(&self, response: &Response<B>) -> bool {
         self.account.as_ref().is_some_and(|account| {
@@ -264,8 +271,21 @@ where
                         return Poll::Ready(Err("classify polled after completion".into()));
                     };
                     let bytes = std::mem::take(read).freeze();
-                    let response = Response::from_parts(parts, B::from(bytes.clone()));
+                    let mut response = Response::from_parts(parts, B::from(bytes.clone()));
                     this.judge.judge(&response, Some(&bytes));
+                    if let Some(replaced) = this.judge.error_body(&response, &bytes) {
+                        let headers = response.headers_mut();
+                        headers.insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        headers.insert(
+                            http::header::CONTENT_LENGTH,
+                            http::HeaderValue::from(replaced.len()),
+                        );
+                        headers.remove(http::header::CONTENT_ENCODING);
+                        *response.body_mut() = B::from(replaced);
+                    }
                     return Poll::Ready(Ok(response));
                 }
             };

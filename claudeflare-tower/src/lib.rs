@@ -62,8 +62,8 @@ pub mod strategy;
 pub mod upstream;
 
 pub use account::{
-    Account, AccountEntry, AccountInfo, AccountStatus, Credentials, LiveState, Mode, OAuthTokens,
-    Route, Tier,
+    Account, AccountEntry, AccountInfo, AccountStatus, AwsKeys, Credentials, LiveState, Mode,
+    OAuthTokens, Route, Tier,
 };
 pub use body::ProxyBody;
 pub use context::RequestContext;

@@ -30,9 +30,12 @@
 //! one with Anthropic accounts in a pool. The layers do not change.
 
 pub mod anthropic;
+pub mod bedrock;
+mod cloud;
 pub mod compatible;
 mod model_map;
 mod set;
+pub mod vertex;
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -41,9 +44,11 @@ use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 
 pub use anthropic::Anthropic;
+pub use bedrock::Bedrock;
 pub use compatible::{AuthStyle, Compatible};
 pub use model_map::{InvalidModelMap, MapEntry, ModelMap};
 pub use set::{AnyTap, Providers};
+pub use vertex::Vertex;
 
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +84,20 @@ pub trait Provider: Clone + Send + Sync + 'static {
         body: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Classification;
+
+    /// What the client gets instead of an error body that `Classify` read (when
+    /// [`needs_body`](Self::needs_body) said so): `None`, the default, hands it on as it is. A
+    /// provider whose upstream speaks another error shape answers Anthropic's envelope here.
+    fn error_body(
+        &self,
+        account: &AccountEntry,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<Bytes> {
+        let _ = (account, status, headers, body);
+        None
+    }
 
     /// What an error instead of a response means: the upstream unreachable, a timeout, a
     /// credential that cannot be had. The default is [`classify::error_outcome`](crate::classify::error_outcome).
@@ -127,6 +146,23 @@ pub enum Backend {
         /// The header its key goes in.
         auth: AuthStyle,
     },
+    /// Claude on AWS Bedrock, through its Messages API (`{base_url}/anthropic/v1/messages`).
+    Bedrock {
+        /// The AWS region (`us-east-1`): where requests go, and what they are signed for.
+        region: String,
+        /// `https://bedrock-runtime.{region}.amazonaws.com` unless given.
+        base_url: Uri,
+    },
+    /// Claude on Google Vertex AI (`{base_url}/v1/projects/{project}/locations/{region}/…`).
+    Vertex {
+        /// The Google Cloud project id.
+        project: String,
+        /// The region (`us-east5`, `europe-west1`) or `global`.
+        region: String,
+        /// `https://{region}-aiplatform.googleapis.com` (`https://aiplatform.googleapis.com`
+        /// for `global`) unless given.
+        base_url: Uri,
+    },
     /// A provider registered with [`Providers::with`] under this name.
     External(std::sync::Arc<str>),
 }
@@ -137,8 +173,44 @@ impl Backend {
         match self {
             Backend::Anthropic => "anthropic",
             Backend::Compatible { .. } => compatible::NAME,
+            Backend::Bedrock { .. } => bedrock::NAME,
+            Backend::Vertex { .. } => vertex::NAME,
             Backend::External(name) => name,
         }
+    }
+
+    /// Bedrock in `region`, at `base_url` or AWS's endpoint for the region.
+    pub fn bedrock(region: &str, base_url: Option<Uri>) -> Result<Self, InvalidUpstream> {
+        let base_url = match base_url {
+            Some(url) => url,
+            None => cloud::endpoint(&format!("https://bedrock-runtime.{region}.amazonaws.com"))?,
+        };
+        Ok(Backend::Bedrock {
+            region: cloud::region(region)?,
+            base_url,
+        })
+    }
+
+    /// Vertex AI for `project` in `region`, at `base_url` or Google's endpoint for the region.
+    pub fn vertex(
+        project: &str,
+        region: &str,
+        base_url: Option<Uri>,
+    ) -> Result<Self, InvalidUpstream> {
+        let region = cloud::region(region)?;
+        let base_url = match base_url {
+            Some(url) => url,
+            None if region == "global" => Uri::from_static("https://aiplatform.googleapis.com"),
+            None if region == "us" || region == "eu" => {
+                cloud::endpoint(&format!("https://aiplatform.{region}.rep.googleapis.com"))?
+            }
+            None => cloud::endpoint(&format!("https://{region}-aiplatform.googleapis.com"))?,
+        };
+        Ok(Backend::Vertex {
+            project: cloud::project(project)?,
+            region,
+            base_url,
+        })
     }
 
     /// [`name`](Self::name) as a header value (a built-in one costs no allocation).
@@ -146,6 +218,8 @@ impl Backend {
         match self {
             Backend::Anthropic => Some(HeaderValue::from_static("anthropic")),
             Backend::Compatible { .. } => Some(HeaderValue::from_static(compatible::NAME)),
+            Backend::Bedrock { .. } => Some(HeaderValue::from_static(bedrock::NAME)),
+            Backend::Vertex { .. } => Some(HeaderValue::from_static(vertex::NAME)),
             Backend::External(name) => HeaderValue::from_str(name).ok(),
         }
     }
@@ -153,7 +227,9 @@ impl Backend {
     /// Its own base URL, when it has one.
     pub fn base_url(&self) -> Option<&Uri> {
         match self {
-            Backend::Compatible { base_url, .. } => Some(base_url),
+            Backend::Compatible { base_url, .. }
+            | Backend::Bedrock { base_url, .. }
+            | Backend::Vertex { base_url, .. } => Some(base_url),
             _ => None,
         }
     }
@@ -162,20 +238,26 @@ impl Backend {
 /// A credential as `Authorization: Bearer …`: an OAuth access token, or a key a provider wants
 /// as a bearer. For [`AccountEntry::credential`].
 pub fn bearer(credentials: &Credentials) -> Option<HeaderValue> {
-    HeaderValue::try_from(format!("Bearer {}", secret_of(credentials).expose_secret())).ok()
+    HeaderValue::try_from(format!(
+        "Bearer {}",
+        secret_of(credentials)?.expose_secret()
+    ))
+    .ok()
 }
 
 /// A credential as it is, for a header of its own (`x-api-key`). For
 /// [`AccountEntry::credential`].
 pub fn plain(credentials: &Credentials) -> Option<HeaderValue> {
-    HeaderValue::from_str(secret_of(credentials).expose_secret()).ok()
+    HeaderValue::from_str(secret_of(credentials)?.expose_secret()).ok()
 }
 
-/// The secret a request carries: the key, or the access token.
-fn secret_of(credentials: &Credentials) -> &SecretString {
+/// The secret a request carries: the key, or the access token (keys that sign requests are
+/// never sent).
+fn secret_of(credentials: &Credentials) -> Option<&SecretString> {
     match credentials {
-        Credentials::ApiKey(key) => key,
-        Credentials::OAuth(tokens) => &tokens.access_token,
+        Credentials::ApiKey(key) => Some(key),
+        Credentials::OAuth(tokens) => Some(&tokens.access_token),
+        Credentials::Aws(_) => None,
     }
 }
 

@@ -9,15 +9,17 @@ use http_body_util::Full;
 use secrecy::SecretString;
 
 use super::anthropic::AnthropicTap;
+use super::cloud::CloudTap;
 use super::{
-    Anthropic, Backend, Classification, Compatible, InvalidUpstream, Outcome, Provider,
-    RefreshError, StreamError, TapSummary, TokenPair, UsageTap, classify_generic,
+    Anthropic, Backend, Bedrock, Classification, Compatible, InvalidUpstream, Outcome, Provider,
+    RefreshError, StreamError, TapSummary, TokenPair, UsageTap, Vertex, classify_generic,
 };
 use crate::BoxFuture;
 use crate::account::{AccountEntry, AccountInfo};
 use crate::setting::Setting;
 
-/// The providers of a pool: Anthropic, Anthropic-compatible backends, and any registered with
+/// The providers of a pool: Anthropic, Anthropic-compatible backends, Bedrock, Vertex AI, and
+/// any registered with
 /// [`with`](Self::with). Each call goes to the provider the account's
 /// [`Backend`] names, through a `match` for the built-in ones. Cheap to clone.
 ///
@@ -35,6 +37,8 @@ pub struct Providers {
 struct Inner {
     anthropic: Anthropic,
     compatible: Compatible,
+    bedrock: Bedrock,
+    vertex: Vertex,
     external: Vec<(Arc<str>, Arc<dyn DynProvider>)>,
 }
 
@@ -97,6 +101,13 @@ trait DynProvider: Send + Sync + 'static {
         req: &mut Request<Full<Bytes>>,
     ) -> Result<(), InvalidUpstream>;
     fn needs_body(&self, account: &AccountEntry, status: StatusCode, headers: &HeaderMap) -> bool;
+    fn error_body(
+        &self,
+        account: &AccountEntry,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<Bytes>;
     fn classify(
         &self,
         account: &AccountEntry,
@@ -134,6 +145,15 @@ impl<P: Provider> DynProvider for P {
     }
     fn needs_body(&self, account: &AccountEntry, status: StatusCode, headers: &HeaderMap) -> bool {
         Provider::needs_body(self, account, status, headers)
+    }
+    fn error_body(
+        &self,
+        account: &AccountEntry,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<Bytes> {
+        Provider::error_body(self, account, status, headers, body)
     }
     fn classify(
         &self,
@@ -176,6 +196,8 @@ impl<P: Provider> DynProvider for P {
 enum Chosen<'a> {
     Anthropic(&'a Anthropic),
     Compatible(&'a Compatible),
+    Bedrock(&'a Bedrock),
+    Vertex(&'a Vertex),
     External(&'a dyn DynProvider),
     /// Its backend names a provider nobody registered.
     Unknown(Arc<str>),
@@ -186,6 +208,8 @@ impl Providers {
         match &account.route().backend {
             Backend::Anthropic => Chosen::Anthropic(&self.inner.anthropic),
             Backend::Compatible { .. } => Chosen::Compatible(&self.inner.compatible),
+            Backend::Bedrock { .. } => Chosen::Bedrock(&self.inner.bedrock),
+            Backend::Vertex { .. } => Chosen::Vertex(&self.inner.vertex),
             Backend::External(name) => match self.external(name) {
                 Some(provider) => Chosen::External(provider),
                 None => Chosen::Unknown(Arc::clone(name)),
@@ -205,6 +229,8 @@ impl Provider for Providers {
         match self.of(account) {
             Chosen::Anthropic(p) => Provider::prepare(p, account, req),
             Chosen::Compatible(p) => Provider::prepare(p, account, req),
+            Chosen::Bedrock(p) => Provider::prepare(p, account, req),
+            Chosen::Vertex(p) => Provider::prepare(p, account, req),
             Chosen::External(p) => p.prepare(account, req),
             Chosen::Unknown(name) => Err(InvalidUpstream(format!(
                 "account `{}` names provider `{name}`, which is not registered",
@@ -217,8 +243,25 @@ impl Provider for Providers {
         match self.of(account) {
             Chosen::Anthropic(p) => Provider::needs_body(p, account, status, headers),
             Chosen::Compatible(p) => Provider::needs_body(p, account, status, headers),
+            Chosen::Bedrock(p) => Provider::needs_body(p, account, status, headers),
+            Chosen::Vertex(p) => Provider::needs_body(p, account, status, headers),
             Chosen::External(p) => p.needs_body(account, status, headers),
             Chosen::Unknown(_) => false,
+        }
+    }
+
+    fn error_body(
+        &self,
+        account: &AccountEntry,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<Bytes> {
+        match self.of(account) {
+            Chosen::Anthropic(_) | Chosen::Compatible(_) | Chosen::Unknown(_) => None,
+            Chosen::Bedrock(p) => Provider::error_body(p, account, status, headers, body),
+            Chosen::Vertex(p) => Provider::error_body(p, account, status, headers, body),
+            Chosen::External(p) => p.error_body(account, status, headers, body),
         }
     }
 
@@ -233,6 +276,8 @@ impl Provider for Providers {
         match self.of(account) {
             Chosen::Anthropic(p) => Provider::classify(p, account, status, headers, body, now),
             Chosen::Compatible(p) => Provider::classify(p, account, status, headers, body, now),
+            Chosen::Bedrock(p) => Provider::classify(p, account, status, headers, body, now),
+            Chosen::Vertex(p) => Provider::classify(p, account, status, headers, body, now),
             Chosen::External(p) => p.classify(account, status, headers, body, now),
             Chosen::Unknown(_) => classify_generic(status, headers, body, now),
         }
@@ -246,6 +291,8 @@ impl Provider for Providers {
         match self.of(account) {
             Chosen::Anthropic(p) => Provider::classify_error(p, account, error),
             Chosen::Compatible(p) => Provider::classify_error(p, account, error),
+            Chosen::Bedrock(p) => Provider::classify_error(p, account, error),
+            Chosen::Vertex(p) => Provider::classify_error(p, account, error),
             Chosen::External(p) => p.classify_error(account, error),
             Chosen::Unknown(_) => Outcome::Unusable,
         }
@@ -260,6 +307,8 @@ impl Provider for Providers {
         match self.of(account) {
             Chosen::Anthropic(p) => Provider::classify_stream_error(p, account, error, now),
             Chosen::Compatible(p) => Provider::classify_stream_error(p, account, error, now),
+            Chosen::Bedrock(p) => Provider::classify_stream_error(p, account, error, now),
+            Chosen::Vertex(p) => Provider::classify_stream_error(p, account, error, now),
             Chosen::External(p) => p.classify_stream_error(account, error, now),
             Chosen::Unknown(_) => Classification::new(Outcome::ServerError),
         }
@@ -272,6 +321,8 @@ impl Provider for Providers {
         };
         match self.of(account) {
             Chosen::External(p) => AnyTap::Other(p.tap(Some(account), headers)),
+            Chosen::Bedrock(p) => AnyTap::Cloud(Provider::tap(p, Some(account), headers)),
+            Chosen::Vertex(p) => AnyTap::Cloud(Provider::tap(p, Some(account), headers)),
             _ => AnyTap::Anthropic(AnthropicTap::for_headers(headers)),
         }
     }
@@ -281,10 +332,13 @@ impl Provider for Providers {
         account: &'a AccountInfo,
         refresh_token: &'a SecretString,
     ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
-        // Only Anthropic's subscriptions have tokens to refresh, unless a provider of your own
-        // says otherwise for its accounts.
+        // Anthropic's subscriptions and Vertex's service accounts have tokens to refresh, and
+        // a provider of your own may say its accounts do.
         let external = match &account.backend {
             Backend::External(name) => self.external(name),
+            Backend::Vertex { .. } => {
+                return Provider::refresh(&self.inner.vertex, account, refresh_token);
+            }
             _ => None,
         };
         match external {
@@ -300,6 +354,8 @@ impl Provider for Providers {
 pub enum AnyTap {
     /// Anthropic's events and JSON.
     Anthropic(AnthropicTap),
+    /// A cloud's (Anthropic's events and JSON, served in a region).
+    Cloud(CloudTap),
     /// A registered provider's reader.
     Other(Box<dyn UsageTap>),
 }
@@ -314,6 +370,7 @@ impl UsageTap for AnyTap {
     fn feed(&mut self, chunk: &[u8]) {
         match self {
             AnyTap::Anthropic(tap) => tap.feed(chunk),
+            AnyTap::Cloud(tap) => tap.feed(chunk),
             AnyTap::Other(tap) => tap.feed(chunk),
         }
     }
@@ -321,6 +378,7 @@ impl UsageTap for AnyTap {
     fn is_stream(&self) -> bool {
         match self {
             AnyTap::Anthropic(tap) => tap.is_stream(),
+            AnyTap::Cloud(tap) => tap.is_stream(),
             AnyTap::Other(tap) => tap.is_stream(),
         }
     }
@@ -328,6 +386,7 @@ impl UsageTap for AnyTap {
     fn at_boundary(&self) -> bool {
         match self {
             AnyTap::Anthropic(tap) => tap.at_boundary(),
+            AnyTap::Cloud(tap) => tap.at_boundary(),
             AnyTap::Other(tap) => tap.at_boundary(),
         }
     }
@@ -335,6 +394,7 @@ impl UsageTap for AnyTap {
     fn error_event(&self, kind: &str, message: &str) -> Bytes {
         match self {
             AnyTap::Anthropic(tap) => tap.error_event(kind, message),
+            AnyTap::Cloud(tap) => tap.error_event(kind, message),
             AnyTap::Other(tap) => tap.error_event(kind, message),
         }
     }
@@ -342,6 +402,7 @@ impl UsageTap for AnyTap {
     fn finish(&mut self) -> TapSummary {
         match self {
             AnyTap::Anthropic(tap) => tap.finish(),
+            AnyTap::Cloud(tap) => tap.finish(),
             AnyTap::Other(tap) => tap.finish(),
         }
     }
@@ -349,6 +410,7 @@ impl UsageTap for AnyTap {
     fn so_far(&self) -> TapSummary {
         match self {
             AnyTap::Anthropic(tap) => tap.so_far(),
+            AnyTap::Cloud(tap) => tap.so_far(),
             AnyTap::Other(tap) => tap.so_far(),
         }
     }

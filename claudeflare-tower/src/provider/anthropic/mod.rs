@@ -39,7 +39,7 @@ pub const OAUTH_BETA: &str = "oauth-2025-04-20";
 
 /// Header names as constants: a `&str` name is parsed and validated at every use.
 pub(crate) const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+pub(crate) const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 /// The Anthropic provider. Cheap to clone; clones share the base URL setting.
 #[derive(Debug, Clone)]
@@ -88,6 +88,7 @@ impl Anthropic {
         account.credential(|credentials| match credentials {
             Credentials::OAuth(_) => super::bearer(credentials),
             Credentials::ApiKey(_) => super::plain(credentials),
+            Credentials::Aws(_) => None,
         })
     }
 }
@@ -173,7 +174,7 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// The values of `anthropic-beta`, split at commas.
-fn betas(headers: &HeaderMap) -> Vec<&str> {
+pub(crate) fn betas(headers: &HeaderMap) -> Vec<&str> {
     headers
         .get_all(&ANTHROPIC_BETA)
         .iter()
