@@ -185,6 +185,19 @@ impl AwsKeys {
     }
 }
 
+impl Credentials {
+    /// A Google service account's key file (its JSON), for a [Vertex AI](crate::provider::vertex)
+    /// account: the access token comes from it at the first request, and again before it
+    /// expires.
+    pub fn service_account(key: impl Into<String>) -> Self {
+        Credentials::OAuth(OAuthTokens {
+            access_token: SecretString::from(String::new()),
+            refresh_token: SecretString::from(key.into()),
+            expires_at: DateTime::<Utc>::UNIX_EPOCH,
+        })
+    }
+}
+
 /// An OAuth token pair and the access token's expiry.
 #[derive(Debug, Clone)]
 pub struct OAuthTokens {
