@@ -34,8 +34,10 @@ pub enum Command {
         tls_key: Option<String>,
     },
     /// Add an account through OAuth (prints a URL to open, then asks for the code), from an
-    /// existing console API key with --api-key, or an Anthropic-compatible backend with
-    /// --provider anthropic-compatible --base-url URL --api-key KEY.
+    /// existing console API key with --api-key, an Anthropic-compatible backend with
+    /// --provider anthropic-compatible --base-url URL --api-key KEY, Claude on AWS Bedrock with
+    /// --provider bedrock --region R (and AWS keys, a profile or a Bedrock API key), or on
+    /// Vertex AI with --provider vertex --project P --region R --service-account-file F.
     Add {
         /// A unique name for the account.
         name: String,
@@ -48,13 +50,13 @@ pub enum Command {
         /// Use this API key instead of the OAuth flow.
         #[arg(long)]
         api_key: Option<String>,
-        /// Who serves it: anthropic (default) or anthropic-compatible (a backend that speaks
+        /// Who serves it: anthropic (default), anthropic-compatible (a backend that speaks
         /// the Messages API at its own --base-url: z.ai, Moonshot, DeepSeek, MiniMax,
-        /// OpenRouter).
+        /// OpenRouter), bedrock or vertex.
         #[arg(long, value_enum, default_value_t = ProviderArg::Anthropic)]
         provider: ProviderArg,
-        /// The compatible backend's API, e.g. https://api.z.ai/api/anthropic (https, or http on
-        /// loopback).
+        /// The compatible backend's API, e.g. https://api.z.ai/api/anthropic, or a cloud's own
+        /// endpoint in place of the region's (https, or http on loopback).
         #[arg(long)]
         base_url: Option<String>,
         /// The header the compatible backend takes its key in.
@@ -63,12 +65,16 @@ pub enum Command {
         /// `--priority`, `--model-map`, `--proxy`.
         #[command(flatten)]
         route: RouteArgs,
+        /// `--region`, `--project`, and the cloud's credentials.
+        #[command(flatten)]
+        cloud: CloudArgs,
     },
-    /// Change an account's priority, model map, egress proxy or (compatible backends) base URL.
+    /// Change an account's priority, model map, egress proxy or (compatible backends and
+    /// clouds) base URL.
     Edit {
         /// The account's name (or id).
         name: String,
-        /// The compatible backend's new base URL.
+        /// The compatible backend's or the cloud's new base URL.
         #[arg(long)]
         base_url: Option<String>,
         /// `--priority`, `--model-map`, `--proxy`.
@@ -80,7 +86,7 @@ pub enum Command {
         /// As JSON (the objects of /api/accounts).
         #[arg(long)]
         json: bool,
-        /// Only the accounts of this provider (anthropic, anthropic-compatible).
+        /// Only the accounts of this provider (anthropic, anthropic-compatible, bedrock, vertex).
         #[arg(long)]
         provider: Option<String>,
     },
@@ -171,6 +177,52 @@ pub struct RouteArgs {
     pub group: Option<String>,
 }
 
+/// Where a cloud account is and what it authenticates with, on `add`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CloudArgs {
+    /// Bedrock or Vertex AI: the region (`us-east-1`; `us-east5`, `europe-west1`, `global`).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Vertex AI: the Google Cloud project id.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Vertex AI: the service account's key file (JSON, from the Cloud console), stored
+    /// encrypted.
+    #[arg(long)]
+    pub service_account_file: Option<std::path::PathBuf>,
+    /// Bedrock: an AWS access key id, with --aws-secret-access-key; both stored encrypted.
+    #[arg(long)]
+    pub aws_access_key_id: Option<String>,
+    /// Bedrock: the secret of --aws-access-key-id.
+    #[arg(long)]
+    pub aws_secret_access_key: Option<String>,
+    /// Bedrock: the session token of temporary keys.
+    #[arg(long)]
+    pub aws_session_token: Option<String>,
+    /// Bedrock: read the keys from this profile of ~/.aws/credentials whenever the server
+    /// loads the account (nothing is stored). Without keys, a profile or an API key, the
+    /// server's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are used.
+    #[arg(long)]
+    pub aws_profile: Option<String>,
+    /// Bedrock: a Bedrock API key (sent as a bearer), stored encrypted.
+    #[arg(long)]
+    pub bedrock_api_key: Option<String>,
+}
+
+impl CloudArgs {
+    /// Whether any was given.
+    pub fn any(&self) -> bool {
+        self.region.is_some()
+            || self.project.is_some()
+            || self.service_account_file.is_some()
+            || self.aws_access_key_id.is_some()
+            || self.aws_secret_access_key.is_some()
+            || self.aws_session_token.is_some()
+            || self.aws_profile.is_some()
+            || self.bedrock_api_key.is_some()
+    }
+}
+
 /// `--provider`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProviderArg {
@@ -178,6 +230,10 @@ pub enum ProviderArg {
     Anthropic,
     /// A backend that speaks the Messages API at its own base URL.
     AnthropicCompatible,
+    /// Claude on AWS Bedrock.
+    Bedrock,
+    /// Claude on Google Vertex AI.
+    Vertex,
 }
 
 /// `--auth-header`.

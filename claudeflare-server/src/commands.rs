@@ -199,6 +199,11 @@ pub async fn add(
         bail!("--api-key makes a console account; --mode max needs the OAuth flow");
     }
     let route = adding.route()?;
+    if adding.cloud() && (api_key.is_some() || mode.is_some()) {
+        bail!(
+            "a cloud account takes its cloud's credentials (--aws-…, --bedrock-api-key, --service-account-file), not --api-key or --mode"
+        );
+    }
     if adding.compatible() && api_key.is_none() {
         bail!("--provider anthropic-compatible needs --api-key (the backend's key)");
     }
@@ -210,7 +215,17 @@ pub async fn add(
     if accounts::find(&context.db, name).await.is_ok() {
         bail!("an account named `{name}` already exists");
     }
+    let mut aws = None;
     let (mode, tier, credentials) = match api_key {
+        _ if adding.cloud() => {
+            let (credentials, source) = adding.cloud_credentials()?;
+            aws = source;
+            (
+                Mode::Console,
+                choose_tier(tier, Mode::Console)?,
+                credentials,
+            )
+        }
         Some(key) => (
             Mode::Console,
             choose_tier(tier, Mode::Console)?,
@@ -225,9 +240,11 @@ pub async fn add(
     };
     let mut account = Account::new(name, mode, credentials).with_tier(tier);
     account.route = route;
-    accounts::insert(&context.db, &context.cipher, &account).await?;
+    accounts::insert(&context.db, &context.cipher, &account, aws.as_ref()).await?;
     let kind = match (&account.route.backend, mode) {
         (Backend::Compatible { .. }, _) => "anthropic-compatible",
+        (Backend::Bedrock { .. }, _) => "Bedrock",
+        (Backend::Vertex { .. }, _) => "Vertex AI",
         (_, Mode::Max) => "subscription",
         _ => "console",
     };
@@ -242,6 +259,15 @@ pub async fn add(
 pub async fn reauth(name: &str, api_key: Option<String>) -> anyhow::Result<()> {
     let context = open().await?;
     let model = accounts::find(&context.db, name).await?;
+    if model.provider == claudeflare_tower::provider::bedrock::NAME
+        || model.provider == claudeflare_tower::provider::vertex::NAME
+    {
+        bail!(
+            "`{}` is a {} account: its credentials come from the cloud; remove it and add it again with new ones",
+            model.name,
+            model.provider
+        );
+    }
     let mode: Mode = model
         .mode
         .parse()

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod api;
 pub mod app;
+pub mod aws;
 pub mod background;
 pub mod budget;
 pub mod cli;

@@ -102,12 +102,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             base_url,
             auth_header,
             route,
+            cloud,
         } => {
             let backend = commands::Adding {
                 provider,
                 base_url,
                 auth_header,
                 route,
+                cloud,
             };
             commands::add(&name, mode, tier, api_key, backend).await
         }

@@ -418,7 +418,7 @@ async fn stored_tokens(
     let model = accounts::find(db, id).await?;
     match accounts::to_account(&model, cipher)?.credentials {
         claudeflare_tower::Credentials::OAuth(tokens) => Ok(tokens),
-        claudeflare_tower::Credentials::ApiKey(_) => Err(DbError::Corrupt {
+        _ => Err(DbError::Corrupt {
             account: model.name,
             what: "mode (not a subscription)",
         }),

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use claudeflare_tower::auth::{RefreshError, TokenPair, TokenRefresher};
-use claudeflare_tower::{AccountInfo, BoxFuture, Setting};
+use claudeflare_tower::provider::{Provider, Vertex};
+use claudeflare_tower::{AccountInfo, Backend, BoxFuture, Setting};
 use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
 use tokio::runtime::Handle;
@@ -50,6 +51,16 @@ impl TokenRefresher for ServerRefresher {
         account: &'a AccountInfo,
         refresh_token: &'a SecretString,
     ) -> BoxFuture<'a, Result<TokenPair, RefreshError>> {
+        if let Backend::Vertex { .. } = account.backend {
+            // A service account's grant: nothing rotates, nothing to store or coordinate (each
+            // instance holds a token of its own).
+            return Box::pin(async move {
+                let result = Provider::refresh(&Vertex, account, refresh_token).await;
+                self.metrics
+                    .refresh(if result.is_ok() { "ok" } else { "failed" });
+                result
+            });
+        }
         let (db, cipher, config) = (self.db.clone(), self.cipher.clone(), self.config.get());
         let (info, presented) = (account.clone(), refresh_token.clone());
         // Runs to the end even if the request that wanted it goes away: the rotated tokens are

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use claudeflare_tower::provider::MapEntry;
-use claudeflare_tower::{AccountEntry, AccountPool, AccountStatus, Mode, Tier};
+use claudeflare_tower::{AccountEntry, AccountPool, AccountStatus, Backend, Mode, Tier};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -16,10 +16,14 @@ pub struct AccountView {
     pub id: String,
     /// Name.
     pub name: String,
-    /// "anthropic" or "anthropic-compatible".
+    /// "anthropic", "anthropic-compatible", "bedrock" or "vertex".
     pub provider: String,
-    /// A compatible backend's base URL; null for Anthropic.
+    /// A compatible backend's or a cloud's base URL; null for Anthropic.
     pub base_url: Option<String>,
+    /// A cloud account's region; null otherwise.
+    pub region: Option<String>,
+    /// A Vertex AI account's project; null otherwise.
+    pub project: Option<String>,
     /// Lower goes first.
     pub priority: u32,
     /// The models it serves and the name each goes upstream as; empty: every model.
@@ -72,6 +76,16 @@ impl AccountView {
             name: entry.name().to_owned(),
             provider: route.backend.name().to_owned(),
             base_url: route.backend.base_url().map(ToString::to_string),
+            region: match &route.backend {
+                Backend::Bedrock { region, .. } | Backend::Vertex { region, .. } => {
+                    Some(region.clone())
+                }
+                _ => None,
+            },
+            project: match &route.backend {
+                Backend::Vertex { project, .. } => Some(project.clone()),
+                _ => None,
+            },
             priority: route.priority,
             model_map: route.model_map.entries(),
             proxy: route.proxy.as_ref().map(ToString::to_string),

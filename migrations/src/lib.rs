@@ -15,6 +15,7 @@ mod m20261202_000009_prices_as_data;
 mod m20261202_000010_key_models;
 mod m20261203_000011_providers;
 mod m20261203_000012_device_sign_in;
+mod m20261203_000013_clouds;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000010_key_models::Migration),
             Box::new(m20261203_000011_providers::Migration),
             Box::new(m20261203_000012_device_sign_in::Migration),
+            Box::new(m20261203_000013_clouds::Migration),
         ]
     }
 }

@@ -3,12 +3,12 @@
 //! and `edit`).
 
 use anyhow::{Context as _, bail};
-use claudeflare_tower::provider::AuthStyle;
-use claudeflare_tower::{Backend, EgressProxy, ModelMap, Route};
+use claudeflare_tower::provider::{AuthStyle, vertex};
+use claudeflare_tower::{AwsKeys, Backend, Credentials, EgressProxy, ModelMap, Route};
 use http::Uri;
 
-use crate::cli::{AuthHeaderArg, ProviderArg, RouteArgs};
-use crate::db::accounts;
+use crate::cli::{AuthHeaderArg, CloudArgs, ProviderArg, RouteArgs};
+use crate::db::accounts::{self, AwsSource};
 
 /// What `add` was told about the account's provider.
 #[derive(Debug, Clone)]
@@ -21,9 +21,16 @@ pub struct Adding {
     pub auth_header: Option<AuthHeaderArg>,
     /// `--priority`, `--model-map`, `--proxy`.
     pub route: RouteArgs,
+    /// `--region`, `--project` and the cloud's credentials.
+    pub cloud: CloudArgs,
 }
 
 impl Adding {
+    /// Whether the account is on a cloud (Bedrock, Vertex AI).
+    pub fn cloud(&self) -> bool {
+        matches!(self.provider, ProviderArg::Bedrock | ProviderArg::Vertex)
+    }
+
     /// Whether the account is a compatible backend's.
     pub fn compatible(&self) -> bool {
         self.provider == ProviderArg::AnthropicCompatible
@@ -32,27 +39,140 @@ impl Adding {
     /// The route of the new account.
     pub fn route(&self) -> anyhow::Result<Route> {
         let mut route = Route::default();
-        if self.compatible() {
-            let Some(base_url) = &self.base_url else {
-                bail!(
-                    "--provider anthropic-compatible needs --base-url (the backend's API, e.g. https://api.z.ai/api/anthropic)"
-                );
-            };
-            let auth = match self.auth_header {
-                Some(AuthHeaderArg::Bearer) => AuthStyle::Bearer,
-                _ => AuthStyle::XApiKey,
-            };
-            route.backend = Backend::Compatible {
-                base_url: base_url_of(base_url)?,
-                auth,
-            };
-        } else if self.base_url.is_some() || self.auth_header.is_some() {
+        if self.auth_header.is_some() && !self.compatible() {
+            bail!("--auth-header is for --provider anthropic-compatible");
+        }
+        if self.cloud.any() && !self.cloud() {
             bail!(
-                "--base-url and --auth-header are for --provider anthropic-compatible (Anthropic's own URL is the config's upstream_url)"
+                "--region, --project, --service-account-file and the --aws-… and --bedrock-api-key options are for --provider bedrock or vertex"
             );
         }
+        let base_url = self.base_url.as_deref().map(base_url_of).transpose()?;
+        let region = || {
+            self.cloud
+                .region
+                .as_deref()
+                .with_context(|| format!("--provider {} needs --region", self.provider_name()))
+        };
+        route.backend = match self.provider {
+            ProviderArg::AnthropicCompatible => {
+                let Some(base_url) = base_url else {
+                    bail!(
+                        "--provider anthropic-compatible needs --base-url (the backend's API, e.g. https://api.z.ai/api/anthropic)"
+                    );
+                };
+                let auth = match self.auth_header {
+                    Some(AuthHeaderArg::Bearer) => AuthStyle::Bearer,
+                    _ => AuthStyle::XApiKey,
+                };
+                Backend::Compatible { base_url, auth }
+            }
+            ProviderArg::Bedrock => {
+                if self.cloud.project.is_some() || self.cloud.service_account_file.is_some() {
+                    bail!("--project and --service-account-file are for --provider vertex");
+                }
+                Backend::bedrock(region()?, base_url).map_err(|e| anyhow::anyhow!("{}", e.0))?
+            }
+            ProviderArg::Vertex => {
+                let project =
+                    self.cloud.project.as_deref().context(
+                        "--provider vertex needs --project (the Google Cloud project id)",
+                    )?;
+                Backend::vertex(project, region()?, base_url)
+                    .map_err(|e| anyhow::anyhow!("{}", e.0))?
+            }
+            ProviderArg::Anthropic if base_url.is_some() => bail!(
+                "--base-url is for --provider anthropic-compatible, bedrock and vertex (Anthropic's own URL is the config's upstream_url)"
+            ),
+            ProviderArg::Anthropic => Backend::Anthropic,
+        };
         apply(&mut route, &self.route)?;
         Ok(route)
+    }
+
+    fn provider_name(&self) -> &'static str {
+        match self.provider {
+            ProviderArg::Anthropic => "anthropic",
+            ProviderArg::AnthropicCompatible => claudeflare_tower::provider::compatible::NAME,
+            ProviderArg::Bedrock => claudeflare_tower::provider::bedrock::NAME,
+            ProviderArg::Vertex => claudeflare_tower::provider::vertex::NAME,
+        }
+    }
+
+    /// A cloud account's credentials, and for Bedrock where they come from: what `add` was
+    /// given, checked (a profile is read, a service account's key file parsed).
+    pub fn cloud_credentials(&self) -> anyhow::Result<(Credentials, Option<AwsSource>)> {
+        let cloud = &self.cloud;
+        if self.provider == ProviderArg::Vertex {
+            if cloud.aws_access_key_id.is_some()
+                || cloud.aws_secret_access_key.is_some()
+                || cloud.aws_session_token.is_some()
+                || cloud.aws_profile.is_some()
+                || cloud.bedrock_api_key.is_some()
+            {
+                bail!("the --aws-… options and --bedrock-api-key are for --provider bedrock");
+            }
+            let path = cloud.service_account_file.as_ref().context(
+                "--provider vertex needs --service-account-file (the service account's key file, JSON)",
+            )?;
+            let key = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let email = vertex::check_service_account(&key)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            println!("Service account {email}.");
+            return Ok((Credentials::service_account(key), None));
+        }
+        let keys = (&cloud.aws_access_key_id, &cloud.aws_secret_access_key);
+        let given = [
+            keys.0.is_some() || keys.1.is_some(),
+            cloud.aws_profile.is_some(),
+            cloud.bedrock_api_key.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            bail!(
+                "give one of --aws-access-key-id with --aws-secret-access-key, --aws-profile or --bedrock-api-key"
+            );
+        }
+        if cloud.aws_session_token.is_some() && keys.0.is_none() {
+            bail!("--aws-session-token goes with --aws-access-key-id and --aws-secret-access-key");
+        }
+        if let Some(key) = &cloud.bedrock_api_key {
+            let key = key.trim();
+            if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!("--bedrock-api-key must be the key as Bedrock gave it, without spaces");
+            }
+            return Ok((
+                Credentials::ApiKey(key.to_owned().into()),
+                Some(AwsSource::ApiKey),
+            ));
+        }
+        if let Some(name) = &cloud.aws_profile {
+            let keys = crate::aws::from_profile(name)?;
+            return Ok((
+                Credentials::Aws(keys),
+                Some(AwsSource::Profile(name.clone())),
+            ));
+        }
+        match keys {
+            (Some(id), Some(secret)) => Ok((
+                Credentials::Aws(AwsKeys::new(
+                    id.trim(),
+                    secret.trim(),
+                    cloud.aws_session_token.clone(),
+                )),
+                Some(AwsSource::Keys),
+            )),
+            (None, None) => {
+                println!(
+                    "No keys given: the server signs with its environment's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+                );
+                Ok((
+                    Credentials::ApiKey(String::new().into()),
+                    Some(AwsSource::Environment),
+                ))
+            }
+            _ => bail!("--aws-access-key-id and --aws-secret-access-key go together"),
+        }
     }
 }
 
@@ -136,17 +256,17 @@ pub async fn edit(name: &str, base_url: Option<String>, args: RouteArgs) -> anyh
     let account = accounts::to_account(&model, &context.cipher)?;
     let mut route = account.route.clone();
     if let Some(base_url) = base_url {
-        let Backend::Compatible { auth, .. } = &route.backend else {
-            bail!(
-                "`{}` is an {} account: --base-url is for anthropic-compatible ones",
+        let new = base_url_of(&base_url)?;
+        match &mut route.backend {
+            Backend::Compatible { base_url, .. }
+            | Backend::Bedrock { base_url, .. }
+            | Backend::Vertex { base_url, .. } => *base_url = new,
+            other => bail!(
+                "`{}` is an {} account: --base-url is for anthropic-compatible, bedrock and vertex ones",
                 model.name,
-                route.backend.name()
-            );
-        };
-        route.backend = Backend::Compatible {
-            base_url: base_url_of(&base_url)?,
-            auth: *auth,
-        };
+                other.name()
+            ),
+        }
     }
     apply(&mut route, &args)?;
     accounts::set_route(&context.db, &context.cipher, &model.id, &route).await?;
@@ -157,6 +277,13 @@ pub async fn edit(name: &str, base_url: Option<String>, args: RouteArgs) -> anyh
 /// The route in words, password hidden.
 pub fn describe(route: &Route) -> String {
     let mut parts = vec![format!("provider {}", route.backend.name())];
+    match &route.backend {
+        Backend::Bedrock { region, .. } => parts.push(format!("region {region}")),
+        Backend::Vertex {
+            project, region, ..
+        } => parts.push(format!("project {project}, region {region}")),
+        _ => {}
+    }
     if let Some(base_url) = route.backend.base_url() {
         parts.push(format!("base URL {base_url}"));
     }

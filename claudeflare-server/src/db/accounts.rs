@@ -37,14 +37,66 @@ pub async fn find(db: &impl ConnectionTrait, id_or_name: &str) -> Result<Model, 
         .ok_or_else(|| DbError::UnknownAccount(id_or_name.to_owned()))
 }
 
-/// Store a new account; its name must be free.
+/// Where a Bedrock account's AWS credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwsSource {
+    /// Keys given to `add`, stored encrypted.
+    Keys,
+    /// A Bedrock API key, stored encrypted.
+    ApiKey,
+    /// A profile of the AWS credentials file, read when the server loads the account.
+    Profile(String),
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` of the server.
+    Environment,
+}
+
+impl AwsSource {
+    fn column(&self) -> String {
+        match self {
+            AwsSource::Keys => "keys".to_owned(),
+            AwsSource::ApiKey => "api-key".to_owned(),
+            AwsSource::Profile(name) => format!("profile:{name}"),
+            AwsSource::Environment => "environment".to_owned(),
+        }
+    }
+
+    fn parse(column: &str) -> Option<Self> {
+        match column {
+            "keys" => Some(AwsSource::Keys),
+            "api-key" => Some(AwsSource::ApiKey),
+            "environment" => Some(AwsSource::Environment),
+            other => other
+                .strip_prefix("profile:")
+                .map(|name| AwsSource::Profile(name.to_owned())),
+        }
+    }
+
+    /// In words, for `list` and the API.
+    pub fn describe(&self) -> String {
+        match self {
+            AwsSource::Keys => "AWS keys".to_owned(),
+            AwsSource::ApiKey => "a Bedrock API key".to_owned(),
+            AwsSource::Profile(name) => format!("AWS profile `{name}`"),
+            AwsSource::Environment => "the server's AWS environment".to_owned(),
+        }
+    }
+}
+
+/// Store a new account; its name must be free. A Bedrock account says where its credentials
+/// come from (`aws`): only keys given to `add` are stored (encrypted); a profile's or the
+/// environment's are read when the server loads the account.
 pub async fn insert(
     db: &impl ConnectionTrait,
     cipher: &Cipher,
     account: &Account,
+    aws: Option<&AwsSource>,
 ) -> Result<(), DbError> {
+    let stored = match aws {
+        Some(AwsSource::Profile(_) | AwsSource::Environment) => None,
+        _ => Some(&account.credentials),
+    };
     let (api_key, access_token, refresh_token, expires_at) =
-        credential_columns(cipher, &account.credentials);
+        stored.map_or((None, None, None, None), |c| credential_columns(cipher, c));
     let live = &account.live;
     let route = RouteColumns::of(&account.route, cipher);
     let model = ActiveModel {
@@ -52,6 +104,9 @@ pub async fn insert(
         name: Set(account.name.clone()),
         provider: Set(route.provider),
         base_url: Set(route.base_url),
+        region: Set(route.region),
+        project: Set(route.project),
+        aws_credentials: Set(aws.map(AwsSource::column)),
         auth_header: Set(route.auth_header),
         priority: Set(route.priority),
         model_map: Set(route.model_map),
@@ -100,6 +155,8 @@ pub async fn insert(
 struct RouteColumns {
     provider: String,
     base_url: Option<String>,
+    region: Option<String>,
+    project: Option<String>,
     auth_header: Option<String>,
     priority: i32,
     model_map: Option<String>,
@@ -109,15 +166,19 @@ struct RouteColumns {
 
 impl RouteColumns {
     fn of(route: &Route, cipher: &Cipher) -> Self {
-        let (base_url, auth_header) = match &route.backend {
-            Backend::Compatible { base_url, auth } => {
-                (Some(base_url.to_string()), Some(auth.as_str().to_owned()))
-            }
-            _ => (None, None),
+        let (auth_header, region, project) = match &route.backend {
+            Backend::Compatible { auth, .. } => (Some(auth.as_str().to_owned()), None, None),
+            Backend::Bedrock { region, .. } => (None, Some(region.clone()), None),
+            Backend::Vertex {
+                region, project, ..
+            } => (None, Some(region.clone()), Some(project.clone())),
+            _ => (None, None, None),
         };
         Self {
             provider: route.backend.name().to_owned(),
-            base_url,
+            base_url: route.backend.base_url().map(ToString::to_string),
+            region,
+            project,
             auth_header,
             priority: i32::try_from(route.priority).unwrap_or(i32::MAX),
             model_map: (!route.model_map.is_empty()).then(|| route.model_map.to_string()),
@@ -150,6 +211,17 @@ fn route_of(model: &Model, proxy: Option<EgressProxy>) -> Result<Route, DbError>
                 .map_or(Ok(AuthStyle::default()), str::parse)
                 .map_err(|_| corrupt("auth header"))?,
         },
+        claudeflare_tower::provider::bedrock::NAME => Backend::bedrock(
+            model.region.as_deref().ok_or_else(|| corrupt("region"))?,
+            Some(base_url(model).ok_or_else(|| corrupt("base URL"))?),
+        )
+        .map_err(|_| corrupt("region"))?,
+        claudeflare_tower::provider::vertex::NAME => Backend::vertex(
+            model.project.as_deref().ok_or_else(|| corrupt("project"))?,
+            model.region.as_deref().ok_or_else(|| corrupt("region"))?,
+            Some(base_url(model).ok_or_else(|| corrupt("base URL"))?),
+        )
+        .map_err(|_| corrupt("project or region"))?,
         _ => return Err(corrupt("provider")),
     };
     let model_map: ModelMap = model
@@ -165,6 +237,10 @@ fn route_of(model: &Model, proxy: Option<EgressProxy>) -> Result<Route, DbError>
     route.proxy = proxy;
     route.group.clone_from(&model.account_group);
     Ok(route)
+}
+
+fn base_url(model: &Model) -> Option<http::Uri> {
+    model.base_url.as_deref().and_then(|url| url.parse().ok())
 }
 
 /// The egress proxy of a row, decrypted.
@@ -192,6 +268,8 @@ pub async fn set_route(
     let result = Entity::update_many()
         .col_expr(Column::Provider, Expr::value(columns.provider))
         .col_expr(Column::BaseUrl, Expr::value(columns.base_url))
+        .col_expr(Column::Region, Expr::value(columns.region))
+        .col_expr(Column::Project, Expr::value(columns.project))
         .col_expr(Column::AuthHeader, Expr::value(columns.auth_header))
         .col_expr(Column::Priority, Expr::value(columns.priority))
         .col_expr(Column::ModelMap, Expr::value(columns.model_map))
@@ -214,6 +292,12 @@ type CredentialColumns = (
 fn credential_columns(cipher: &Cipher, credentials: &Credentials) -> CredentialColumns {
     match credentials {
         Credentials::ApiKey(key) => (Some(cipher.encrypt(key.expose_secret())), None, None, None),
+        Credentials::Aws(keys) => (
+            Some(cipher.encrypt(&StoredAwsKeys::of(keys).to_json())),
+            None,
+            None,
+            None,
+        ),
         Credentials::OAuth(tokens) => (
             None,
             Some(cipher.encrypt(tokens.access_token.expose_secret())),
@@ -245,8 +329,26 @@ pub fn to_account(model: &Model, cipher: &Cipher) -> Result<Account, DbError> {
             .map_err(|_| DbError::Undecryptable(model.name.clone()))
     };
     account.route.proxy = proxy_of(model, cipher)?;
-    account.credentials = match account.mode {
-        Mode::Console => Credentials::ApiKey(open(&model.api_key, "API key")?.into()),
+    let oauth =
+        account.mode == Mode::Max || matches!(account.route.backend, Backend::Vertex { .. });
+    account.credentials = match &account.route.backend {
+        Backend::Bedrock { .. } => {
+            let source = model
+                .aws_credentials
+                .as_deref()
+                .and_then(AwsSource::parse)
+                .ok_or_else(|| corrupt("AWS credentials"))?;
+            match source {
+                AwsSource::ApiKey => Credentials::ApiKey(open(&model.api_key, "API key")?.into()),
+                AwsSource::Keys => Credentials::Aws(
+                    StoredAwsKeys::parse(&open(&model.api_key, "AWS keys")?)
+                        .ok_or_else(|| corrupt("AWS keys"))?,
+                ),
+                AwsSource::Profile(name) => loaded(&mut account, crate::aws::from_profile(&name)),
+                AwsSource::Environment => loaded(&mut account, crate::aws::from_environment()),
+            }
+        }
+        _ if !oauth => Credentials::ApiKey(open(&model.api_key, "API key")?.into()),
         _ => Credentials::OAuth(OAuthTokens {
             access_token: open(&model.access_token, "access token")?.into(),
             refresh_token: open(&model.refresh_token, "refresh token")?.into(),
@@ -256,6 +358,59 @@ pub fn to_account(model: &Model, cipher: &Cipher) -> Result<Account, DbError> {
         }),
     };
     Ok(account)
+}
+
+/// AWS keys read from a profile or the environment; when they cannot be read, the account is
+/// out of rotation until they can (it is loaded again on the next start or change), saying why.
+fn loaded(account: &mut Account, keys: anyhow::Result<claudeflare_tower::AwsKeys>) -> Credentials {
+    match keys {
+        Ok(keys) => Credentials::Aws(keys),
+        Err(error) => {
+            account.live.needs_reauth = true;
+            account.live.status_reason = Some(format!("{error:#}"));
+            Credentials::ApiKey(String::new().into())
+        }
+    }
+}
+
+/// AWS keys as stored (encrypted): JSON.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredAwsKeys {
+    access_key_id: String,
+    secret_access_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session_token: Option<String>,
+}
+
+impl StoredAwsKeys {
+    fn of(keys: &claudeflare_tower::AwsKeys) -> Self {
+        Self {
+            access_key_id: keys.access_key_id.expose_secret().to_owned(),
+            secret_access_key: keys.secret_access_key.expose_secret().to_owned(),
+            session_token: keys
+                .session_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned()),
+        }
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    fn parse(text: &str) -> Option<claudeflare_tower::AwsKeys> {
+        let keys: Self = serde_json::from_str(text).ok()?;
+        Some(claudeflare_tower::AwsKeys::new(
+            keys.access_key_id,
+            keys.secret_access_key,
+            keys.session_token,
+        ))
+    }
+}
+
+/// Where a stored Bedrock account's credentials come from.
+pub fn aws_source(model: &Model) -> Option<AwsSource> {
+    model.aws_credentials.as_deref().and_then(AwsSource::parse)
 }
 
 /// A stored account with empty credentials: enough for views, which show no secret.
@@ -270,7 +425,9 @@ fn shell(model: &Model) -> Result<Account, DbError> {
         .and_then(|t| Tier::try_from(t).ok())
         .ok_or_else(|| corrupt("tier"))?;
     let credentials = match mode {
-        Mode::Console => Credentials::ApiKey(String::new().into()),
+        Mode::Console if model.provider != claudeflare_tower::provider::vertex::NAME => {
+            Credentials::ApiKey(String::new().into())
+        }
         _ => Credentials::OAuth(OAuthTokens {
             access_token: String::new().into(),
             refresh_token: String::new().into(),
@@ -492,8 +649,8 @@ async fn store_credentials(
     let (api_key, access_token, refresh_token, expires_at) =
         credential_columns(cipher, credentials);
     let mode = match credentials {
-        Credentials::ApiKey(_) => Mode::Console,
         Credentials::OAuth(_) => Mode::Max,
+        _ => Mode::Console,
     };
     let mut update = Entity::update_many()
         .col_expr(Column::Mode, Expr::value(mode.as_str()))

@@ -14,10 +14,17 @@ pub mod account {
         /// Unique name.
         #[sea_orm(unique)]
         pub name: String,
-        /// "anthropic" or "anthropic-compatible".
+        /// "anthropic", "anthropic-compatible", "bedrock" or "vertex".
         pub provider: String,
-        /// A compatible backend's base URL; null for Anthropic.
+        /// A compatible backend's or a cloud's base URL; null for Anthropic.
         pub base_url: Option<String>,
+        /// A cloud account's region.
+        pub region: Option<String>,
+        /// A Vertex AI account's Google Cloud project.
+        pub project: Option<String>,
+        /// Where a Bedrock account's credentials come from: `keys` (AWS keys, encrypted in
+        /// `api_key`), `api-key` (a Bedrock API key there), `profile:NAME`, `environment`.
+        pub aws_credentials: Option<String>,
         /// The header a compatible backend's key goes in (`x-api-key`, `bearer`).
         pub auth_header: Option<String>,
         /// Lower goes first.

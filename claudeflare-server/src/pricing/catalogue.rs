@@ -24,6 +24,30 @@ pub struct Catalogue {
     pub source: Option<String>,
     /// The models.
     pub models: Vec<ModelPrices>,
+    /// What differs on each provider other than Anthropic (`bedrock`, `vertex`): its own prices
+    /// and its regional premium. A provider not listed bills Anthropic's prices.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub providers: BTreeMap<String, ProviderPrices>,
+}
+
+/// A provider's prices where they differ from Anthropic's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderPrices {
+    /// Where they come from, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The multiplier of a request served by a regional endpoint (any `inference_geo` but
+    /// `global`), e.g. 1.1; none: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regional: Option<f64>,
+    /// Models the regional multiplier does not apply to (older ones kept their prices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regional_except: Vec<String>,
+    /// Models this provider prices otherwise than Anthropic (the shape of `models`); the
+    /// others bill Anthropic's prices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelPrices>,
 }
 
 /// One model: its id, the other ids it answers to, and its prices.
@@ -178,7 +202,7 @@ impl Resolved {
     }
 
     /// Every rate times `factor`.
-    fn times(self, factor: f64) -> Self {
+    pub(crate) fn times(self, factor: f64) -> Self {
         Self {
             input: self.input * factor,
             output: self.output * factor,
@@ -401,38 +425,24 @@ impl Catalogue {
         if self.models.is_empty() {
             return Err(CatalogueError::new("the catalogue lists no model"));
         }
-        let mut seen: HashMap<&str, &str> = HashMap::new();
-        for (index, model) in self.models.iter_mut().enumerate() {
-            let at = format!("models[{index}] ({})", model.model);
-            for id in std::iter::once(&model.model).chain(&model.aliases) {
-                check_id(id).map_err(|problem| CatalogueError::new(format!("{at}: {problem}")))?;
-            }
-            if model.prices.is_empty() {
-                return Err(CatalogueError::new(format!("{at}: `prices` is empty")));
-            }
-            for (number, price) in model.prices.iter_mut().enumerate() {
-                price.normalize(&format_args!("{at}, prices[{number}]"))?;
-            }
-            model.prices.sort_by_key(|price| price.effective_from);
-            for pair in model.prices.windows(2) {
-                if pair[0].effective_from == pair[1].effective_from {
-                    let from = pair[0]
-                        .effective_from
-                        .map_or_else(|| "always".to_owned(), |from| from.to_string());
+        check_models(&mut self.models, "models")?;
+        for (name, provider) in &mut self.providers {
+            check_id(name)
+                .map_err(|problem| CatalogueError::new(format!("providers: {problem}")))?;
+            if let Some(regional) = provider.regional {
+                if !regional.is_finite() || regional <= 0.0 {
                     return Err(CatalogueError::new(format!(
-                        "{at}: two prices are in force from {from}; give each its own `effective_from`"
+                        "providers.{name}: `regional` is {regional}; it must be a number over 0"
                     )));
                 }
             }
-        }
-        for model in &self.models {
-            for id in std::iter::once(&model.model).chain(&model.aliases) {
-                if let Some(other) = seen.insert(id, &model.model) {
-                    return Err(CatalogueError::new(format!(
-                        "the id `{id}` is listed twice (for `{other}` and for `{}`); each id prices one model",
-                        model.model
-                    )));
-                }
+            for id in &provider.regional_except {
+                check_id(id).map_err(|problem| {
+                    CatalogueError::new(format!("providers.{name}.regional_except: {problem}"))
+                })?;
+            }
+            if !provider.models.is_empty() {
+                check_models(&mut provider.models, &format!("providers.{name}.models"))?;
             }
         }
         Ok(())
@@ -442,6 +452,45 @@ impl Catalogue {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+/// Check a list of models: their ids, their prices in order, no id twice.
+fn check_models(models: &mut [ModelPrices], list: &str) -> Result<(), CatalogueError> {
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for (index, model) in models.iter_mut().enumerate() {
+        let at = format!("{list}[{index}] ({})", model.model);
+        for id in std::iter::once(&model.model).chain(&model.aliases) {
+            check_id(id).map_err(|problem| CatalogueError::new(format!("{at}: {problem}")))?;
+        }
+        if model.prices.is_empty() {
+            return Err(CatalogueError::new(format!("{at}: `prices` is empty")));
+        }
+        for (number, price) in model.prices.iter_mut().enumerate() {
+            price.normalize(&format_args!("{at}, prices[{number}]"))?;
+        }
+        model.prices.sort_by_key(|price| price.effective_from);
+        for pair in model.prices.windows(2) {
+            if pair[0].effective_from == pair[1].effective_from {
+                let from = pair[0]
+                    .effective_from
+                    .map_or_else(|| "always".to_owned(), |from| from.to_string());
+                return Err(CatalogueError::new(format!(
+                    "{at}: two prices are in force from {from}; give each its own `effective_from`"
+                )));
+            }
+        }
+    }
+    for model in models.iter() {
+        for id in std::iter::once(&model.model).chain(&model.aliases) {
+            if let Some(other) = seen.insert(id, &model.model) {
+                return Err(CatalogueError::new(format!(
+                    "the id `{id}` is listed twice (for `{other}` and for `{}`); each id prices one model",
+                    model.model
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A model id must be one whole id: no blanks, no wildcard, no `[1m]`-style suffix.

@@ -16,6 +16,7 @@
 mod catalogue;
 mod store;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
@@ -75,6 +76,8 @@ pub struct Table {
     catalogue: Catalogue,
     origin: Origin,
     ids: HashMap<String, usize>,
+    /// Per provider, its own models' ids.
+    provider_ids: HashMap<String, HashMap<String, usize>>,
 }
 
 static BUILT_IN: LazyLock<Arc<Table>> =
@@ -83,16 +86,26 @@ static BUILT_IN: LazyLock<Arc<Table>> =
 impl Table {
     /// Index `catalogue`, which came from `origin`.
     pub fn new(catalogue: Catalogue, origin: Origin) -> Self {
-        let mut ids = HashMap::new();
-        for (index, model) in catalogue.models.iter().enumerate() {
-            for id in std::iter::once(&model.model).chain(&model.aliases) {
-                ids.insert(id.clone(), index);
+        let index = |models: &[ModelPrices]| {
+            let mut ids = HashMap::new();
+            for (index, model) in models.iter().enumerate() {
+                for id in std::iter::once(&model.model).chain(&model.aliases) {
+                    ids.insert(id.clone(), index);
+                }
             }
-        }
+            ids
+        };
+        let ids = index(&catalogue.models);
+        let provider_ids = catalogue
+            .providers
+            .iter()
+            .map(|(name, provider)| (name.clone(), index(&provider.models)))
+            .collect();
         Self {
             catalogue,
             origin,
             ids,
+            provider_ids,
         }
     }
 
@@ -113,12 +126,38 @@ impl Table {
 
     /// The model `id` names: the whole id, or the model of a dated id or `-latest`.
     fn model(&self, id: &str) -> Option<&ModelPrices> {
-        let index = self
-            .ids
-            .get(id)
-            .or_else(|| undated(id).and_then(|id| self.ids.get(id)))?;
-        self.catalogue.models.get(*index)
+        let index = lookup(&self.ids, id)?;
+        self.catalogue.models.get(index)
     }
+
+    /// The model `id` names on `provider`: its own price when it lists one, else Anthropic's.
+    fn model_on(&self, provider: Option<&str>, id: &str) -> Option<&ModelPrices> {
+        let own = provider.and_then(|name| {
+            let index = lookup(self.provider_ids.get(name)?, id)?;
+            self.catalogue.providers.get(name)?.models.get(index)
+        });
+        own.or_else(|| self.model(id))
+    }
+
+    /// The regional multiplier of `provider` for `model` served in `geo`.
+    fn regional(&self, provider: Option<&str>, model: &str, geo: Option<&str>) -> Option<f64> {
+        let prices = self.catalogue.providers.get(provider?)?;
+        if geo.is_none_or(|geo| geo == "global") {
+            return Some(1.0);
+        }
+        let model = self.model(model).map_or(model, |m| m.model.as_str());
+        if prices.regional_except.iter().any(|id| id == model) {
+            return Some(1.0);
+        }
+        Some(prices.regional.unwrap_or(1.0))
+    }
+}
+
+/// The index of `id` in `ids`: the whole id, or its undated form.
+fn lookup(ids: &HashMap<String, usize>, id: &str) -> Option<usize> {
+    ids.get(id)
+        .or_else(|| undated(id).and_then(|id| ids.get(id)))
+        .copied()
 }
 
 /// The price of `prices` in force at `at`: the last one that started by then.
@@ -129,12 +168,31 @@ fn in_force(prices: &[Price], at: DateTime<Utc>) -> Option<&Price> {
         .find(|price| price.effective_from.is_none_or(|from| from.0 <= at))
 }
 
-/// `model` without a `[…]` suffix (`claude-opus-5-5[1m]`: a Claude Code selector, same price).
-fn selector_off(model: &str) -> &str {
+/// `model` as the catalogue names it: without a `[…]` suffix (`claude-opus-5-5[1m]`: a Claude
+/// Code selector, same price), and a cloud's id as Anthropic's (Bedrock's
+/// `us.anthropic.claude-sonnet-4-5-20250929-v1:0`, Vertex's `claude-sonnet-4-5@20250929`).
+fn selector_off(model: &str) -> Cow<'_, str> {
     let model = model.trim();
-    match model.find('[') {
+    let model = match model.find('[') {
         Some(at) if model.ends_with(']') => &model[..at],
         _ => model,
+    };
+    // Bedrock: a geography's or `global.` prefix, `anthropic.`, and a `-v1:0` version.
+    let bedrock = model
+        .split_once("anthropic.")
+        .filter(|(prefix, _)| prefix.is_empty() || !prefix.trim_end_matches('.').contains('.'))
+        .map(|(_, id)| id);
+    let model = match bedrock {
+        Some(id) => match id.rsplit_once("-v") {
+            Some((id, version)) if version.bytes().all(|b| b.is_ascii_digit() || b == b':') => id,
+            _ => id,
+        },
+        None => model,
+    };
+    if model.contains('@') {
+        Cow::Owned(model.replace('@', "-"))
+    } else {
+        Cow::Borrowed(model)
     }
 }
 
@@ -187,7 +245,7 @@ impl Overrides {
             if price.normalize(&key).is_err() {
                 continue;
             }
-            let key = selector_off(key).to_owned();
+            let key = selector_off(key).into_owned();
             if key.contains('*') {
                 patterns.push((key, price));
             } else {
@@ -261,17 +319,29 @@ impl Pricing {
 
     /// The price of `model` in force at `at`: an override's, else the catalogue's.
     pub fn price(&self, model: &str, at: DateTime<Utc>) -> Option<&Price> {
+        self.price_on(None, model, at)
+    }
+
+    /// The price of `model` on `provider` (none: Anthropic) in force at `at`: an override's,
+    /// else the provider's own, else Anthropic's.
+    pub fn price_on(
+        &self,
+        provider: Option<&str>,
+        model: &str,
+        at: DateTime<Utc>,
+    ) -> Option<&Price> {
         let id = selector_off(model);
-        self.overrides.price(id, at).or_else(|| {
+        self.overrides.price(&id, at).or_else(|| {
             self.table
-                .model(id)
+                .model_on(provider, &id)
                 .and_then(|model| in_force(&model.prices, at))
         })
     }
 
-    /// What `record` cost, at its time, model and usage.
+    /// What `record` cost, at its time, provider, model and usage.
     pub fn cost(&self, record: &RequestRecord) -> Cost {
-        self.cost_of(
+        self.cost_on(
+            record.provider.as_deref(),
             record.model.as_deref(),
             &record.usage,
             &record.billing,
@@ -288,8 +358,22 @@ impl Pricing {
         billing: &Billing,
         at: DateTime<Utc>,
     ) -> Cost {
+        self.cost_on(None, model, usage, billing, at)
+    }
+
+    /// [`cost_of`](Self::cost_of) on `provider` (none: Anthropic): its own prices and its
+    /// regional premium.
+    pub fn cost_on(
+        &self,
+        provider: Option<&str>,
+        model: Option<&str>,
+        usage: &Usage,
+        billing: &Billing,
+        at: DateTime<Utc>,
+    ) -> Cost {
+        let provider = provider.filter(|p| *p != "anthropic");
         if billing.iterations.is_empty() {
-            return self.part(model, usage, billing, at);
+            return self.part(provider, model, usage, billing, at);
         }
         let fell_back = billing
             .iterations
@@ -300,7 +384,15 @@ impl Pricing {
             .iter()
             // An attempt declined before any output is not billed, its input neither.
             .filter(|i| !(fell_back && i.kind == "message" && i.usage.output_tokens == 0))
-            .map(|i| self.part(i.model.as_deref().or(model), &i.usage, billing, at))
+            .map(|i| {
+                self.part(
+                    provider,
+                    i.model.as_deref().or(model),
+                    &i.usage,
+                    billing,
+                    at,
+                )
+            })
             .fold(Cost::ZERO, |sum, part| Cost {
                 usd: sum.usd + part.usd,
                 known: sum.known && part.known,
@@ -309,6 +401,7 @@ impl Pricing {
 
     fn part(
         &self,
+        provider: Option<&str>,
         model: Option<&str>,
         usage: &Usage,
         billing: &Billing,
@@ -317,7 +410,7 @@ impl Pricing {
         if *usage == Usage::default() {
             return Cost::ZERO;
         }
-        let Some(price) = model.and_then(|model| self.price(model, at)) else {
+        let Some(price) = model.and_then(|model| self.price_on(provider, model, at)) else {
             self.warn_unknown(model.unwrap_or_default());
             return Cost {
                 usd: 0.0,
@@ -329,7 +422,12 @@ impl Pricing {
             .saturating_add(usage.cache_read_input_tokens)
             .saturating_add(usage.cache_creation_input_tokens);
         let fast = billing.speed.as_deref() == Some("fast");
-        let rates = price.rates(prompt, fast, billing.inference_geo.as_deref());
+        let geo = billing.inference_geo.as_deref();
+        // A cloud prices its regions its own way; Anthropic by the model's `inference_geo`.
+        let rates = match model.and_then(|m| self.table.regional(provider, &selector_off(m), geo)) {
+            Some(multiplier) => price.rates(prompt, fast, None).times(multiplier),
+            None => price.rates(prompt, fast, geo),
+        };
         let per_token = |tokens: u64, per_million: f64| tokens as f64 * per_million / 1_000_000.0;
         Cost {
             usd: per_token(usage.input_tokens, rates.input)

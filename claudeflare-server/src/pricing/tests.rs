@@ -555,3 +555,102 @@ fn a_catalogues_url_is_shown_without_its_password_or_query() {
         "/etc/claudeflare/prices.json"
     );
 }
+
+#[test]
+fn the_clouds_ids_find_anthropics_models() {
+    let pricing = Pricing::default();
+    let at = today();
+    let anthropic = pricing.price("claude-sonnet-4-5", at).unwrap();
+    for id in [
+        "anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "claude-sonnet-4-5@20250929",
+    ] {
+        assert_eq!(pricing.price(id, at), Some(anthropic), "{id}");
+    }
+    assert!(pricing.price("anthropic.claude-opus-4-7", at).is_some());
+    assert!(pricing.price("us.meta.llama3", at).is_none());
+}
+
+#[test]
+fn a_clouds_regional_endpoint_costs_a_tenth_more_from_sonnet_4_5_on() {
+    let pricing = Pricing::default();
+    let usage = usage(1_000_000, 0, 0, 0, 0);
+    let on = |provider: &str, model: &str, geo: &str| {
+        pricing
+            .cost_on(
+                Some(provider),
+                Some(model),
+                &usage,
+                &billing(None, Some(geo)),
+                today(),
+            )
+            .usd
+    };
+    let list = cost(&pricing, "claude-opus-4-7", &usage).usd;
+    assert!(close(
+        on("bedrock", "anthropic.claude-opus-4-7", "global"),
+        list
+    ));
+    assert!(close(
+        on("bedrock", "anthropic.claude-opus-4-7", "us-east-1"),
+        list * 1.1
+    ));
+    assert!(close(
+        on("vertex", "claude-opus-4-7", "europe-west1"),
+        list * 1.1
+    ));
+    assert!(close(on("vertex", "claude-opus-4-7", "global"), list));
+    // Older models kept their prices everywhere.
+    let sonnet_4 = cost(&pricing, "claude-sonnet-4-20250514", &usage).usd;
+    assert!(close(
+        on("vertex", "claude-sonnet-4@20250514", "us-east5"),
+        sonnet_4
+    ));
+    // Anthropic's own `us` inference is not a cloud's region.
+    assert!(close(on("anthropic", "claude-opus-4-7", "us-east-1"), list));
+}
+
+#[test]
+fn a_provider_can_price_a_model_its_own_way() {
+    let mut catalogue = Catalogue::built_in();
+    let mut own = catalogue.models[0].clone();
+    own.model = "claude-opus-4-7".into();
+    own.aliases.clear();
+    own.prices = vec![Price::new(1.0, 2.0)];
+    catalogue.providers.get_mut("bedrock").unwrap().models = vec![own];
+    let text = catalogue.to_json();
+    let table = Arc::new(Table::new(
+        Catalogue::parse(&text).unwrap(),
+        Origin::BuiltIn,
+    ));
+    let pricing = Pricing::new(table, &BTreeMap::new());
+    let usage = usage(1_000_000, 0, 0, 0, 0);
+    let bedrock = pricing.cost_on(
+        Some("bedrock"),
+        Some("global.anthropic.claude-opus-4-7"),
+        &usage,
+        &billing(None, Some("global")),
+        today(),
+    );
+    assert!(close(bedrock.usd, 1.0), "{bedrock:?}");
+    let vertex = pricing.cost_on(
+        Some("vertex"),
+        Some("claude-opus-4-7"),
+        &usage,
+        &billing(None, Some("global")),
+        today(),
+    );
+    assert!(close(
+        vertex.usd,
+        cost(&pricing, "claude-opus-4-7", &usage).usd
+    ));
+    let bad = text.replace("\"regional\": 1.1", "\"regional\": -1");
+    assert!(
+        Catalogue::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("regional")
+    );
+}
