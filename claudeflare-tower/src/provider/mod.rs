@@ -181,14 +181,12 @@ impl Backend {
 
     /// Bedrock in `region`, at `base_url` or AWS's endpoint for the region.
     pub fn bedrock(region: &str, base_url: Option<Uri>) -> Result<Self, InvalidUpstream> {
+        let region = cloud::region(region)?;
         let base_url = match base_url {
             Some(url) => url,
             None => cloud::endpoint(&format!("https://bedrock-runtime.{region}.amazonaws.com"))?,
         };
-        Ok(Backend::Bedrock {
-            region: cloud::region(region)?,
-            base_url,
-        })
+        Ok(Backend::Bedrock { region, base_url })
     }
 
     /// Vertex AI for `project` in `region`, at `base_url` or Google's endpoint for the region.
