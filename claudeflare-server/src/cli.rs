@@ -67,7 +67,7 @@ pub enum Command {
         route: RouteArgs,
         /// `--region`, `--project`, and the cloud's credentials.
         #[command(flatten)]
-        cloud: CloudArgs,
+        cloud: Box<CloudArgs>,
     },
     /// Change an account's priority, model map, egress proxy or (compatible backends and
     /// clouds) base URL.

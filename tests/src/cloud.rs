@@ -297,6 +297,9 @@ fn cloud_error(cloud: Cloud, status: u16, kind: &str, message: &str) -> Response
     }
 }
 
+/// An answer given instead of serving (boxed: a response is large).
+type Refused = Box<Response>;
+
 fn claude_error(status: u16, kind: &str, message: &str) -> Response {
     json_response(
         status,
@@ -331,7 +334,7 @@ async fn handle(
     });
     let label = match who {
         Ok(label) => label,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let served = match shared.cloud {
@@ -340,7 +343,7 @@ async fn handle(
     };
     let (model, stream, counting) = match served {
         Ok(served) => served,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let reply = shared
         .lock()
@@ -388,9 +391,9 @@ fn bedrock_caller(
     path: &str,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<String, Response> {
+) -> Result<String, Refused> {
     let refuse = |status: u16, kind: &str, message: &str| {
-        Err(cloud_error(Cloud::Bedrock, status, kind, message))
+        Err(Box::new(cloud_error(Cloud::Bedrock, status, kind, message)))
     };
     let Some(authorization) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return refuse(
@@ -588,25 +591,25 @@ fn bedrock_request(
     path: &str,
     headers: &HeaderMap,
     request: &Value,
-) -> Result<(String, bool, bool), Response> {
+) -> Result<(String, bool, bool), Refused> {
     let invalid = |message: &str| {
-        Err(cloud_error(
+        Err(Box::new(cloud_error(
             Cloud::Bedrock,
             400,
             "ValidationException",
             message,
-        ))
+        )))
     };
     let counting = match path {
         "/anthropic/v1/messages" => false,
         "/anthropic/v1/messages/count_tokens" => true,
         _ => {
-            return Err(cloud_error(
+            return Err(Box::new(cloud_error(
                 Cloud::Bedrock,
                 404,
                 "UnknownOperationException",
                 "Unknown operation",
-            ));
+            )));
         }
     };
     if headers.contains_key("anthropic-beta") {
@@ -642,7 +645,7 @@ fn bedrock_request(
 }
 
 /// The account a Vertex request's access token was issued to.
-fn vertex_caller(shared: &Shared, headers: &HeaderMap) -> Result<String, Response> {
+fn vertex_caller(shared: &Shared, headers: &HeaderMap) -> Result<String, Refused> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -650,27 +653,33 @@ fn vertex_caller(shared: &Shared, headers: &HeaderMap) -> Result<String, Respons
     let inner = shared.lock();
     match token.and_then(|token| inner.tokens.get(token)) {
         Some(issued) if issued.until > Instant::now() => Ok(issued.label.clone()),
-        _ => Err(cloud_error(
+        _ => Err(Box::new(cloud_error(
             Cloud::Vertex,
             401,
             "UNAUTHENTICATED",
             "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
-        )),
+        ))),
     }
 }
 
 /// Vertex's checks of a request: (the model, as Anthropic names it, whether it streams,
 /// whether it counts).
-fn vertex_request(path: &str, request: &Value) -> Result<(String, bool, bool), Response> {
+fn vertex_request(path: &str, request: &Value) -> Result<(String, bool, bool), Refused> {
     let not_found = || {
-        Err(cloud_error(
+        Err(Box::new(cloud_error(
             Cloud::Vertex,
             404,
             "NOT_FOUND",
             &format!("The requested URL {path} was not found."),
-        ))
+        )))
     };
-    let invalid = |message: &str| Err(claude_error(400, "invalid_request_error", message));
+    let invalid = |message: &str| {
+        Err(Box::new(claude_error(
+            400,
+            "invalid_request_error",
+            message,
+        )))
+    };
     let Some(rest) = path.strip_prefix("/v1/projects/") else {
         return not_found();
     };

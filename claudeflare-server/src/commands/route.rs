@@ -22,7 +22,7 @@ pub struct Adding {
     /// `--priority`, `--model-map`, `--proxy`.
     pub route: RouteArgs,
     /// `--region`, `--project` and the cloud's credentials.
-    pub cloud: CloudArgs,
+    pub cloud: Box<CloudArgs>,
 }
 
 impl Adding {
