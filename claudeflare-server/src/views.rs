@@ -76,12 +76,7 @@ impl AccountView {
             name: entry.name().to_owned(),
             provider: route.backend.name().to_owned(),
             base_url: route.backend.base_url().map(ToString::to_string),
-            region: match &route.backend {
-                Backend::Bedrock { region, .. } | Backend::Vertex { region, .. } => {
-                    Some(region.clone())
-                }
-                _ => None,
-            },
+            region: route.backend.region().map(str::to_owned),
             project: match &route.backend {
                 Backend::Vertex { project, .. } => Some(project.clone()),
                 _ => None,

@@ -42,6 +42,14 @@ pub fn client_via(proxy: Option<&EgressProxy>) -> Result<reqwest::Client, BoxErr
     builder.build().map_err(Into::into)
 }
 
+/// Send `request` and read its answer whole ([`read`]), a timeout said plainly.
+pub async fn exchange(
+    request: reqwest::RequestBuilder,
+) -> Result<(http::StatusCode, http::HeaderMap, Bytes), BoxError> {
+    let response = request.send().await.map_err(describe)?;
+    read(response).await
+}
+
 /// An answer's status, headers and body (at most 1 MiB).
 pub async fn read(
     mut response: reqwest::Response,

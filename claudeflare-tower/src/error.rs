@@ -5,7 +5,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use crate::body::ProxyBody;
 
 /// The `error.type` of Anthropic's envelope for a status claudeflare answers with.
-fn error_type(status: StatusCode) -> &'static str {
+pub(crate) fn error_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => "invalid_request_error",
         401 => "authentication_error",

@@ -166,14 +166,8 @@ impl MockCloud {
         let app = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&shared));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the cloud mock to an ephemeral port");
-        let addr = listener.local_addr().expect("the mock's address");
+        let (addr, task) = crate::mock::serve(app).await;
         shared.lock().token_url = format!("http://{addr}/token");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
         Self { addr, shared, task }
     }
 

@@ -344,13 +344,7 @@ impl MockUpstream {
         let app = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&shared));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the mock upstream to an ephemeral port");
-        let addr = listener.local_addr().expect("the mock's address");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = serve(app).await;
         Self { addr, shared, task }
     }
 
@@ -511,6 +505,18 @@ impl MockUpstream {
     pub fn completed_streams(&self) -> usize {
         self.shared.completed_streams.load(Ordering::SeqCst)
     }
+}
+
+/// Serve `app` on 127.0.0.1 with an ephemeral port, until the task is aborted.
+pub(crate) async fn serve(app: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a mock to an ephemeral port");
+    let addr = listener.local_addr().expect("the mock's address");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, task)
 }
 
 fn envelope(status: u16, message: &str) -> Value {

@@ -166,18 +166,15 @@ struct RouteColumns {
 
 impl RouteColumns {
     fn of(route: &Route, cipher: &Cipher) -> Self {
-        let (auth_header, region, project) = match &route.backend {
-            Backend::Compatible { auth, .. } => (Some(auth.as_str().to_owned()), None, None),
-            Backend::Bedrock { region, .. } => (None, Some(region.clone()), None),
-            Backend::Vertex {
-                region, project, ..
-            } => (None, Some(region.clone()), Some(project.clone())),
-            _ => (None, None, None),
+        let (auth_header, project) = match &route.backend {
+            Backend::Compatible { auth, .. } => (Some(auth.as_str().to_owned()), None),
+            Backend::Vertex { project, .. } => (None, Some(project.clone())),
+            _ => (None, None),
         };
         Self {
             provider: route.backend.name().to_owned(),
             base_url: route.backend.base_url().map(ToString::to_string),
-            region,
+            region: route.backend.region().map(str::to_owned),
             project,
             auth_header,
             priority: i32::try_from(route.priority).unwrap_or(i32::MAX),

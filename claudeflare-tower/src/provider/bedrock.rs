@@ -157,7 +157,7 @@ impl Provider for Bedrock {
         body: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Classification {
-        if !status.is_client_error() && !status.is_server_error() {
+        if !cloud::is_error(status) {
             return Classification::new(Outcome::Success);
         }
         let _ = account;
@@ -216,10 +216,8 @@ impl Provider for Bedrock {
     }
 
     fn tap(&self, account: Option<&AccountEntry>, headers: &HeaderMap) -> CloudTap {
-        let region = account.and_then(|account| match &account.route().backend {
-            Backend::Bedrock { region, .. } => Some(region.clone()),
-            _ => None,
-        });
+        let region =
+            account.and_then(|account| account.route().backend.region().map(str::to_owned));
         CloudTap::new(headers, region, geo_of)
     }
 

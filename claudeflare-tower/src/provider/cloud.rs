@@ -195,6 +195,11 @@ impl CloudError {
     }
 }
 
+/// Whether a status is an error answer, whose body a cloud's classification reads.
+pub(crate) fn is_error(status: StatusCode) -> bool {
+    status.is_client_error() || status.is_server_error()
+}
+
 /// A 429 (or a throttling error by another status): the account rests until the cloud's
 /// `retry-after`, or for [`DEFAULT_COOLDOWN`].
 pub(crate) fn throttled(headers: &HeaderMap, now: DateTime<Utc>) -> Classification {
@@ -237,7 +242,7 @@ pub(crate) fn client_error(
     let kind = if error.anthropic && !error.kind.is_empty() {
         error.kind.as_str()
     } else {
-        envelope_type(status)
+        crate::error::error_type(status)
     };
     let message = if too_long {
         INPUT_TOO_LONG.to_owned()
@@ -251,20 +256,6 @@ pub(crate) fn client_error(
         "error": {"type": kind, "message": message},
     });
     Some(Bytes::from(body.to_string()))
-}
-
-/// Anthropic's `error.type` for a status.
-fn envelope_type(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        400 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        _ => "api_error",
-    }
 }
 
 /// Where a cloud served a request, from the model it names and the account's region.

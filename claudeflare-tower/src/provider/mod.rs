@@ -222,6 +222,14 @@ impl Backend {
         }
     }
 
+    /// A cloud's region.
+    pub fn region(&self) -> Option<&str> {
+        match self {
+            Backend::Bedrock { region, .. } | Backend::Vertex { region, .. } => Some(region),
+            _ => None,
+        }
+    }
+
     /// Its own base URL, when it has one.
     pub fn base_url(&self) -> Option<&Uri> {
         match self {

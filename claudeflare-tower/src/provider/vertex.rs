@@ -183,7 +183,7 @@ impl Provider for Vertex {
         body: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Classification {
-        if !status.is_client_error() && !status.is_server_error() {
+        if !cloud::is_error(status) {
             return Classification::new(Outcome::Success);
         }
         let error = CloudError::read(headers, body);
@@ -232,10 +232,8 @@ impl Provider for Vertex {
     }
 
     fn tap(&self, account: Option<&AccountEntry>, headers: &HeaderMap) -> CloudTap {
-        let region = account.and_then(|account| match &account.route().backend {
-            Backend::Vertex { region, .. } => Some(region.clone()),
-            _ => None,
-        });
+        let region =
+            account.and_then(|account| account.route().backend.region().map(str::to_owned));
         CloudTap::new(headers, region, |_, region| region.to_owned())
     }
 
@@ -344,17 +342,14 @@ async fn grant(
     let assertion = jsonwebtoken::encode(&jwt_header, &claims, &signing_key)
         .map_err(|e| RefreshError::Rejected(format!("could not sign the grant: {e}")))?;
     let exchange = async {
-        let response = crate::control::client_via(proxy)?
+        let request = crate::control::client_via(proxy)?
             .post(uri.to_string())
             .header(header::ACCEPT, "application/json")
             .form(&[
                 ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
                 ("assertion", assertion.as_str()),
-            ])
-            .send()
-            .await
-            .map_err(crate::control::describe)?;
-        crate::control::read(response).await
+            ]);
+        crate::control::exchange(request).await
     };
     let (status, _, bytes) = exchange.await.map_err(RefreshError::Temporary)?;
     if status.is_success() {

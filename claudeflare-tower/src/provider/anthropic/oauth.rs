@@ -48,15 +48,12 @@ impl Endpoint {
             "client_id": self.client_id,
         });
         let exchange = async {
-            let response = crate::control::client_via(proxy)?
+            let request = crate::control::client_via(proxy)?
                 .post(self.token_url.to_string())
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(header::ACCEPT, "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-                .map_err(crate::control::describe)?;
-            crate::control::read(response).await
+                .body(body.to_string());
+            crate::control::exchange(request).await
         };
         let (status, _, bytes) = exchange.await.map_err(RefreshError::Temporary)?;
         if status.is_success() {
