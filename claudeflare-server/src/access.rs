@@ -57,8 +57,8 @@ pub struct ClientKey {
     pub email: Option<String>,
     /// Requests in flight now.
     pub in_flight: AtomicU64,
-    /// Requests of the current minute: (minute, count).
-    minute: Mutex<(u64, u32)>,
+    /// Its `--rpm` limit.
+    per_minute: Option<crate::rpm::PerMinute>,
 }
 
 /// The keys, by the SHA-256 of the key.
@@ -205,7 +205,7 @@ impl Access {
                 );
                 continue;
             };
-            // An unchanged key keeps its entry, with its in-flight count and minute.
+            // An unchanged key keeps its entry, with its in-flight count and its rpm limit.
             let kept = current
                 .by_digest
                 .get(&digest)
@@ -501,17 +501,10 @@ impl Access {
                 });
             }
         }
-        if let Some(rpm) = limits.rpm {
-            let now = Utc::now().timestamp();
-            let minute = u64::try_from(now / 60).unwrap_or(0);
-            let mut current = key.minute.lock().unwrap_or_else(PoisonError::into_inner);
-            if current.0 != minute {
-                *current = (minute, 0);
-            }
-            if current.1 >= rpm {
-                let seconds = u64::try_from(60 - now.rem_euclid(60)).unwrap_or(1).max(1);
+        if let (Some(rpm), Some(per_minute)) = (limits.rpm, &key.per_minute) {
+            if let Err(wait) = per_minute.take() {
                 return Err(Refusal {
-                    retry_after: Some(seconds),
+                    retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
                     ..Refusal::new(
                         StatusCode::TOO_MANY_REQUESTS,
                         format!(
@@ -521,7 +514,6 @@ impl Access {
                     )
                 });
             }
-            current.1 += 1;
         }
         let mut used = self
             .inner
@@ -684,7 +676,7 @@ fn entry(model: &client_key::Model) -> ClientKey {
         accounts: keys::allowed_accounts(model).map(Arc::from),
         email: model.email.clone(),
         in_flight: AtomicU64::new(0),
-        minute: Mutex::new((0, 0)),
+        per_minute: count(model.rpm).map(crate::rpm::PerMinute::new),
     }
 }
 

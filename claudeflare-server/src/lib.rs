@@ -20,6 +20,7 @@ pub mod oauth;
 pub mod pricing;
 pub mod recorder;
 pub mod refresher;
+pub mod rpm;
 pub mod secrets;
 pub mod serve;
 pub mod signin;
