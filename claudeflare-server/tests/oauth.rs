@@ -374,9 +374,24 @@ async fn a_throttled_usage_endpoint_is_polled_less_and_never_marks_the_account()
     env.mock.throttle_usage("m", 100, None);
     let server = env.start();
     // Polled every second without throttling; throttled, the waits double: 1 s, 2 s, 4 s.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
-    let calls = env.mock.usage_calls("m");
-    assert!((2..=3).contains(&calls), "{calls} calls in 4.5 s");
+    assert!(
+        eventually(Duration::from_secs(12), || async {
+            env.mock.usage_calls("m") >= 4
+        })
+        .await,
+        "{} calls",
+        env.mock.usage_calls("m")
+    );
+    let times = env.mock.usage_call_times("m");
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    for (i, expected) in [1, 2, 4].into_iter().enumerate() {
+        let expected = Duration::from_secs(expected);
+        assert!(
+            gaps[i] >= expected.mul_f64(0.9) && gaps[i] < expected.mul_f64(1.5),
+            "wait {i} was {:?}, not about {expected:?}: {gaps:?}",
+            gaps[i]
+        );
+    }
     let m = server.account("m").await;
     assert_eq!(m["status"], "active");
     assert_eq!(m["rate_limited_until"], Value::Null);

@@ -47,8 +47,13 @@ async fn strategies_switch_live_and_are_written_back() {
         server.json("/api/config/strategy").await["strategy"],
         "round-robin"
     );
-    // The file changed, so the server reloads it: the API's choice holds over LB_STRATEGY.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A person edits another setting in the file: the server reloads it, and the API's choice
+    // still holds over LB_STRATEGY.
+    assert!(!server.log().contains("configuration reloaded"));
+    let mut edited = file.clone();
+    edited["retry_attempts"] = 4.into();
+    std::fs::write(env.config_path(), edited.to_string()).unwrap();
+    server.wait_log("configuration reloaded").await;
     assert_eq!(server.json("/health").await["strategy"], "round-robin");
     drop(server);
 

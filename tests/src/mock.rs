@@ -273,7 +273,7 @@ struct Inner {
     pending_codes: HashMap<String, PendingCode>,
     created_keys: Vec<String>,
     usage: HashMap<String, Value>,
-    usage_calls: HashMap<String, usize>,
+    usage_calls: HashMap<String, Vec<Instant>>,
     usage_throttled: HashMap<String, (usize, Option<u64>)>,
     scripts: HashMap<String, VecDeque<Reply>>,
     received: Vec<Received>,
@@ -295,6 +295,8 @@ struct Shared {
     request_ids: AtomicUsize,
     cancelled_streams: AtomicUsize,
     completed_streams: AtomicUsize,
+    /// Told whenever a stream ends, either way.
+    stream_ended: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -340,6 +342,7 @@ impl MockUpstream {
             request_ids: AtomicUsize::new(0),
             cancelled_streams: AtomicUsize::new(0),
             completed_streams: AtomicUsize::new(0),
+            stream_ended: tokio::sync::Notify::new(),
         });
         let app = Router::new()
             .fallback(handle)
@@ -435,12 +438,17 @@ impl MockUpstream {
 
     /// How many times the usage endpoint was called for `label`, throttled calls included.
     pub fn usage_calls(&self, label: &str) -> usize {
+        self.usage_call_times(label).len()
+    }
+
+    /// When the usage endpoint was called for `label`, throttled calls included, oldest first.
+    pub fn usage_call_times(&self, label: &str) -> Vec<Instant> {
         self.shared
             .lock()
             .usage_calls
             .get(label)
-            .copied()
-            .unwrap_or(0)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Make the account's current access token fail with 401 until it is refreshed.
@@ -504,6 +512,24 @@ impl MockUpstream {
     /// Streams sent to the end.
     pub fn completed_streams(&self) -> usize {
         self.shared.completed_streams.load(Ordering::SeqCst)
+    }
+
+    /// Wait until `count` streams were cut by their client (at most `timeout`); returns how
+    /// many were. Woken by each stream's end, not by polling.
+    pub async fn until_cancelled(&self, count: usize, timeout: Duration) -> usize {
+        let wait = async {
+            loop {
+                let ended = self.shared.stream_ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if self.cancelled_streams() >= count {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        self.cancelled_streams()
     }
 }
 
@@ -897,7 +923,11 @@ fn oauth_api(shared: &Shared, path: &str, headers: &HeaderMap, request_id: &str)
             request_id,
         );
     }
-    *inner.usage_calls.entry(label.clone()).or_default() += 1;
+    inner
+        .usage_calls
+        .entry(label.clone())
+        .or_default()
+        .push(Instant::now());
     if let Some((left, retry_after)) = inner
         .usage_throttled
         .get_mut(&label)
@@ -980,5 +1010,6 @@ impl sse::StreamObserver for Shared {
             &self.cancelled_streams
         };
         counter.fetch_add(1, Ordering::SeqCst);
+        self.stream_ended.notify_waiters();
     }
 }
