@@ -82,7 +82,7 @@ pub async fn once(sender: &mut SendRequest<Full<Bytes>>, address: SocketAddr) ->
 /// On the benchmark's multi-threaded runtime, the connection's task and the task sending the
 /// requests run on different workers, and every request crosses between them: that added some
 /// 60 µs to each request (wrk measured the mock at 33–67 µs p50 where this client, so run,
-/// measured 92–141 µs; BENCHMARKS.md), the same for every target, which flattered the ratio of
+/// measured 92–141 µs; docs/benchmarks-history.md), the same for every target, which flattered the ratio of
 /// added latencies. On one thread the client costs what a plain event loop such as wrk's does.
 pub async fn latency_on_own_thread(address: SocketAddr, count: usize, into: &mut Histogram<u64>) {
     let measured = tokio::task::spawn_blocking(move || {

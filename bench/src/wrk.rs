@@ -1,7 +1,7 @@
 //! The 1-connection latency rounds driven by wrk (Debian's `wrk` package), when it is installed.
 //!
 //! The benchmark's own client agrees with wrk on what each proxy adds within a few µs (both run
-//! one event loop on one thread; BENCHMARKS.md, "The 1-connection figures against wrk"), but the
+//! one event loop on one thread; docs/benchmarks-history.md, "The 1-connection figures against wrk"), but the
 //! budget is stated against a C load generator that costs nothing per request beyond its
 //! syscalls. With wrk installed, the instrument is wrk itself, so the two cannot disagree.
 

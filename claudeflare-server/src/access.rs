@@ -1,4 +1,4 @@
-//! Who may use the server (contract: "Access (client keys and admin)").
+//! Who may use the server (README, "Running it for a team").
 //!
 //! - With no client key, the server is for the machine it runs on: only loopback `Host` names
 //!   (and `allowed_hosts`) are answered, so a web page cannot reach it through DNS rebinding.

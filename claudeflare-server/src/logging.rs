@@ -80,7 +80,7 @@ impl Shared {
 /// stderr every few milliseconds. A request never waits on stderr, and a busy server makes one
 /// write per batch of lines instead of one per line, with no thread woken per line. It replaced
 /// tracing-appender's worker, which spun with 1.3 `sched_yield` per request on 2 cores
-/// (BENCHMARKS.md, second round).
+/// (docs/benchmarks-history.md, second round).
 struct BatchWriter(Arc<Shared>);
 
 impl io::Write for &BatchWriter {
@@ -215,7 +215,7 @@ pub fn init(log_level: LogLevel, format: LogFormat) -> (LogHandle, LogFlush) {
 /// `2026-11-22T03:07:11.494926Z  INFO target: message name=value …`, with the level coloured on a
 /// terminal. Written directly rather than through the general formatter: a busy server writes
 /// one such line per request, and this makes it about three times cheaper (callgrind: 8,800 →
-/// about 4,000 instructions per line; BENCHMARKS.md, third round).
+/// about 4,000 instructions per line; docs/benchmarks-history.md, third round).
 struct Pretty {
     ansi: bool,
 }

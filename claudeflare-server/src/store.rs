@@ -17,7 +17,7 @@
 //!    (`live_version` bumped by another instance's write) is folded in as below.
 //!
 //! A change made on one instance is therefore stored within 200 ms and seen by the others within
-//! 200 ms more (measured in the three-instance tests: see BENCHMARKS.md).
+//! 200 ms more (measured in the three-instance tests: see docs/benchmarks-history.md).
 //!
 //! **Why a versioned poll, not `LISTEN`/`NOTIFY`.** The accounts table has a handful of rows:
 //! reading it five times a second costs PostgreSQL next to nothing, and an instance that was cut

@@ -8,7 +8,7 @@
 //! whichever worker is free, so memory allocated on one core is written and freed on the other,
 //! locks and reference counts bounce between them, and idle workers are woken with
 //! inter-processor interrupts. Measured under load on 2 cores, keeping each connection on one
-//! thread takes about a third off claudeflare's CPU time per request (BENCHMARKS.md).
+//! thread takes about a third off claudeflare's CPU time per request (docs/benchmarks-history.md).
 //!
 //! Everything that is not proxying (the API, the dashboard, the database, token refreshes,
 //! background tasks) stays on the main runtime: [`App`] sends those requests there.

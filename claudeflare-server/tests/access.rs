@@ -1,5 +1,5 @@
 //! Access control through the binary: client keys, admin, per-key limits, and the browser rules
-//! (contract: "Access (client keys and admin)").
+//! (README, "Running it for a team").
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 

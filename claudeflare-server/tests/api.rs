@@ -1,4 +1,4 @@
-//! Every HTTP API endpoint of the contract, with its errors, against the real binary.
+//! Every HTTP API endpoint the README documents, with its errors, against the real binary.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -8,7 +8,7 @@ use common::{Env, key};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_api_answers_with_the_contracts_shapes() {
+async fn the_api_answers_in_its_documented_shapes() {
     let env = Env::sqlite().await;
     env.add_keys(&["a", "b"]);
     let server = env.start();

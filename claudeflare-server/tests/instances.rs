@@ -1,4 +1,4 @@
-//! Several instances on one PostgreSQL database act as one balancer (contract: "Several
+//! Several instances on one PostgreSQL database act as one balancer (README, "Several
 //! instances"): three server processes share rate-limit marks, sessions, token refreshes, the
 //! history and the client keys, and keep serving when one of them is killed.
 //!
@@ -19,7 +19,7 @@ use serde_json::json;
 /// One test at a time (see the module's notes).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The contract's bound on how long a change on one instance takes to reach the others.
+/// How long a change on one instance may take to reach the others (the README promises it).
 const SHARED_WITHIN: Duration = Duration::from_secs(1);
 
 /// Three servers, started at the same moment.

@@ -275,7 +275,7 @@ async fn twenty_stalled_30_mb_bodies_stay_within_the_buffered_bytes_budget() {
     );
     // The budget, and about 14 MiB for the 20 connections' own buffers (measured with a
     // budget of 1 MiB); 600 MB without the budget. (The test binary is a debug build, which
-    // starts at about 44 MiB; the release build's figures are in BENCHMARKS.md.)
+    // starts at about 44 MiB; the release build's figures are in docs/benchmarks-history.md.)
     assert!(
         peak - before < (64 + 32) * 1024,
         "peak RSS {peak} KiB, {before} KiB before"

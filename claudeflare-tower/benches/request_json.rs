@@ -1,7 +1,7 @@
 //! The request body's `model` and `stream`, read as `Intake` reads them: serde_json with a
 //! borrowed struct that ignores every other field (beside a full `serde_json::Value`, the naive
 //! way). It replaced a hand-written top-level skimmer, which this bench measured slower:
-//! 215 µs against 174 µs for 500 KB, 3.4 against 3.1 µs for 5 KB (BENCHMARKS.md).
+//! 215 µs against 174 µs for 500 KB, 3.4 against 3.1 µs for 5 KB (docs/benchmarks-history.md).
 //!
 //! ```sh
 //! cargo bench -p claudeflare-tower --bench request_json

@@ -178,7 +178,7 @@ pub struct Intake<S> {
 /// The request's top-level `model` and `stream`, everything else (the conversation) skipped by
 /// serde_json without being kept. A borrowed struct read this way was measured faster than the
 /// hand-written skimmer it replaced: 174 µs against 215 µs for a 500 KB request, 3.1 against
-/// 3.4 µs for a 5 KB one (Criterion, `request_json` bench; BENCHMARKS.md).
+/// 3.4 µs for a 5 KB one (Criterion, `request_json` bench; docs/benchmarks-history.md).
 fn read_meta(body: &[u8]) -> (Option<String>, bool) {
     #[derive(Deserialize)]
     struct Wire<'a> {

@@ -1,4 +1,4 @@
-//! Mocks of Claude on the clouds, as anthropic.md and the providers' pages describe them:
+//! Mocks of Claude on the clouds, as the providers' pages describe them:
 //!
 //! - AWS Bedrock's Messages API at `/anthropic/v1/messages`: every request's SigV4 signature
 //!   recomputed from the registered keys and compared, or a Bedrock API key as a bearer; the

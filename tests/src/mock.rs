@@ -70,8 +70,8 @@ pub enum Reply {
     /// Never answer (until the client gives up).
     Stall,
     /// A 200 stream that starts a message, then announces an error of this `error.type`
-    /// (`rate_limit_error`, `overloaded_error`) as `event: error` and ends (anthropic.md: "A
-    /// limit can also arrive inside a 200 stream").
+    /// (`rate_limit_error`, `overloaded_error`) as `event: error` and ends: a limit can also
+    /// arrive inside a 200 stream.
     StreamError {
         /// `error.type` of the event.
         kind: String,

@@ -44,7 +44,7 @@ async fn a_scripted_broken_stream_breaks() {
     assert!(got.len() < sse::message_stream("x").len());
 }
 
-/// The answers that look alike, as Anthropic sends them (anthropic.md, "Responses and errors").
+/// The answers that look alike, as Anthropic sends them.
 #[tokio::test]
 async fn look_alike_answers_carry_their_status_type_message_and_headers() {
     let mock = MockUpstream::start().await;

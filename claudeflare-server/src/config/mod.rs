@@ -21,7 +21,7 @@ pub use names::{LogFormat, LogLevel, StrategyName};
 use upgrade::{oauth_default, upgraded};
 pub use upgrade::{upgrade_file, upgrade_message};
 
-/// Every setting, with the names of the contract.
+/// Every setting, under the names users write (the README's "Configuration").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {

@@ -1,11 +1,11 @@
 //! Configuration files written by earlier versions: their default OAuth URLs stopped working in
-//! June 2026 (anthropic.md), and a default a user never chose must not leave them stuck.
+//! June 2026 (Anthropic moved them to `platform.claude.com`), and a default a user never chose must not leave them stuck.
 
 use std::path::Path;
 
 use super::{ConfigError, write_atomically};
 
-/// Today's OAuth endpoints (anthropic.md: moved to `platform.claude.com` in June 2026).
+/// Today's OAuth endpoints (moved to `platform.claude.com` in June 2026).
 const OAUTH_DEFAULTS: [(&str, &str); 4] = [
     (
         "oauth_token_url",

@@ -115,7 +115,7 @@ impl Statements {
 /// This is the one write on the proxy's busy path, so it goes to sqlx directly, under sea-orm:
 /// statements built once, no `RETURNING`. Measured with callgrind under the benchmark's load,
 /// the record writer went from about 12,900 to 3,700 instructions per request on the worker
-/// threads this way (BENCHMARKS.md, third round). The batch is only borrowed, so a failed write
+/// threads this way (docs/benchmarks-history.md, third round). The batch is only borrowed, so a failed write
 /// leaves it whole for the writer to try again.
 ///
 /// The write runs on a connection of its own from the pool, and a connection whose write failed

@@ -4,7 +4,7 @@
 //! recorded 23–81% of its flood (27–30k requests a second on two shared cores) and dropped the
 //! rest; PostgreSQL parsed and planned each statement and bound 21 parameters a row. One binary
 //! `COPY` a batch is a single message stream that PostgreSQL reads straight into the table
-//! (BENCHMARKS.md, "Records on PostgreSQL by COPY").
+//! (docs/benchmarks-history.md, "Records on PostgreSQL by COPY").
 //!
 //! The format (PostgreSQL docs, "COPY — Binary Format"): a signature, flags and a header
 //! extension length; per row the field count, then per field its length (-1 for NULL) and its

@@ -1,7 +1,7 @@
 //! What an upstream response means: one classifier for every status, in the spirit of
 //! tower-http's `ClassifyResponse`.
 //!
-//! Some answers look alike but mean different things (anthropic.md, "Responses and errors"):
+//! Some answers look alike but mean different things (as Anthropic's API sends them today):
 //! a 403 `permission_error` is a disabled or banned account, not a client mistake; a 429 about
 //! long-context extra usage, or one carrying `overage-disabled-reason: out_of_credits`, refuses
 //! this request's model or beta, not the account; a 400 about extra usage is a billing-policy

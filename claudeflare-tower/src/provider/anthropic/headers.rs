@@ -40,7 +40,7 @@ pub(crate) struct RateLimitInfo {
 /// The rate-limit headers' values, found in one pass over a response's headers (a response carries
 /// a dozen of them, and looking each up by name would hash every name again). Measured with
 /// Criterion on a full unified and standard set: 0.23 µs per response instead of 1.06 µs for a
-/// lookup per name (BENCHMARKS.md, second round).
+/// lookup per name (docs/benchmarks-history.md, second round).
 #[derive(Default)]
 struct Seen<'a> {
     unified_status: Option<&'a str>,

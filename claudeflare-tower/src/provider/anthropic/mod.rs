@@ -227,7 +227,7 @@ pub(crate) fn remove_oauth_beta(headers: &mut HeaderMap) {
 /// `usage`, `event: error`), or a JSON body read at its end.
 ///
 /// Hand-written rather than a general SSE parser because it runs over every streamed byte:
-/// Criterion measures it at 5.5 GiB/s on a 5,000-event stream (`hot_paths`, BENCHMARKS.md).
+/// Criterion measures it at 5.5 GiB/s on a 5,000-event stream (`hot_paths`, docs/benchmarks-history.md).
 #[derive(Debug)]
 pub struct AnthropicTap(Tap);
 

@@ -8,7 +8,7 @@
 //! deltas, is skipped with `memchr`. A JSON body is collected (up to a cap) and read at its end.
 //!
 //! Hand-written rather than a general SSE parser because it runs over every streamed byte:
-//! Criterion measures it at 5.5 GiB/s on a 5,000-event stream (`hot_paths`, BENCHMARKS.md),
+//! Criterion measures it at 5.5 GiB/s on a 5,000-event stream (`hot_paths`, docs/benchmarks-history.md),
 //! against an aim of 1 GB/s; a parser that decodes every event would copy each content delta.
 
 use std::borrow::Cow;
@@ -438,7 +438,7 @@ impl JsonTap {
             // Skipped over as raw text, then read on its own: a `usage` that does not fit
             // `WireUsage` is left out without costing the rest of the answer. Read into a
             // `serde_json::Value` first instead, each answer cost about 10,000 instructions
-            // more (a map and a string per field; callgrind, BENCHMARKS.md).
+            // more (a map and a string per field; callgrind, docs/benchmarks-history.md).
             #[serde(borrow)]
             usage: Option<&'a serde_json::value::RawValue>,
             error: Option<WireError>,
