@@ -12,17 +12,19 @@ use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Sparkline, Table, T
 use super::state::{Account, App, Screen, Snapshot};
 
 /// The keys, in the footer.
-const KEYS: &[(&str, &str)] = &[
-    ("q", "quit"),
-    ("1-3", "view"),
-    ("↑↓", "select"),
-    ("s", "strategy"),
-    ("p", "pause"),
-    ("t", "tier"),
-    ("a", "account"),
-    ("v", "provider"),
-    ("f", "failed"),
-    ("Esc", "clear"),
+/// The keys, what each does, and the word for it below 100 columns (so that all of them fit in
+/// 80: 75 columns).
+const KEYS: &[(&str, &str, &str)] = &[
+    ("q", "quit", "quit"),
+    ("1-3", "view", "view"),
+    ("↑↓", "select", ""),
+    ("s", "strategy", "strategy"),
+    ("p", "pause", "pause"),
+    ("t", "tier", "tier"),
+    ("a", "account", "acct"),
+    ("v", "provider", "prov"),
+    ("f", "failed", "fail"),
+    ("Esc", "clear", "clear"),
 ];
 
 /// Draw the whole screen.
@@ -96,15 +98,20 @@ fn draw_message(frame: &mut Frame<'_>, area: Rect, app: &App) {
 }
 
 fn draw_footer(frame: &mut Frame<'_>, area: Rect) {
-    // Every key fits in 80 columns with one space between them; wider, they get room.
-    let gap = if area.width >= 100 { "   " } else { " " };
+    // Every key fits in 80 columns with one space between them and short words; wider, they
+    // get room and whole words.
+    let wide = area.width >= 100;
+    let gap = if wide { "   " } else { " " };
     let mut spans = Vec::new();
-    for (i, (key, what)) in KEYS.iter().enumerate() {
+    for (i, (key, what, short)) in KEYS.iter().enumerate() {
         if i > 0 {
             spans.push(Span::raw(gap));
         }
         spans.push(Span::styled(*key, Style::new().bold()));
-        spans.push(Span::raw(format!(" {what}")));
+        let what = if wide { what } else { short };
+        if !what.is_empty() {
+            spans.push(Span::raw(format!(" {what}")));
+        }
     }
     frame.render_widget(Paragraph::new(Line::from(spans)).dim(), area);
 }
@@ -112,12 +119,14 @@ fn draw_footer(frame: &mut Frame<'_>, area: Rect) {
 fn draw_overview(frame: &mut Frame<'_>, area: Rect, data: &Snapshot) {
     let warning = crate::db::rollups::unpriced_warning(&data.stats.unpriced_models);
     let warning_rows = if warning.is_some() { 3 } else { 0 };
-    let [totals, notice, chart] = Layout::vertical([
-        Constraint::Length(6),
+    let [now, totals, notice, chart] = Layout::vertical([
+        Constraint::Length(3),
+        Constraint::Length(5),
         Constraint::Length(warning_rows),
         Constraint::Min(4),
     ])
     .areas(area);
+    draw_now(frame, now, data);
     if let Some(warning) = warning {
         frame.render_widget(
             Paragraph::new(warning)
@@ -218,6 +227,44 @@ fn draw_overview(frame: &mut Frame<'_>, area: Rect, data: &Snapshot) {
     );
 }
 
+/// Which account the session is on and how close it is to its limits: what a person opening
+/// the TUI wants at a glance.
+fn draw_now(frame: &mut Frame<'_>, area: Rect, data: &Snapshot) {
+    let bar_width = if area.width >= 120 { 10 } else { 0 };
+    let line = match session_account(data) {
+        Some(account) => Line::from(vec![
+            Span::raw("on "),
+            Span::styled(account.name.clone(), Style::new().bold()),
+            Span::raw(format!(
+                " ({}) · {} · 5 h {} · 7 d {}",
+                provider_cell(account),
+                account
+                    .session_start
+                    .map_or_else(String::new, |start| format!(
+                        "session {}, {} req",
+                        span(data.at - start),
+                        count(account.session_request_count)
+                    )),
+                bar(account.utilization_5h, bar_width),
+                bar(account.utilization_7d, bar_width),
+            )),
+        ]),
+        None => Line::from("no open session: the next request starts one"),
+    };
+    frame.render_widget(
+        Paragraph::new(line).block(Block::bordered().title(" Now ")),
+        area,
+    );
+}
+
+/// The account of the newest open session among those in rotation.
+fn session_account(data: &Snapshot) -> Option<&Account> {
+    data.accounts
+        .iter()
+        .filter(|a| a.status == "active" && a.session_start.is_some())
+        .max_by_key(|a| a.session_start)
+}
+
 /// Requests and tokens of each of the last 24 hours, oldest first (hours without requests too).
 fn last_hours(data: &Snapshot) -> Vec<(u64, u64)> {
     (0..24)
@@ -240,15 +287,23 @@ fn draw_accounts(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
     // Wide, why an account is out of rotation gets a column; narrow, the line below the table
     // says it for the selected account.
     let wide = area.width >= 120;
-    let bar_width = if wide { 10 } else { 4 };
-    let mut header = vec!["name", "provider", "mode", "tier", "status"];
+    // Narrow, the fixed columns take 62 of 80 columns and the name the rest (14 or more):
+    // mode and tier share one, the windows show their percentage only.
+    let bar_width = if wide { 10 } else { 0 };
+    let mut header = vec!["name", "provider"];
     let mut widths = vec![
-        Constraint::Length(if wide { 16 } else { 9 }),
-        Constraint::Length(if wide { 14 } else { 10 }),
-        Constraint::Length(7),
-        Constraint::Length(4),
-        Constraint::Length(if wide { 16 } else { 13 }),
+        Constraint::Min(if wide { 16 } else { 12 }),
+        Constraint::Length(13),
     ];
+    if wide {
+        header.extend(["mode", "tier"]);
+        widths.extend([Constraint::Length(7), Constraint::Length(4)]);
+    } else {
+        header.push("plan");
+        widths.push(Constraint::Length(9));
+    }
+    header.push("status");
+    widths.push(Constraint::Length(if wide { 16 } else { 11 }));
     if wide {
         header.push("why");
         widths.push(Constraint::Min(20));
@@ -260,26 +315,37 @@ fn draw_accounts(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
         if wide { "requests" } else { "reqs" },
     ]);
     widths.extend([
-        Constraint::Length(if wide { 16 } else { 11 }),
+        Constraint::Length(if wide { 16 } else { 9 }),
         Constraint::Length(bar_width + 5),
         Constraint::Length(bar_width + 5),
-        Constraint::Length(if wide { 8 } else { 6 }),
+        Constraint::Length(if wide { 8 } else { 5 }),
     ]);
     let rows = data.accounts.iter().map(|account| {
         let mut cells = vec![
             Cell::from(account.name.clone()),
             Cell::from(provider_cell(account)),
-            Cell::from(account.mode.clone()),
-            Cell::from(account.tier.to_string()),
-            Cell::from(status(account, data.at)).style(status_style(&account.status)),
         ];
+        if wide {
+            cells.extend([
+                Cell::from(account.mode.clone()),
+                Cell::from(account.tier.to_string()),
+            ]);
+        } else {
+            cells.push(Cell::from(format!("{} {}", account.mode, account.tier)));
+        }
+        cells.push(Cell::from(status(account, data.at)).style(status_style(&account.status)));
         if wide {
             cells.push(Cell::from(
                 account.status_reason.clone().unwrap_or_default(),
             ));
         }
+        // Narrow, the session's age only (the overview has its requests).
+        let session = match account.session_start {
+            Some(start) if !wide => span(data.at - start),
+            _ => session(account, data.at),
+        };
         cells.extend([
-            Cell::from(session(account, data.at)),
+            Cell::from(session),
             Cell::from(bar(account.utilization_5h, bar_width)),
             Cell::from(bar(account.utilization_7d, bar_width)),
             Cell::from(count(account.request_count)),
@@ -398,7 +464,8 @@ fn short_model(model: &str, wide: bool) -> String {
 
 fn status(account: &Account, at: DateTime<Utc>) -> String {
     match (account.status.as_str(), account.rate_limited_until) {
-        ("rate_limited", Some(until)) => format!("limited {}", span(until - at)),
+        ("rate_limited", Some(until)) => format!("limit {}", span(until - at)),
+        ("needs_reauth", _) => "reauth".into(),
         (status, _) => status.replace('_', " "),
     }
 }
@@ -422,12 +489,15 @@ fn session(account: &Account, at: DateTime<Utc>) -> String {
     }
 }
 
-/// `used` (0–1) as a bar of `width` cells and a percentage.
+/// `used` (0–1) as a bar of `width` cells (none: the percentage alone) and a percentage.
 fn bar(used: Option<f64>, width: u16) -> String {
     let Some(used) = used else {
         return "-".into();
     };
     let used = used.clamp(0.0, 1.0);
+    if width == 0 {
+        return format!("{:>3.0}%", used * 100.0);
+    }
     let width = usize::from(width);
     let full = (used * width as f64).round() as usize;
     format!(
@@ -657,6 +727,22 @@ mod tests {
             })
             .unwrap();
         assert_eq!(buffer[(2, row)].fg, Color::Red);
+    }
+
+    #[test]
+    fn names_keep_thirteen_characters_at_80_columns_and_every_key_shows() {
+        let mut app = app();
+        app.screen = Screen::Accounts;
+        if let Some(data) = app.data.as_mut() {
+            data.accounts[1].name = "team-london-1".into();
+        }
+        let screen = render(&app, 80, 24);
+        assert!(screen.contains("team-london-1"), "{screen}");
+        assert!(screen.contains("Esc clear"), "{screen}");
+        app.screen = Screen::Overview;
+        let screen = render(&app, 80, 24);
+        assert!(screen.contains("on personal (anthropic)"), "{screen}");
+        assert!(screen.contains("5 h  62%"), "{screen}");
     }
 
     #[test]
