@@ -287,7 +287,7 @@ fn draw_accounts(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
     // Wide, why an account is out of rotation gets a column; narrow, the line below the table
     // says it for the selected account.
     let wide = area.width >= 120;
-    // Narrow, the fixed columns take 62 of 80 columns and the name the rest (14 or more):
+    // Narrow, the fixed columns take 60 of 80 columns and the name the rest (14 or more):
     // mode and tier share one, the windows show their percentage only.
     let bar_width = if wide { 10 } else { 0 };
     let mut header = vec!["name", "provider"];
@@ -316,8 +316,8 @@ fn draw_accounts(frame: &mut Frame<'_>, area: Rect, app: &App, data: &Snapshot) 
     ]);
     widths.extend([
         Constraint::Length(if wide { 16 } else { 9 }),
-        Constraint::Length(bar_width + 5),
-        Constraint::Length(bar_width + 5),
+        Constraint::Length(if wide { bar_width + 5 } else { 4 }),
+        Constraint::Length(if wide { bar_width + 5 } else { 4 }),
         Constraint::Length(if wide { 8 } else { 5 }),
     ]);
     let rows = data.accounts.iter().map(|account| {
@@ -730,14 +730,14 @@ mod tests {
     }
 
     #[test]
-    fn names_keep_thirteen_characters_at_80_columns_and_every_key_shows() {
+    fn names_keep_fourteen_characters_at_80_columns_and_every_key_shows() {
         let mut app = app();
         app.screen = Screen::Accounts;
         if let Some(data) = app.data.as_mut() {
-            data.accounts[1].name = "team-london-1".into();
+            data.accounts[1].name = "team-london-12".into();
         }
         let screen = render(&app, 80, 24);
-        assert!(screen.contains("team-london-1"), "{screen}");
+        assert!(screen.contains("team-london-12"), "{screen}");
         assert!(screen.contains("Esc clear"), "{screen}");
         app.screen = Screen::Overview;
         let screen = render(&app, 80, 24);
