@@ -279,12 +279,17 @@ async fn accept(
 /// a fresh socket's send buffer takes these few bytes at once, and if it does not, the client
 /// gets the closed connection.
 fn refuse(stream: &TcpStream) {
-    const BODY: &str = r#"{"type":"error","error":{"type":"overloaded_error","message":"claudeflare: too many connections; try again shortly"}}"#;
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    let _ = stream.try_write(response.as_bytes());
+    static RESPONSE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let body = claudeflare_tower::claudeflare_envelope(
+            "overloaded_error",
+            "too many connections; try again shortly",
+        );
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    });
+    let _ = stream.try_write(RESPONSE.as_bytes());
 }
 
 /// Errors of one connection that went away before it was accepted, not of the listener.

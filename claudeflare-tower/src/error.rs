@@ -19,13 +19,19 @@ pub(crate) fn error_type(status: StatusCode) -> &'static str {
     }
 }
 
-/// The JSON of an Anthropic error envelope whose message starts with `claudeflare: `.
-pub(crate) fn envelope_json(kind: &str, message: &str) -> String {
+/// Anthropic's error envelope, `{"type":"error","error":{"type":KIND,"message":MESSAGE}}`, as
+/// JSON: the one place it is written.
+pub fn error_envelope(kind: &str, message: &str) -> String {
     serde_json::json!({
         "type": "error",
-        "error": { "type": kind, "message": format!("claudeflare: {message}") },
+        "error": { "type": kind, "message": message },
     })
     .to_string()
+}
+
+/// The envelope of an answer claudeflare makes itself: its message starts with `claudeflare: `.
+pub fn claudeflare_envelope(kind: &str, message: &str) -> String {
+    error_envelope(kind, &format!("claudeflare: {message}"))
 }
 
 /// The header that tells Anthropic's SDKs (and Claude Code) whether to retry a request.
@@ -42,7 +48,10 @@ pub(crate) fn final_for_client(mut response: Response<ProxyBody>) -> Response<Pr
 
 /// An error response with `status` and Anthropic's envelope around `message`.
 pub(crate) fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(envelope_json(error_type(status), message)));
+    let mut response = Response::new(ProxyBody::full(claudeflare_envelope(
+        error_type(status),
+        message,
+    )));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

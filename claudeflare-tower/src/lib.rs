@@ -68,7 +68,7 @@ pub use account::{
 pub use body::ProxyBody;
 pub use context::RequestContext;
 pub use egress::EgressProxy;
-pub use error::SHOULD_RETRY;
+pub use error::{SHOULD_RETRY, claudeflare_envelope, error_envelope};
 pub use pool::{AccountPool, MemoryStore, StateStore};
 pub use provider::{Anthropic, Backend, ModelMap, Provider, Providers};
 pub use setting::{Current, Setting};

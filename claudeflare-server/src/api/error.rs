@@ -41,11 +41,13 @@ impl From<DbError> for ApiError {
 /// A `/v1` error claudeflare answers itself: Anthropic's envelope, as the SDKs expect, with a
 /// message that starts with `claudeflare: `.
 pub fn envelope(status: StatusCode, kind: &str, message: &str) -> Response {
-    let body = json!({
-        "type": "error",
-        "error": {"type": kind, "message": format!("claudeflare: {message}")},
-    });
-    (status, Json(body)).into_response()
+    let body = claudeflare_tower::claudeflare_envelope(kind, message);
+    (
+        status,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 impl IntoResponse for ApiError {

@@ -251,11 +251,7 @@ pub(crate) fn client_error(
     } else {
         format!("{provider} answered {} ({})", status.as_u16(), error.kind)
     };
-    let body = serde_json::json!({
-        "type": "error",
-        "error": {"type": kind, "message": message},
-    });
-    Some(Bytes::from(body.to_string()))
+    Some(Bytes::from(crate::error::error_envelope(kind, &message)))
 }
 
 /// Where a cloud served a request, from the model it names and the account's region.

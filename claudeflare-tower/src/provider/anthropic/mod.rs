@@ -281,7 +281,7 @@ impl UsageTap for AnthropicTap {
 
     fn error_event(&self, kind: &str, message: &str) -> Bytes {
         let lead = if self.at_boundary() { "" } else { "\n\n" };
-        let json = crate::error::envelope_json(kind, message);
+        let json = crate::error::claudeflare_envelope(kind, message);
         Bytes::from(format!("{lead}event: error\ndata: {json}\n\n"))
     }
 
