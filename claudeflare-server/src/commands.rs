@@ -388,7 +388,7 @@ pub async fn list(json: bool, provider: Option<&str>) -> anyhow::Result<()> {
         .iter()
         .filter(|m| provider.is_none_or(|p| m.provider == p))
     {
-        let view = crate::views::finish(accounts::view(model, &context.cipher, now)?);
+        let view = crate::views::finish(crate::views::stored_account(model, &context.cipher, now)?);
         let usage: Option<Usage> = model
             .usage
             .as_deref()
@@ -598,7 +598,7 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
             );
         }
         KeysCommand::List { json } => {
-            let list = keys::list_json(&db).await?;
+            let list = crate::views::keys(&db).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else if list.is_empty() {
@@ -606,21 +606,13 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
                     "No client keys: the server answers only this machine. Create one with `claudeflare-server keys add NAME`."
                 );
             } else {
-                let when = |v: &serde_json::Value| {
-                    v.as_str()
-                        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                        .map_or_else(
-                            || "never".to_owned(),
-                            |d| d.to_utc().to_rfc3339_opts(SecondsFormat::Secs, true),
-                        )
+                let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
+                    at.map_or_else(
+                        || "never".to_owned(),
+                        |at| at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    )
                 };
-                let limit = |v: &serde_json::Value| {
-                    if v.is_null() {
-                        "-".to_owned()
-                    } else {
-                        v.to_string()
-                    }
-                };
+                let limit = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
                 println!(
                     "{:<16} {:<5} {:<10} {:>5} {:>6} {:>10} {:<20} {:<20} {:>9} {:>10}  MODELS",
                     "NAME",
@@ -637,28 +629,19 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
                 for key in &list {
                     println!(
                         "{:<16} {:<5} {:<10} {:>5} {:>6} {:>10} {:<20} {:<20} {:>9} {:>10.4}  {}",
-                        key["name"].as_str().unwrap_or_default(),
-                        if key["admin"].as_bool().unwrap_or(false) {
-                            "yes"
-                        } else {
-                            "no"
-                        },
-                        format!("{}…", key["hint"].as_str().unwrap_or_default()),
-                        limit(&key["rpm"]),
-                        limit(&key["concurrency"]),
-                        limit(&key["monthly_budget_usd"]),
-                        when(&key["created_at"]),
-                        when(&key["last_used_at"]),
-                        key["requests_this_month"],
-                        key["cost_this_month_usd"].as_f64().unwrap_or(0.0),
-                        key["models"].as_array().map_or_else(
-                            || "any".to_owned(),
-                            |models| models
-                                .iter()
-                                .filter_map(serde_json::Value::as_str)
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        ),
+                        key.name,
+                        if key.admin { "yes" } else { "no" },
+                        format!("{}…", key.hint),
+                        limit(key.rpm.map(|n| n.to_string())),
+                        limit(key.concurrency.map(|n| n.to_string())),
+                        limit(key.monthly_budget_usd.map(|n| n.to_string())),
+                        when(Some(key.created_at)),
+                        when(key.last_used_at),
+                        key.requests_this_month,
+                        key.cost_this_month_usd,
+                        key.models
+                            .as_ref()
+                            .map_or_else(|| "any".to_owned(), |models| models.join(",")),
                     );
                 }
             }

@@ -140,3 +140,76 @@ pub fn account_json(view: &AccountView, usage: Option<&Usage>) -> Value {
     value["usage"] = json!(usage);
     value
 }
+
+/// What `GET /api/keys`, `keys list` and the dashboard show of a client key: never the key,
+/// only its first characters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyView {
+    /// Its name.
+    pub name: String,
+    /// May use the API, the metrics and the dashboard.
+    pub admin: bool,
+    /// The key's first characters.
+    pub hint: String,
+    /// Requests per minute, at most.
+    pub rpm: Option<i64>,
+    /// Requests in flight, at most.
+    pub concurrency: Option<i64>,
+    /// Estimated cost per calendar month, at most.
+    pub monthly_budget_usd: Option<f64>,
+    /// The models it may ask for; `None`: any.
+    pub models: Option<Vec<String>>,
+    /// The accounts its requests may use; `None`: all.
+    pub accounts: Option<Vec<String>>,
+    /// The person's email.
+    pub email: Option<String>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it was last used.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Its requests this calendar month (UTC).
+    pub requests_this_month: i64,
+    /// Their estimated cost.
+    pub cost_this_month_usd: f64,
+}
+
+impl KeyView {
+    /// The view of a stored key with its requests and cost this month.
+    pub fn of(model: &crate::db::entities::client_key::Model, requests: i64, cost: f64) -> Self {
+        Self {
+            name: model.name.clone(),
+            admin: model.admin,
+            hint: model.hint.clone(),
+            rpm: model.rpm,
+            concurrency: model.concurrency,
+            monthly_budget_usd: model.monthly_budget_usd,
+            models: crate::db::keys::allowed_models(model),
+            accounts: crate::db::keys::allowed_accounts(model),
+            email: model.email.clone(),
+            created_at: model.created_at,
+            last_used_at: model.last_used_at,
+            requests_this_month: requests,
+            cost_this_month_usd: cost,
+        }
+    }
+}
+
+/// Every stored key's view.
+pub async fn keys(db: &impl sea_orm::ConnectionTrait) -> Result<Vec<KeyView>, crate::db::DbError> {
+    Ok(crate::db::keys::with_usage(db)
+        .await?
+        .iter()
+        .map(|(model, requests, cost)| KeyView::of(model, *requests, *cost))
+        .collect())
+}
+
+/// The view `list` shows of a stored account; one whose secrets cannot be decrypted shows as
+/// needing re-authentication.
+pub fn stored_account(
+    model: &crate::db::entities::account::Model,
+    cipher: &crate::secrets::Cipher,
+    now: DateTime<Utc>,
+) -> Result<AccountView, crate::db::DbError> {
+    let account = crate::db::accounts::to_account_or_blocked(model, cipher)?;
+    Ok(AccountView::of(&AccountEntry::new(account), now))
+}

@@ -222,10 +222,10 @@ pub async fn revoke_key(
 }
 
 /// `GET /api/keys`: the client keys as `keys list --json` shows them (never a key).
-pub async fn keys(State(state): State<AppState>) -> ApiResult {
-    Ok(Json(Value::Array(
-        crate::db::keys::list_json(&state.db).await?,
-    )))
+pub async fn keys(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<crate::views::KeyView>>, ApiError> {
+    Ok(Json(crate::views::keys(&state.db).await?))
 }
 
 /// `GET /api/config`: the effective settings (none of them secret).

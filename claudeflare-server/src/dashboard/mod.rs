@@ -86,7 +86,7 @@ pub struct Data {
     /// The history filter.
     pub filter: Filter,
     /// The client keys (as `/api/keys` shows them); empty when there are none.
-    pub keys: Vec<serde_json::Value>,
+    pub keys: Vec<crate::views::KeyView>,
     /// Sign-ins from Claude Code's `/login` waiting for an approval.
     pub signins: Vec<crate::db::entities::device_authorization::Model>,
 }
@@ -155,7 +155,7 @@ pub async fn gather(state: &AppState, filter: Filter) -> Result<Data, DbError> {
         by_account: rollups::series(db, days_from, By::Account).await?,
         by_model: rollups::series(db, days_from, By::Model).await?,
         requests: requests::newest(db, HISTORY, &filter).await?,
-        keys: crate::db::keys::list_json(db).await?,
+        keys: crate::views::keys(db).await?,
         signins: crate::db::signin::all_pending(db).await?,
         filter,
     })

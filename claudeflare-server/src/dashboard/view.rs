@@ -1,7 +1,7 @@
 //! The page's markup. maud escapes every value, so account names and error messages cannot
 //! inject markup.
 
-use chrono::{DateTime, SecondsFormat};
+use chrono::SecondsFormat;
 use claudeflare_tower::{AccountStatus, Mode, Tier};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
@@ -367,18 +367,7 @@ fn keys(data: &Data) -> Markup {
     if data.keys.is_empty() {
         return html! {};
     }
-    let limit = |v: &serde_json::Value| {
-        if v.is_null() {
-            "–".to_owned()
-        } else {
-            v.to_string()
-        }
-    };
-    let when = |v: &serde_json::Value| {
-        v.as_str()
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|d| d.to_utc())
-    };
+    let limit = |value: Option<i64>| value.map_or_else(|| "–".to_owned(), |n| n.to_string());
     html! {
         section #keys aria-labelledby="keys-title" {
             h2 #keys-title { "Client keys" }
@@ -391,16 +380,16 @@ fn keys(data: &Data) -> Markup {
                     } }
                     tbody {
                         @for key in &data.keys {
-                            @let name = key["name"].as_str().unwrap_or_default();
+                            @let name = key.name.as_str();
                             tr data-key=(name) {
-                                td { strong { (name) } div.sub { code { (key["hint"].as_str().unwrap_or_default()) "…" } } }
-                                td { @if key["admin"].as_bool().unwrap_or(false) { span.pill.warn { "admin" } } @else { "no" } }
-                                td { (limit(&key["rpm"])) }
-                                td { (limit(&key["concurrency"])) }
-                                td { @if key["monthly_budget_usd"].is_null() { "–" } @else { (usd(key["monthly_budget_usd"].as_f64().unwrap_or(0.0))) } }
-                                td { (key["requests_this_month"]) }
-                                td { (usd(key["cost_this_month_usd"].as_f64().unwrap_or(0.0))) }
-                                td { (ago(when(&key["last_used_at"]), data.now)) }
+                                td { strong { (name) } div.sub { code { (key.hint) "…" } } }
+                                td { @if key.admin { span.pill.warn { "admin" } } @else { "no" } }
+                                td { (limit(key.rpm)) }
+                                td { (limit(key.concurrency)) }
+                                td { @match key.monthly_budget_usd { Some(budget) => (usd(budget)), None => "–" } }
+                                td { (key.requests_this_month) }
+                                td { (usd(key.cost_this_month_usd)) }
+                                td { (ago(key.last_used_at, data.now)) }
                                 td { button type="button" data-revoke=(name) { "Revoke " span.visually-hidden { (name) } } }
                             }
                         }
@@ -441,8 +430,7 @@ fn signins(data: &Data) -> Markup {
                                     label.visually-hidden for={"signin-key-" (code)} { "Key for " (code) }
                                     select id={"signin-key-" (code)} data-signin-key=(code) {
                                         @for key in &data.keys {
-                                            @let name = key["name"].as_str().unwrap_or_default();
-                                            option value=(name) { (name) }
+                                            option value=(key.name) { (key.name) }
                                         }
                                         option value="" { "a new key…" }
                                     }
@@ -500,8 +488,7 @@ fn history(data: &Data) -> Markup {
                     select #filter-key name="api_key" {
                         option value="" { "all" }
                         @for key in &data.keys {
-                            @let name = key["name"].as_str().unwrap_or_default();
-                            option value=(name) selected[filter.api_key.as_deref() == Some(name)] { (name) }
+                            option value=(key.name) selected[filter.api_key.as_deref() == Some(key.name.as_str())] { (key.name) }
                         }
                     }
                 }

@@ -788,22 +788,16 @@ pub async fn seal_plaintext(db: &impl ConnectionTrait, cipher: &Cipher) -> Resul
     Ok(())
 }
 
-/// The view `list` shows of a stored account; one whose secrets cannot be decrypted shows as
-/// needing re-authentication.
-pub fn view(
-    model: &Model,
-    cipher: &Cipher,
-    now: DateTime<Utc>,
-) -> Result<crate::views::AccountView, DbError> {
-    let account = match to_account(model, cipher) {
-        Ok(account) => account,
+/// The account of a row, or, when its secrets cannot be decrypted, its shell needing
+/// re-authentication (for views, which show no secret).
+pub fn to_account_or_blocked(model: &Model, cipher: &Cipher) -> Result<Account, DbError> {
+    match to_account(model, cipher) {
+        Ok(account) => Ok(account),
         Err(DbError::Undecryptable(_)) => {
             let mut account = shell(model)?;
             account.live.needs_reauth = true;
-            account
+            Ok(account)
         }
-        Err(error) => return Err(error),
-    };
-    let entry = claudeflare_tower::AccountEntry::new(account);
-    Ok(crate::views::AccountView::of(&entry, now))
+        Err(error) => Err(error),
+    }
 }

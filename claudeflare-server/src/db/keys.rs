@@ -231,26 +231,6 @@ pub async fn usage_since(
     Ok(out)
 }
 
-/// The object of `GET /api/keys` and `keys list --json`: never the key, only its first
-/// characters.
-pub fn json(model: &Model, requests: i64, cost: f64) -> serde_json::Value {
-    serde_json::json!({
-        "name": model.name,
-        "admin": model.admin,
-        "hint": model.hint,
-        "rpm": model.rpm,
-        "concurrency": model.concurrency,
-        "monthly_budget_usd": model.monthly_budget_usd,
-        "models": allowed_models(model),
-        "accounts": allowed_accounts(model),
-        "email": model.email,
-        "created_at": model.created_at,
-        "last_used_at": model.last_used_at,
-        "requests_this_month": requests,
-        "cost_this_month_usd": cost,
-    })
-}
-
 /// The models the key may ask for; `None`: any.
 pub fn allowed_models(model: &Model) -> Option<Vec<String>> {
     model
@@ -267,18 +247,18 @@ pub fn allowed_accounts(model: &Model) -> Option<Vec<String>> {
         .map(|list| list.split(',').map(str::to_owned).collect())
 }
 
-/// Every key as [`json`] shows it, with this month's requests and cost.
-pub async fn list_json(db: &impl ConnectionTrait) -> Result<Vec<serde_json::Value>, DbError> {
+/// Every key, with its requests and cost this month.
+pub async fn with_usage(db: &impl ConnectionTrait) -> Result<Vec<(Model, i64, f64)>, DbError> {
     let usage = usage_since(db, month_start(Utc::now())).await?;
     let keys = all(db).await?;
     Ok(keys
-        .iter()
+        .into_iter()
         .map(|key| {
             let (requests, cost) = usage
                 .iter()
                 .find(|(name, ..)| *name == key.name)
                 .map_or((0, 0.0), |(_, requests, cost)| (*requests, *cost));
-            json(key, requests, cost)
+            (key, requests, cost)
         })
         .collect())
 }
