@@ -13,6 +13,7 @@ pub mod config;
 pub mod dashboard;
 pub mod db;
 pub mod fsutil;
+pub mod gate;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::Access;
-use crate::app::App;
 use crate::background::{self, UsageMap};
 use crate::config::{self, Config, Overrides};
 use crate::db;
@@ -242,7 +241,7 @@ impl Server {
         // One balancer per HTTP thread: the same accounts, settings and recorder, but an
         // upstream client each, so upstream connections stay on their thread.
         let apps = (0..threads)
-            .map(|_| App::new(state.clone(), self.balancer(&cut), main.clone()))
+            .map(|_| crate::app::app(state.clone(), self.balancer(&cut), main.clone()))
             .collect();
         let address = format!("{}:{}", self.config.host, self.config.port);
         let limits = Limits {
