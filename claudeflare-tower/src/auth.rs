@@ -170,6 +170,8 @@ pub struct Auth<S, P = Providers> {
     refresher: Arc<dyn TokenRefresher>,
 }
 
+inner_accessors!(Auth<S, P>);
+
 impl<S: std::fmt::Debug, P> std::fmt::Debug for Auth<S, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")

@@ -89,6 +89,8 @@ pub struct Classify<S, P = Providers> {
     provider: P,
 }
 
+inner_accessors!(Classify<S, P>);
+
 impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for Classify<S, P>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,

@@ -124,6 +124,23 @@ pub struct Failover<S> {
     not_ready: Option<String>,
 }
 
+impl<S> Failover<S> {
+    /// The service it wraps.
+    pub fn get_ref(&self) -> &S {
+        self.retry.get_ref()
+    }
+
+    /// The service it wraps, to change.
+    pub fn get_mut(&mut self) -> &mut S {
+        self.retry.get_mut()
+    }
+
+    /// The service it wraps, this layer taken off.
+    pub fn into_inner(self) -> S {
+        self.retry.into_inner()
+    }
+}
+
 /// What [`Failover`] does after each attempt: a [`Policy`] for tower's [`Retry`]. See the
 /// [module docs](self#design).
 ///

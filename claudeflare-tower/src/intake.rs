@@ -175,6 +175,8 @@ pub struct Intake<S> {
     budget: BodyBudget,
 }
 
+inner_accessors!(Intake<S>);
+
 /// The request's top-level `model` and `stream`, everything else (the conversation) skipped by
 /// serde_json without being kept. A borrowed struct read this way was measured faster than the
 /// hand-written skimmer it replaced: 174 µs against 215 µs for a 500 KB request, 3.1 against

@@ -41,6 +41,28 @@
 //!   ring and the webpki roots. Without it, only `http://` upstreams work, unless you pass a
 //!   client of your own to [`Upstream::from_client`](upstream::Upstream::from_client).
 
+/// tower-http's accessors for a layer's service: the service it wraps, as `inner`.
+macro_rules! inner_accessors {
+    ($service:ident <S $(, $param:ident)*>) => {
+        impl<S $(, $param)*> $service<S $(, $param)*> {
+            /// The service it wraps.
+            pub fn get_ref(&self) -> &S {
+                &self.inner
+            }
+
+            /// The service it wraps, to change.
+            pub fn get_mut(&mut self) -> &mut S {
+                &mut self.inner
+            }
+
+            /// The service it wraps, this layer taken off.
+            pub fn into_inner(self) -> S {
+                self.inner
+            }
+        }
+    };
+}
+
 pub mod account;
 pub mod auth;
 pub mod body;

@@ -1,4 +1,4 @@
-//! The `Select` layer: asks the [`Strategy`](crate::strategy::Strategy) for the accounts a
+//! The `Select` layer: asks the [`Strategy`] for the accounts a
 //! request may use and puts them, in order, in the request's [`RequestContext`].
 //!
 //! Accounts whose model map does not serve the request's model are left out. The rest go by
@@ -70,6 +70,8 @@ pub struct Select<S> {
     pool: AccountPool,
     strategy: StrategyHandle,
 }
+
+inner_accessors!(Select<S>);
 
 impl<S, B> Service<Request<B>> for Select<S>
 where

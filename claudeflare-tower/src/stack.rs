@@ -170,3 +170,24 @@ impl<P: Provider> Balancer<P> {
             ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_layer_hands_out_the_service_it_wraps() {
+        let mut service = Balancer::new(AccountPool::default()).build();
+        let layers = service.get_ref().get_ref().get_ref().get_ref().get_ref();
+        let _upstream: &Upstream = layers.get_ref();
+        let _auth: &mut Auth<Classify<Upstream, Providers>, Providers> =
+            service.get_mut().get_mut().get_mut().get_mut();
+        let classify = service
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner();
+        let _upstream: Upstream = classify.into_inner();
+    }
+}

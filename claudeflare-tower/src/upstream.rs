@@ -54,7 +54,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long an upstream connection may stay idle in the pool before it is closed.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The connector of [`Upstream::new`]: HTTPS through rustls (feature `rustls-ring`) or plain
 /// HTTP.

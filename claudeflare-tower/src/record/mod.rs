@@ -223,6 +223,8 @@ pub struct Record<S, P = Providers> {
     shared: Arc<Shared<P>>,
 }
 
+inner_accessors!(Record<S, P>);
+
 pub(crate) struct Shared<P> {
     recorder: Arc<dyn Recorder>,
     provider: P,
