@@ -151,7 +151,7 @@ impl Provider for Bedrock {
 
     fn classify(
         &self,
-        account: &AccountEntry,
+        _account: &AccountEntry,
         status: StatusCode,
         headers: &HeaderMap,
         body: Option<&[u8]>,
@@ -160,7 +160,6 @@ impl Provider for Bedrock {
         if !cloud::is_error(status) {
             return Classification::new(Outcome::Success);
         }
-        let _ = account;
         let error = CloudError::read(headers, body);
         let outcome = match (status.as_u16(), error.kind.as_str()) {
             (_, "ModelNotReadyException") => Outcome::ServerError,
