@@ -18,12 +18,10 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
-use claudeflare_tower::provider::{
-    self, Classification, InvalidUpstream, Outcome, RefreshError, StreamError, TokenPair,
-};
 use claudeflare_tower::{
     Account, AccountEntry, AccountInfo, AccountPool, Anthropic, Backend, Balancer, BoxFuture,
-    ModelMap, Provider, Providers,
+    Classification, Credentials, InvalidUpstream, ModelMap, Outcome, Provider, Providers,
+    RefreshError, StreamError, TokenPair, join_uri, retry_after,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::Full;
@@ -54,18 +52,18 @@ impl Provider for Acme {
         let path: Uri = path
             .parse()
             .map_err(|_| InvalidUpstream(format!("{path} is no path")))?;
-        *req.uri_mut() = provider::join(&self.base, &path)?;
+        *req.uri_mut() = join_uri(&self.base, &path)?;
         // Its own header: the client's credentials off, the account's key on.
         let headers = req.headers_mut();
         headers.remove(http::header::AUTHORIZATION);
         headers.remove("x-api-key");
         let key = account
-            .credential(provider::plain)
+            .credential(Credentials::plain)
             .ok_or_else(|| InvalidUpstream(format!("`{}` has no usable key", account.name())))?;
         headers.insert(ACME_KEY, key);
         headers.insert("x-acme-tenant", HeaderValue::from_static("claudeflare"));
         // The account's model map, as every provider applies it.
-        provider::map_model(&account.route().model_map, req);
+        account.route().model_map.apply(req);
         Ok(())
     }
 
@@ -88,13 +86,13 @@ impl Provider for Acme {
     ) -> Classification {
         // Its own error rules first, then the ones any HTTP API follows.
         if status == StatusCode::SERVICE_UNAVAILABLE && headers.contains_key("x-acme-busy") {
-            let until = provider::retry_after(headers, now).unwrap_or(now + TimeDelta::minutes(1));
+            let until = retry_after(headers, now).unwrap_or(now + TimeDelta::minutes(1));
             return Classification::new(Outcome::RateLimited { until });
         }
         if status == StatusCode::PAYMENT_REQUIRED {
             return Classification::new(Outcome::Forbidden);
         }
-        provider::classify_generic(status, headers, body, now)
+        Classification::generic(status, headers, body, now)
     }
 
     fn classify_stream_error(

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use claudeflare_tower::record::{Recorder, RequestRecord};
 use claudeflare_tower::{Account, AccountPool, Balancer};
+use claudeflare_tower::{Recorder, RequestRecord};
 use tokio::sync::mpsc;
 
 /// Queues records for a writer task; drops (and counts) them when the queue is full.

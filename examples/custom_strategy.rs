@@ -12,8 +12,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use claudeflare_tower::strategy::{self, Strategy, StrategyHandle};
-use claudeflare_tower::{Account, AccountEntry, AccountPool, Balancer};
+use claudeflare_tower::{
+    Account, AccountEntry, AccountPool, Balancer, Strategy, StrategyHandle, available_accounts,
+};
 
 /// Least-used 5-hour window first; accounts never seen yet count as unused.
 struct LeastUtilized;
@@ -25,7 +26,7 @@ impl Strategy for LeastUtilized {
 
     fn select(&self, accounts: &[Arc<AccountEntry>], now: DateTime<Utc>) -> Vec<Arc<AccountEntry>> {
         // Only available accounts (not paused, limited or needing re-auth) may be returned.
-        let mut available = strategy::available(accounts, now);
+        let mut available = available_accounts(accounts, now);
         available.sort_by(|a, b| {
             let used = |account: &AccountEntry| account.live().utilization_5h.unwrap_or(0.0);
             used(a).total_cmp(&used(b))

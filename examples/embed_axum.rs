@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use claudeflare_tower::record::Recorder;
+use claudeflare_tower::Recorder;
 use claudeflare_tower::{Account, AccountPool, Balancer};
 
 #[tokio::main]
@@ -33,7 +33,7 @@ async fn main() -> std::io::Result<()> {
     ]);
 
     // One line per finished request; no secret is ever part of a record.
-    let log: Arc<dyn Recorder> = Arc::new(|record: claudeflare_tower::record::RequestRecord| {
+    let log: Arc<dyn Recorder> = Arc::new(|record: claudeflare_tower::RequestRecord| {
         println!(
             "{} {} -> {:?} via {:?} in {} ms ({} in / {} out tokens)",
             record.method,

@@ -8,20 +8,11 @@
 //! accounts, three models, some failures), then renders the page (every query plus the markup)
 //! 50 times and prints the median and the slowest. The target is 50 ms.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use claudeflare_server::background::UsageMap;
-use claudeflare_server::config::{Config, Overrides};
-use claudeflare_server::dashboard;
-use claudeflare_server::db::{self, requests};
-use claudeflare_server::metrics::Metrics;
-use claudeflare_server::state::AppState;
-use claudeflare_tower::record::RequestRecord;
-use claudeflare_tower::strategy::{Session, StrategyHandle};
-use claudeflare_tower::{Account, AccountPool, Setting};
+use claudeflare_server::bench::Dashboard;
+use claudeflare_tower::RequestRecord;
 
 const REQUESTS: usize = 100_000;
 const RUNS: usize = 50;
@@ -62,39 +53,18 @@ fn main() {
         .expect("a runtime");
     runtime.block_on(async {
         let dir = tempfile::tempdir().expect("a temporary folder");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
-        let db = db::open(&url).await.expect("the database");
         let seeding = Instant::now();
-        for chunk in (0..REQUESTS).collect::<Vec<_>>().chunks(5000) {
-            let batch: Vec<_> = chunk.iter().map(|&i| (record(i), claudeflare_server::pricing::Cost::priced(0.01))).collect();
-            requests::insert_batch(&db, &batch, false).await.expect("seeding");
-        }
+        let dashboard = Dashboard::seeded(dir.path(), &["work", "home", "spare"], (0..REQUESTS).map(record))
+            .await
+            .expect("seeding");
         println!("seeded {REQUESTS} requests in {:.1} s", seeding.elapsed().as_secs_f64());
 
-        let pool = AccountPool::new(["work", "home", "spare"].iter().map(|n| Account::api_key(*n, "k")).collect());
-        let config = Setting::new(Config::default());
-        let state = AppState {
-            db,
-            pool,
-            strategy: StrategyHandle::new(Box::new(Session::default())),
-            access: claudeflare_server::access::Access::new(config.clone()),
-            device_tries: Default::default(),
-            config,
-            config_path: Arc::new(dir.path().join("claudeflare.json")),
-            overrides: Setting::new(Overrides::default()),
-            metrics: Arc::new(Metrics::new()),
-            dropped: Arc::new(AtomicU64::new(0)),
-            usage: Arc::new(UsageMap::default()),
-            health: Arc::default(),
-        };
         let mut times: Vec<Duration> = Vec::with_capacity(RUNS);
         let mut size = 0;
         for _ in 0..RUNS {
             let start = Instant::now();
-            let data = dashboard::gather(&state, Default::default()).await.expect("the page's data");
-            let html = dashboard::render(&data);
+            size = dashboard.render().await.expect("the page");
             times.push(start.elapsed());
-            size = html.len();
         }
         times.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;

@@ -75,10 +75,8 @@ pub(crate) fn balanced(req: &Request) -> bool {
 }
 
 /// The body of a balanced answer.
-type Balanced = claudeflare_tower::record::RecordBody<
-    claudeflare_tower::ProxyBody,
-    claudeflare_tower::Providers,
->;
+type Balanced =
+    claudeflare_tower::RecordBody<claudeflare_tower::ProxyBody, claudeflare_tower::Providers>;
 
 /// An answer of [`Dispatch`]: the balancer's body as it is (the gate boxes it once, holding
 /// the key's place), or the router's.

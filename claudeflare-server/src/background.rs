@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use chrono::TimeDelta;
-use claudeflare_tower::auth::{AuthError, TokenRefresher, refresh_if_needed};
 use claudeflare_tower::{AccountPool, Mode, Setting};
+use claudeflare_tower::{AuthError, TokenRefresher};
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +76,7 @@ pub async fn refresh_ahead(
             if account.mode() != Mode::Max || account.blocked() {
                 continue;
             }
-            match refresh_if_needed(account, &refresher, &pool, REFRESH_AHEAD).await {
+            match pool.refresh_token(account, &refresher, REFRESH_AHEAD).await {
                 Ok(()) | Err(AuthError::NeedsReauth { .. }) => {}
                 Err(error) => {
                     tracing::warn!(%error, "refreshing ahead of expiry failed; trying again in 30 s")

@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context as _, bail};
 use chrono::{SecondsFormat, Utc};
-use claudeflare_tower::auth::RefreshError;
+use claudeflare_tower::RefreshError;
 use claudeflare_tower::{Account, AccountStatus, Backend, Credentials, EgressProxy, Mode, Tier};
 
 use crate::views::AccountView;
@@ -259,8 +259,8 @@ pub async fn add(
 pub async fn reauth(name: &str, api_key: Option<String>) -> anyhow::Result<()> {
     let context = open().await?;
     let model = accounts::find(&context.db, name).await?;
-    if model.provider == claudeflare_tower::provider::bedrock::NAME
-        || model.provider == claudeflare_tower::provider::vertex::NAME
+    if model.provider == claudeflare_tower::Bedrock::NAME
+        || model.provider == claudeflare_tower::Vertex::NAME
     {
         bail!(
             "`{}` is a {} account: its credentials come from the cloud; remove it and add it again with new ones",
@@ -587,12 +587,12 @@ pub async fn keys(command: crate::cli::KeysCommand) -> anyhow::Result<()> {
             if email.is_some_and(|e| !e.contains('@') || e.chars().any(char::is_control)) {
                 bail!("--email must be an email address");
             }
-            let created = keys::create(&db, &name, admin, limits, &models, &bound, email).await?;
+            let key = keys::create(&db, &name, admin, limits, &models, &bound, email).await?;
             let kind = if admin { "admin key" } else { "key" };
             eprintln!(
                 "Created the {kind} `{name}`. It is shown once, here; only its hash is stored:"
             );
-            println!("{}", created.key);
+            println!("{key}");
             eprintln!(
                 "Clients send it as x-api-key or `authorization: Bearer` (ANTHROPIC_API_KEY for Claude Code and the SDKs)."
             );

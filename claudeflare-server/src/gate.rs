@@ -56,21 +56,6 @@ pub struct Gate<S> {
 }
 
 impl<S> Gate<S> {
-    /// The service behind the gate.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The service behind the gate, to change.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The service behind the gate, the gate taken off.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-
     /// The access rules, checked before anything else runs: who may send this request
     /// (see the `access` module). For a proxied request of a client key, its place under the
     /// key's limits.

@@ -1,18 +1,18 @@
 //! Anthropic's OAuth: the PKCE authorization flow of `add` and `reauth`, the console API-key
 //! creation, the subscription usage endpoint, and token refresh coordinated across processes.
 //!
-//! The HTTP calls go through reqwest ([`claudeflare_tower::control`]). The oauth2 crate builds the
+//! The HTTP calls go through reqwest ([`crate::control`]). The oauth2 crate builds the
 //! PKCE authorize URL, but its token exchange is not used: it sends form-encoded grants, and
 //! Anthropic's token endpoint takes JSON.
 
 use std::time::Duration;
 
+use crate::control;
 use bytes::Bytes;
 use chrono::{TimeDelta, Utc};
-use claudeflare_tower::auth::{RefreshError, TokenPair};
-use claudeflare_tower::control;
-use claudeflare_tower::provider::{Anthropic, Provider};
 use claudeflare_tower::{AccountInfo, BoxError, EgressProxy, OAuthTokens};
+use claudeflare_tower::{Anthropic, Provider};
+use claudeflare_tower::{RefreshError, TokenPair};
 use http::{HeaderValue, Method, StatusCode, header};
 use oauth2::basic::BasicClient;
 use oauth2::{
@@ -293,21 +293,14 @@ async fn send(
         .request(method, url)
         .header(header::CONTENT_TYPE, content_type)
         .header(header::ACCEPT, "application/json")
-        .header(
-            "anthropic-beta",
-            claudeflare_tower::provider::anthropic::OAUTH_BETA,
-        )
+        .header("anthropic-beta", claudeflare_tower::Anthropic::OAUTH_BETA)
         .body(body);
     if let Some(authorization) = authorization {
         let mut value = HeaderValue::from_str(authorization).map_err(|e| network(e.into()))?;
         value.set_sensitive(true);
         request = request.header(header::AUTHORIZATION, value);
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| network(control::describe(e)))?;
-    control::read(response).await.map_err(network)
+    control::exchange(request).await.map_err(network)
 }
 
 /// Refresh the tokens of account `id`, coordinated through the database with every other

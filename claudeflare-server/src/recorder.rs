@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::pricing::Cost;
 use chrono::{TimeDelta, Utc};
-use claudeflare_tower::record::{Recorder, RequestRecord};
 use claudeflare_tower::{BoxFuture, Setting};
+use claudeflare_tower::{Recorder, RequestRecord};
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use claudeflare_tower::auth::{RefreshError, TokenPair, TokenRefresher};
-use claudeflare_tower::provider::{Provider, Vertex};
 use claudeflare_tower::{AccountInfo, Backend, BoxFuture, Setting};
+use claudeflare_tower::{Provider, Vertex};
+use claudeflare_tower::{RefreshError, TokenPair, TokenRefresher};
 use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
 use tokio::runtime::Handle;

@@ -7,10 +7,10 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use claudeflare_tower::auth::TokenRefresher;
-use claudeflare_tower::intake::BodyBudget;
-use claudeflare_tower::record::Recorder;
-use claudeflare_tower::strategy::StrategyHandle;
+use claudeflare_tower::BodyBudget;
+use claudeflare_tower::Recorder;
+use claudeflare_tower::StrategyHandle;
+use claudeflare_tower::TokenRefresher;
 use claudeflare_tower::{AccountPool, Balancer, BalancerService, Setting};
 use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
@@ -41,7 +41,7 @@ const MAX_HTTP_THREADS: usize = 4;
 struct Live {
     config: Setting<Config>,
     strategy: StrategyHandle,
-    retry: Setting<claudeflare_tower::failover::RetryConfig>,
+    retry: Setting<claudeflare_tower::RetryConfig>,
     upstream: Setting<http::Uri>,
     body_limit: Setting<usize>,
     body_read_timeout: Setting<Duration>,

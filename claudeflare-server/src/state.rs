@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use claudeflare_tower::strategy::StrategyHandle;
+use claudeflare_tower::StrategyHandle;
 use claudeflare_tower::{AccountPool, Setting};
 use sea_orm::DatabaseConnection;
 

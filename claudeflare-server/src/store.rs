@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use claudeflare_tower::{AccountEntry, AccountPool, LiveState, StateStore};
+use claudeflare_tower::{AccountEntry, AccountPool, LiveState, StateStore, StoreSync};
 use sea_orm::{DatabaseConnection, DbBackend};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -397,7 +397,7 @@ impl Exchange {
         })
         .await?;
         let (written, live_version) = match stored {
-            accounts::Shared::Written(_, written, live_version) => (written, live_version),
+            accounts::Shared::Written(written, live_version) => (written, live_version),
             // Another instance wrote first: folded again on the next tick.
             accounts::Shared::Raced => {
                 self.store.dirty_again(id.to_owned());

@@ -2,7 +2,7 @@
 //! the database's view into what a person reads.
 
 use chrono::{DateTime, Utc};
-use claudeflare_tower::provider::MapEntry;
+use claudeflare_tower::MapEntry;
 use claudeflare_tower::{AccountEntry, AccountPool, AccountStatus, Backend, Mode, Tier};
 use serde::Serialize;
 use serde_json::{Value, json};

@@ -14,10 +14,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
-use claudeflare_tower::provider::{Anthropic, Provider, UsageTap};
-use claudeflare_tower::record::{NoopRecorder, RecordLayer};
-use claudeflare_tower::strategy::{self, Strategy};
 use claudeflare_tower::{Account, AccountEntry, ProxyBody, RequestContext, Tier};
+use claudeflare_tower::{Anthropic, Provider, UsageTap};
+use claudeflare_tower::{
+    LeastRequests, RoundRobin, Session, Strategy, Weighted, WeightedRoundRobin,
+};
+use claudeflare_tower::{NoopRecorder, RecordLayer};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
@@ -38,11 +40,11 @@ fn strategies(c: &mut Criterion) {
     let accounts = accounts(100);
     let now = Utc::now();
     let strategies: [Box<dyn Strategy>; 5] = [
-        Box::new(strategy::Session::default()),
-        Box::new(strategy::LeastRequests),
-        Box::new(strategy::RoundRobin::default()),
-        Box::new(strategy::Weighted),
-        Box::new(strategy::WeightedRoundRobin::default()),
+        Box::new(Session::default()),
+        Box::new(LeastRequests),
+        Box::new(RoundRobin::default()),
+        Box::new(Weighted),
+        Box::new(WeightedRoundRobin::default()),
     ];
     for strategy in strategies {
         let name = strategy.name();

@@ -186,7 +186,7 @@ impl AwsKeys {
 }
 
 impl Credentials {
-    /// A Google service account's key file (its JSON), for a [Vertex AI](crate::provider::vertex)
+    /// A Google service account's key file (its JSON), for a [Vertex AI](crate::Vertex)
     /// account: the access token comes from it at the first request, and again before it
     /// expires.
     pub fn service_account(key: impl Into<String>) -> Self {
@@ -681,9 +681,9 @@ impl AccountEntry {
         state.live.status_reason = None;
     }
 
-    /// Update identity-independent fields from a stored account (the server reloading its
-    /// database), keeping live state that only this process knows when the stored one is older.
-    pub fn update_from(&self, account: &Account) {
+    /// Update identity-independent fields from a stored account (see
+    /// [`StoreSync::update_from`](crate::StoreSync::update_from)).
+    pub(crate) fn adopt_settings(&self, account: &Account) {
         self.set_route(account.route.clone());
         let mut state = self.lock();
         state.tier = account.tier;
@@ -697,24 +697,6 @@ impl AccountEntry {
         state.live.needs_reauth = account.live.needs_reauth;
         state.live.forbidden = account.live.forbidden;
         state.live.status_reason = account.live.status_reason.clone();
-    }
-
-    /// [`update_from`](Self::update_from), and take the stored request counters too: for a
-    /// process that learns the stored counters were reset (`reset-stats` elsewhere).
-    pub fn reload(&self, account: &Account) {
-        self.update_from(account);
-        let mut state = self.lock();
-        state.live.request_count = account.live.request_count;
-        state.live.session_request_count = account.live.session_request_count;
-    }
-
-    /// Change the live state under the entry's lock; returns the state after the change. For a
-    /// store that folds in what other instances of the balancer stored: nothing counted
-    /// meanwhile by this one is lost.
-    pub fn update_live(&self, change: impl FnOnce(&mut LiveState)) -> LiveState {
-        let mut state = self.lock();
-        change(&mut state.live);
-        state.live.clone()
     }
 
     /// Account name, mode and proxy, for logs and the token refresher.
@@ -751,7 +733,7 @@ impl AccountEntry {
     }
 
     /// Its credential as a header value, formatted by `format` (the provider's header style:
-    /// see [`provider::bearer`](crate::provider::bearer)) the first time and kept until the
+    /// see [`provider::bearer`](Credentials::bearer)) the first time and kept until the
     /// credential or the route changes. `None` once the upstream refused it, or when `format`
     /// cannot make a header of it. For a provider's `prepare`, and for calls of your own on the
     /// account's behalf (the usage endpoint, say).
@@ -913,7 +895,7 @@ mod tests {
         let entry = AccountEntry::new(Account::api_key("a", "sk-ant-api03-topsecret"));
         let debug = format!("{entry:?} {:?}", entry.lock().credentials);
         assert!(!debug.contains("topsecret"), "{debug}");
-        let header = entry.credential(crate::provider::plain).unwrap();
+        let header = entry.credential(Credentials::plain).unwrap();
         assert!(header.is_sensitive());
     }
 
@@ -932,12 +914,12 @@ mod tests {
         entry.set_credentials(tokens("new"));
         entry.reject_credential(old_generation);
         assert!(entry.usable(now, TimeDelta::zero()).is_some());
-        let header = entry.credential(crate::provider::bearer).unwrap();
+        let header = entry.credential(Credentials::bearer).unwrap();
         assert_eq!(header, "Bearer new", "the new token, formatted anew");
         let generation = entry.usable(now, TimeDelta::zero()).unwrap();
         entry.reject_credential(generation);
         assert!(entry.usable(now, TimeDelta::zero()).is_none());
-        assert!(entry.credential(crate::provider::bearer).is_none());
+        assert!(entry.credential(Credentials::bearer).is_none());
         // Expiring within the margin counts as unusable.
         entry.set_credentials(tokens("newer"));
         assert!(entry.usable(now, TimeDelta::hours(9)).is_none());

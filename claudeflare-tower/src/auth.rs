@@ -1,24 +1,4 @@
-//! The `Auth` layer: replaces the client's credentials with those of the account being tried.
-//!
-//! The account is the one the request's [`RequestContext`] names (`Failover` sets it for each
-//! attempt). Once its credential is usable, the [`Provider`] prepares the request for it
-//! ([`Provider::prepare`]): the upstream URL, the client's credentials off (they never reach
-//! the upstream) and the account's on, in the provider's header style (for Anthropic: console
-//! accounts send `x-api-key`; max accounts send `authorization: Bearer …` and get
-//! `oauth-2025-04-20` appended to `anthropic-beta`), and the model through the account's map.
-//!
-//! Access tokens are refreshed shortly before they expire, one refresh per account at a time
-//! however many requests wait for it (single flight), by the provider's refresh grant, or by a
-//! [`TokenRefresher`] of your own that also stores the new tokens
-//! ([`TokenRefresher::persist`] runs before they are used, since refresh tokens rotate). A 401
-//! voids the token that got it, so the next attempt (which `Failover` makes at once) refreshes.
-//! A definitive refresh failure marks the account as needing re-authentication.
-//!
-//! ```
-//! use claudeflare_tower::{AccountPool, auth::AuthLayer};
-//! let layer = AuthLayer::new(AccountPool::default());
-//! // To store refreshed tokens: AuthLayer::new(pool).with_refresher(Arc::new(my_refresher))
-//! ```
+//! Injects account credentials.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,7 +17,7 @@ use crate::account::{AccountEntry, AccountInfo, Credentials, OAuthTokens};
 use crate::context::RequestContext;
 use crate::pool::AccountPool;
 use crate::provider::{InvalidUpstream, Outcome, Provider, Providers};
-pub use crate::provider::{RefreshError, TokenPair};
+use crate::provider::{RefreshError, TokenPair};
 use crate::{BoxError, BoxFuture};
 
 /// Tokens expiring sooner than this are refreshed before use.
@@ -107,7 +87,29 @@ pub enum AuthError {
     Prepare(#[from] InvalidUpstream),
 }
 
-/// Injects account credentials. See the [module docs](self).
+/// Injects account credentials.
+///
+/// The `Auth` layer: replaces the client's credentials with those of the account being tried.
+///
+/// The account is the one the request's [`RequestContext`] names (`Failover` sets it for each
+/// attempt). Once its credential is usable, the [`Provider`] prepares the request for it
+/// ([`Provider::prepare`]): the upstream URL, the client's credentials off (they never reach
+/// the upstream) and the account's on, in the provider's header style (for Anthropic: console
+/// accounts send `x-api-key`; max accounts send `authorization: Bearer …` and get
+/// `oauth-2025-04-20` appended to `anthropic-beta`), and the model through the account's map.
+///
+/// Access tokens are refreshed shortly before they expire, one refresh per account at a time
+/// however many requests wait for it (single flight), by the provider's refresh grant, or by a
+/// [`TokenRefresher`] of your own that also stores the new tokens
+/// ([`TokenRefresher::persist`] runs before they are used, since refresh tokens rotate). A 401
+/// voids the token that got it, so the next attempt (which `Failover` makes at once) refreshes.
+/// A definitive refresh failure marks the account as needing re-authentication.
+///
+/// ```
+/// use claudeflare_tower::{AccountPool, AuthLayer};
+/// let layer = AuthLayer::new(AccountPool::default());
+/// // To store refreshed tokens: AuthLayer::new(pool).with_refresher(Arc::new(my_refresher))
+/// ```
 #[derive(Clone)]
 pub struct AuthLayer<P = Providers> {
     pool: AccountPool,
@@ -188,7 +190,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, P>;
+    type Future = AuthFuture<S, P>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -196,10 +198,10 @@ where
 
     fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
         let Some(context) = RequestContext::of(&req).cloned() else {
-            return ResponseFuture::failed(AuthError::NoAccount);
+            return AuthFuture::failed(AuthError::NoAccount);
         };
         let Some(account) = context.account() else {
-            return ResponseFuture::failed(AuthError::NoAccount);
+            return AuthFuture::failed(AuthError::NoAccount);
         };
         // The service that was made ready goes into the future; a clone stays for the next call.
         let clone = self.inner.clone();
@@ -213,13 +215,13 @@ where
         };
         if let Some(generation) = base.account.usable(Utc::now(), REFRESH_MARGIN) {
             return match base.prepare(&mut req, generation) {
-                Ok(base) => ResponseFuture {
+                Ok(base) => AuthFuture {
                     state: State::Calling {
                         future: inner.call(req),
                     },
                     base: Some(base),
                 },
-                Err(error) => ResponseFuture::failed(error),
+                Err(error) => AuthFuture::failed(error),
             };
         }
         let obtain = obtain_credential(
@@ -227,7 +229,7 @@ where
             Arc::clone(&self.refresher),
             self.pool.clone(),
         );
-        ResponseFuture {
+        AuthFuture {
             state: State::Obtaining {
                 obtain,
                 inner: Some(inner),
@@ -298,18 +300,21 @@ fn obtain_credential(
     Box::pin(async move { credential(&account, &refresher, &pool, REFRESH_MARGIN).await })
 }
 
-/// Refresh the token of subscription `account` if it expires within `margin` (a background task
-/// refreshing ahead of time passes a wider margin than requests do). Refreshes of one account are
-/// serialised with those requests trigger: whoever waited behind a refresh uses its result.
-pub async fn refresh_if_needed(
-    account: &Arc<AccountEntry>,
-    refresher: &Arc<dyn TokenRefresher>,
-    pool: &AccountPool,
-    margin: TimeDelta,
-) -> Result<(), AuthError> {
-    credential(account, refresher, pool, margin)
-        .await
-        .map(|_| ())
+impl AccountPool {
+    /// Refresh the token of subscription `account` with `refresher` if it expires within
+    /// `margin` (a background task refreshing ahead of time passes a wider margin than
+    /// requests do, which use [`REFRESH_MARGIN`]). Refreshes of one account are serialised
+    /// with those requests trigger: whoever waited behind a refresh uses its result.
+    pub async fn refresh_token(
+        &self,
+        account: &Arc<AccountEntry>,
+        refresher: &Arc<dyn TokenRefresher>,
+        margin: TimeDelta,
+    ) -> Result<(), AuthError> {
+        credential(account, refresher, self, margin)
+            .await
+            .map(|_| ())
+    }
 }
 
 async fn credential(
@@ -375,7 +380,7 @@ async fn credential(
 
 pin_project! {
     /// Future of [`Auth`].
-    pub struct ResponseFuture<S: Service<Request<Full<Bytes>>>, P> {
+    pub struct AuthFuture<S: Service<Request<Full<Bytes>>>, P> {
         #[pin]
         state: State<S>,
         base: Option<Base<P>>,
@@ -395,7 +400,7 @@ pin_project! {
     }
 }
 
-impl<S: Service<Request<Full<Bytes>>>, P> ResponseFuture<S, P> {
+impl<S: Service<Request<Full<Bytes>>>, P> AuthFuture<S, P> {
     fn failed(error: AuthError) -> Self {
         Self {
             state: State::Failed { error: Some(error) },
@@ -404,7 +409,7 @@ impl<S: Service<Request<Full<Bytes>>>, P> ResponseFuture<S, P> {
     }
 }
 
-impl<S, P, ResBody> Future for ResponseFuture<S, P>
+impl<S, P, ResBody> Future for AuthFuture<S, P>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,

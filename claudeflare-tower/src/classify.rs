@@ -1,27 +1,4 @@
-//! The `Classify` layer: asks the [`Provider`] what each upstream response means (from its
-//! status, headers and, for the statuses whose meaning depends on it, its error body), applies
-//! that to the account through the [`AccountPool`], and puts the [`Outcome`] in the request's
-//! [`RequestContext`] for `Failover`.
-//!
-//! ```
-//! use claudeflare_tower::{AccountPool, classify::ClassifyLayer};
-//! use tower::ServiceBuilder;
-//! # fn wrap<S>(upstream: S) -> claudeflare_tower::classify::Classify<S> {
-//! let pool = AccountPool::default();
-//! ServiceBuilder::new().layer(ClassifyLayer::new(pool)).service(upstream)
-//! # }
-//! ```
-//!
-//! An error instead of a response (the upstream unreachable, a timeout) is the provider's to
-//! read too ([`Provider::classify_error`]): its outcome goes in the context the same way, so
-//! `Failover` decides from outcomes alone.
-//!
-//! The account is the context's; without one the outcome is what the status implies, and
-//! nothing is marked.
-//!
-//! Error bodies the provider needs (Anthropic's: 400, 403 and 429 envelopes) are read before the
-//! response is handed on (at most [`ERROR_BODY_LIMIT`] bytes), because their message decides
-//! between a ban, a scoped refusal and a rate limit. Every other body streams through untouched.
+//! Classifies upstream responses and marks accounts.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,7 +24,32 @@ use crate::upstream::UpstreamError;
 /// bytes; a bigger one is not an envelope worth the memory.
 pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
-/// Classifies upstream responses and marks accounts. See the [module docs](self).
+/// Classifies upstream responses and marks accounts.
+///
+/// The `Classify` layer: asks the [`Provider`] what each upstream response means (from its
+/// status, headers and, for the statuses whose meaning depends on it, its error body), applies
+/// that to the account through the [`AccountPool`], and puts the [`Outcome`] in the request's
+/// [`RequestContext`] for `Failover`.
+///
+/// ```
+/// use claudeflare_tower::{AccountPool, ClassifyLayer};
+/// use tower::ServiceBuilder;
+/// # fn wrap<S>(upstream: S) -> claudeflare_tower::Classify<S> {
+/// let pool = AccountPool::default();
+/// ServiceBuilder::new().layer(ClassifyLayer::new(pool)).service(upstream)
+/// # }
+/// ```
+///
+/// An error instead of a response (the upstream unreachable, a timeout) is the provider's to
+/// read too ([`Provider::classify_error`]): its outcome goes in the context the same way, so
+/// `Failover` decides from outcomes alone.
+///
+/// The account is the context's; without one the outcome is what the status implies, and
+/// nothing is marked.
+///
+/// Error bodies the provider needs (Anthropic's: 400, 403 and 429 envelopes) are read before the
+/// response is handed on (at most [`ERROR_BODY_LIMIT`] bytes), because their message decides
+/// between a ban, a scoped refusal and a rate limit. Every other body streams through untouched.
 #[derive(Debug, Clone)]
 pub struct ClassifyLayer<P = Providers> {
     pool: AccountPool,
@@ -101,7 +103,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, ResBody, P>;
+    type Future = ClassifyFuture<S::Future, ResBody, P>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -109,7 +111,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let context = RequestContext::get_or_insert(&mut req);
-        ResponseFuture {
+        ClassifyFuture {
             state: State::Waiting {
                 future: self.inner.call(req),
             },
@@ -166,37 +168,39 @@ impl<P: Provider> Judge<P> {
     fn judge_error(&self, error: &BoxError) {
         let outcome = match &self.account {
             Some(account) => self.provider.classify_error(account, &**error),
-            None => error_outcome(&**error),
+            None => Outcome::from_error(&**error),
         };
         self.context.set_outcome(outcome);
     }
 }
 
-/// What an error instead of a response means, by the rules that hold for any upstream (the
-/// default of [`Provider::classify_error`]): a connection that failed or broke is
-/// [`Outcome::Unreachable`], a timeout [`Outcome::TimedOut`], a credential that cannot be had
-/// or a request the account cannot make [`Outcome::Unusable`]; anything else is retried as a
-/// server error.
-pub fn error_outcome(error: &(dyn std::error::Error + 'static)) -> Outcome {
-    if let Some(error) = error.downcast_ref::<UpstreamError>() {
-        return match error {
-            UpstreamError::Timeout(_) => Outcome::TimedOut,
-            UpstreamError::InvalidUri(_) => Outcome::Unusable,
-            _ => Outcome::Unreachable,
-        };
-    }
-    if error.is::<InvalidUpstream>() {
-        return Outcome::Unusable;
-    }
-    match error.downcast_ref::<AuthError>() {
-        Some(AuthError::NeedsReauth { .. } | AuthError::Prepare(_)) => Outcome::Unusable,
-        _ => Outcome::ServerError,
+impl Outcome {
+    /// What an error instead of a response means, by the rules that hold for any upstream
+    /// (the default of [`Provider::classify_error`]): a connection that failed or broke is
+    /// [`Outcome::Unreachable`], a timeout [`Outcome::TimedOut`], a credential that cannot be
+    /// had or a request the account cannot make [`Outcome::Unusable`]; anything else is
+    /// retried as a server error.
+    pub fn from_error(error: &(dyn std::error::Error + 'static)) -> Outcome {
+        if let Some(error) = error.downcast_ref::<UpstreamError>() {
+            return match error {
+                UpstreamError::Timeout(_) => Outcome::TimedOut,
+                UpstreamError::InvalidUri(_) => Outcome::Unusable,
+                _ => Outcome::Unreachable,
+            };
+        }
+        if error.is::<InvalidUpstream>() {
+            return Outcome::Unusable;
+        }
+        match error.downcast_ref::<AuthError>() {
+            Some(AuthError::NeedsReauth { .. } | AuthError::Prepare(_)) => Outcome::Unusable,
+            _ => Outcome::ServerError,
+        }
     }
 }
 
 pin_project! {
     /// Future of [`Classify`].
-    pub struct ResponseFuture<F, B, P> {
+    pub struct ClassifyFuture<F, B, P> {
         #[pin]
         state: State<F, B>,
         judge: Judge<P>,
@@ -218,7 +222,7 @@ pin_project! {
     }
 }
 
-impl<F, B, E, P> Future for ResponseFuture<F, B, P>
+impl<F, B, E, P> Future for ClassifyFuture<F, B, P>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,

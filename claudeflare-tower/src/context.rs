@@ -1,29 +1,4 @@
-//! [`RequestContext`]: the one value the layers share about a request.
-//!
-//! The outermost layer of the stack puts it in the request's extensions; the layers below fill
-//! it in on the way down, each its own part:
-//!
-//! | part | written by | read by |
-//! |---|---|---|
-//! | client (who sent it) | your service, before the stack | `Record` |
-//! | models and accounts it may use | your service, before the stack | `Intake`, `Select` |
-//! | model, stream flag | `Intake` | `Record` |
-//! | candidates | `Select` | `Failover` |
-//! | account of the attempt | `Failover` | `Auth`, `Classify`, `Record` |
-//! | switches to another account, backoff time | `Failover` | `Record` |
-//! | upstream time | `Upstream` | `Record` |
-//! | outcome of the attempt | `Classify` | `Failover`, `Record` |
-//!
-//! Data flows one way: nothing is put in response extensions, and `Record` reads the context
-//! once, when the response headers arrive (the rest it reads from the body as it passes).
-//!
-//! A layer used on its own finds no context and inserts a fresh one, so every layer works
-//! alone; to hand `Auth` or `Classify` an account without `Failover`, put a context with
-//! [`RequestContext::set_account`] in the request yourself.
-//!
-//! The parts sit behind one uncontended mutex, taken for a few field reads or writes at a time
-//! and never across an `.await`. One allocation per request, where the six extension types it
-//! replaces cost one each, and again for every attempt's copy of the extensions.
+//! What the layers know about one request. Cheap to clone: clones share the same parts.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -34,6 +9,33 @@ use crate::account::AccountEntry;
 use crate::provider::Outcome;
 
 /// What the layers know about one request. Cheap to clone: clones share the same parts.
+///
+/// The one value the layers share about a request.
+///
+/// The outermost layer of the stack puts it in the request's extensions; the layers below fill
+/// it in on the way down, each its own part:
+///
+/// | part | written by | read by |
+/// |---|---|---|
+/// | client (who sent it) | your service, before the stack | `Record` |
+/// | models and accounts it may use | your service, before the stack | `Intake`, `Select` |
+/// | model, stream flag | `Intake` | `Record` |
+/// | candidates | `Select` | `Failover` |
+/// | account of the attempt | `Failover` | `Auth`, `Classify`, `Record` |
+/// | switches to another account, backoff time | `Failover` | `Record` |
+/// | upstream time | `Upstream` | `Record` |
+/// | outcome of the attempt | `Classify` | `Failover`, `Record` |
+///
+/// Data flows one way: nothing is put in response extensions, and `Record` reads the context
+/// once, when the response headers arrive (the rest it reads from the body as it passes).
+///
+/// A layer used on its own finds no context and inserts a fresh one, so every layer works
+/// alone; to hand `Auth` or `Classify` an account without `Failover`, put a context with
+/// [`RequestContext::set_account`] in the request yourself.
+///
+/// The parts sit behind one uncontended mutex, taken for a few field reads or writes at a time
+/// and never across an `.await`. One allocation per request, where the six extension types it
+/// replaces cost one each, and again for every attempt's copy of the extensions.
 #[derive(Clone, Default)]
 pub struct RequestContext {
     parts: Arc<Mutex<Parts>>,
@@ -74,7 +76,7 @@ impl std::fmt::Debug for RequestContext {
 /// [`RequestContext::snapshot`]).
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
-pub struct Snapshot {
+pub struct ContextSnapshot {
     /// Who sent it (see [`RequestContext::set_client`]).
     pub client: Option<Arc<str>>,
     /// `model` of the request body.
@@ -217,19 +219,19 @@ impl RequestContext {
     }
 
     /// Everything the context holds now.
-    pub fn snapshot(&self) -> Snapshot {
+    pub fn snapshot(&self) -> ContextSnapshot {
         self.read(|model| model.clone())
     }
 
     /// Everything the context holds, the model moved out rather than copied: for `Record`, the
     /// last reader.
-    pub(crate) fn take(&self) -> Snapshot {
+    pub(crate) fn take(&self) -> ContextSnapshot {
         self.read(Option::take)
     }
 
-    fn read(&self, model: impl FnOnce(&mut Option<String>) -> Option<String>) -> Snapshot {
+    fn read(&self, model: impl FnOnce(&mut Option<String>) -> Option<String>) -> ContextSnapshot {
         let mut parts = self.lock();
-        Snapshot {
+        ContextSnapshot {
             client: parts.client.clone(),
             model: model(&mut parts.model),
             stream: parts.stream,

@@ -1,6 +1,6 @@
-//! HTTP for the control plane (token refresh, and in the server the OAuth exchange, API-key
-//! creation and usage polling): reqwest, with a connect and a total timeout and a cap on what is
-//! read back. The proxy's own path keeps its hyper client ([`crate::upstream`]), tuned for it.
+//! HTTP for the providers' token grants (Anthropic's OAuth refresh, Vertex AI's service-account
+//! grant): reqwest, with a connect and a total timeout and a cap on what is read back. The
+//! proxy's own path keeps its hyper client ([`Upstream`](crate::Upstream)), tuned for it.
 
 use std::time::Duration;
 
@@ -10,25 +10,20 @@ use crate::BoxError;
 use crate::egress::EgressProxy;
 
 /// How long a control-plane call may wait for its connection.
-pub const CONTROL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONTROL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a control-plane call may take in all.
-pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most a control-plane answer may hold (they are small JSON documents).
 const MAX_ANSWER: usize = 1024 * 1024;
 
 /// A control-plane client: rustls with ring and the webpki roots, 10 s to connect,
-/// [`CONTROL_TIMEOUT`] in all.
+/// [`CONTROL_TIMEOUT`] in all, going through `proxy` when there is one (an account's egress
+/// proxy: its token refreshes leave the way its requests do).
 ///
 /// A new one per call, not one shared by the process: a pooled connection is driven by a task
-/// on the runtime that opened it, and these calls come from several runtimes (the server's, the
-/// CLI's, a test's), rarely (a refresh every few hours, a usage poll every few minutes).
-pub fn client() -> Result<reqwest::Client, BoxError> {
-    client_via(None)
-}
-
-/// [`client`], going through `proxy` when there is one (an account's egress proxy: its token
-/// refreshes and usage polls leave the way its requests do).
-pub fn client_via(proxy: Option<&EgressProxy>) -> Result<reqwest::Client, BoxError> {
+/// on the runtime that opened it, and these calls come from several runtimes, rarely (a refresh
+/// every few hours).
+pub(crate) fn client_via(proxy: Option<&EgressProxy>) -> Result<reqwest::Client, BoxError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONTROL_CONNECT_TIMEOUT)
         .timeout(CONTROL_TIMEOUT);
@@ -42,18 +37,12 @@ pub fn client_via(proxy: Option<&EgressProxy>) -> Result<reqwest::Client, BoxErr
     builder.build().map_err(Into::into)
 }
 
-/// Send `request` and read its answer whole ([`read`]), a timeout said plainly.
-pub async fn exchange(
+/// Send `request` and read its answer whole: status, headers and body (at most 1 MiB). A
+/// timeout is said plainly.
+pub(crate) async fn exchange(
     request: reqwest::RequestBuilder,
 ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), BoxError> {
-    let response = request.send().await.map_err(describe)?;
-    read(response).await
-}
-
-/// An answer's status, headers and body (at most 1 MiB).
-pub async fn read(
-    mut response: reqwest::Response,
-) -> Result<(http::StatusCode, http::HeaderMap, Bytes), BoxError> {
+    let mut response = request.send().await.map_err(describe)?;
     let status = response.status();
     let headers = std::mem::take(response.headers_mut());
     let mut body = BytesMut::new();
@@ -67,7 +56,7 @@ pub async fn read(
 }
 
 /// A reqwest error in words: a timeout says so plainly.
-pub fn describe(error: reqwest::Error) -> BoxError {
+fn describe(error: reqwest::Error) -> BoxError {
     if error.is_timeout() {
         format!("no answer within {} s", CONTROL_TIMEOUT.as_secs()).into()
     } else {

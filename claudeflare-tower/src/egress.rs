@@ -1,11 +1,4 @@
-//! Egress proxies: an account's traffic (its requests, token refreshes and usage polls) leaving
-//! through a proxy of its own, so each account can have its own address.
-//!
-//! [`EgressProxy`] is the URL (`http://`, `https://` or `socks5://`, with `user:password@`
-//! allowed); its `Debug` and `Display` show the password as `***`. The request path connects
-//! through it with hyper-util's proxy connectors (an HTTP `CONNECT` tunnel, or SOCKS5), one
-//! connection pool per proxy; the control plane through reqwest's proxy support
-//! ([`crate::control::client_via`]).
+//! A proxy an account's traffic goes through.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -13,7 +6,16 @@ use std::str::FromStr;
 
 use http::Uri;
 
-/// A proxy an account's traffic goes through. See the [module docs](self).
+/// A proxy an account's traffic goes through.
+///
+/// Egress proxies: an account's traffic (its requests, token refreshes and usage polls) leaving
+/// through a proxy of its own, so each account can have its own address.
+///
+/// [`EgressProxy`] is the URL (`http://`, `https://` or `socks5://`, with `user:password@`
+/// allowed); its `Debug` and `Display` show the password as `***`. The request path connects
+/// through it with hyper-util's proxy connectors (an HTTP `CONNECT` tunnel, or SOCKS5), one
+/// connection pool per proxy; the control plane through reqwest's proxy support
+/// (token grants, and the server's own calls).
 #[derive(Clone)]
 pub struct EgressProxy {
     /// The whole URL, credentials included.

@@ -1,40 +1,4 @@
-//! The `Failover` layer: tries the request on each candidate account in turn.
-//!
-//! Per account, a 5xx or a 529 is retried `attempts` times with a delay that starts at `delay`
-//! and is multiplied by `backoff` each time (1 s, 2 s, 4 s by default); then the next candidate
-//! gets it. A connection error is the upstream's, not an account's: it is retried the same way,
-//! then answered with 502, without trying the other accounts (they would reach the same host).
-//! A rate limit, a refusal scoped to the request's model or beta, a refused (banned) account or
-//! a definitive authentication failure moves to the next candidate at once. A 401 on an OAuth
-//! account is retried once on the same account (the `Auth` layer refreshes the token in
-//! between).
-//!
-//! Nothing is retried once the response has been handed on: a response is only replaced while
-//! none of its bytes has gone to the client. When every candidate failed, the client gets the
-//! last upstream response, or 502 (unreachable) / 504 (timeout) in Anthropic's envelope.
-//!
-//! ```
-//! use std::time::Duration;
-//! use claudeflare_tower::failover::{FailoverLayer, RetryConfig};
-//! let layer = FailoverLayer::new(RetryConfig {
-//!     attempts: 3,
-//!     delay: Duration::from_secs(1),
-//!     backoff: 2.0,
-//! });
-//! ```
-//!
-//! Requests need candidates in their [`RequestContext`] (from `Select`) and a `Clone` body
-//! (from `Intake`).
-//!
-//! # Design
-//!
-//! The loop is tower's own [`Retry`] middleware, driven by a `FailoverPolicy`: the policy
-//! holds the candidate cursor, the retry count on the current account and whether a token
-//! refresh was already tried, and decides from the attempt's [`Outcome`] (which `Classify`
-//! notes in the context) or from the error's type. Moving to the next account is the policy
-//! pointing the context at it before the next attempt. The future is named
-//! ([`ResponseFuture`]), so the request path allocates nothing for it; the backoff is a
-//! [`tokio::time::Sleep`] held inside it.
+//! Retries and fails over.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -90,7 +54,45 @@ impl RetryConfig {
     }
 }
 
-/// Retries and fails over. See the [module docs](self).
+/// Retries and fails over.
+///
+/// The `Failover` layer: tries the request on each candidate account in turn.
+///
+/// Per account, a 5xx or a 529 is retried `attempts` times with a delay that starts at `delay`
+/// and is multiplied by `backoff` each time (1 s, 2 s, 4 s by default); then the next candidate
+/// gets it. A connection error is the upstream's, not an account's: it is retried the same way,
+/// then answered with 502, without trying the other accounts (they would reach the same host).
+/// A rate limit, a refusal scoped to the request's model or beta, a refused (banned) account or
+/// a definitive authentication failure moves to the next candidate at once. A 401 on an OAuth
+/// account is retried once on the same account (the `Auth` layer refreshes the token in
+/// between).
+///
+/// Nothing is retried once the response has been handed on: a response is only replaced while
+/// none of its bytes has gone to the client. When every candidate failed, the client gets the
+/// last upstream response, or 502 (unreachable) / 504 (timeout) in Anthropic's envelope.
+///
+/// ```
+/// use std::time::Duration;
+/// use claudeflare_tower::{FailoverLayer, RetryConfig};
+/// let layer = FailoverLayer::new(RetryConfig {
+///     attempts: 3,
+///     delay: Duration::from_secs(1),
+///     backoff: 2.0,
+/// });
+/// ```
+///
+/// Requests need candidates in their [`RequestContext`] (from `Select`) and a `Clone` body
+/// (from `Intake`).
+///
+/// # Design
+///
+/// The loop is tower's own [`Retry`] middleware, driven by a `FailoverPolicy`: the policy
+/// holds the candidate cursor, the retry count on the current account and whether a token
+/// refresh was already tried, and decides from the attempt's [`Outcome`] (which `Classify`
+/// notes in the context) or from the error's type. Moving to the next account is the policy
+/// pointing the context at it before the next attempt. The future is named
+/// ([`FailoverFuture`]), so the request path allocates nothing for it; the backoff is a
+/// [`tokio::time::Sleep`] held inside it.
 #[derive(Debug, Clone, Default)]
 pub struct FailoverLayer {
     retry: Setting<RetryConfig>,
@@ -202,7 +204,7 @@ impl FailoverPolicy {
             Ok(response) => outcome_of(context, response),
             Err(error) => context
                 .outcome()
-                .unwrap_or_else(|| crate::classify::error_outcome(&**error)),
+                .unwrap_or_else(|| Outcome::from_error(&**error)),
         };
         match outcome {
             Outcome::Success | Outcome::ClientError | Outcome::ExtraUsageRequired => match result {
@@ -364,7 +366,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = ResponseFuture<S, B>;
+    type Future = FailoverFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.not_ready.is_none() {
@@ -378,7 +380,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if let Some(error) = self.not_ready.take() {
             let message = format!("no account could serve the request: {error}");
-            return ResponseFuture::answer(error_response(
+            return FailoverFuture::answer(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &message,
             ));
@@ -386,14 +388,14 @@ where
         let context = RequestContext::get_or_insert(&mut req);
         let Some(first) = context.candidates().first().cloned() else {
             let message = "no account was selected for this request";
-            return ResponseFuture::answer(error_response(
+            return FailoverFuture::answer(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 message,
             ));
         };
         context.set_account(first);
         context.clear_outcome();
-        ResponseFuture {
+        FailoverFuture {
             kind: Kind::Trying {
                 future: self.retry.call(req),
             },
@@ -403,7 +405,7 @@ where
 
 pin_project! {
     /// Future of [`Failover`].
-    pub struct ResponseFuture<S, B>
+    pub struct FailoverFuture<S, B>
     where
         S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError>,
         B: Clone,
@@ -425,7 +427,7 @@ pin_project! {
     }
 }
 
-impl<S, B> ResponseFuture<S, B>
+impl<S, B> FailoverFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError>,
     B: Clone,
@@ -439,7 +441,7 @@ where
     }
 }
 
-impl<S, B> Future for ResponseFuture<S, B>
+impl<S, B> Future for FailoverFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError> + Clone,
     B: Clone,
@@ -456,7 +458,7 @@ where
             }
             KindProj::Answer { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
-                None => panic!("failover::ResponseFuture polled after completion"),
+                None => panic!("failover::FailoverFuture polled after completion"),
             },
         }
     }

@@ -1,20 +1,4 @@
-//! The `Intake` layer: reads the request body once into memory, so `Failover` can send it again,
-//! and notes its model and stream flag in the [`RequestContext`] for `Record`.
-//!
-//! A body not read whole within the read timeout (60 s by default) is refused with 408, so a
-//! client that sends part of a body and stalls holds no memory past it. The bytes buffered for
-//! bodies at once, across every connection sharing a [`BodyBudget`], are capped too (256 MiB by
-//! default): a body whose next bytes would go over it is refused with 503 at once (with
-//! `retry-after`), and its bytes are given back.
-//!
-//! A body over the limit is refused with 413 in Anthropic's envelope before anything is sent
-//! upstream (at once when `content-length` says so), and so is, with 400, a path that could
-//! leave `/v1/` (a dot-segment, raw or percent-encoded).
-//!
-//! ```
-//! use claudeflare_tower::intake::IntakeLayer;
-//! let layer = IntakeLayer::new(32 * 1024 * 1024);
-//! ```
+//! Buffers request bodies up to a limit.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -115,7 +99,25 @@ impl Drop for Reservation {
     }
 }
 
-/// Buffers request bodies up to a limit. See the [module docs](self).
+/// Buffers request bodies up to a limit.
+///
+/// The `Intake` layer: reads the request body once into memory, so `Failover` can send it again,
+/// and notes its model and stream flag in the [`RequestContext`] for `Record`.
+///
+/// A body not read whole within the read timeout (60 s by default) is refused with 408, so a
+/// client that sends part of a body and stalls holds no memory past it. The bytes buffered for
+/// bodies at once, across every connection sharing a [`BodyBudget`], are capped too (256 MiB by
+/// default): a body whose next bytes would go over it is refused with 503 at once (with
+/// `retry-after`), and its bytes are given back.
+///
+/// A body over the limit is refused with 413 in Anthropic's envelope before anything is sent
+/// upstream (at once when `content-length` says so), and so is, with 400, a path that could
+/// leave `/v1/` (a dot-segment, raw or percent-encoded).
+///
+/// ```
+/// use claudeflare_tower::IntakeLayer;
+/// let layer = IntakeLayer::new(32 * 1024 * 1024);
+/// ```
 #[derive(Debug, Clone)]
 pub struct IntakeLayer {
     limit: Setting<usize>,
@@ -205,7 +207,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = ResponseFuture<S, B>;
+    type Future = IntakeFuture<S, B>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Readiness is checked on the inner service once the body is in.
@@ -215,7 +217,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if let Err(refused) = crate::path::check(req.uri().path()) {
             let response = error_response(StatusCode::BAD_REQUEST, refused.message());
-            return ResponseFuture::answer(response);
+            return IntakeFuture::answer(response);
         }
         let limit = *self.limit.current();
         let declared = req
@@ -224,11 +226,11 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit as u64) {
-            return ResponseFuture::answer(too_large(limit));
+            return IntakeFuture::answer(too_large(limit));
         }
         let context = RequestContext::get_or_insert(&mut req);
         let (parts, body) = req.into_parts();
-        ResponseFuture {
+        IntakeFuture {
             reservation: Some(Reservation {
                 budget: self.budget.clone(),
                 bytes: 0,
@@ -253,7 +255,7 @@ where
 
 pin_project! {
     /// Future of [`Intake`].
-    pub struct ResponseFuture<S, B>
+    pub struct IntakeFuture<S, B>
     where
         S: Service<Request<Full<Bytes>>>,
         B: Body,
@@ -329,7 +331,7 @@ pin_project! {
     }
 }
 
-impl<S, B> ResponseFuture<S, B>
+impl<S, B> IntakeFuture<S, B>
 where
     S: Service<Request<Full<Bytes>>>,
     B: Body,
@@ -345,7 +347,7 @@ where
     }
 }
 
-impl<S, B> Future for ResponseFuture<S, B>
+impl<S, B> Future for IntakeFuture<S, B>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ProxyBody>, Error = Infallible>,
     B: Body<Data = Bytes>,
@@ -359,7 +361,7 @@ where
             let next = match this.state.as_mut().project() {
                 StateProj::Answer { response } => match response.take() {
                     Some(response) => return Poll::Ready(Ok(response)),
-                    None => panic!("intake::ResponseFuture polled after completion"),
+                    None => panic!("intake::IntakeFuture polled after completion"),
                 },
                 StateProj::Calling { future } => return future.poll(cx),
                 StateProj::Reading {
@@ -420,7 +422,7 @@ where
                     .into_bytes();
                     // Taken once: the state moves on to `Calling` right below.
                     let (Some(parts), Some(inner)) = (parts.take(), inner.take()) else {
-                        panic!("intake::ResponseFuture polled after completion");
+                        panic!("intake::IntakeFuture polled after completion");
                     };
                     let (model, stream) = read_meta(&bytes);
                     if let Some(refusal) = context.refuse_model(model.as_deref()) {

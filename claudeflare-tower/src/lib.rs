@@ -21,19 +21,22 @@
 //!
 //! | layer | does |
 //! |---|---|
-//! | [`record`] | one [`RequestRecord`](record::RequestRecord) per request, usage read from the body as it passes |
-//! | [`intake`] | reads the body once (so it can be retried), 413 over the limit, notes model and stream flag |
-//! | [`select`] | candidate accounts from the [`strategy`], 503 when none |
-//! | [`failover`] | retries with backoff, then the next account (tower's `Retry` driven by a failover policy) |
-//! | [`auth`] | the account's credentials instead of the client's; token refresh |
-//! | [`classify`] | what each response means for the request and the account |
-//! | [`upstream`] | the hyper client |
+//! | [`RecordLayer`] | one [`RequestRecord`] per request, usage read from the body as it passes |
+//! | [`IntakeLayer`] | reads the body once (so it can be retried), 413 over the limit, notes model and stream flag |
+//! | [`SelectLayer`] | candidate accounts from the [`Strategy`], 503 when none |
+//! | [`FailoverLayer`] | retries with backoff, then the next account (tower's `Retry` driven by a failover policy) |
+//! | [`AuthLayer`] | the account's credentials instead of the client's; token refresh |
+//! | [`ClassifyLayer`] | what each response means for the request and the account |
+//! | [`Upstream`] | the hyper client |
 //!
 //! Two things tie them together, and only these two: the [`RequestContext`] that the outermost
 //! layer puts in the request's extensions and the layers below fill in (data flows one way),
 //! and the [`Provider`], which holds everything upstream-specific: each account names its own, and
-//! [`Providers`] (the default) mixes Anthropic, Anthropic-compatible backends and providers of
-//! your own in one pool, ordered by priority.
+//! [`Providers`] (the default) mixes Anthropic, Anthropic-compatible backends, Bedrock, Vertex AI
+//! and providers of your own in one pool, ordered by priority.
+//!
+//! Every item is at the crate's root; the docs group them as the sections below the table of
+//! contents do: the stack, accounts and the pool, the layers, strategies, records, providers.
 //!
 //! # Features
 //!
@@ -63,38 +66,76 @@ macro_rules! inner_accessors {
     };
 }
 
-pub mod account;
-pub mod auth;
-pub mod body;
-pub mod classify;
-pub mod context;
-pub mod control;
-pub mod egress;
-pub(crate) mod error;
-pub mod failover;
-pub mod intake;
+mod account;
+mod auth;
+mod body;
+mod classify;
+mod context;
+mod control;
+mod egress;
+mod error;
+mod failover;
+mod intake;
 mod path;
-pub mod pool;
-pub mod provider;
-pub mod record;
-pub mod select;
+mod pool;
+mod provider;
+mod record;
+mod select;
 mod setting;
 mod stack;
-pub mod strategy;
-pub mod upstream;
+mod strategy;
+mod upstream;
 
-pub use account::{
-    Account, AccountEntry, AccountInfo, AccountStatus, AwsKeys, Credentials, LiveState, Mode,
-    OAuthTokens, Route, Tier,
-};
-pub use body::ProxyBody;
-pub use context::RequestContext;
-pub use egress::EgressProxy;
-pub use error::{SHOULD_RETRY, claudeflare_envelope, error_envelope};
-pub use pool::{AccountPool, MemoryStore, StateStore};
-pub use provider::{Anthropic, Backend, ModelMap, Provider, Providers};
-pub use setting::{Current, Setting};
+// The stack as one service.
 pub use stack::{Balancer, BalancerService};
+
+// Accounts and the pool.
+pub use account::{
+    Account, AccountEntry, AccountInfo, AccountStatus, AwsKeys, Credentials, InvalidValue,
+    LiveState, Mode, OAuthTokens, Route, Tier,
+};
+pub use egress::{EgressProxy, InvalidProxy, ProxyKind};
+pub use pool::{AccountPool, MemoryStore, StateStore, StoreSync};
+
+// The layers, outermost first, with their services and futures.
+pub use auth::{Auth, AuthError, AuthFuture, AuthLayer, REFRESH_MARGIN, TokenRefresher};
+pub use classify::{Classify, ClassifyFuture, ClassifyLayer, ERROR_BODY_LIMIT};
+pub use failover::{Failover, FailoverFuture, FailoverLayer, RetryConfig};
+pub use intake::{
+    BodyBudget, DEFAULT_BODY_LIMIT, DEFAULT_BUFFERED_LIMIT, DEFAULT_READ_TIMEOUT, Intake,
+    IntakeFuture, IntakeLayer,
+};
+pub use record::{
+    ACCOUNT_HEADER, MemoryRecorder, NoopRecorder, PROVIDER_HEADER, REQUEST_ID_HEADER, Record,
+    RecordBody, RecordFuture, RecordLayer, Recorder, RequestRecord,
+};
+pub use select::{Select, SelectFuture, SelectLayer};
+pub use upstream::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, DefaultConnector, Upstream, UpstreamError,
+    UpstreamFuture,
+};
+
+// What the layers share about one request.
+pub use body::ProxyBody;
+pub use context::{ContextSnapshot, RequestContext};
+
+// Strategies.
+pub use strategy::{
+    DEFAULT_ROTATE_AT, DEFAULT_SESSION_DURATION, LeastRequests, RoundRobin, Session, Strategy,
+    StrategyHandle, Weighted, WeightedRoundRobin, available_accounts,
+};
+
+// Providers, and the parts for writing one.
+pub use provider::{
+    Anthropic, AnthropicTap, AnyTap, AuthStyle, Backend, Bedrock, Billing, Classification,
+    CloudTap, Compatible, DEFAULT_COOLDOWN, InvalidModelMap, InvalidUpstream, Iteration, Limits,
+    MapEntry, ModelMap, Outcome, Provider, Providers, RefreshError, StreamError, TapSummary,
+    TokenPair, Usage, UsageTap, Vertex, error_message, join_uri, retry_after,
+};
+
+// Errors in Anthropic's envelope, and settings that change while the stack runs.
+pub use error::{SHOULD_RETRY, claudeflare_envelope, error_envelope};
+pub use setting::{Current, Setting};
 pub use tokio_util::sync::CancellationToken;
 
 /// The error type layers box their errors into.

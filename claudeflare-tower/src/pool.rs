@@ -1,5 +1,4 @@
-//! The account pool: every account and its live state, read on the request path without a
-//! database and without holding a lock across an `.await`.
+//! The accounts the balancer can use. Cheap to clone; clones share the same accounts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,6 +31,44 @@ pub trait StateStore: Send + Sync + 'static {
     }
 }
 
+/// What a store shared by several balancers (instances of a server over one database) does to
+/// the pool's entries when it reads what the others stored. A single balancer has no use for
+/// it: the layers keep the entries up to date.
+///
+/// Implemented for [`AccountEntry`]; bring it into scope to call these.
+pub trait StoreSync {
+    /// Take the settings of `account` as stored (route, tier, pause, credentials and the flags
+    /// that take it out of rotation), keeping the live state this process counted.
+    fn update_from(&self, account: &Account);
+
+    /// [`update_from`](Self::update_from), and take the stored request counters too: for a
+    /// process that learns the stored counters were reset (`reset-stats` elsewhere).
+    fn reload(&self, account: &Account);
+
+    /// Change the live state under the entry's lock; returns the state after the change. For
+    /// folding in what other balancers stored: nothing counted meanwhile by this one is lost.
+    fn update_live(&self, change: impl FnOnce(&mut LiveState)) -> LiveState;
+}
+
+impl StoreSync for AccountEntry {
+    fn update_from(&self, account: &Account) {
+        self.adopt_settings(account);
+    }
+
+    fn reload(&self, account: &Account) {
+        self.adopt_settings(account);
+        let mut state = self.lock();
+        state.live.request_count = account.live.request_count;
+        state.live.session_request_count = account.live.session_request_count;
+    }
+
+    fn update_live(&self, change: impl FnOnce(&mut LiveState)) -> LiveState {
+        let mut state = self.lock();
+        change(&mut state.live);
+        state.live.clone()
+    }
+}
+
 /// A [`StateStore`] that keeps the latest state of each account in memory.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -57,6 +94,9 @@ impl StateStore for MemoryStore {
 ///
 /// Reads take a lock-free snapshot (`arc-swap`); adding or removing accounts swaps in a new
 /// list, so requests in flight keep the list they started with.
+///
+/// Every account and its live state, read on the request path without a database and without
+/// holding a lock across an `.await`.
 #[derive(Clone)]
 pub struct AccountPool {
     inner: Arc<PoolInner>,
@@ -135,7 +175,7 @@ impl AccountPool {
     /// Add an account, or update the one with the same id (tier, pause, credentials).
     pub fn upsert(&self, account: Account) -> Arc<AccountEntry> {
         if let Some(existing) = self.get_by_id(&account.id) {
-            existing.update_from(&account);
+            existing.adopt_settings(&account);
             return existing;
         }
         let entry = Arc::new(AccountEntry::new(account));

@@ -1,23 +1,4 @@
-//! The `Select` layer: asks the [`Strategy`] for the accounts a
-//! request may use and puts them, in order, in the request's [`RequestContext`].
-//!
-//! Accounts whose model map does not serve the request's model are left out. The rest go by
-//! priority (lower first): the strategy chooses among the accounts of the best priority that
-//! has an available one, and the accounts of the priorities after it follow, available ones in
-//! pool order, for failover. Only the first group is the strategy's, so a sticky session stays
-//! within its priority and returns there once a limit resets.
-//!
-//! When no account is available it answers 503 itself, in Anthropic's envelope, with
-//! `retry-after` set to the seconds until the earliest rate limit ends. When no account will
-//! come back on its own (all paused, refused or needing re-authentication), the answer says
-//! `x-should-retry: false`, and when the upstream refused every one of them it is Anthropic's
-//! 403 `permission_error`: retrying cannot help, a person must act.
-//!
-//! ```
-//! use claudeflare_tower::{AccountPool, select::SelectLayer, strategy::{Session, StrategyHandle}};
-//! let strategy: StrategyHandle = StrategyHandle::new(Box::new(Session::default()));
-//! let layer = SelectLayer::new(AccountPool::default(), strategy);
-//! ```
+//! Chooses candidate accounts.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,7 +18,28 @@ use crate::error::{error_response, final_for_client};
 use crate::pool::AccountPool;
 use crate::strategy::{Strategy, StrategyHandle};
 
-/// Chooses candidate accounts. See the [module docs](self).
+/// Chooses candidate accounts.
+///
+/// The `Select` layer: asks the [`Strategy`] for the accounts a
+/// request may use and puts them, in order, in the request's [`RequestContext`].
+///
+/// Accounts whose model map does not serve the request's model are left out. The rest go by
+/// priority (lower first): the strategy chooses among the accounts of the best priority that
+/// has an available one, and the accounts of the priorities after it follow, available ones in
+/// pool order, for failover. Only the first group is the strategy's, so a sticky session stays
+/// within its priority and returns there once a limit resets.
+///
+/// When no account is available it answers 503 itself, in Anthropic's envelope, with
+/// `retry-after` set to the seconds until the earliest rate limit ends. When no account will
+/// come back on its own (all paused, refused or needing re-authentication), the answer says
+/// `x-should-retry: false`, and when the upstream refused every one of them it is Anthropic's
+/// 403 `permission_error`: retrying cannot help, a person must act.
+///
+/// ```
+/// use claudeflare_tower::{AccountPool, SelectLayer, Session, StrategyHandle};
+/// let strategy: StrategyHandle = StrategyHandle::new(Box::new(Session::default()));
+/// let layer = SelectLayer::new(AccountPool::default(), strategy);
+/// ```
 #[derive(Debug, Clone)]
 pub struct SelectLayer {
     pool: AccountPool,
@@ -79,7 +81,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = SelectFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -93,14 +95,14 @@ where
         let candidates = context
             .with_choice(|model, allowed| candidates(&**strategy, &accounts, model, allowed, now));
         if candidates.is_empty() {
-            return ResponseFuture {
+            return SelectFuture {
                 kind: Kind::NoAccount {
                     response: Some(self.no_account(accounts.len())),
                 },
             };
         }
         context.set_candidates(candidates);
-        ResponseFuture {
+        SelectFuture {
             kind: Kind::Inner {
                 future: self.inner.call(req),
             },
@@ -202,7 +204,7 @@ impl<S> Select<S> {
 
 pin_project! {
     /// Future of [`Select`].
-    pub struct ResponseFuture<F> {
+    pub struct SelectFuture<F> {
         #[pin]
         kind: Kind<F>,
     }
@@ -216,7 +218,7 @@ pin_project! {
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<F, E> Future for SelectFuture<F>
 where
     F: Future<Output = Result<Response<ProxyBody>, E>>,
 {
@@ -227,7 +229,7 @@ where
             KindProj::Inner { future } => future.poll(cx),
             KindProj::NoAccount { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
-                None => panic!("select::ResponseFuture polled after completion"),
+                None => panic!("select::SelectFuture polled after completion"),
             },
         }
     }

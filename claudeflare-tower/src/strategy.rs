@@ -1,26 +1,4 @@
-//! Load-balancing strategies: which accounts a request may use, in which order.
-//!
-//! A [`Strategy`] returns the available accounts (not paused, not rate-limited, not needing
-//! re-authentication) in the order to try them: the first serves the request, the rest are the
-//! failover order. Write your own by implementing the trait:
-//!
-//! ```
-//! use std::sync::Arc;
-//! use chrono::{DateTime, Utc};
-//! use claudeflare_tower::{AccountEntry, strategy::Strategy};
-//!
-//! /// Prefers the account with the highest tier.
-//! struct BiggestFirst;
-//!
-//! impl Strategy for BiggestFirst {
-//!     fn name(&self) -> &str { "biggest-first" }
-//!     fn select(&self, accounts: &[Arc<AccountEntry>], now: DateTime<Utc>) -> Vec<Arc<AccountEntry>> {
-//!         let mut available = claudeflare_tower::strategy::available(accounts, now);
-//!         available.sort_by_key(|a| std::cmp::Reverse(a.tier()));
-//!         available
-//!     }
-//! }
-//! ```
+//! Orders the available accounts for one request.
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,6 +10,30 @@ use crate::account::AccountEntry;
 use crate::setting::Setting;
 
 /// Orders the available accounts for one request.
+///
+/// Load-balancing strategies: which accounts a request may use, in which order.
+///
+/// A [`Strategy`] returns the available accounts (not paused, not rate-limited, not needing
+/// re-authentication) in the order to try them: the first serves the request, the rest are the
+/// failover order. Write your own by implementing the trait:
+///
+/// ```
+/// use std::sync::Arc;
+/// use chrono::{DateTime, Utc};
+/// use claudeflare_tower::{AccountEntry, Strategy};
+///
+/// /// Prefers the account with the highest tier.
+/// struct BiggestFirst;
+///
+/// impl Strategy for BiggestFirst {
+///     fn name(&self) -> &str { "biggest-first" }
+///     fn select(&self, accounts: &[Arc<AccountEntry>], now: DateTime<Utc>) -> Vec<Arc<AccountEntry>> {
+///         let mut available = claudeflare_tower::available_accounts(accounts, now);
+///         available.sort_by_key(|a| std::cmp::Reverse(a.tier()));
+///         available
+///     }
+/// }
+/// ```
 pub trait Strategy: Send + Sync + 'static {
     /// The name used in configuration and the API.
     fn name(&self) -> &str;
@@ -53,7 +55,10 @@ impl fmt::Debug for dyn Strategy {
 }
 
 /// The accounts that can take a request at `now`, in pool order.
-pub fn available(accounts: &[Arc<AccountEntry>], now: DateTime<Utc>) -> Vec<Arc<AccountEntry>> {
+pub fn available_accounts(
+    accounts: &[Arc<AccountEntry>],
+    now: DateTime<Utc>,
+) -> Vec<Arc<AccountEntry>> {
     accounts
         .iter()
         .filter(|a| a.is_available(now))
@@ -117,7 +122,7 @@ impl Strategy for Session {
     }
 
     fn select(&self, accounts: &[Arc<AccountEntry>], now: DateTime<Utc>) -> Vec<Arc<AccountEntry>> {
-        let available = available(accounts, now);
+        let available = available_accounts(accounts, now);
         if available.is_empty() {
             return available;
         }
@@ -192,7 +197,7 @@ impl Strategy for LeastRequests {
     }
 
     fn select(&self, accounts: &[Arc<AccountEntry>], now: DateTime<Utc>) -> Vec<Arc<AccountEntry>> {
-        let mut available = available(accounts, now);
+        let mut available = available_accounts(accounts, now);
         available.sort_by_cached_key(|a| a.request_count());
         available
     }
@@ -210,7 +215,7 @@ impl Strategy for RoundRobin {
     }
 
     fn select(&self, accounts: &[Arc<AccountEntry>], now: DateTime<Utc>) -> Vec<Arc<AccountEntry>> {
-        let mut available = available(accounts, now);
+        let mut available = available_accounts(accounts, now);
         if !available.is_empty() {
             let start = self.cursor.fetch_add(1, Ordering::Relaxed) % available.len();
             available.rotate_left(start);
@@ -230,7 +235,7 @@ impl Strategy for Weighted {
     }
 
     fn select(&self, accounts: &[Arc<AccountEntry>], now: DateTime<Utc>) -> Vec<Arc<AccountEntry>> {
-        let mut available = available(accounts, now);
+        let mut available = available_accounts(accounts, now);
         // Compare count_a / tier_a with count_b / tier_b without division: multiply across.
         let mut keyed: Vec<(u64, u64, Arc<AccountEntry>)> = available
             .drain(..)
@@ -254,7 +259,7 @@ impl Strategy for WeightedRoundRobin {
     }
 
     fn select(&self, accounts: &[Arc<AccountEntry>], now: DateTime<Utc>) -> Vec<Arc<AccountEntry>> {
-        let available = available(accounts, now);
+        let available = available_accounts(accounts, now);
         let weights: Vec<usize> = available
             .iter()
             .map(|a| usize::from(a.tier().weight()))

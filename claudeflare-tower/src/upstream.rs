@@ -1,29 +1,4 @@
-//! The `Upstream` service: sends the request to the absolute URL the provider gave it
-//! ([`Provider::prepare`](crate::Provider::prepare), in `Auth`), over a pooled hyper-util
-//! client, and streams the response back untouched. An account with an
-//! [egress proxy](crate::egress) is sent through a client of its own that connects through
-//! it (an HTTP `CONNECT` tunnel or SOCKS5, hyper-util's connectors), one pool per proxy.
-//!
-//! Connect and first-byte (response header) timeouts apply; there is deliberately no total
-//! timeout, which would cut long streams. Hop-by-hop headers are dropped both ways, and so is
-//! `accept-encoding`, so the response arrives uncompressed for `Record` to read its usage.
-//!
-//! ```no_run
-//! use claudeflare_tower::upstream::Upstream;
-//! let upstream = Upstream::new();
-//! ```
-//!
-//! HTTPS comes from the `rustls-ring` feature (on by default: rustls with ring and the webpki
-//! roots). Without it, or to use another TLS stack, proxy settings or connector, build a
-//! hyper-util client yourself and pass it to [`Upstream::from_client`]:
-//!
-//! ```
-//! use claudeflare_tower::upstream::Upstream;
-//! use hyper_util::client::legacy::{Client, connect::HttpConnector};
-//! use hyper_util::rt::TokioExecutor;
-//! let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-//! let upstream = Upstream::from_client(client);
-//! ```
+//! Sends requests to the upstream. Cheap to clone; clones share the connection pools.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -138,6 +113,33 @@ pub enum UpstreamError {
 }
 
 /// Sends requests to the upstream. Cheap to clone; clones share the connection pools.
+///
+/// The `Upstream` service: sends the request to the absolute URL the provider gave it
+/// ([`Provider::prepare`](crate::Provider::prepare), in `Auth`), over a pooled hyper-util
+/// client, and streams the response back untouched. An account with an
+/// [egress proxy](crate::EgressProxy) is sent through a client of its own that connects through
+/// it (an HTTP `CONNECT` tunnel or SOCKS5, hyper-util's connectors), one pool per proxy.
+///
+/// Connect and first-byte (response header) timeouts apply; there is deliberately no total
+/// timeout, which would cut long streams. Hop-by-hop headers are dropped both ways, and so is
+/// `accept-encoding`, so the response arrives uncompressed for `Record` to read its usage.
+///
+/// ```no_run
+/// use claudeflare_tower::Upstream;
+/// let upstream = Upstream::new();
+/// ```
+///
+/// HTTPS comes from the `rustls-ring` feature (on by default: rustls with ring and the webpki
+/// roots). Without it, or to use another TLS stack, proxy settings or connector, build a
+/// hyper-util client yourself and pass it to [`Upstream::from_client`]:
+///
+/// ```
+/// use claudeflare_tower::Upstream;
+/// use hyper_util::client::legacy::{Client, connect::HttpConnector};
+/// use hyper_util::rt::TokioExecutor;
+/// let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+/// let upstream = Upstream::from_client(client);
+/// ```
 #[derive(Debug)]
 pub struct Upstream<C = DefaultConnector> {
     // One reference count for a clone, not one per part of the client: the stack is cloned for
@@ -291,7 +293,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = UpstreamError;
-    type Future = ResponseFuture;
+    type Future = UpstreamFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // The legacy client is always ready; it queues on its pool.
@@ -299,7 +301,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
-        let failed = |error: UpstreamError| ResponseFuture {
+        let failed = |error: UpstreamError| UpstreamFuture {
             kind: Kind::Failed { error: Some(error) },
         };
         if req.uri().scheme().is_none() || req.uri().authority().is_none() {
@@ -327,7 +329,7 @@ where
                 Err(error) => return failed(error),
             },
         };
-        ResponseFuture {
+        UpstreamFuture {
             kind: Kind::Pending {
                 future: tokio::time::timeout(self.first_byte_timeout, future),
                 timeout: self.first_byte_timeout,
@@ -466,7 +468,7 @@ mod egress {
 
 pin_project! {
     /// Future of [`Upstream`].
-    pub struct ResponseFuture {
+    pub struct UpstreamFuture {
         #[pin]
         kind: Kind,
     }
@@ -504,7 +506,7 @@ fn cause(error: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
-impl Future for ResponseFuture {
+impl Future for UpstreamFuture {
     type Output = Result<Response<ProxyBody>, UpstreamError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

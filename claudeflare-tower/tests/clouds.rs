@@ -9,11 +9,11 @@ use std::time::Duration;
 use claudeflare_testkit::{
     CloudReply, INPUT_TOKENS, MockCloud, MockUpstream, OUTPUT_TOKENS, TestClient, TestResponse,
 };
-use claudeflare_tower::failover::RetryConfig;
-use claudeflare_tower::record::{MemoryRecorder, RequestRecord};
+use claudeflare_tower::RetryConfig;
 use claudeflare_tower::{
     Account, AccountPool, AccountStatus, AwsKeys, Backend, Balancer, Credentials, Mode,
 };
+use claudeflare_tower::{MemoryRecorder, RequestRecord};
 use serde_json::{Value, json};
 
 const MODEL: &str = "claude-opus-4-7";

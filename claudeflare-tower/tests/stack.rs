@@ -12,16 +12,16 @@ use claudeflare_testkit::{
     EXTRA_USAGE_MESSAGE, INPUT_TOKENS, LONG_CONTEXT_MESSAGE, MockUpstream, OUTPUT_TOKENS, Reply,
     TestClient, message_json, sse,
 };
-use claudeflare_tower::auth::TokenPair;
-use claudeflare_tower::auth::{RefreshError, TokenRefresher};
-use claudeflare_tower::failover::RetryConfig;
-use claudeflare_tower::provider::{Anthropic, Classification, DEFAULT_COOLDOWN, Outcome, Provider};
-use claudeflare_tower::record::{MemoryRecorder, RequestRecord};
-use claudeflare_tower::strategy::{RoundRobin, StrategyHandle};
+use claudeflare_tower::RetryConfig;
+use claudeflare_tower::TokenPair;
 use claudeflare_tower::{
     Account, AccountEntry, AccountInfo, AccountPool, AccountStatus, Balancer, BoxFuture,
     Credentials, LiveState, Mode, OAuthTokens, StateStore,
 };
+use claudeflare_tower::{Anthropic, Classification, DEFAULT_COOLDOWN, Outcome, Provider};
+use claudeflare_tower::{MemoryRecorder, RequestRecord};
+use claudeflare_tower::{RefreshError, TokenRefresher};
+use claudeflare_tower::{RoundRobin, StrategyHandle};
 use http::Method;
 use http_body_util::BodyExt;
 use serde_json::json;
@@ -688,7 +688,7 @@ async fn an_unreachable_upstream_is_a_502_after_retries() {
 
 #[tokio::test]
 async fn the_strategy_can_be_switched_while_serving() {
-    let strategy = StrategyHandle::new(Box::new(claudeflare_tower::strategy::Session::default()));
+    let strategy = StrategyHandle::new(Box::new(claudeflare_tower::Session::default()));
     let handle = strategy.clone();
     let h = Harness::start(
         vec![
@@ -1163,7 +1163,7 @@ impl Provider for Gateway {
         &self,
         account: &claudeflare_tower::AccountEntry,
         req: &mut http::Request<http_body_util::Full<Bytes>>,
-    ) -> Result<(), claudeflare_tower::provider::InvalidUpstream> {
+    ) -> Result<(), claudeflare_tower::InvalidUpstream> {
         self.anthropic.prepare(account, req)?;
         req.headers_mut().insert(
             "x-gateway-tenant",
@@ -1200,7 +1200,7 @@ impl Provider for Gateway {
     fn classify_stream_error(
         &self,
         account: &claudeflare_tower::AccountEntry,
-        error: &claudeflare_tower::provider::StreamError,
+        error: &claudeflare_tower::StreamError,
         now: chrono::DateTime<Utc>,
     ) -> Classification {
         self.anthropic.classify_stream_error(account, error, now)
@@ -1279,9 +1279,9 @@ async fn a_provider_of_ones_own_shares_a_pool_with_anthropic() {
 
 #[tokio::test]
 async fn layers_compose_by_hand_over_a_client_of_ones_own() {
+    use claudeflare_tower::ClassifyLayer;
     use claudeflare_tower::RequestContext;
-    use claudeflare_tower::classify::ClassifyLayer;
-    use claudeflare_tower::upstream::Upstream;
+    use claudeflare_tower::Upstream;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
     use tower::{ServiceBuilder, ServiceExt};

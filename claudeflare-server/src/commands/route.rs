@@ -3,7 +3,7 @@
 //! and `edit`).
 
 use anyhow::{Context as _, bail};
-use claudeflare_tower::provider::{AuthStyle, vertex};
+use claudeflare_tower::{AuthStyle, Vertex};
 use claudeflare_tower::{AwsKeys, Backend, Credentials, EgressProxy, ModelMap, Route};
 use http::Uri;
 
@@ -93,9 +93,9 @@ impl Adding {
     fn provider_name(&self) -> &'static str {
         match self.provider {
             ProviderArg::Anthropic => "anthropic",
-            ProviderArg::AnthropicCompatible => claudeflare_tower::provider::compatible::NAME,
-            ProviderArg::Bedrock => claudeflare_tower::provider::bedrock::NAME,
-            ProviderArg::Vertex => claudeflare_tower::provider::vertex::NAME,
+            ProviderArg::AnthropicCompatible => claudeflare_tower::Compatible::NAME,
+            ProviderArg::Bedrock => claudeflare_tower::Bedrock::NAME,
+            ProviderArg::Vertex => claudeflare_tower::Vertex::NAME,
         }
     }
 
@@ -117,7 +117,7 @@ impl Adding {
             )?;
             let key = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let email = vertex::check_service_account(&key)
+            let email = Vertex::check_service_account(&key)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             println!("Service account {email}.");
             return Ok((Credentials::service_account(key), None));

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use claudeflare_tower::failover::RetryConfig;
-use claudeflare_tower::strategy;
+use claudeflare_tower as strategy;
+use claudeflare_tower::RetryConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Json, Serialized};
 use serde::{Deserialize, Serialize};
@@ -123,19 +123,19 @@ impl Default for Config {
             retry_attempts: 3,
             retry_delay_ms: 1000,
             retry_backoff: 2.0,
-            client_id: claudeflare_tower::provider::anthropic::DEFAULT_CLIENT_ID.into(),
+            client_id: claudeflare_tower::Anthropic::DEFAULT_CLIENT_ID.into(),
             log_level: LogLevel::Info,
             log_format: LogFormat::Pretty,
-            upstream_url: claudeflare_tower::provider::anthropic::DEFAULT_UPSTREAM_URL.into(),
+            upstream_url: claudeflare_tower::Anthropic::DEFAULT_UPSTREAM_URL.into(),
             oauth_token_url: oauth_default("oauth_token_url"),
             oauth_authorize_url_max: oauth_default("oauth_authorize_url_max"),
             oauth_authorize_url_console: oauth_default("oauth_authorize_url_console"),
             oauth_redirect_uri: oauth_default("oauth_redirect_uri"),
             create_api_key_url: "https://api.anthropic.com/api/oauth/claude_cli/create_api_key"
                 .into(),
-            max_request_body_bytes: claudeflare_tower::intake::DEFAULT_BODY_LIMIT,
+            max_request_body_bytes: claudeflare_tower::DEFAULT_BODY_LIMIT,
             body_read_timeout_ms: 60_000,
-            max_buffered_body_bytes: claudeflare_tower::intake::DEFAULT_BUFFERED_LIMIT,
+            max_buffered_body_bytes: claudeflare_tower::DEFAULT_BUFFERED_LIMIT,
             spill_max_bytes: 256 << 20,
             request_retention_days: 30,
             oauth_usage_url: "https://api.anthropic.com/api/oauth/usage".into(),
@@ -479,7 +479,7 @@ impl Config {
     /// `upstream_url` as a URI (validated at load).
     pub fn upstream_uri(&self) -> http::Uri {
         self.upstream_url.parse().unwrap_or_else(|_| {
-            http::Uri::from_static(claudeflare_tower::provider::anthropic::DEFAULT_UPSTREAM_URL)
+            http::Uri::from_static(claudeflare_tower::Anthropic::DEFAULT_UPSTREAM_URL)
         })
     }
 }

@@ -9,7 +9,7 @@ use super::{ConfigError, write_atomically};
 const OAUTH_DEFAULTS: [(&str, &str); 4] = [
     (
         "oauth_token_url",
-        claudeflare_tower::provider::anthropic::DEFAULT_TOKEN_URL,
+        claudeflare_tower::Anthropic::DEFAULT_TOKEN_URL,
     ),
     (
         "oauth_authorize_url_max",

@@ -1,7 +1,7 @@
 //! Accounts in the database: what the CLI, the API and the running server read and change.
 
 use chrono::{DateTime, Utc};
-use claudeflare_tower::provider::AuthStyle;
+use claudeflare_tower::AuthStyle;
 use claudeflare_tower::{
     Account, Backend, Credentials, EgressProxy, LiveState, Mode, ModelMap, OAuthTokens, Route, Tier,
 };
@@ -68,16 +68,6 @@ impl AwsSource {
             other => other
                 .strip_prefix("profile:")
                 .map(|name| AwsSource::Profile(name.to_owned())),
-        }
-    }
-
-    /// In words, for `list` and the API.
-    pub fn describe(&self) -> String {
-        match self {
-            AwsSource::Keys => "AWS keys".to_owned(),
-            AwsSource::ApiKey => "a Bedrock API key".to_owned(),
-            AwsSource::Profile(name) => format!("AWS profile `{name}`"),
-            AwsSource::Environment => "the server's AWS environment".to_owned(),
         }
     }
 }
@@ -196,7 +186,7 @@ fn route_of(model: &Model, proxy: Option<EgressProxy>) -> Result<Route, DbError>
     };
     let backend = match model.provider.as_str() {
         "anthropic" => Backend::Anthropic,
-        claudeflare_tower::provider::compatible::NAME => Backend::Compatible {
+        claudeflare_tower::Compatible::NAME => Backend::Compatible {
             base_url: model
                 .base_url
                 .as_deref()
@@ -208,12 +198,12 @@ fn route_of(model: &Model, proxy: Option<EgressProxy>) -> Result<Route, DbError>
                 .map_or(Ok(AuthStyle::default()), str::parse)
                 .map_err(|_| corrupt("auth header"))?,
         },
-        claudeflare_tower::provider::bedrock::NAME => Backend::bedrock(
+        claudeflare_tower::Bedrock::NAME => Backend::bedrock(
             model.region.as_deref().ok_or_else(|| corrupt("region"))?,
             Some(base_url(model).ok_or_else(|| corrupt("base URL"))?),
         )
         .map_err(|_| corrupt("region"))?,
-        claudeflare_tower::provider::vertex::NAME => Backend::vertex(
+        claudeflare_tower::Vertex::NAME => Backend::vertex(
             model.project.as_deref().ok_or_else(|| corrupt("project"))?,
             model.region.as_deref().ok_or_else(|| corrupt("region"))?,
             Some(base_url(model).ok_or_else(|| corrupt("base URL"))?),
@@ -405,11 +395,6 @@ impl StoredAwsKeys {
     }
 }
 
-/// Where a stored Bedrock account's credentials come from.
-pub fn aws_source(model: &Model) -> Option<AwsSource> {
-    model.aws_credentials.as_deref().and_then(AwsSource::parse)
-}
-
 /// A stored account with empty credentials: enough for views, which show no secret.
 fn shell(model: &Model) -> Result<Account, DbError> {
     let corrupt = |what| DbError::Corrupt {
@@ -422,7 +407,7 @@ fn shell(model: &Model) -> Result<Account, DbError> {
         .and_then(|t| Tier::try_from(t).ok())
         .ok_or_else(|| corrupt("tier"))?;
     let credentials = match mode {
-        Mode::Console if model.provider != claudeflare_tower::provider::vertex::NAME => {
+        Mode::Console if model.provider != claudeflare_tower::Vertex::NAME => {
             Credentials::ApiKey(String::new().into())
         }
         _ => Credentials::OAuth(OAuthTokens {
@@ -542,8 +527,8 @@ pub enum Shared {
     /// Another process wrote the live state between the read and the write: nothing written;
     /// read it again and fold again.
     Raced,
-    /// Written: the row as it was read, what was written, and the new live version.
-    Written(Box<Model>, LiveState, i64),
+    /// Written: what was written, and the new live version.
+    Written(LiveState, i64),
 }
 
 /// Change the shared live state of account `id`: read the row, let `next` decide what to store
@@ -610,7 +595,7 @@ pub async fn share_live(
     if written.rows_affected == 0 {
         return Ok(Shared::Raced);
     }
-    Ok(Shared::Written(Box::new(row), live, version))
+    Ok(Shared::Written(live, version))
 }
 
 /// Store refreshed OAuth tokens (bumping the token version, releasing the refresh lease).

@@ -32,14 +32,6 @@ pub struct Limits {
     pub monthly_budget_usd: Option<f64>,
 }
 
-/// A new key: its record, and the key itself (shown once, never stored).
-pub struct Created {
-    /// The record.
-    pub model: Model,
-    /// The key.
-    pub key: String,
-}
-
 /// A fresh random key.
 fn generate() -> String {
     use aes_gcm::aead::rand_core::RngCore;
@@ -67,7 +59,7 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// Create a key named `name`.
+/// Create a key named `name`; the key itself, to show once (only its hash is stored).
 pub async fn create(
     db: &impl ConnectionTrait,
     name: &str,
@@ -76,7 +68,7 @@ pub async fn create(
     models: &[String],
     accounts: &[String],
     email: Option<&str>,
-) -> Result<Created, DbError> {
+) -> Result<String, DbError> {
     if Entity::find()
         .filter(Column::Name.eq(name))
         .one(db)
@@ -86,7 +78,7 @@ pub async fn create(
         return Err(DbError::DuplicateKey(name.to_owned()));
     }
     let key = generate();
-    let model = ActiveModel {
+    ActiveModel {
         id: Set(uuid::Uuid::new_v4().to_string()),
         name: Set(name.to_owned()),
         hash: Set(hash(&key)),
@@ -103,7 +95,7 @@ pub async fn create(
     }
     .insert(db)
     .await?;
-    Ok(Created { model, key })
+    Ok(key)
 }
 
 /// Every key, oldest first.

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::pricing::Cost;
 use chrono::{DateTime, Utc};
-use claudeflare_tower::record::RequestRecord;
+use claudeflare_tower::RequestRecord;
 use sea_orm::sqlx::{self, Arguments, Encode, IntoArguments, Type};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, IdenStatic,

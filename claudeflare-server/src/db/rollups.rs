@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::pricing::Cost;
 use chrono::{DateTime, Utc};
-use claudeflare_tower::record::RequestRecord;
+use claudeflare_tower::RequestRecord;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde::Serialize;
 

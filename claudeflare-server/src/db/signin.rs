@@ -121,6 +121,7 @@ pub async fn start(
 }
 
 /// The pending sign-in of `user_code`, if it has not expired.
+#[cfg(test)]
 pub async fn pending(
     db: &impl ConnectionTrait,
     user_code: &str,

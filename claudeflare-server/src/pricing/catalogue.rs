@@ -215,6 +215,7 @@ impl Resolved {
 
 impl Price {
     /// A price of `input` and `output` with the usual cache multipliers.
+    #[cfg(test)]
     pub fn new(input: f64, output: f64) -> Self {
         Self {
             effective_from: None,

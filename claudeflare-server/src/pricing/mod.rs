@@ -21,14 +21,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
-use claudeflare_tower::record::{Billing, Iteration, RequestRecord, Usage};
+use claudeflare_tower::{Billing, Iteration, RequestRecord, Usage};
 use serde::{Deserialize, Serialize};
 
-pub use catalogue::{Band, Catalogue, CatalogueError, ModelPrices, Price, Rates, Since};
-pub use store::{
-    Installed, Origin, fetch_text, install_from, keep_current, load_in_force, read_checked, shown,
-    store,
-};
+pub use catalogue::{Catalogue, CatalogueError, ModelPrices, Price};
+pub use store::{Origin, keep_current, load_in_force, read_checked, shown, store};
 
 /// What a request cost, and whether a price was found for all of it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -313,11 +310,13 @@ impl Pricing {
     }
 
     /// The catalogue under the overrides.
+    #[cfg(test)]
     pub fn table(&self) -> &Arc<Table> {
         &self.table
     }
 
     /// The price of `model` in force at `at`: an override's, else the catalogue's.
+    #[cfg(test)]
     pub fn price(&self, model: &str, at: DateTime<Utc>) -> Option<&Price> {
         self.price_on(None, model, at)
     }
@@ -351,6 +350,7 @@ impl Pricing {
 
     /// What `usage` served by `model` cost at `at`: each attempt of `billing.iterations` at
     /// its own model when the answer listed them, else the whole usage at `model`.
+    #[cfg(test)]
     pub fn cost_of(
         &self,
         model: Option<&str>,
@@ -361,8 +361,9 @@ impl Pricing {
         self.cost_on(None, model, usage, billing, at)
     }
 
-    /// [`cost_of`](Self::cost_of) on `provider` (none: Anthropic): its own prices and its
-    /// regional premium.
+    /// What `usage` served by `model` on `provider` (none: Anthropic) cost at `at`: each
+    /// attempt of `billing.iterations` at its own model when the answer listed them, else the
+    /// whole usage at `model`; the provider's own prices and its regional premium.
     pub fn cost_on(
         &self,
         provider: Option<&str>,

@@ -12,7 +12,7 @@ use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::pricing::Cost;
-use claudeflare_tower::record::RequestRecord;
+use claudeflare_tower::RequestRecord;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
 

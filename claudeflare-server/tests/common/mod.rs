@@ -150,7 +150,7 @@ impl Env {
         let mut command = Command::new(BIN);
         for (key, _) in std::env::vars() {
             let upper = key.to_ascii_uppercase();
-            let seed = claudeflare_server::config::SEED_ENV.contains(&upper.as_str());
+            let seed = claudeflare_server::SEED_ENV.contains(&upper.as_str());
             if upper.starts_with("CLAUDEFLARE_") || seed || upper == "DATABASE_URL" {
                 command.env_remove(key);
             }

@@ -1,26 +1,4 @@
-//! [`Bedrock`]: Claude on AWS Bedrock, through the Messages API it serves natively at
-//! `{base}/anthropic/v1/messages` (Claude Opus 4.7 and later), answering Anthropic's JSON and
-//! SSE.
-//!
-//! Each account carries its region and base URL in its [`Backend::Bedrock`] (by default
-//! `https://bedrock-runtime.{region}.amazonaws.com`; a `bedrock-mantle` host works too), and
-//! its credential: AWS keys ([`Credentials::Aws`]), with which every request is signed with
-//! SigV4 (service `bedrock`, or `bedrock-mantle` on a mantle host), or a Bedrock API key,
-//! sent as a bearer.
-//!
-//! Requests keep Anthropic's shape with these changes: the model is Bedrock's id, the
-//! account's [`ModelMap`] target or else `anthropic.` + the Anthropic id (map to an inference
-//! profile, `global.anthropic.…` or `us.anthropic.…`, where the model needs one); the betas
-//! move from the `anthropic-beta` header into the body's `anthropic_beta`, since Bedrock
-//! refuses some in the header; and the `tags` field and its beta, which Bedrock refuses, are
-//! left out. Only `/v1/messages` and `/v1/messages/count_tokens` are served.
-//!
-//! Errors are AWS's (`x-amzn-errortype`, `{"message"}`): throttling and exhausted quotas bench
-//! the account (Bedrock gives no retry hint, so for [`DEFAULT_COOLDOWN`](super::DEFAULT_COOLDOWN));
-//! access denied takes it out of rotation with AWS's words; a refused signature or key makes
-//! it need re-authentication; a model the account's region does not offer is refused for that
-//! request only. The client gets Anthropic's envelope, without AWS's words (they name account
-//! ids and ARNs; the log has them).
+//! Claude on AWS Bedrock.
 
 use std::time::SystemTime;
 
@@ -36,22 +14,49 @@ use super::anthropic;
 use super::cloud::{self, CloudError, CloudTap};
 use super::{
     Backend, Classification, InvalidUpstream, ModelMap, Outcome, Provider, RefreshError,
-    StreamError, TokenPair, bearer, join,
+    StreamError, TokenPair, join_uri,
 };
 use crate::BoxFuture;
 use crate::account::{AccountEntry, AccountInfo, AwsKeys, Credentials};
 
 /// The provider's name in the API and the CLI.
-pub const NAME: &str = "bedrock";
+pub(crate) const NAME: &str = "bedrock";
 
 /// The paths Bedrock's Messages API serves, as the client sends them.
 const PATHS: [&str; 2] = ["/v1/messages", "/v1/messages/count_tokens"];
 
-/// Claude on AWS Bedrock. See the [module docs](self).
+/// Claude on AWS Bedrock.
+///
+/// Claude on AWS Bedrock, through the Messages API it serves natively at
+/// `{base}/anthropic/v1/messages` (Claude Opus 4.7 and later), answering Anthropic's JSON and
+/// SSE.
+///
+/// Each account carries its region and base URL in its [`Backend::Bedrock`] (by default
+/// `https://bedrock-runtime.{region}.amazonaws.com`; a `bedrock-mantle` host works too), and
+/// its credential: AWS keys ([`Credentials::Aws`]), with which every request is signed with
+/// SigV4 (service `bedrock`, or `bedrock-mantle` on a mantle host), or a Bedrock API key,
+/// sent as a bearer.
+///
+/// Requests keep Anthropic's shape with these changes: the model is Bedrock's id, the
+/// account's [`ModelMap`] target or else `anthropic.` + the Anthropic id (map to an inference
+/// profile, `global.anthropic.…` or `us.anthropic.…`, where the model needs one); the betas
+/// move from the `anthropic-beta` header into the body's `anthropic_beta`, since Bedrock
+/// refuses some in the header; and the `tags` field and its beta, which Bedrock refuses, are
+/// left out. Only `/v1/messages` and `/v1/messages/count_tokens` are served.
+///
+/// Errors are AWS's (`x-amzn-errortype`, `{"message"}`): throttling and exhausted quotas bench
+/// the account (Bedrock gives no retry hint, so for [`DEFAULT_COOLDOWN`](super::DEFAULT_COOLDOWN));
+/// access denied takes it out of rotation with AWS's words; a refused signature or key makes
+/// it need re-authentication; a model the account's region does not offer is refused for that
+/// request only. The client gets Anthropic's envelope, without AWS's words (they name account
+/// ids and ARNs; the log has them).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Bedrock;
 
 impl Bedrock {
+    /// The provider's name in the API, the CLI and records.
+    pub const NAME: &str = NAME;
+
     /// The model id Bedrock gets for the Anthropic id `model`: the map's target, else
     /// `anthropic.` + `model` (an id that already names a Bedrock model goes as it is).
     /// `None` when the map does not serve it.
@@ -100,7 +105,7 @@ impl Provider for Bedrock {
         let upstream: Uri = format!("/anthropic{path}")
             .parse()
             .map_err(|e: http::uri::InvalidUri| InvalidUpstream(e.to_string()))?;
-        *req.uri_mut() = join(base_url, &upstream)?;
+        *req.uri_mut() = join_uri(base_url, &upstream)?;
         let headers = req.headers_mut();
         anthropic::strip_client_credentials(headers);
         let betas = cloud::take_betas(headers);
@@ -131,7 +136,7 @@ impl Provider for Bedrock {
         match keys {
             Some(keys) => sign_request(req, &body, &keys, region, service(base_url)),
             None => {
-                let credential = account.credential(bearer).ok_or_else(|| {
+                let credential = account.credential(Credentials::bearer).ok_or_else(|| {
                     InvalidUpstream(format!("account `{}` has no usable key", account.name()))
                 })?;
                 req.headers_mut().insert(header::AUTHORIZATION, credential);
@@ -256,7 +261,7 @@ fn service(base_url: &Uri) -> &'static str {
 
 /// Sign `req` (its URL, `content-type` and `body`) with `keys` for `service` in `region`: the
 /// `authorization`, `x-amz-date` and (for temporary keys) `x-amz-security-token` headers.
-pub fn sign_request<B>(
+pub(crate) fn sign_request<B>(
     req: &mut Request<B>,
     body: &[u8],
     keys: &AwsKeys,

@@ -1,13 +1,4 @@
-//! [`Compatible`]: a backend that speaks Anthropic's Messages API at its own base URL (z.ai's
-//! GLM, Moonshot's Kimi, DeepSeek, MiniMax, OpenRouter's Anthropic endpoint), typically the
-//! overflow when every subscription is limited.
-//!
-//! Each account carries its base URL and header style in its [`Backend::Compatible`]. Its
-//! requests keep Anthropic's shape (`anthropic-version`, the body), lose every Anthropic-only
-//! credential header (the OAuth beta flag), and carry the account's key as `x-api-key` or as a
-//! bearer. Responses are read by the rules any HTTP API follows ([`classify_generic`]: a 429
-//! benches the account until its `retry-after`, a 5xx is retried, a 401 refuses the key, a 403
-//! the account), and their usage the way Anthropic's is, since they send the same events.
+//! Anthropic-compatible backends.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -18,13 +9,13 @@ use secrecy::SecretString;
 use super::anthropic::{self, AnthropicTap};
 use super::{
     Backend, Classification, InvalidUpstream, Provider, RefreshError, StreamError, TokenPair,
-    bearer, classify_generic, join, map_model, plain,
+    join_uri,
 };
 use crate::BoxFuture;
-use crate::account::{AccountEntry, AccountInfo};
+use crate::account::{AccountEntry, AccountInfo, Credentials};
 
 /// The provider's name in the API and the CLI.
-pub const NAME: &str = "anthropic-compatible";
+pub(crate) const NAME: &str = "anthropic-compatible";
 
 /// The header a compatible backend takes its key in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -61,9 +52,25 @@ impl std::str::FromStr for AuthStyle {
     }
 }
 
-/// Anthropic-compatible backends. See the [module docs](self).
+/// Anthropic-compatible backends.
+///
+/// A backend that speaks Anthropic's Messages API at its own base URL (z.ai's
+/// GLM, Moonshot's Kimi, DeepSeek, MiniMax, OpenRouter's Anthropic endpoint), typically the
+/// overflow when every subscription is limited.
+///
+/// Each account carries its base URL and header style in its [`Backend::Compatible`]. Its
+/// requests keep Anthropic's shape (`anthropic-version`, the body), lose every Anthropic-only
+/// credential header (the OAuth beta flag), and carry the account's key as `x-api-key` or as a
+/// bearer. Responses are read by the rules any HTTP API follows ([`Classification::generic`]: a 429
+/// benches the account until its `retry-after`, a 5xx is retried, a 401 refuses the key, a 403
+/// the account), and their usage the way Anthropic's is, since they send the same events.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Compatible;
+
+impl Compatible {
+    /// The provider's name in the API, the CLI and records.
+    pub const NAME: &str = NAME;
+}
 
 impl Provider for Compatible {
     type Tap = AnthropicTap;
@@ -80,19 +87,22 @@ impl Provider for Compatible {
                 account.name()
             )));
         };
-        *req.uri_mut() = join(base_url, req.uri())?;
+        *req.uri_mut() = join_uri(base_url, req.uri())?;
         let headers = req.headers_mut();
         anthropic::strip_client_credentials(headers);
         anthropic::remove_oauth_beta(headers);
         let (name, credential) = match auth {
-            AuthStyle::Bearer => (header::AUTHORIZATION, account.credential(bearer)),
-            _ => (anthropic::X_API_KEY, account.credential(plain)),
+            AuthStyle::Bearer => (
+                header::AUTHORIZATION,
+                account.credential(Credentials::bearer),
+            ),
+            _ => (anthropic::X_API_KEY, account.credential(Credentials::plain)),
         };
         let credential = credential.ok_or_else(|| {
             InvalidUpstream(format!("account `{}` has no usable key", account.name()))
         })?;
         headers.insert(name, credential);
-        map_model(&route.model_map, req);
+        route.model_map.apply(req);
         Ok(())
     }
 
@@ -108,7 +118,7 @@ impl Provider for Compatible {
         body: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Classification {
-        classify_generic(status, headers, body, now)
+        Classification::generic(status, headers, body, now)
     }
 
     fn classify_stream_error(

@@ -1,41 +1,12 @@
-//! [`Provider`]: everything upstream-specific, behind one trait.
-//!
-//! The layers know HTTP, accounts and retries; a provider knows its upstream:
-//!
-//! - how the client's request becomes the upstream's for an account ([`Provider::prepare`]):
-//!   the URL, the account's credential in the provider's header style (the client's taken
-//!   off), and the model through the account's [`ModelMap`];
-//! - what a response means ([`Provider::classify`], in the spirit of tower-http's
-//!   `ClassifyResponse`), what an error instead of a response means
-//!   ([`Provider::classify_error`]), and what an error inside a stream means
-//!   ([`Provider::classify_stream_error`]);
-//! - how usage is read from a response body as it passes ([`Provider::tap`]);
-//! - how a subscription token is refreshed ([`Provider::refresh`]).
-//!
-//! # One pool, several providers
-//!
-//! Each account names its provider in its [`Route`](crate::account::Route)'s [`Backend`]:
-//! Anthropic, an [Anthropic-compatible](compatible) backend at its own base URL, or a provider
-//! written outside this crate, by name. [`Providers`], the stack's default, holds the built-in
-//! ones and any you register, and hands each call to the account's: a `match` over an enum for
-//! the built-in providers (no vtable on their request path), one dynamic call for yours.
-//!
-//! # Adding a provider
-//!
-//! Implement [`Provider`] for a type of your own, register it under a name with
-//! [`Providers::with`], and give its accounts [`Backend::External`] with that name. Its
-//! `prepare` sets the request's absolute URL and credential (the helpers [`bearer`], [`plain`],
-//! [`join`] and [`ModelMap::rewrite`] do the common parts), and its `classify` can start from
-//! [`classify_generic`], the rules any HTTP API follows. `examples/custom_provider.rs` mixes
-//! one with Anthropic accounts in a pool. The layers do not change.
+//! An upstream API and its conventions.
 
-pub mod anthropic;
-pub mod bedrock;
+mod anthropic;
+mod bedrock;
 mod cloud;
-pub mod compatible;
+mod compatible;
 mod model_map;
 mod set;
-pub mod vertex;
+mod vertex;
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -43,8 +14,9 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 
-pub use anthropic::Anthropic;
+pub use anthropic::{Anthropic, AnthropicTap};
 pub use bedrock::Bedrock;
+pub use cloud::CloudTap;
 pub use compatible::{AuthStyle, Compatible};
 pub use model_map::{InvalidModelMap, MapEntry, ModelMap};
 pub use set::{AnyTap, Providers};
@@ -55,7 +27,36 @@ use serde::{Deserialize, Serialize};
 use crate::account::{AccountEntry, AccountInfo, Credentials};
 use crate::{BoxError, BoxFuture};
 
-/// An upstream API and its conventions. See the [module docs](self).
+/// An upstream API and its conventions: everything upstream-specific, behind one trait.
+///
+/// The layers know HTTP, accounts and retries; a provider knows its upstream:
+///
+/// - how the client's request becomes the upstream's for an account ([`Provider::prepare`]):
+///   the URL, the account's credential in the provider's header style (the client's taken
+///   off), and the model through the account's [`ModelMap`];
+/// - what a response means ([`Provider::classify`], in the spirit of tower-http's
+///   `ClassifyResponse`), what an error instead of a response means
+///   ([`Provider::classify_error`]), and what an error inside a stream means
+///   ([`Provider::classify_stream_error`]);
+/// - how usage is read from a response body as it passes ([`Provider::tap`]);
+/// - how a subscription token is refreshed ([`Provider::refresh`]).
+///
+/// # One pool, several providers
+///
+/// Each account names its provider in its [`Route`](crate::Route)'s [`Backend`]:
+/// Anthropic, an [Anthropic-compatible](Compatible) backend at its own base URL, or a provider
+/// written outside this crate, by name. [`Providers`], the stack's default, holds the built-in
+/// ones and any you register, and hands each call to the account's: a `match` over an enum for
+/// the built-in providers (no vtable on their request path), one dynamic call for yours.
+///
+/// # Adding a provider
+///
+/// Implement [`Provider`] for a type of your own, register it under a name with
+/// [`Providers::with`], and give its accounts [`Backend::External`] with that name. Its
+/// `prepare` sets the request's absolute URL and credential (the helpers [`Credentials::bearer`],
+/// [`Credentials::plain`], [`join_uri`] and [`ModelMap::apply`] do the common parts), and its
+/// `classify` can start from [`Classification::generic`], the rules any HTTP API follows. `examples/custom_provider.rs` mixes
+/// one with Anthropic accounts in a pool. The layers do not change.
 pub trait Provider: Clone + Send + Sync + 'static {
     /// Reads usage from one response body.
     type Tap: UsageTap;
@@ -100,14 +101,14 @@ pub trait Provider: Clone + Send + Sync + 'static {
     }
 
     /// What an error instead of a response means: the upstream unreachable, a timeout, a
-    /// credential that cannot be had. The default is [`classify::error_outcome`](crate::classify::error_outcome).
+    /// credential that cannot be had. The default is [`Outcome::from_error`].
     fn classify_error(
         &self,
         account: &AccountEntry,
         error: &(dyn std::error::Error + 'static),
     ) -> Outcome {
         let _ = account;
-        crate::classify::error_outcome(error)
+        Outcome::from_error(error)
     }
 
     /// What an error announced inside a successful stream means for the account.
@@ -241,35 +242,35 @@ impl Backend {
     }
 }
 
-/// A credential as `Authorization: Bearer …`: an OAuth access token, or a key a provider wants
-/// as a bearer. For [`AccountEntry::credential`].
-pub fn bearer(credentials: &Credentials) -> Option<HeaderValue> {
-    HeaderValue::try_from(format!(
-        "Bearer {}",
-        secret_of(credentials)?.expose_secret()
-    ))
-    .ok()
-}
+impl Credentials {
+    /// The credential as `Authorization: Bearer …`: an OAuth access token, or a key a provider
+    /// wants as a bearer. `None` for keys that sign requests rather than travel with them. For
+    /// [`AccountEntry::credential`].
+    pub fn bearer(&self) -> Option<HeaderValue> {
+        HeaderValue::try_from(format!("Bearer {}", self.secret()?.expose_secret())).ok()
+    }
 
-/// A credential as it is, for a header of its own (`x-api-key`). For
-/// [`AccountEntry::credential`].
-pub fn plain(credentials: &Credentials) -> Option<HeaderValue> {
-    HeaderValue::from_str(secret_of(credentials)?.expose_secret()).ok()
-}
+    /// The credential as it is, for a header of its own (`x-api-key`). For
+    /// [`AccountEntry::credential`].
+    pub fn plain(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(self.secret()?.expose_secret()).ok()
+    }
 
-/// The secret a request carries: the key, or the access token (keys that sign requests are
-/// never sent).
-fn secret_of(credentials: &Credentials) -> Option<&SecretString> {
-    match credentials {
-        Credentials::ApiKey(key) => Some(key),
-        Credentials::OAuth(tokens) => Some(&tokens.access_token),
-        Credentials::Aws(_) => None,
+    /// The secret a request carries: the key, or the access token (keys that sign requests are
+    /// never sent).
+    fn secret(&self) -> Option<&SecretString> {
+        match self {
+            Credentials::ApiKey(key) => Some(key),
+            Credentials::OAuth(tokens) => Some(&tokens.access_token),
+            Credentials::Aws(_) => None,
+        }
     }
 }
 
 /// `base` joined with the path and query of `uri`: `https://api.z.ai/api/anthropic` and
-/// `/v1/messages?beta=true` make `https://api.z.ai/api/anthropic/v1/messages?beta=true`.
-pub fn join(base: &Uri, uri: &Uri) -> Result<Uri, InvalidUpstream> {
+/// `/v1/messages?beta=true` make `https://api.z.ai/api/anthropic/v1/messages?beta=true`. For a
+/// [`Provider::prepare`].
+pub fn join_uri(base: &Uri, uri: &Uri) -> Result<Uri, InvalidUpstream> {
     let (Some(scheme), Some(authority)) = (base.scheme(), base.authority()) else {
         return Err(InvalidUpstream(base.to_string()));
     };
@@ -293,45 +294,51 @@ pub fn join(base: &Uri, uri: &Uri) -> Result<Uri, InvalidUpstream> {
         .map_err(|e: http::uri::InvalidUri| InvalidUpstream(e.to_string()))
 }
 
-/// Rename the model of `req`'s body through `map` (keeping `content-length` true); nothing
-/// changes when the map is empty or sends the model as it is.
-pub fn map_model(map: &ModelMap, req: &mut Request<Full<Bytes>>) {
-    if map.is_empty() {
-        return;
+impl ModelMap {
+    /// Rename the model of `req`'s body through the map (keeping `content-length` true);
+    /// nothing changes when the map is empty or sends the model as it is. For a
+    /// [`Provider::prepare`].
+    pub fn apply(&self, req: &mut Request<Full<Bytes>>) {
+        if self.is_empty() {
+            return;
+        }
+        let body = crate::body::take_full(req.body_mut());
+        let body = self.rewrite(&body).unwrap_or(body);
+        if req.headers().contains_key(http::header::CONTENT_LENGTH) {
+            req.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        *req.body_mut() = Full::new(body);
     }
-    let body = crate::body::take_full(req.body_mut());
-    let body = map.rewrite(&body).unwrap_or(body);
-    if req.headers().contains_key(http::header::CONTENT_LENGTH) {
-        req.headers_mut()
-            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    }
-    *req.body_mut() = Full::new(body);
 }
 
-/// What a response means by the rules any HTTP API follows: a 429 benches the account until
-/// its `retry-after` (or for [`DEFAULT_COOLDOWN`]), 401 is a refused credential, 403 a refused
-/// account (with the body's message, when it is JSON), 529 overloaded, other 5xx retried, other
-/// 4xx the client's. For providers that have no rules of their own beyond these.
-pub fn classify_generic(
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: Option<&[u8]>,
-    now: DateTime<Utc>,
-) -> Classification {
-    match status.as_u16() {
-        429 => {
-            let until = retry_after(headers, now).unwrap_or(now + DEFAULT_COOLDOWN);
-            Classification::new(Outcome::RateLimited { until })
+impl Classification {
+    /// What a response means by the rules any HTTP API follows: a 429 benches the account
+    /// until its `retry-after` (or for [`DEFAULT_COOLDOWN`]), 401 is a refused credential, 403
+    /// a refused account (with the body's message, when it is JSON), 529 overloaded, other 5xx
+    /// retried, other 4xx the client's. For providers that have no rules of their own beyond
+    /// these.
+    pub fn generic(
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        now: DateTime<Utc>,
+    ) -> Classification {
+        match status.as_u16() {
+            429 => {
+                let until = retry_after(headers, now).unwrap_or(now + DEFAULT_COOLDOWN);
+                Classification::new(Outcome::RateLimited { until })
+            }
+            403 => {
+                let mut seen = Classification::new(Outcome::Forbidden);
+                seen.reason = Some(
+                    body.and_then(error_message)
+                        .unwrap_or_else(|| "the upstream refused the account (403)".to_owned()),
+                );
+                seen
+            }
+            _ => Classification::new(Outcome::from_status(status)),
         }
-        403 => {
-            let mut seen = Classification::new(Outcome::Forbidden);
-            seen.reason = Some(
-                body.and_then(error_message)
-                    .unwrap_or_else(|| "the upstream refused the account (403)".to_owned()),
-            );
-            seen
-        }
-        _ => Classification::new(Outcome::from_status(status)),
     }
 }
 

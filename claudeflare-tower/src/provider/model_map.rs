@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 /// with a map serves only the models it matches; an empty map serves every model unchanged.
 ///
 /// ```
-/// use claudeflare_tower::provider::ModelMap;
+/// use claudeflare_tower::ModelMap;
 /// let map: ModelMap = "claude-opus-*=glm-4.6,claude-*=glm-4.5-air".parse().unwrap();
 /// assert_eq!(map.target("claude-opus-5"), Some("glm-4.6"));
 /// assert_eq!(map.target("claude-haiku-4-5"), Some("glm-4.5-air"));

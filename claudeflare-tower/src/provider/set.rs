@@ -12,7 +12,7 @@ use super::anthropic::AnthropicTap;
 use super::cloud::CloudTap;
 use super::{
     Anthropic, Backend, Bedrock, Classification, Compatible, InvalidUpstream, Outcome, Provider,
-    RefreshError, StreamError, TapSummary, TokenPair, UsageTap, Vertex, classify_generic,
+    RefreshError, StreamError, TapSummary, TokenPair, UsageTap, Vertex,
 };
 use crate::BoxFuture;
 use crate::account::{AccountEntry, AccountInfo};
@@ -24,7 +24,7 @@ use crate::setting::Setting;
 /// [`Backend`] names, through a `match` for the built-in ones. Cheap to clone.
 ///
 /// ```
-/// use claudeflare_tower::provider::{Anthropic, Providers};
+/// use claudeflare_tower::{Anthropic, Providers};
 /// let providers = Providers::new()
 ///     .anthropic(Anthropic::new().base_url(http::Uri::from_static("http://127.0.0.1:9000")));
 /// ```
@@ -279,7 +279,7 @@ impl Provider for Providers {
             Chosen::Bedrock(p) => Provider::classify(p, account, status, headers, body, now),
             Chosen::Vertex(p) => Provider::classify(p, account, status, headers, body, now),
             Chosen::External(p) => p.classify(account, status, headers, body, now),
-            Chosen::Unknown(_) => classify_generic(status, headers, body, now),
+            Chosen::Unknown(_) => Classification::generic(status, headers, body, now),
         }
     }
 

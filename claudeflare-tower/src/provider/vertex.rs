@@ -1,27 +1,4 @@
-//! [`Vertex`]: Claude on Google Vertex AI, at
-//! `{base}/v1/projects/{project}/locations/{region}/publishers/anthropic/models/{model}:rawPredict`
-//! (`:streamRawPredict` for a stream), answering Anthropic's JSON and SSE.
-//!
-//! Each account carries its project, region and base URL in its [`Backend::Vertex`] (by default
-//! `https://{region}-aiplatform.googleapis.com`, `https://aiplatform.googleapis.com` for
-//! `global`, `https://aiplatform.{us,eu}.rep.googleapis.com` for the multi-regions), and as
-//! its credential an access token with the service account's key as what gets the next one
-//! ([`Credentials::OAuth`](crate::Credentials::OAuth): the key in place of a refresh token).
-//! The token comes from the JWT-bearer grant (RFC 7523) at the key's `token_uri`, refreshed
-//! ahead of its expiry, one grant per account at a time (the `Auth` layer's single flight),
-//! through the account's egress proxy.
-//!
-//! Requests lose `model` from the body (it is in the URL, as Vertex's id: the account's
-//! [`ModelMap`] target, or else the Anthropic id with its date after `@`,
-//! `claude-sonnet-4-5@20250929`), gain `anthropic_version: "vertex-2023-10-16"`, and lose the
-//! `tags` field and its beta, which Vertex refuses; the other betas stay in `anthropic-beta`.
-//! `/v1/messages/count_tokens` goes to Vertex's `count-tokens` model, the model in the body.
-//!
-//! Errors are Google's (`{"error": {"status", "message"}}`, sometimes in a list) or Claude's
-//! own envelope: quota exhaustion benches the account (for the `retry-after` when there is one,
-//! else [`DEFAULT_COOLDOWN`](super::DEFAULT_COOLDOWN)), permission denied takes it out of
-//! rotation with Google's words, an expired token is refreshed, and a model the region does not
-//! offer is refused for that request only. The client gets Anthropic's envelope.
+//! Claude on Google Vertex AI.
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -34,28 +11,73 @@ use super::anthropic;
 use super::cloud::{self, CloudError, CloudTap};
 use super::{
     Backend, Classification, InvalidUpstream, ModelMap, Outcome, Provider, RefreshError,
-    StreamError, TokenPair, bearer, join,
+    StreamError, TokenPair, join_uri,
 };
 use crate::BoxFuture;
-use crate::account::{AccountEntry, AccountInfo};
+use crate::account::{AccountEntry, AccountInfo, Credentials};
 
 /// The provider's name in the API and the CLI.
-pub const NAME: &str = "vertex";
+pub(crate) const NAME: &str = "vertex";
 
 /// The `anthropic_version` Vertex wants in the body.
-pub const ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
+pub(crate) const ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
 
 /// The OAuth scope of the access token.
-pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+pub(crate) const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 
 /// How long the grant's assertion is valid (Google takes at most an hour).
 const ASSERTION_LIFETIME: TimeDelta = TimeDelta::hours(1);
 
-/// Claude on Google Vertex AI. See the [module docs](self).
+/// Claude on Google Vertex AI.
+///
+/// Claude on Google Vertex AI, at
+/// `{base}/v1/projects/{project}/locations/{region}/publishers/anthropic/models/{model}:rawPredict`
+/// (`:streamRawPredict` for a stream), answering Anthropic's JSON and SSE.
+///
+/// Each account carries its project, region and base URL in its [`Backend::Vertex`] (by default
+/// `https://{region}-aiplatform.googleapis.com`, `https://aiplatform.googleapis.com` for
+/// `global`, `https://aiplatform.{us,eu}.rep.googleapis.com` for the multi-regions), and as
+/// its credential an access token with the service account's key as what gets the next one
+/// ([`Credentials::OAuth`](crate::Credentials::OAuth): the key in place of a refresh token).
+/// The token comes from the JWT-bearer grant (RFC 7523) at the key's `token_uri`, refreshed
+/// ahead of its expiry, one grant per account at a time (the `Auth` layer's single flight),
+/// through the account's egress proxy.
+///
+/// Requests lose `model` from the body (it is in the URL, as Vertex's id: the account's
+/// [`ModelMap`] target, or else the Anthropic id with its date after `@`,
+/// `claude-sonnet-4-5@20250929`), gain `anthropic_version: "vertex-2023-10-16"`, and lose the
+/// `tags` field and its beta, which Vertex refuses; the other betas stay in `anthropic-beta`.
+/// `/v1/messages/count_tokens` goes to Vertex's `count-tokens` model, the model in the body.
+///
+/// Errors are Google's (`{"error": {"status", "message"}}`, sometimes in a list) or Claude's
+/// own envelope: quota exhaustion benches the account (for the `retry-after` when there is one,
+/// else [`DEFAULT_COOLDOWN`](super::DEFAULT_COOLDOWN)), permission denied takes it out of
+/// rotation with Google's words, an expired token is refreshed, and a model the region does not
+/// offer is refused for that request only. The client gets Anthropic's envelope.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Vertex;
 
 impl Vertex {
+    /// The provider's name in the API, the CLI and records.
+    pub const NAME: &str = NAME;
+    /// The `anthropic_version` Vertex's Claude models take in the body.
+    pub const ANTHROPIC_VERSION: &str = ANTHROPIC_VERSION;
+    /// The OAuth scope a service account's token is asked for.
+    pub const SCOPE: &str = SCOPE;
+
+    /// Check that `key` (a service account's key file) can be used: the fields the grant
+    /// needs, a readable RSA key, and a `token_uri` that is https (or http on loopback).
+    /// Returns the account's email.
+    pub fn check_service_account(key: &str) -> Result<String, String> {
+        let key: ServiceAccountKey = serde_json::from_str(key).map_err(|e| {
+            format!("not a service account key file (client_email, private_key, token_uri): {e}")
+        })?;
+        jsonwebtoken::EncodingKey::from_rsa_pem(key.private_key.as_bytes())
+            .map_err(|_| "its private_key is not an RSA key in PEM".to_owned())?;
+        token_uri(&key.token_uri)?;
+        Ok(key.client_email)
+    }
+
     /// The model id Vertex gets for the Anthropic id `model`: the map's target, else `model`
     /// with a trailing date after `@` (`claude-sonnet-4-5-20250929` becomes
     /// `claude-sonnet-4-5@20250929`; `claude-opus-4-7` stays). `None` when the map does not
@@ -158,8 +180,8 @@ impl Provider for Vertex {
         )
         .parse()
         .map_err(|e: http::uri::InvalidUri| InvalidUpstream(e.to_string()))?;
-        *req.uri_mut() = join(base_url, &path)?;
-        let credential = account.credential(bearer).ok_or_else(|| {
+        *req.uri_mut() = join_uri(base_url, &path)?;
+        let credential = account.credential(Credentials::bearer).ok_or_else(|| {
             InvalidUpstream(format!("account `{}` has no usable token", account.name()))
         })?;
         req.headers_mut().insert(header::AUTHORIZATION, credential);
@@ -259,19 +281,6 @@ struct ServiceAccountKey {
 
 fn default_token_uri() -> String {
     "https://oauth2.googleapis.com/token".to_owned()
-}
-
-/// Check that `key` (a service account's key file) can be used: the fields the grant needs,
-/// a readable RSA key, and a `token_uri` that is https (or http on loopback). Returns the
-/// account's email.
-pub fn check_service_account(key: &str) -> Result<String, String> {
-    let key: ServiceAccountKey = serde_json::from_str(key).map_err(|e| {
-        format!("not a service account key file (client_email, private_key, token_uri): {e}")
-    })?;
-    jsonwebtoken::EncodingKey::from_rsa_pem(key.private_key.as_bytes())
-        .map_err(|_| "its private_key is not an RSA key in PEM".to_owned())?;
-    token_uri(&key.token_uri)?;
-    Ok(key.client_email)
 }
 
 fn token_uri(uri: &str) -> Result<Uri, String> {

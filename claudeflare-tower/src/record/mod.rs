@@ -1,29 +1,4 @@
-//! The `Record` layer: one [`RequestRecord`] per client request, handed to a [`Recorder`] when
-//! the response body ends, fails, or the client goes away.
-//!
-//! ```
-//! use std::sync::Arc;
-//! use claudeflare_tower::record::{MemoryRecorder, RecordLayer};
-//! use tower::ServiceBuilder;
-//! # fn wrap<S>(inner: S) -> claudeflare_tower::record::Record<S> {
-//! let recorder = Arc::new(MemoryRecorder::default());
-//! ServiceBuilder::new().layer(RecordLayer::new(recorder)).service(inner)
-//! # }
-//! ```
-//!
-//! Record is the outermost layer: it puts the [`RequestContext`] in the request, and reads it
-//! back when the response headers arrive (the model asked for, account, attempts, timings,
-//! outcome). Usage is read from the body as it passes, holding no byte back, by the provider's
-//! [`UsageTap`](crate::provider::UsageTap), with the model that served (which a server-side
-//! fallback makes another than the one asked for) and what a cost needs beyond the tokens
-//! ([`Billing`]: speed, region, each attempt). The layer also gives every response
-//! `x-claudeflare-request-id` and, when an account served it, `x-claudeflare-account`. If the
-//! upstream breaks in the middle of a stream, the client gets a final error event instead of a
-//! silent clean end.
-//!
-//! An error announced inside a successful stream (a rate limit, say) is classified by the
-//! provider like a status code, and applied to the account through the pool given with
-//! [`RecordLayer::pool`], which persists it and counts it.
+//! Records requests.
 
 mod body;
 mod recorder;
@@ -48,7 +23,7 @@ use crate::BoxError;
 use crate::account::AccountEntry;
 use crate::context::RequestContext;
 use crate::pool::AccountPool;
-pub use crate::provider::{Billing, Iteration, Usage};
+use crate::provider::{Billing, Usage};
 use crate::provider::{Outcome, Provider, Providers};
 
 /// Response header naming the account that served the request.
@@ -150,7 +125,34 @@ impl RequestRecord {
     }
 }
 
-/// Records requests. See the [module docs](self).
+/// Records requests.
+///
+/// The `Record` layer: one [`RequestRecord`] per client request, handed to a [`Recorder`] when
+/// the response body ends, fails, or the client goes away.
+///
+/// ```
+/// use std::sync::Arc;
+/// use claudeflare_tower::{MemoryRecorder, RecordLayer};
+/// use tower::ServiceBuilder;
+/// # fn wrap<S>(inner: S) -> claudeflare_tower::Record<S> {
+/// let recorder = Arc::new(MemoryRecorder::default());
+/// ServiceBuilder::new().layer(RecordLayer::new(recorder)).service(inner)
+/// # }
+/// ```
+///
+/// Record is the outermost layer: it puts the [`RequestContext`] in the request, and reads it
+/// back when the response headers arrive (the model asked for, account, attempts, timings,
+/// outcome). Usage is read from the body as it passes, holding no byte back, by the provider's
+/// [`UsageTap`](crate::provider::UsageTap), with the model that served (which a server-side
+/// fallback makes another than the one asked for) and what a cost needs beyond the tokens
+/// ([`Billing`]: speed, region, each attempt). The layer also gives every response
+/// `x-claudeflare-request-id` and, when an account served it, `x-claudeflare-account`. If the
+/// upstream breaks in the middle of a stream, the client gets a final error event instead of a
+/// silent clean end.
+///
+/// An error announced inside a successful stream (a rate limit, say) is classified by the
+/// provider like a status code, and applied to the account through the pool given with
+/// [`RecordLayer::pool`], which persists it and counts it.
 #[derive(Clone)]
 pub struct RecordLayer<P = Providers> {
     recorder: Arc<dyn Recorder>,
@@ -250,7 +252,7 @@ where
 {
     type Response = Response<RecordBody<ResBody, P>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, P>;
+    type Future = RecordFuture<S::Future, P>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -267,7 +269,7 @@ where
             .to_owned();
         let record = RequestRecord::new(id, Utc::now(), req.method().as_str(), path);
         let context = RequestContext::get_or_insert(&mut req);
-        ResponseFuture {
+        RecordFuture {
             inner: self.inner.call(req),
             guard: Some(Guard {
                 record: Some(record),
@@ -284,14 +286,14 @@ where
 
 pin_project! {
     /// Future of [`Record`].
-    pub struct ResponseFuture<F, P> {
+    pub struct RecordFuture<F, P> {
         #[pin]
         inner: F,
         guard: Option<Guard<P>>,
     }
 }
 
-impl<F, B, E, P> Future for ResponseFuture<F, P>
+impl<F, B, E, P> Future for RecordFuture<F, P>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: http_body::Body,
@@ -307,7 +309,7 @@ where
         // The guard is only taken here, when the future completes; futures are not polled again
         // after that.
         let Some(mut guard) = this.guard.take() else {
-            panic!("record::ResponseFuture polled after completion");
+            panic!("record::RecordFuture polled after completion");
         };
         match result {
             Ok(mut response) => {

@@ -14,7 +14,7 @@
 
 use crate::pricing::Cost;
 use bytes::{BufMut, BytesMut};
-use claudeflare_tower::record::RequestRecord;
+use claudeflare_tower::RequestRecord;
 
 use super::COLUMNS;
 use crate::db::int;

@@ -1,12 +1,4 @@
-//! [`Anthropic`]: the Messages API, its rate-limit headers, error envelopes, SSE usage events and
-//! OAuth refresh grant, as Anthropic serves them in December 2026 (`platform.claude.com` OAuth).
-//!
-//! ```
-//! use claudeflare_tower::provider::Anthropic;
-//! let anthropic = Anthropic::new()
-//!     .base_url(http::Uri::from_static("http://127.0.0.1:9000"))
-//!     .oauth("https://platform.claude.com/v1/oauth/token".parse().unwrap(), "my-client-id");
-//! ```
+//! The Anthropic provider. Cheap to clone; clones share the base URL setting.
 
 pub(crate) mod classify;
 mod headers;
@@ -21,27 +13,37 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header}
 use http_body_util::Full;
 use secrecy::SecretString;
 
-pub use oauth::{DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL};
+pub(crate) use oauth::{DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL};
 use usage::{JsonTap, SseTap};
 
 use super::{
     Classification, InvalidUpstream, Provider, RefreshError, StreamError, TapSummary, TokenPair,
-    UsageTap, join, map_model,
+    UsageTap, join_uri,
 };
 use crate::BoxFuture;
 use crate::account::{AccountEntry, AccountInfo, Credentials, Mode};
 use crate::setting::Setting;
 
 /// Anthropic's API.
-pub const DEFAULT_UPSTREAM_URL: &str = "https://api.anthropic.com";
+pub(crate) const DEFAULT_UPSTREAM_URL: &str = "https://api.anthropic.com";
 /// The beta flag subscription tokens need.
-pub const OAUTH_BETA: &str = "oauth-2025-04-20";
+pub(crate) const OAUTH_BETA: &str = "oauth-2025-04-20";
 
 /// Header names as constants: a `&str` name is parsed and validated at every use.
 pub(crate) const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub(crate) const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 /// The Anthropic provider. Cheap to clone; clones share the base URL setting.
+///
+/// The Messages API, its rate-limit headers, error envelopes, SSE usage events and
+/// OAuth refresh grant, as Anthropic serves them in December 2026 (`platform.claude.com` OAuth).
+///
+/// ```
+/// use claudeflare_tower::Anthropic;
+/// let anthropic = Anthropic::new()
+///     .base_url(http::Uri::from_static("http://127.0.0.1:9000"))
+///     .oauth("https://platform.claude.com/v1/oauth/token".parse().unwrap(), "my-client-id");
+/// ```
 #[derive(Debug, Clone)]
 pub struct Anthropic {
     base: Setting<Uri>,
@@ -55,7 +57,16 @@ impl Default for Anthropic {
 }
 
 impl Anthropic {
-    /// `https://api.anthropic.com`, refreshing tokens at [`DEFAULT_TOKEN_URL`] as Claude Code's
+    /// Anthropic's API.
+    pub const DEFAULT_UPSTREAM_URL: &str = DEFAULT_UPSTREAM_URL;
+    /// The beta flag subscription tokens need.
+    pub const OAUTH_BETA: &str = OAUTH_BETA;
+    /// The OAuth client id subscription tokens are refreshed as (Claude Code's).
+    pub const DEFAULT_CLIENT_ID: &str = DEFAULT_CLIENT_ID;
+    /// Where subscription tokens are refreshed.
+    pub const DEFAULT_TOKEN_URL: &str = DEFAULT_TOKEN_URL;
+
+    /// `https://api.anthropic.com`, refreshing tokens at [`Anthropic::DEFAULT_TOKEN_URL`] as Claude Code's
     /// client.
     pub fn new() -> Self {
         Self {
@@ -86,8 +97,8 @@ impl Anthropic {
     /// endpoint).
     pub fn credential(account: &AccountEntry) -> Option<HeaderValue> {
         account.credential(|credentials| match credentials {
-            Credentials::OAuth(_) => super::bearer(credentials),
-            Credentials::ApiKey(_) => super::plain(credentials),
+            Credentials::OAuth(_) => credentials.bearer(),
+            Credentials::ApiKey(_) => credentials.plain(),
             Credentials::Aws(_) => None,
         })
     }
@@ -101,7 +112,7 @@ impl Provider for Anthropic {
         account: &AccountEntry,
         req: &mut Request<Full<Bytes>>,
     ) -> Result<(), InvalidUpstream> {
-        *req.uri_mut() = join(&self.base.current(), req.uri())?;
+        *req.uri_mut() = join_uri(&self.base.current(), req.uri())?;
         let headers = req.headers_mut();
         strip_client_credentials(headers);
         let credential = Self::credential(account).ok_or_else(|| {
@@ -119,7 +130,7 @@ impl Provider for Anthropic {
                 headers.insert(X_API_KEY, credential);
             }
         }
-        map_model(&account.route().model_map, req);
+        account.route().model_map.apply(req);
         Ok(())
     }
 
@@ -390,9 +401,9 @@ mod tests {
 
     #[test]
     fn paths_join_the_base_url() {
-        use crate::provider::join;
+        use crate::provider::join_uri;
         let uri = |s: &'static str| Uri::from_static(s);
-        let joined = |base, path| join(&uri(base), &uri(path)).unwrap().to_string();
+        let joined = |base, path| join_uri(&uri(base), &uri(path)).unwrap().to_string();
         assert_eq!(
             joined("https://api.anthropic.com", "/v1/messages?beta=true"),
             "https://api.anthropic.com/v1/messages?beta=true"
@@ -401,6 +412,6 @@ mod tests {
             joined("http://127.0.0.1:9/prefix/", "/v1/messages"),
             "http://127.0.0.1:9/prefix/v1/messages"
         );
-        assert!(join(&uri("/relative"), &uri("/v1/messages")).is_err());
+        assert!(join_uri(&uri("/relative"), &uri("/v1/messages")).is_err());
     }
 }

@@ -9,9 +9,9 @@ use crate::egress::EgressProxy;
 use crate::provider::{RefreshError, TokenPair};
 
 /// Anthropic's public OAuth client id, used by Claude Code.
-pub const DEFAULT_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
+pub(crate) const DEFAULT_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 /// Anthropic's token endpoint.
-pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
+pub(crate) const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
 
 /// OAuth errors after which the same refresh token will never work again.
 const DEFINITIVE: [&str; 4] = [
