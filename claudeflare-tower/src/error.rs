@@ -2,7 +2,7 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::ProxyBody;
+use bytes::Bytes;
 
 /// The `error.type` of Anthropic's envelope for a status claudeflare answers with.
 pub(crate) fn error_type(status: StatusCode) -> &'static str {
@@ -39,19 +39,18 @@ pub const SHOULD_RETRY: &str = "x-should-retry";
 
 /// `response` marked as one that retrying cannot help (`x-should-retry: false`): the SDKs then
 /// show the error at once rather than retrying for minutes.
-pub(crate) fn final_for_client(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+pub(crate) fn final_for_client<B>(mut response: Response<B>) -> Response<B> {
     response
         .headers_mut()
         .insert(SHOULD_RETRY, HeaderValue::from_static("false"));
     response
 }
 
-/// An error response with `status` and Anthropic's envelope around `message`.
-pub(crate) fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(claudeflare_envelope(
-        error_type(status),
-        message,
-    )));
+/// An error response with `status` and Anthropic's envelope around `message`, in any body
+/// made from bytes.
+pub(crate) fn error_response<B: From<Bytes>>(status: StatusCode, message: &str) -> Response<B> {
+    let envelope = claudeflare_envelope(error_type(status), message);
+    let mut response = Response::new(B::from(Bytes::from(envelope)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -63,11 +62,13 @@ pub(crate) fn error_response(status: StatusCode, message: &str) -> Response<Prox
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ProxyBody;
     use http_body_util::BodyExt;
 
     #[tokio::test]
     async fn envelope_is_anthropic_shaped_and_escaped() {
-        let response = error_response(StatusCode::PAYLOAD_TOO_LARGE, "body \"too\" large");
+        let response: Response<ProxyBody> =
+            error_response(StatusCode::PAYLOAD_TOO_LARGE, "body \"too\" large");
         assert_eq!(response.status(), 413);
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();

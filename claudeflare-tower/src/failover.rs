@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::retry::{Policy, Retry};
@@ -13,6 +14,7 @@ use tower::{Layer, Service};
 
 use crate::BoxError;
 use crate::account::AccountEntry;
+#[cfg(test)]
 use crate::body::ProxyBody;
 use crate::classify::outcome_of;
 use crate::context::RequestContext;
@@ -171,11 +173,11 @@ impl FailoverPolicy {
 }
 
 /// What to do after one attempt.
-enum Verdict {
+enum Verdict<ResBody> {
     /// Give this result to the client.
     Deliver,
     /// Give this answer to the client instead of the result.
-    Answer(Response<ProxyBody>),
+    Answer(Response<ResBody>),
     /// Try the same account again, after this delay.
     Retry(Duration),
     /// Move on to the next account, if there is one.
@@ -185,14 +187,14 @@ enum Verdict {
 }
 
 impl FailoverPolicy {
-    fn verdict(
+    fn verdict<ResBody: From<Bytes>>(
         &mut self,
         context: &RequestContext,
-        result: &Result<Response<ProxyBody>, BoxError>,
-    ) -> Verdict {
+        result: &Result<Response<ResBody>, BoxError>,
+    ) -> Verdict<ResBody> {
         let retry = self.retry.current();
         let (retries, attempts) = (self.retries, retry.attempts);
-        let backoff = |then: Verdict| {
+        let backoff = |then: Verdict<ResBody>| {
             if retries < attempts {
                 Verdict::Retry(retry.delay_before(retries))
             } else {
@@ -245,13 +247,15 @@ fn same_upstream(a: &AccountEntry, b: &AccountEntry) -> bool {
     a.backend == b.backend && a.proxy == b.proxy
 }
 
-impl<B: Clone> Policy<Request<B>, Response<ProxyBody>, BoxError> for FailoverPolicy {
+impl<B: Clone, ResBody: From<Bytes>> Policy<Request<B>, Response<ResBody>, BoxError>
+    for FailoverPolicy
+{
     type Future = Pause;
 
     fn retry(
         &mut self,
         req: &mut Request<B>,
-        result: &mut Result<Response<ProxyBody>, BoxError>,
+        result: &mut Result<Response<ResBody>, BoxError>,
     ) -> Option<Pause> {
         let context = RequestContext::of(req)?.clone();
         match self.verdict(&context, result) {
@@ -318,7 +322,7 @@ impl<B: Clone> Policy<Request<B>, Response<ProxyBody>, BoxError> for FailoverPol
 }
 
 /// The answer when the last attempt ended in an error.
-fn final_answer(error: &BoxError) -> Response<ProxyBody> {
+fn final_answer<ResBody: From<Bytes>>(error: &BoxError) -> Response<ResBody> {
     if error.is::<UpstreamError>() {
         let message = format!("the upstream could not be reached: {error}");
         error_response(StatusCode::BAD_GATEWAY, &message)
@@ -359,12 +363,13 @@ impl Future for Pause {
     }
 }
 
-impl<S, B> Service<Request<B>> for Failover<S>
+impl<S, B, ResBody> Service<Request<B>> for Failover<S>
 where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError> + Clone,
+    S: Service<Request<B>, Response = Response<ResBody>, Error = BoxError> + Clone,
     B: Clone,
+    ResBody: From<Bytes>,
 {
-    type Response = Response<ProxyBody>;
+    type Response = Response<ResBody>;
     type Error = Infallible;
     type Future = FailoverFuture<S, B>;
 
@@ -407,8 +412,8 @@ pin_project! {
     /// Future of [`Failover`].
     pub struct FailoverFuture<S, B>
     where
-        S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError>,
-        B: Clone,
+        S: Service<Request<B>, Error = BoxError>,
+        FailoverPolicy: Policy<Request<B>, S::Response, BoxError>,
     {
         #[pin]
         kind: Kind<S, B>,
@@ -419,20 +424,21 @@ pin_project! {
     #[project = KindProj]
     enum Kind<S, B>
     where
-        S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError>,
-        B: Clone,
+        S: Service<Request<B>, Error = BoxError>,
+        FailoverPolicy: Policy<Request<B>, S::Response, BoxError>,
     {
         Trying { #[pin] future: tower::retry::future::ResponseFuture<FailoverPolicy, S, Request<B>> },
-        Answer { response: Option<Response<ProxyBody>> },
+        Answer { response: Option<S::Response> },
     }
 }
 
-impl<S, B> FailoverFuture<S, B>
+impl<S, B, ResBody> FailoverFuture<S, B>
 where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError>,
+    S: Service<Request<B>, Response = Response<ResBody>, Error = BoxError>,
     B: Clone,
+    ResBody: From<Bytes>,
 {
-    fn answer(response: Response<ProxyBody>) -> Self {
+    fn answer(response: S::Response) -> Self {
         Self {
             kind: Kind::Answer {
                 response: Some(response),
@@ -441,12 +447,13 @@ where
     }
 }
 
-impl<S, B> Future for FailoverFuture<S, B>
+impl<S, B, ResBody> Future for FailoverFuture<S, B>
 where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = BoxError> + Clone,
+    S: Service<Request<B>, Response = Response<ResBody>, Error = BoxError> + Clone,
     B: Clone,
+    ResBody: From<Bytes>,
 {
-    type Output = Result<Response<ProxyBody>, Infallible>;
+    type Output = Result<Response<ResBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {

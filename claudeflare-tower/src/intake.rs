@@ -19,6 +19,7 @@ use tower::util::Oneshot;
 use tower::{Layer, Service};
 
 use crate::BoxError;
+#[cfg(test)]
 use crate::body::ProxyBody;
 use crate::context::RequestContext;
 use crate::error::{error_response, final_for_client};
@@ -199,13 +200,14 @@ fn read_meta(body: &[u8]) -> (Option<String>, bool) {
     }
 }
 
-impl<S, B> Service<Request<B>> for Intake<S>
+impl<S, B, ResBody> Service<Request<B>> for Intake<S>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ProxyBody>, Error = Infallible> + Clone,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>, Error = Infallible> + Clone,
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
+    ResBody: From<Bytes>,
 {
-    type Response = Response<ProxyBody>;
+    type Response = Response<ResBody>;
     type Error = Infallible;
     type Future = IntakeFuture<S, B>;
 
@@ -327,7 +329,7 @@ pin_project! {
         /// Handed on.
         Calling { #[pin] future: Oneshot<S, Request<Full<Bytes>>> },
         /// Answered here.
-        Answer { response: Option<Response<ProxyBody>> },
+        Answer { response: Option<S::Response> },
     }
 }
 
@@ -337,7 +339,7 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    fn answer(response: Response<ProxyBody>) -> Self {
+    fn answer(response: S::Response) -> Self {
         Self {
             reservation: None,
             state: State::Answer {
@@ -347,13 +349,14 @@ where
     }
 }
 
-impl<S, B> Future for IntakeFuture<S, B>
+impl<S, B, ResBody> Future for IntakeFuture<S, B>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ProxyBody>, Error = Infallible>,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>, Error = Infallible>,
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
+    ResBody: From<Bytes>,
 {
-    type Output = Result<Response<ProxyBody>, Infallible>;
+    type Output = Result<Response<ResBody>, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -444,7 +447,7 @@ where
 }
 
 /// The budget of buffered bytes is spent: try again in a moment.
-fn too_busy() -> Response<ProxyBody> {
+fn too_busy<ResBody: From<Bytes>>() -> Response<ResBody> {
     let mut response = error_response(
         StatusCode::SERVICE_UNAVAILABLE,
         "too many request bodies are being received at once (max_buffered_body_bytes); try again shortly",
@@ -455,7 +458,7 @@ fn too_busy() -> Response<ProxyBody> {
     response
 }
 
-fn too_large(limit: usize) -> Response<ProxyBody> {
+fn too_large<ResBody: From<Bytes>>(limit: usize) -> Response<ResBody> {
     let message = format!("request body is larger than the limit of {limit} bytes");
     error_response(StatusCode::PAYLOAD_TOO_LARGE, &message)
 }

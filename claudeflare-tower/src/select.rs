@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
@@ -75,13 +76,14 @@ pub struct Select<S> {
 
 inner_accessors!(Select<S>);
 
-impl<S, B> Service<Request<B>> for Select<S>
+impl<S, B, ResBody> Service<Request<B>> for Select<S>
 where
-    S: Service<Request<B>, Response = Response<ProxyBody>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
 {
-    type Response = Response<ProxyBody>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = SelectFuture<S::Future>;
+    type Future = SelectFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -112,7 +114,7 @@ where
 
 /// The accounts that may serve a request for `model`, limited to the `allowed` names when
 /// given, in the order to try them. See the [module docs](self).
-pub fn candidates(
+pub(crate) fn candidates(
     strategy: &dyn Strategy,
     accounts: &[Arc<AccountEntry>],
     model: Option<&str>,
@@ -157,7 +159,7 @@ fn bound_to(account: &AccountEntry, names: &[String]) -> bool {
 }
 
 impl<S> Select<S> {
-    fn no_account(&self, total: usize) -> Response<ProxyBody> {
+    fn no_account<ResBody: From<Bytes>>(&self, total: usize) -> Response<ResBody> {
         let now = Utc::now();
         if total == 0 {
             return final_for_client(error_response(
@@ -204,25 +206,25 @@ impl<S> Select<S> {
 
 pin_project! {
     /// Future of [`Select`].
-    pub struct SelectFuture<F> {
+    pub struct SelectFuture<F, ResBody = ProxyBody> {
         #[pin]
-        kind: Kind<F>,
+        kind: Kind<F, ResBody>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F> {
+    enum Kind<F, ResBody> {
         Inner { #[pin] future: F },
-        NoAccount { response: Option<Response<ProxyBody>> },
+        NoAccount { response: Option<Response<ResBody>> },
     }
 }
 
-impl<F, E> Future for SelectFuture<F>
+impl<F, E, ResBody> Future for SelectFuture<F, ResBody>
 where
-    F: Future<Output = Result<Response<ProxyBody>, E>>,
+    F: Future<Output = Result<Response<ResBody>, E>>,
 {
-    type Output = Result<Response<ProxyBody>, E>;
+    type Output = Result<Response<ResBody>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {

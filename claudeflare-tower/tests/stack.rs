@@ -1322,3 +1322,60 @@ async fn layers_compose_by_hand_over_a_client_of_ones_own() {
         "Upstream timed the attempt"
     );
 }
+
+/// Intake, Select and Failover over a service of your own that answers in a body of your own
+/// (here `Full<Bytes>`): its answers come through, and so do the layers' own.
+#[tokio::test]
+async fn the_layers_work_over_a_body_of_your_own() {
+    use claudeflare_tower::{FailoverLayer, IntakeLayer, SelectLayer, Session};
+    use http_body_util::Full;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let pool = AccountPool::new(vec![Account::api_key("work", "key-work")]);
+    let strategy = StrategyHandle::new(Box::new(Session::default()));
+    let own = tower::service_fn(|req: http::Request<Full<Bytes>>| async move {
+        let account = claudeflare_tower::RequestContext::of(&req)
+            .and_then(|context| context.account())
+            .map(|account| account.name().to_owned())
+            .unwrap_or_default();
+        Ok::<_, claudeflare_tower::BoxError>(http::Response::new(Full::new(Bytes::from(account))))
+    });
+    let service = ServiceBuilder::new()
+        .layer(IntakeLayer::new(1024))
+        .layer(SelectLayer::new(pool.clone(), strategy))
+        .layer(FailoverLayer::new(RetryConfig::default()))
+        .service(own);
+    let post = |body: &'static str| {
+        http::Request::post("/v1/messages")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+
+    let served: http::Response<Full<Bytes>> = service.clone().oneshot(post("{}")).await.unwrap();
+    assert_eq!(served.status(), 200);
+    let body = served.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "work", "the account Select chose reached the service");
+
+    let too_large = service
+        .clone()
+        .oneshot(post(Box::leak("x".repeat(2048).into_boxed_str())))
+        .await
+        .unwrap();
+    assert_eq!(
+        too_large.status(),
+        413,
+        "Intake's own answer, in the service's body"
+    );
+    let body = too_large.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("request_too_large"));
+
+    pool.get("work").unwrap().set_paused(true);
+    let none = service.clone().oneshot(post("{}")).await.unwrap();
+    assert_eq!(
+        none.status(),
+        503,
+        "Select's own answer, in the service's body"
+    );
+    let body = none.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("no account is available"));
+}
