@@ -44,7 +44,8 @@ pub fn app(state: AppState, balancer: BalancerService, main: Handle) -> App {
 ///
 /// The proxy is the busy path. Routed, each of its requests would pay for the route lookup, for
 /// the path parameters axum attaches (which the balancer copies into every upstream attempt) and
-/// for a boxed clone of the route's service.
+/// for a boxed clone of the route's service: about 4,500 instructions per request by callgrind
+/// (docs/benchmarks-history.md, third round).
 ///
 /// Each HTTP thread has an `App` of its own, whose balancer has its own upstream client, so a
 /// proxied request stays on one thread (see the `threads` module). The API, the dashboard and the
