@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 /// mimalloc: fewer cycles per allocation than glibc's, and far less fragmentation (resident
-/// memory) under a multi-threaded load.
+/// memory) under a multi-threaded load. Built without transparent huge pages (the `no_thp`
+/// feature): mimalloc 3 asks for them on its arena, and one live object in a 2 MiB region then
+/// keeps all of it resident. With them the server sat at 37 MiB idle (14 MiB of it huge pages)
+/// and peaked at 60 MiB under 32 connections; without, it peaks at 34 MiB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

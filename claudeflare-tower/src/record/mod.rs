@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,12 @@ pub const ACCOUNT_HEADER: &str = "x-claudeflare-account";
 pub const PROVIDER_HEADER: &str = "x-claudeflare-provider";
 /// Response header carrying claudeflare's id of the request.
 pub const REQUEST_ID_HEADER: &str = "x-claudeflare-request-id";
+
+// The same names parsed once: inserting by `&str` validates and lowercases the name on every
+// response (about 600 instructions each, three per response; callgrind).
+const ACCOUNT: HeaderName = HeaderName::from_static(ACCOUNT_HEADER);
+const PROVIDER: HeaderName = HeaderName::from_static(PROVIDER_HEADER);
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// What happened to one client request. It serializes and reads back whole (the server keeps
 /// records in a file while its database takes no writes).
@@ -374,14 +380,14 @@ impl<P> Guard<P> {
         }
         let headers = response.headers_mut();
         if let Some(id) = self.request_id.take() {
-            headers.insert(REQUEST_ID_HEADER, id);
+            headers.insert(REQUEST_ID, id);
         }
         if let Some(account) = &context.account {
             if let Some(name) = account.name_header() {
-                headers.insert(ACCOUNT_HEADER, name.clone());
+                headers.insert(ACCOUNT, name.clone());
             }
             if let Some(provider) = account.route().backend.header_value() {
-                headers.insert(PROVIDER_HEADER, provider);
+                headers.insert(PROVIDER, provider);
             }
         }
         self.account = context.account;
