@@ -218,6 +218,10 @@ const STALLED_AFTER: Duration = Duration::from_secs(3);
 /// Once the queue holds this many records while the writer is busy, they move to the spill
 /// file: the queue never fills while the file takes them.
 const SPILL_AT: usize = QUEUE / 2;
+/// A move of the spill file's waiting records to a fresh file copies in rounds while the queue
+/// keeps moving, at most this many, until what is left for the last copy is this small.
+const COMPACTION_ROUNDS: usize = 8;
+const COMPACTION_LAST_COPY: u64 = 1 << 20;
 /// Reads of the spill file that may fail in a row (with [`MAX_RETRY_WAIT`] between them)
 /// before what is left in it is given up.
 const SPILL_READ_TRIES: u32 = 3;
@@ -403,6 +407,20 @@ pub async fn write_records(sink: impl RecordSink, mut backlog: Backlog, stop: Ca
             if give_up(deadline) {
                 break;
             }
+            if let Some(mut compaction) = backlog.spill.compaction() {
+                // Copied while the queue keeps moving to the old file, then what came meanwhile,
+                // until little is left for the last copy, made with the queue held (copying all
+                // that came during a long first copy so overflowed the queue under a flood).
+                let mut copied = Ok(());
+                for _ in 0..COMPACTION_ROUNDS {
+                    let end = backlog.spill.end();
+                    if copied.is_err() || end - compaction.copied_to() <= COMPACTION_LAST_COPY {
+                        break;
+                    }
+                    copied = backlog.meanwhile(compaction.copy_to(end)).await;
+                }
+                backlog.spill.compacted(compaction, copied).await;
+            }
             let from_file = backlog.spill.waiting().0 > 0;
             match backlog.spill.take(&mut batch, BATCH).await {
                 Ok((check, unreadable)) => {
@@ -468,6 +486,11 @@ pub async fn write_records(sink: impl RecordSink, mut backlog: Backlog, stop: Ca
         let stored = store(&sink, &batch, recheck, &mut backlog, &stop, &mut deadline).await;
         if stored {
             if backlog.spill.is_empty() {
+                // Everything it held is stored: empty it now, or it would only be emptied at the
+                // next stop, and the next spill would find it as full as it was.
+                if let Err(error) = backlog.spill.finish().await {
+                    tracing::warn!(%error, file = %backlog.spill.path().display(), "cannot empty the spill file; trying again after the next batch");
+                }
                 if backlog.health.has(Problem::Spill) {
                     tracing::info!(
                         "the spill file is empty again: every request record in it is stored"
@@ -767,13 +790,14 @@ mod tests {
         assert_eq!(stored.len(), total);
         assert_eq!(stored, expected, "in the order they were made");
         assert_eq!(w.dropped.load(Ordering::SeqCst), 0);
-        w.stop.cancel();
-        w.task.await.unwrap();
-        // All of it stored: the file is emptied.
+        // All of it stored: the file is emptied at once, not at the stop, so the next spill
+        // has all of `spill_max_bytes` again.
         let left = std::fs::metadata(w.folder.path().join(SPILL_FILE))
             .unwrap()
             .len();
         assert_eq!(left, 0);
+        w.stop.cancel();
+        w.task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

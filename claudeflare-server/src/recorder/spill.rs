@@ -4,9 +4,12 @@
 //!
 //! One JSON line per record, `[record, cost]`, appended in batches to a file only the owner can
 //! read (`0600`). The writer takes records back from the front while the file grows at the
-//! back; once everything in it is stored, the file is emptied. What a previous run left is taken
-//! back first, and stored with a check for what is already stored (the run may have stopped
-//! between storing a batch and emptying the file).
+//! back; once everything in it is stored, the file is emptied. While the database stays behind
+//! (the file never empties), what waits is moved to a fresh file each time a quarter of the cap
+//! has been stored from the front, so the cap bounds what waits rather than all that went
+//! through the file. What a previous run left is taken back first, and stored with a check
+//! for what is already stored (the run may have stopped between storing a batch and emptying
+//! the file).
 
 use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -14,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::pricing::Cost;
 use claudeflare_tower::RequestRecord;
 use tokio::fs::{File, OpenOptions};
-use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
 
 /// Its name, in the folder of the database (or of the configuration, for PostgreSQL).
 pub const FILE_NAME: &str = "request-records.spill";
@@ -52,6 +55,45 @@ pub struct Spilled {
     pub dropped: u64,
     /// Why the others could not be written (they are held).
     pub error: Option<io::Error>,
+}
+
+/// A move of the records waiting in the spill file to a fresh one (see [`Spill::compaction`]).
+pub struct Compaction {
+    from: PathBuf,
+    to: PathBuf,
+    /// Where what waits starts: everything before it is stored.
+    start: u64,
+    /// How far the old file is copied.
+    copied_to: u64,
+}
+
+impl Compaction {
+    /// How far the old file is copied.
+    pub fn copied_to(&self) -> u64 {
+        self.copied_to
+    }
+
+    /// Copy the old file on to `end` (what [`Spill::end`] says). Records spilled meanwhile are
+    /// appended to the old file, for the next copy, or the last one in [`Spill::compacted`].
+    pub async fn copy_to(&mut self, end: u64) -> io::Result<()> {
+        let mut options = OpenOptions::new();
+        if self.copied_to == self.start {
+            options.write(true).create(true).truncate(true).mode(0o600);
+        } else {
+            options.append(true);
+        }
+        let mut from = File::open(&self.from).await?;
+        from.seek(SeekFrom::Start(self.copied_to)).await?;
+        let mut to = options.open(&self.to).await?;
+        let wanted = end.saturating_sub(self.copied_to);
+        let copied = tokio::io::copy(&mut from.take(wanted), &mut to).await?;
+        to.flush().await?;
+        if copied != wanted {
+            return Err(io::Error::other("the spill file is shorter than it was"));
+        }
+        self.copied_to = end.max(self.copied_to);
+        Ok(())
+    }
 }
 
 impl Spill {
@@ -218,6 +260,55 @@ impl Spill {
             }
         }
         Ok((recheck, unreadable))
+    }
+
+    /// A move of what waits to a fresh file, when one is due: once a quarter of the cap was
+    /// taken back. (Called before [`Self::take`]: what was taken back is stored by then, as the
+    /// writer stores each batch before it takes the next.) Without it, under a database that
+    /// stays behind, the file never empties and fills up to the cap with records stored long
+    /// ago. A move copies at most the cap, after a quarter of it was taken back: at most four
+    /// bytes copied for each byte stored.
+    pub fn compaction(&self) -> Option<Compaction> {
+        let waiting = self.len - self.read.min(self.len);
+        (self.read >= self.max_bytes / 4 && waiting > 0).then(|| Compaction {
+            from: self.path.clone(),
+            to: self.path.with_extension("spill.new"),
+            start: self.read,
+            copied_to: self.read,
+        })
+    }
+
+    /// Where the next records go in the file: the end of what it holds.
+    pub fn end(&self) -> u64 {
+        self.len
+    }
+
+    /// Finish `compaction`, whose copies so far returned `copied`: copy what was appended
+    /// since, and put the fresh file in place of this one in one rename (a crash leaves either
+    /// whole).
+    pub async fn compacted(&mut self, mut compaction: Compaction, copied: io::Result<()>) {
+        let done = match copied {
+            Ok(()) => compaction.copy_to(self.len).await,
+            Err(error) => Err(error),
+        };
+        let done = match done {
+            Ok(()) => tokio::fs::rename(&compaction.to, &self.path).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = done {
+            let _ = tokio::fs::remove_file(&compaction.to).await;
+            tracing::warn!(%error, file = %self.path.display(), "cannot move the waiting request records to a fresh spill file; the file keeps growing until it empties");
+            return;
+        }
+        let stored = compaction.start;
+        self.len -= stored;
+        self.read -= stored;
+        self.replay_until = self.replay_until.saturating_sub(stored);
+        // Both handles are of the file replaced; they reopen the new one when next needed. Its
+        // end is where `len` says, whatever a failed write left in the old one.
+        self.reader = None;
+        self.writer = None;
+        self.damaged = false;
     }
 
     /// Give up what is left in the file (it cannot be read, or was removed): returns its bytes.
@@ -390,6 +481,57 @@ mod tests {
         // Emptied, it takes records again.
         spill.take(&mut Vec::new(), 10).await.unwrap();
         assert_eq!(spill.push((5..8).map(record)).await.written, 3);
+    }
+
+    /// The database stays behind: the file never empties, yet what was stored from its front no
+    /// longer counts against the cap.
+    #[tokio::test]
+    async fn the_cap_bounds_what_waits_not_what_went_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        // The longest line of those pushed below.
+        let line = (0..80)
+            .map(|id| serde_json::to_vec(&record(id)).unwrap().len() as u64 + 1)
+            .max()
+            .unwrap();
+        let cap = line * 50;
+        let mut spill = Spill::open(path.clone(), cap);
+        assert_eq!(spill.push((0..40).map(record)).await.written, 40);
+        let mut batch = Vec::new();
+        spill.take(&mut batch, 39).await.unwrap();
+        // The 39 are stored: the one left moves to a fresh file, with what comes meanwhile.
+        let mut compaction = spill.compaction().expect("a move is due");
+        let copied = compaction.copy_to(spill.end()).await;
+        assert_eq!(spill.push((40..45).map(record)).await.written, 5);
+        spill.compacted(compaction, copied).await;
+        let left = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(left.lines().count(), 6);
+        assert!(left.starts_with("[{\"id\":\"req-39\""));
+        assert!(!dir.path().join("request-records.spill.new").exists());
+        let pushed = spill.push((45..75).map(record)).await;
+        assert_eq!((pushed.written, pushed.dropped), (30, 0));
+        spill.take(&mut batch, 100).await.unwrap();
+        assert_eq!(ids(&batch), ids(&(0..75).map(record).collect::<Vec<_>>()));
+        assert!(spill.is_empty());
+        assert!(spill.compaction().is_none(), "nothing waits");
+        spill.finish().await.unwrap();
+
+        // A previous run's records stay checked after the move.
+        drop(spill);
+        let mut before = Spill::open(path.clone(), cap);
+        before.push((0..16).map(record)).await;
+        drop(before);
+        let mut spill = Spill::open(path.clone(), cap);
+        let mut batch = Vec::new();
+        assert!(spill.take(&mut batch, 15).await.unwrap().0);
+        let mut compaction = spill.compaction().expect("a move is due");
+        let copied = compaction.copy_to(spill.end()).await;
+        spill.compacted(compaction, copied).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        let mut rest = Vec::new();
+        let (recheck, _) = spill.take(&mut rest, 10).await.unwrap();
+        assert!(recheck, "the one left from the previous run is checked too");
+        assert_eq!(ids(&rest), ["req-15"]);
     }
 
     #[tokio::test]
