@@ -219,8 +219,9 @@ const STALLED_AFTER: Duration = Duration::from_secs(3);
 /// file: the queue never fills while the file takes them.
 const SPILL_AT: usize = QUEUE / 2;
 /// A move of the spill file's waiting records to a fresh file copies in rounds while the queue
-/// keeps moving, at most this many, until what is left for the last copy is this small.
+/// keeps moving, at most this many…
 const COMPACTION_ROUNDS: usize = 8;
+/// …until what is left for the last copy, made with the queue held, is this small.
 const COMPACTION_LAST_COPY: u64 = 1 << 20;
 /// Reads of the spill file that may fail in a row (with [`MAX_RETRY_WAIT`] between them)
 /// before what is left in it is given up.

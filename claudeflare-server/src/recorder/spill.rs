@@ -101,6 +101,8 @@ impl Spill {
     /// taken back first.
     pub fn open(path: PathBuf, max_bytes: u64) -> Self {
         let left = end_whole_lines(&path);
+        // A move to a fresh file that a crash cut short: the file itself is whole.
+        let _ = std::fs::remove_file(fresh_path(&path));
         Self {
             path,
             max_bytes,
@@ -272,7 +274,7 @@ impl Spill {
         let waiting = self.len - self.read.min(self.len);
         (self.read >= self.max_bytes / 4 && waiting > 0).then(|| Compaction {
             from: self.path.clone(),
-            to: self.path.with_extension("spill.new"),
+            to: fresh_path(&self.path),
             start: self.read,
             copied_to: self.read,
         })
@@ -353,6 +355,11 @@ impl Spill {
         self.damaged = false;
         Ok(())
     }
+}
+
+/// Where a move of the spill file at `path` copies to.
+fn fresh_path(path: &Path) -> PathBuf {
+    path.with_extension("spill.new")
 }
 
 /// The length of the file at `path` (0 if there is none), after ending it with a newline if a
@@ -516,12 +523,15 @@ mod tests {
         assert!(spill.compaction().is_none(), "nothing waits");
         spill.finish().await.unwrap();
 
-        // A previous run's records stay checked after the move.
+        // A move cut short by a crash leaves its fresh file: the next start removes it.
+        std::fs::write(dir.path().join("request-records.spill.new"), b"[{}]\n").unwrap();
         drop(spill);
         let mut before = Spill::open(path.clone(), cap);
         before.push((0..16).map(record)).await;
         drop(before);
         let mut spill = Spill::open(path.clone(), cap);
+        assert!(!dir.path().join("request-records.spill.new").exists());
+        // A previous run's records stay checked after the move.
         let mut batch = Vec::new();
         assert!(spill.take(&mut batch, 15).await.unwrap().0);
         let mut compaction = spill.compaction().expect("a move is due");
