@@ -41,6 +41,9 @@ pub struct Spill {
     /// Records moved out of the queue whose write to the file failed: written first next
     /// time, or taken back from here once the file is exhausted.
     held: Vec<Queued>,
+    /// Where [`Self::read`] must have come to since the last failed move to a fresh file
+    /// before the next is tried: a quarter of the cap further.
+    move_failed_at: u64,
     /// A failed write could not be undone: the file's end is not [`Self::len`], so nothing more
     /// is appended to it in this run until it has been read back and emptied.
     damaged: bool,
@@ -112,6 +115,7 @@ impl Spill {
             read: 0,
             replay_until: left,
             held: Vec::new(),
+            move_failed_at: 0,
             damaged: false,
         }
     }
@@ -272,7 +276,8 @@ impl Spill {
     /// bytes copied for each byte stored.
     pub fn compaction(&self) -> Option<Compaction> {
         let waiting = self.len - self.read.min(self.len);
-        (self.read >= self.max_bytes / 4 && waiting > 0).then(|| Compaction {
+        let due = self.read >= self.move_failed_at.saturating_add(self.max_bytes / 4);
+        (due && waiting > 0).then(|| Compaction {
             from: self.path.clone(),
             to: fresh_path(&self.path),
             start: self.read,
@@ -299,6 +304,7 @@ impl Spill {
         };
         if let Err(error) = done {
             let _ = tokio::fs::remove_file(&compaction.to).await;
+            self.move_failed_at = self.read;
             tracing::warn!(%error, file = %self.path.display(), "cannot move the waiting request records to a fresh spill file; the file keeps growing until it empties");
             return;
         }
@@ -306,6 +312,7 @@ impl Spill {
         self.len -= stored;
         self.read -= stored;
         self.replay_until = self.replay_until.saturating_sub(stored);
+        self.move_failed_at = 0;
         // Both handles are of the file replaced; they reopen the new one when next needed. Its
         // end is where `len` says, whatever a failed write left in the old one.
         self.reader = None;
@@ -323,6 +330,7 @@ impl Spill {
         self.len = 0;
         self.read = 0;
         self.replay_until = 0;
+        self.move_failed_at = 0;
         self.damaged = match OpenOptions::new().write(true).open(&self.path).await {
             Ok(file) => file.set_len(0).await.is_err(),
             Err(error) => error.kind() != io::ErrorKind::NotFound,
@@ -352,6 +360,7 @@ impl Spill {
         self.len = 0;
         self.read = 0;
         self.replay_until = 0;
+        self.move_failed_at = 0;
         self.damaged = false;
         Ok(())
     }
@@ -521,6 +530,22 @@ mod tests {
         assert_eq!(ids(&batch), ids(&(0..75).map(record).collect::<Vec<_>>()));
         assert!(spill.is_empty());
         assert!(spill.compaction().is_none(), "nothing waits");
+        spill.finish().await.unwrap();
+
+        // A move that fails (here: its fresh file's place is a folder) is tried again only once
+        // another quarter of the cap is taken back, not before every batch.
+        spill.push((75..115).map(record)).await;
+        let mut batch = Vec::new();
+        spill.take(&mut batch, 39).await.unwrap();
+        std::fs::create_dir(dir.path().join("request-records.spill.new")).unwrap();
+        let mut compaction = spill.compaction().expect("a move is due");
+        let copied = compaction.copy_to(spill.end()).await;
+        assert!(copied.is_err());
+        spill.compacted(compaction, copied).await;
+        assert!(spill.compaction().is_none());
+        std::fs::remove_dir(dir.path().join("request-records.spill.new")).unwrap();
+        spill.take(&mut batch, 100).await.unwrap();
+        assert_eq!(ids(&batch), ids(&(75..115).map(record).collect::<Vec<_>>()));
         spill.finish().await.unwrap();
 
         // A move cut short by a crash leaves its fresh file: the next start removes it.
