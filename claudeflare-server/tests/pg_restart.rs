@@ -67,8 +67,11 @@ async fn a_postgres_restart_under_load_loses_and_repeats_no_record() {
         server.log()
     );
     let log = server.log();
+    // The restart happened while the server wrote: a write failed, of records or of account
+    // state (the record writer may take a fresh connection after the restart and never fail).
     assert!(
-        log.contains("could not store request records"),
+        log.contains("could not store request records")
+            || log.contains("could not store account state"),
         "the restart was felt: {log}"
     );
     let db = Database::connect(env.postgres().unwrap()).await.unwrap();
