@@ -275,7 +275,7 @@ impl Spill {
     /// ago. A move copies at most the cap, after a quarter of it was taken back: at most four
     /// bytes copied for each byte stored.
     pub fn compaction(&self) -> Option<Compaction> {
-        let waiting = self.len - self.read.min(self.len);
+        let waiting = self.len.saturating_sub(self.read);
         let due = self.read >= self.move_failed_at.saturating_add(self.max_bytes / 4);
         (due && waiting > 0).then(|| Compaction {
             from: self.path.clone(),
@@ -294,14 +294,13 @@ impl Spill {
     /// since, and put the fresh file in place of this one in one rename (a crash leaves either
     /// whole).
     pub async fn compacted(&mut self, mut compaction: Compaction, copied: io::Result<()>) {
-        let done = match copied {
-            Ok(()) => compaction.copy_to(self.len).await,
-            Err(error) => Err(error),
-        };
-        let done = match done {
-            Ok(()) => tokio::fs::rename(&compaction.to, &self.path).await,
-            Err(error) => Err(error),
-        };
+        let end = self.len;
+        let done = async {
+            copied?;
+            compaction.copy_to(end).await?;
+            tokio::fs::rename(&compaction.to, &self.path).await
+        }
+        .await;
         if let Err(error) = done {
             let _ = tokio::fs::remove_file(&compaction.to).await;
             self.move_failed_at = self.read;
@@ -327,10 +326,7 @@ impl Spill {
         let skipped = self.len.saturating_sub(self.read);
         self.reader = None;
         self.writer = None;
-        self.len = 0;
-        self.read = 0;
-        self.replay_until = 0;
-        self.move_failed_at = 0;
+        self.forget_offsets();
         self.damaged = match OpenOptions::new().write(true).open(&self.path).await {
             Ok(file) => file.set_len(0).await.is_err(),
             Err(error) => error.kind() != io::ErrorKind::NotFound,
@@ -357,12 +353,17 @@ impl Spill {
                 self.reader = None;
             }
         }
+        self.forget_offsets();
+        self.damaged = false;
+        Ok(())
+    }
+
+    /// The file holds nothing any more (emptied, or started afresh).
+    fn forget_offsets(&mut self) {
         self.len = 0;
         self.read = 0;
         self.replay_until = 0;
         self.move_failed_at = 0;
-        self.damaged = false;
-        Ok(())
     }
 }
 
