@@ -16,6 +16,7 @@ mod m20261202_000010_key_models;
 mod m20261203_000011_providers;
 mod m20261203_000012_device_sign_in;
 mod m20261203_000013_clouds;
+mod m20261205_000014_key_spending;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000011_providers::Migration),
             Box::new(m20261203_000012_device_sign_in::Migration),
             Box::new(m20261203_000013_clouds::Migration),
+            Box::new(m20261205_000014_key_spending::Migration),
         ]
     }
 }

@@ -9,8 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, Set, Statement,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -192,35 +191,14 @@ pub fn month_start(now: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(now)
 }
 
-/// Requests and estimated cost of each key (by name) since `since`, from every instance's
-/// records.
+/// Requests and estimated cost of each key (by name) from the day of `since` on (UTC), from
+/// every instance's records (the daily spending the record writer keeps: see
+/// [`rollups::key_spending_since`](super::rollups::key_spending_since)).
 pub async fn usage_since(
     db: &impl ConnectionTrait,
     since: DateTime<Utc>,
 ) -> Result<Vec<(String, i64, f64)>, DbError> {
-    let backend = db.get_database_backend();
-    let sql = match backend {
-        DbBackend::Postgres => {
-            "SELECT api_key, COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0) AS cost \
-             FROM requests WHERE api_key IS NOT NULL AND timestamp >= $1 GROUP BY api_key"
-        }
-        _ => {
-            "SELECT api_key, COUNT(*) AS requests, COALESCE(SUM(cost_usd), 0) AS cost \
-             FROM requests WHERE api_key IS NOT NULL AND timestamp >= ? GROUP BY api_key"
-        }
-    };
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(backend, sql, [since.into()]))
-        .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        out.push((
-            row.try_get::<String>("", "api_key")?,
-            row.try_get::<i64>("", "requests")?,
-            row.try_get::<f64>("", "cost")?,
-        ));
-    }
-    Ok(out)
+    super::rollups::key_spending_since(db, since).await
 }
 
 /// The models the key may ask for; `None`: any.

@@ -1,5 +1,5 @@
-//! The request history: batched inserts (with the hourly rollups, in one transaction), the newest
-//! requests with filters, trimming.
+//! The request history: batched inserts (with the hourly rollups and the keys' daily spending,
+//! in one transaction), the newest requests with filters, trimming.
 
 use std::sync::{Arc, OnceLock};
 
@@ -60,6 +60,8 @@ struct Statements {
     copy: String,
     /// [`rollups::upsert_sql`].
     rollup: String,
+    /// [`rollups::key_upsert_sql`].
+    key_spending: String,
     /// Run first in each batch's transaction.
     prelude: Option<&'static str>,
 }
@@ -86,6 +88,7 @@ impl Statements {
                 columns.join(", ")
             ),
             rollup: rollups::upsert_sql(backend),
+            key_spending: rollups::key_upsert_sql(backend),
             // The commit returns without waiting for the WAL to reach the disk: the same trade
             // as SQLite's `synchronous = NORMAL` (a crash of the database can lose the last
             // records, never corrupt them), and the writer no longer waits a disk flush per
@@ -213,7 +216,7 @@ async fn write_postgres(
 }
 
 /// What of `batch` to insert (all of it, or with `recheck` what is not stored yet), with the
-/// rollups of those rows added.
+/// rollups and the keys' spending of those rows added.
 async fn prepare<'b, DB>(
     conn: &mut DB::Connection,
     statements: &'static Statements,
@@ -254,6 +257,16 @@ where
         bind(&mut args, sums.cost)?;
         bind(&mut args, sums.unpriced)?;
         sqlx::query_with(statements.rollup.as_str(), args)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (day, key, requests, cost) in rollups::key_additions(rows.iter().copied()) {
+        let mut args = DB::Arguments::default();
+        bind(&mut args, day)?;
+        bind(&mut args, key)?;
+        bind(&mut args, requests)?;
+        bind(&mut args, cost)?;
+        sqlx::query_with(statements.key_spending.as_str(), args)
             .execute(&mut *conn)
             .await?;
     }
@@ -530,6 +543,104 @@ mod tests {
         // Without the recheck, the key refuses the duplicates (and nothing of the batch is stored).
         assert!(insert_batch(&db, &again, false).await.is_err());
         assert_eq!(rollups::totals(&db, None).await.unwrap().total_requests, 12);
+    }
+
+    /// The start (UTC) of the day `days` before today.
+    fn day_start(days: i64) -> DateTime<Utc> {
+        (Utc::now() - TimeDelta::days(days))
+            .date_naive()
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+    }
+
+    /// A record of the client key `key` made at `at`.
+    fn keyed(id: &str, key: Option<&str>, at: DateTime<Utc>) -> (RequestRecord, Cost) {
+        let mut record = record(0, TimeDelta::zero());
+        record.id = id.into();
+        record.timestamp = at;
+        record.client = key.map(str::to_owned);
+        (record, Cost::priced(0.5))
+    }
+
+    #[tokio::test]
+    async fn a_keys_spending_is_kept_by_day_and_outlives_a_short_history() {
+        let db = crate::db::open("sqlite::memory:").await.unwrap();
+        let spending = async |since| {
+            let mut rows = super::super::keys::usage_since(&db, since).await.unwrap();
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            rows.into_iter()
+                .map(|(key, requests, cost)| (key, requests, (cost * 100.0).round() / 100.0))
+                .collect::<Vec<_>>()
+        };
+        let today = Utc::now();
+        let mut batch = vec![
+            keyed("t1", Some("team"), today),
+            keyed("t2", Some("team"), today),
+            keyed("o1", Some("ops"), today),
+            keyed("n1", None, today),
+            keyed("t3", Some("team"), today - TimeDelta::days(2)),
+            keyed("t4", Some("team"), today - TimeDelta::days(40)),
+        ];
+        insert_batch(&db, &batch, false).await.unwrap();
+        // Tried again with one more (its first commit went through unseen): each counted once.
+        batch.push(keyed("t5", Some("team"), today));
+        insert_batch(&db, &batch, true).await.unwrap();
+        let team = |requests: i64| ("team".to_owned(), requests, requests as f64 * 0.5);
+        let ops = ("ops".to_owned(), 1, 0.5);
+        assert_eq!(spending(day_start(0)).await, [ops.clone(), team(3)]);
+        assert_eq!(spending(day_start(2)).await, [ops.clone(), team(4)]);
+        assert_eq!(spending(day_start(40)).await, [ops.clone(), team(5)]);
+
+        // A history kept for less than a month: the requests go, this month's spending stays
+        // (and the week it began in); what is older goes with the history.
+        assert_eq!(trim(&db, today + TimeDelta::hours(1)).await.unwrap(), 7);
+        assert_eq!(spending(day_start(0)).await, [ops.clone(), team(3)]);
+        assert_eq!(spending(day_start(2)).await, [ops.clone(), team(4)]);
+        assert_eq!(spending(day_start(40)).await, [ops.clone(), team(4)]);
+
+        clear(&db).await.unwrap();
+        assert_eq!(spending(day_start(40)).await, []);
+    }
+
+    #[tokio::test]
+    async fn the_keys_spending_is_built_from_the_history_at_the_upgrade() {
+        use sea_orm_migration::MigratorTrait;
+        let folder = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", folder.path().join("db.sqlite").display());
+        let db = sea_orm::Database::connect(&url).await.unwrap();
+        let before = migrations::Migrator::migrations().len() - 1;
+        migrations::Migrator::up(&db, Some(before as u32)).await.unwrap();
+        for (id, timestamp, key, cost) in [
+            ("a", "2026-11-30T23:59:59.5+00:00", Some("team"), 1.0),
+            ("b", "2026-12-01T00:00:00+00:00", Some("team"), 2.0),
+            ("c", "2026-12-01T10:00:00+00:00", Some("team"), 4.0),
+            ("d", "2026-12-01T10:00:00+00:00", None, 8.0),
+        ] {
+            db.execute_unprepared(&format!(
+                "INSERT INTO requests (id, timestamp, method, path, success, response_time_ms, \
+                 failover_attempts, stream, input_tokens, output_tokens, cache_read_input_tokens, \
+                 cache_creation_input_tokens, cost_usd, api_key) VALUES ('{id}', '{timestamp}', \
+                 'POST', '/v1/messages', true, 1, 0, false, 1, 1, 0, 0, {cost}, {})",
+                key.map_or("NULL".to_owned(), |k| format!("'{k}'"))
+            ))
+            .await
+            .unwrap();
+        }
+        migrations::Migrator::up(&db, None).await.unwrap();
+        let since = |day: &str| {
+            DateTime::parse_from_rfc3339(day)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let usage = super::super::keys::usage_since;
+        assert_eq!(
+            usage(&db, since("2026-12-01T00:00:00Z")).await.unwrap(),
+            [("team".to_owned(), 2, 6.0)]
+        );
+        assert_eq!(
+            usage(&db, since("2026-11-30T00:00:00Z")).await.unwrap(),
+            [("team".to_owned(), 3, 7.0)]
+        );
     }
 
     #[tokio::test]

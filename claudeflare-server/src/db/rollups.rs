@@ -1,5 +1,6 @@
-//! Hourly rollups of the request history: written with each batch of records (same transaction),
-//! read by `/api/stats` and the dashboard, so neither aggregates the whole history.
+//! Hourly rollups of the request history, and the daily spending of each client key: written
+//! with each batch of records (same transaction), read by `/api/stats`, the dashboard and the
+//! budget checks, so none of them aggregates the whole history.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,11 @@ use super::{DbError, int, placeholders};
 /// The rollup key of an instant: `YYYY-MM-DDTHH` in UTC.
 pub fn hour_key(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H").to_string()
+}
+
+/// The day key of an instant: `YYYY-MM-DD` in UTC.
+fn day_key(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d").to_string()
 }
 
 /// What a batch adds to one rollup row.
@@ -80,6 +86,73 @@ pub(super) fn upsert_sql(backend: DbBackend) -> String {
          unpriced_requests = request_rollups.unpriced_requests + excluded.unpriced_requests",
         placeholders(backend, 12).join(", ")
     )
+}
+
+/// A batch's additions to the daily spending of client keys: requests and cost for each day
+/// (`YYYY-MM-DD`) and key name, in key order. Requests without a key add nothing.
+pub(super) fn key_additions<'a>(
+    batch: impl IntoIterator<Item = &'a (RequestRecord, Cost)>,
+) -> Vec<(String, &'a str, i64, f64)> {
+    let mut sums: BTreeMap<(i64, &str), (i64, f64)> = BTreeMap::new();
+    for (record, cost) in batch {
+        let Some(key) = record.client.as_deref() else {
+            continue;
+        };
+        let sum = sums
+            .entry((record.timestamp.timestamp().div_euclid(86_400), key))
+            .or_default();
+        sum.0 += 1;
+        sum.1 += cost.usd;
+    }
+    sums.into_iter()
+        .map(|((day, key), (requests, cost))| {
+            let day = DateTime::from_timestamp(day * 86_400, 0).unwrap_or_default();
+            (day_key(day), key, requests, cost)
+        })
+        .collect()
+}
+
+/// The upsert that adds one of [`key_additions`] to its row (parameters: day, key, requests,
+/// cost).
+pub(super) fn key_upsert_sql(backend: DbBackend) -> String {
+    format!(
+        "INSERT INTO key_spending (day, api_key, requests, cost_usd) VALUES ({}) \
+         ON CONFLICT (day, api_key) DO UPDATE SET \
+         requests = key_spending.requests + excluded.requests, \
+         cost_usd = key_spending.cost_usd + excluded.cost_usd",
+        placeholders(backend, 4).join(", ")
+    )
+}
+
+/// Requests and cost of each key (by name) from the day of `since` on (UTC), from every
+/// instance's records.
+pub async fn key_spending_since(
+    db: &impl ConnectionTrait,
+    since: DateTime<Utc>,
+) -> Result<Vec<(String, i64, f64)>, DbError> {
+    let backend = db.get_database_backend();
+    let sql = format!(
+        "SELECT api_key, CAST(SUM(requests) AS BIGINT) AS requests, \
+         CAST(SUM(cost_usd) AS DOUBLE PRECISION) AS cost FROM key_spending \
+         WHERE day >= {} GROUP BY api_key",
+        placeholders(backend, 1)[0]
+    );
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [day_key(since).into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<String>("", "api_key")?,
+                row.try_get::<i64>("", "requests")?,
+                row.try_get::<f64>("", "cost")?,
+            ))
+        })
+        .collect()
 }
 
 /// Totals over a span of the history.
@@ -254,16 +327,23 @@ pub async fn series(
 }
 
 /// Delete the hours before `before`.
+///
+/// A key's spending is kept for this month and the week it began in, whatever `before` is: a
+/// month's budget counts every request of the month even when the history keeps less.
 pub async fn trim(db: &impl ConnectionTrait, before: DateTime<Utc>) -> Result<(), DbError> {
     let backend = db.get_database_backend();
-    let sql = format!(
-        "DELETE FROM request_rollups WHERE hour < {}",
-        placeholders(backend, 1)[0]
-    );
+    let placeholder = &placeholders(backend, 1)[0];
     db.execute_raw(Statement::from_sql_and_values(
         backend,
-        sql,
+        format!("DELETE FROM request_rollups WHERE hour < {placeholder}"),
         [hour_key(before).into()],
+    ))
+    .await?;
+    let spending_kept = super::keys::month_start(Utc::now()) - chrono::TimeDelta::days(7);
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        format!("DELETE FROM key_spending WHERE day < {placeholder}"),
+        [day_key(before.min(spending_kept)).into()],
     ))
     .await?;
     Ok(())
@@ -272,5 +352,6 @@ pub async fn trim(db: &impl ConnectionTrait, before: DateTime<Utc>) -> Result<()
 /// Delete every rollup.
 pub async fn clear(db: &impl ConnectionTrait) -> Result<(), DbError> {
     db.execute_unprepared("DELETE FROM request_rollups").await?;
+    db.execute_unprepared("DELETE FROM key_spending").await?;
     Ok(())
 }
