@@ -606,10 +606,15 @@ mod tests {
     async fn the_keys_spending_is_built_from_the_history_at_the_upgrade() {
         use sea_orm_migration::MigratorTrait;
         let folder = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", folder.path().join("db.sqlite").display());
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            folder.path().join("db.sqlite").display()
+        );
         let db = sea_orm::Database::connect(&url).await.unwrap();
         let before = migrations::Migrator::migrations().len() - 1;
-        migrations::Migrator::up(&db, Some(before as u32)).await.unwrap();
+        migrations::Migrator::up(&db, Some(before as u32))
+            .await
+            .unwrap();
         for (id, timestamp, key, cost) in [
             ("a", "2026-11-30T23:59:59.5+00:00", Some("team"), 1.0),
             ("b", "2026-12-01T00:00:00+00:00", Some("team"), 2.0),
