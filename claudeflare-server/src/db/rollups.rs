@@ -349,7 +349,7 @@ pub async fn trim(db: &impl ConnectionTrait, before: DateTime<Utc>) -> Result<()
     Ok(())
 }
 
-/// Delete every rollup.
+/// Delete every rollup and every key's spending.
 pub async fn clear(db: &impl ConnectionTrait) -> Result<(), DbError> {
     db.execute_unprepared("DELETE FROM request_rollups").await?;
     db.execute_unprepared("DELETE FROM key_spending").await?;
