@@ -128,12 +128,6 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, DbError> {
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
                 .statement_cache_capacity(16)
-                // A multi-row `INSERT` inside a transaction keeps the pages it changes in a
-                // statement journal, so that it alone can be undone; past 64 KiB SQLite moved
-                // it to a temporary file, created, written page by page and deleted for every
-                // batch of records. Kept in memory instead (about 0.4 MiB at most, for the
-                // length of one statement).
-                .pragma("temp_store", "memory")
         })
         // Only writable connections outside any transaction are kept (see the `sqlite` module).
         .map_sqlx_sqlite_pool_opts(sqlite::guard);
