@@ -186,19 +186,19 @@ pub trait RecordSink: Send + Sync + 'static {
     /// (the batch was tried before, or comes back from the spill file), what is already stored
     /// of it is left out.
     fn insert<'a>(
-        &'a mut self,
+        &'a self,
         batch: &'a [(RequestRecord, Cost)],
         recheck: bool,
     ) -> BoxFuture<'a, Result<(), DbError>>;
 }
 
-impl RecordSink for requests::BatchWriter {
+impl RecordSink for DatabaseConnection {
     fn insert<'a>(
-        &'a mut self,
+        &'a self,
         batch: &'a [(RequestRecord, Cost)],
         recheck: bool,
     ) -> BoxFuture<'a, Result<(), DbError>> {
-        Box::pin(requests::BatchWriter::insert(self, batch, recheck))
+        Box::pin(requests::insert_batch(self, batch, recheck))
     }
 }
 
@@ -383,11 +383,7 @@ enum Source {
 /// from the file, oldest first, before the queue. Only what the file cannot take beyond
 /// `spill_max_bytes` is dropped. At a stop, what cannot be stored within [`STOP_RETRY`] stays
 /// in the file for the next start.
-pub async fn write_records(
-    mut sink: impl RecordSink,
-    mut backlog: Backlog,
-    stop: CancellationToken,
-) {
+pub async fn write_records(sink: impl RecordSink, mut backlog: Backlog, stop: CancellationToken) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut deadline: Option<tokio::time::Instant> = None;
     // Reads of the spill file that failed in a row.
@@ -488,15 +484,7 @@ pub async fn write_records(
             }
             continue;
         }
-        let stored = store(
-            &mut sink,
-            &batch,
-            recheck,
-            &mut backlog,
-            &stop,
-            &mut deadline,
-        )
-        .await;
+        let stored = store(&sink, &batch, recheck, &mut backlog, &stop, &mut deadline).await;
         if stored {
             if backlog.spill.is_empty() {
                 // Everything it held is stored: empty it now, or it would only be emptied at the
@@ -541,7 +529,7 @@ pub async fn write_records(
 /// Store `batch`, trying again with a growing wait while it fails. Gives up only once past the
 /// `deadline` (set at a stop); returns whether it was stored.
 async fn store(
-    sink: &mut impl RecordSink,
+    sink: &impl RecordSink,
     batch: &[(RequestRecord, Cost)],
     recheck: bool,
     backlog: &mut Backlog,
@@ -675,7 +663,7 @@ mod tests {
 
     impl RecordSink for Arc<Flaky> {
         fn insert<'a>(
-            &'a mut self,
+            &'a self,
             batch: &'a [(RequestRecord, Cost)],
             recheck: bool,
         ) -> BoxFuture<'a, Result<(), DbError>> {

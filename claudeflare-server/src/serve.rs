@@ -324,11 +324,7 @@ impl Server {
             Arc::clone(&self.metrics),
             Arc::clone(&self.health),
         );
-        tasks.spawn(recorder::write_records(
-            crate::db::requests::BatchWriter::new(db.clone()),
-            backlog,
-            stop.clone(),
-        ));
+        tasks.spawn(recorder::write_records(db.clone(), backlog, stop.clone()));
         tasks.spawn(store::exchange(
             Exchange {
                 db: db.clone(),

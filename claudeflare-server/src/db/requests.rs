@@ -124,124 +124,37 @@ impl Statements {
 /// This is the one write on the proxy's busy path, so it goes to sqlx directly, under sea-orm:
 /// statements built once, no `RETURNING`. Measured with callgrind under the benchmark's load,
 /// the record writer went from about 12,900 to 3,700 instructions per request on the worker
-/// threads this way (docs/benchmarks-history.md, third round). The batch is only borrowed, so a
-/// failed write leaves it whole for the writer to try again.
+/// threads this way (docs/benchmarks-history.md, third round). The batch is only borrowed, so a failed write
+/// leaves it whole for the writer to try again.
 ///
-/// The write runs on a connection of its own from the pool (the record writer keeps one between
-/// batches: [`BatchWriter`]), and a connection whose write failed is closed, never given back:
-/// after a failed `COMMIT` the driver's idea of the connection's transaction may no longer be
-/// SQLite's (see the `sqlite` module), and a connection that lost PostgreSQL mid-transaction is
-/// of no further use either.
+/// The write runs on a connection of its own from the pool, and a connection whose write failed
+/// is closed, never given back: after a failed `COMMIT` the driver's idea of the connection's
+/// transaction may no longer be SQLite's (see the `sqlite` module), and a connection that lost
+/// PostgreSQL mid-transaction is of no further use either.
 pub async fn insert_batch(
     db: &DatabaseConnection,
     batch: &[(RequestRecord, Cost)],
     recheck: bool,
 ) -> Result<(), DbError> {
-    BatchWriter::new(db.clone()).insert(batch, recheck).await
-}
-
-/// How long the record writer keeps its connection while no batch comes; after that the next
-/// batch takes one from the pool again, which checks it first (a PostgreSQL server may close a
-/// connection that sat idle).
-const HOLD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// [`insert_batch`], keeping one connection between batches.
-///
-/// Taken from the pool for each batch, the write went to whichever connection came first, and
-/// SQLite empties a connection's page cache whenever another connection has committed since
-/// its last transaction: each batch read the indexes' upper pages again, and the pool checked
-/// the connection on the way out and on the way in (under the benchmark's load, strace counted
-/// 1,754 reads in 2 s on the writing connections).
-pub struct BatchWriter {
-    db: DatabaseConnection,
-    held: Held,
-}
-
-/// The connection [`BatchWriter`] keeps, and when its last batch ended.
-enum Held {
-    None,
-    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>, std::time::Instant),
-    Postgres(
-        sqlx::pool::PoolConnection<sqlx::Postgres>,
-        std::time::Instant,
-    ),
-}
-
-impl BatchWriter {
-    /// A writer to `db`, holding no connection yet.
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self {
-            db,
-            held: Held::None,
-        }
+    if batch.is_empty() {
+        return Ok(());
     }
-
-    /// Store `batch` as [`insert_batch`] does.
-    pub async fn insert(
-        &mut self,
-        batch: &[(RequestRecord, Cost)],
-        recheck: bool,
-    ) -> Result<(), DbError> {
-        if batch.is_empty() {
-            return Ok(());
+    let backend = db.get_database_backend();
+    let statements = Statements::of(backend);
+    // `db::open` connects to these two backends only (the others are not compiled in).
+    let result = match backend {
+        DbBackend::Postgres => {
+            write_postgres(
+                db.get_postgres_connection_pool(),
+                statements,
+                batch,
+                recheck,
+            )
+            .await
         }
-        let backend = self.db.get_database_backend();
-        let statements = Statements::of(backend);
-        let held = std::mem::replace(&mut self.held, Held::None);
-        // `db::open` connects to these two backends only (the others are not compiled in).
-        let result = match backend {
-            DbBackend::Postgres => {
-                let held = match held {
-                    Held::Postgres(conn, at) => Some((conn, at)),
-                    _ => None,
-                };
-                let pool = self.db.get_postgres_connection_pool();
-                on_connection(pool, held, async |conn| {
-                    write_postgres(conn, statements, batch, recheck).await
-                })
-                .await
-                .map(|kept| self.held = Held::Postgres(kept, std::time::Instant::now()))
-            }
-            _ => {
-                let held = match held {
-                    Held::Sqlite(conn, at) => Some((conn, at)),
-                    _ => None,
-                };
-                let pool = self.db.get_sqlite_connection_pool();
-                on_connection(pool, held, async |conn| {
-                    write_sqlite(conn, statements, batch, recheck).await
-                })
-                .await
-                .map(|kept| self.held = Held::Sqlite(kept, std::time::Instant::now()))
-            }
-        };
-        result.map_err(|error| DbErr::Exec(RuntimeErr::SqlxError(Arc::new(error))).into())
-    }
-}
-
-/// Run `write` on `held` if it ended its last write less than [`HOLD_IDLE`] ago, or else on a
-/// connection from `pool`; the connection is given back to the caller if the write succeeded.
-/// A connection whose write failed is closed, never given back (see [`insert_batch`]).
-async fn on_connection<DB: sqlx::Database>(
-    pool: &sqlx::Pool<DB>,
-    held: Option<(sqlx::pool::PoolConnection<DB>, std::time::Instant)>,
-    write: impl AsyncFnOnce(&mut sqlx::pool::PoolConnection<DB>) -> Result<(), sqlx::Error>,
-) -> Result<sqlx::pool::PoolConnection<DB>, sqlx::Error> {
-    let mut conn = match held {
-        Some((conn, at)) if at.elapsed() < HOLD_IDLE => conn,
-        // An idle one goes back to the pool first, which may then hand it out checked.
-        stale => {
-            drop(stale);
-            pool.acquire().await?
-        }
+        _ => write_sqlite(db.get_sqlite_connection_pool(), statements, batch, recheck).await,
     };
-    match write(&mut conn).await {
-        Ok(()) => Ok(conn),
-        Err(error) => {
-            conn.close_on_drop();
-            Err(error)
-        }
-    }
+    result.map_err(|error| DbErr::Exec(RuntimeErr::SqlxError(Arc::new(error))).into())
 }
 
 /// [`insert_batch`] on SQLite: `BEGIN IMMEDIATE` takes the write lock before anything is read
@@ -249,43 +162,63 @@ async fn on_connection<DB: sqlx::Database>(
 /// without waiting), rows go in multi-row `INSERT`s, and the batch counts as stored only if
 /// SQLite is out of the transaction once the commit returns.
 async fn write_sqlite(
-    conn: &mut sqlx::SqliteConnection,
+    pool: &sqlx::SqlitePool,
     statements: &'static Statements,
     batch: &[(RequestRecord, Cost)],
     recheck: bool,
 ) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
-    let mut txn = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let rows = prepare::<sqlx::Sqlite>(&mut txn, statements, batch, recheck).await?;
-    insert_values(&mut txn, statements, &rows).await?;
-    txn.commit().await?;
-    if !super::sqlite::sound(conn).await? {
-        return Err(sqlx::Error::Protocol(
-            "the commit returned, but SQLite is still inside a transaction".into(),
-        ));
+    on_own_connection(pool, async |conn| {
+        let mut txn = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = prepare::<sqlx::Sqlite>(&mut txn, statements, batch, recheck).await?;
+        insert_values(&mut txn, statements, &rows).await?;
+        txn.commit().await?;
+        if !super::sqlite::sound(conn).await? {
+            return Err(sqlx::Error::Protocol(
+                "the commit returned, but SQLite is still inside a transaction".into(),
+            ));
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Run `write` on a connection of its own from `pool`. A connection whose write failed is
+/// closed, never given back (see [`insert_batch`]).
+async fn on_own_connection<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    write: impl AsyncFnOnce(&mut sqlx::pool::PoolConnection<DB>) -> Result<(), sqlx::Error>,
+) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let result = write(&mut conn).await;
+    if result.is_err() {
+        conn.close_on_drop();
     }
-    Ok(())
+    result
 }
 
 /// [`insert_batch`] on PostgreSQL: rows go in one binary `COPY`.
 async fn write_postgres(
-    conn: &mut sqlx::PgConnection,
+    pool: &sqlx::PgPool,
     statements: &'static Statements,
     batch: &[(RequestRecord, Cost)],
     recheck: bool,
 ) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
-    let mut txn = conn.begin().await?;
-    if let Some(prelude) = statements.prelude {
-        sqlx::query(prelude).execute(&mut *txn).await?;
-    }
-    let rows = prepare::<sqlx::Postgres>(&mut txn, statements, batch, recheck).await?;
-    if !rows.is_empty() {
-        let mut copy = txn.copy_in_raw(&statements.copy).await?;
-        copy.send(copy::binary(&rows)).await?;
-        copy.finish().await?;
-    }
-    txn.commit().await
+    on_own_connection(pool, async |conn| {
+        let mut txn = conn.begin().await?;
+        if let Some(prelude) = statements.prelude {
+            sqlx::query(prelude).execute(&mut *txn).await?;
+        }
+        let rows = prepare::<sqlx::Postgres>(&mut txn, statements, batch, recheck).await?;
+        if !rows.is_empty() {
+            let mut copy = txn.copy_in_raw(&statements.copy).await?;
+            copy.send(copy::binary(&rows)).await?;
+            copy.finish().await?;
+        }
+        txn.commit().await
+    })
+    .await
 }
 
 /// What of `batch` to insert (all of it, or with `recheck` what is not stored yet), with the
@@ -616,76 +549,19 @@ mod tests {
         // Without the recheck, the key refuses the duplicates (and nothing of the batch is stored).
         assert!(insert_batch(&db, &again, false).await.is_err());
         assert_eq!(rollups::totals(&db, None).await.unwrap().total_requests, 12);
-    }
-
-    #[tokio::test]
-    async fn the_writer_keeps_its_connection_and_closes_one_whose_write_failed() {
-        use sqlx::pool::PoolConnection;
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let db = crate::db::open(&url).await.unwrap();
-        let pool = db.get_sqlite_connection_pool();
-        // A TEMP table lives on one connection only: it tells which one a write ran on.
-        let mine = async |conn: &mut PoolConnection<sqlx::Sqlite>| -> bool {
-            let found: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM sqlite_temp_master WHERE name = 'mine'")
-                    .fetch_one(&mut **conn)
-                    .await
-                    .unwrap();
-            found == 1
-        };
-        let held = on_connection(pool, None, async |conn| {
-            sqlx::query("CREATE TEMP TABLE mine (x)")
-                .execute(&mut **conn)
-                .await
-                .map(drop)
-        })
-        .await
-        .unwrap();
-        let mut same = false;
-        let held = on_connection(
-            pool,
-            Some((held, std::time::Instant::now())),
-            async |conn| {
-                same = mine(conn).await;
-                Ok(())
-            },
-        )
-        .await
-        .unwrap();
-        assert!(same, "the next write runs on the connection kept");
-        let failed = on_connection(pool, Some((held, std::time::Instant::now())), async |_| {
-            Err(sqlx::Error::Protocol("the write failed".into()))
-        })
-        .await;
-        assert!(failed.is_err());
-        // All the connections the pool can hand out at once: the failed one is not among them.
-        let mut all = Vec::new();
-        for _ in 0..pool.options().get_max_connections() {
-            all.push(pool.acquire().await.unwrap());
+        // The refusal ended its transaction (`OR ROLLBACK`) and cost its connection: the next
+        // batches are stored whole, whichever connection they get.
+        for round in 0..5 {
+            let next: Vec<_> = (0..3)
+                .map(|i| (record(100 + round * 3 + i, TimeDelta::hours(1)), Cost::priced(1.0)))
+                .collect();
+            insert_batch(&db, &next, false).await.unwrap();
         }
-        for conn in &mut all {
-            assert!(
-                !mine(conn).await,
-                "the connection whose write failed is not handed out again"
-            );
-        }
-        drop(all);
-
-        // Through the writer: a refused batch (duplicate ids) costs it its connection, and the
-        // next batch is stored on a fresh one.
-        let mut writer = BatchWriter::new(db.clone());
-        let batch = |ids: std::ops::Range<usize>| -> Vec<_> {
-            ids.map(|i| (record(i, TimeDelta::hours(1)), Cost::priced(1.0)))
-                .collect()
-        };
-        writer.insert(&batch(0..100), false).await.unwrap();
-        assert!(writer.insert(&batch(0..100), false).await.is_err());
-        writer.insert(&batch(100..300), false).await.unwrap();
         assert_eq!(
-            newest(&db, 1000, &Filter::default()).await.unwrap().len(),
-            300
+            newest(&db, 100, &Filter::default()).await.unwrap().len(),
+            27
         );
+        assert_eq!(rollups::totals(&db, None).await.unwrap().total_requests, 27);
     }
 
     /// The start (UTC) of the day `days` before today.
