@@ -54,7 +54,7 @@ const CHUNKS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 /// The write path's statements for one backend, built once.
 struct Statements {
     backend: DbBackend,
-    /// `INSERT INTO requests … VALUES (…), …` for each of [`CHUNKS`] (SQLite).
+    /// `INSERT OR ROLLBACK INTO requests … VALUES (…), …` for each of [`CHUNKS`] (SQLite).
     inserts: Vec<String>,
     /// `COPY requests (…) FROM STDIN (FORMAT binary)` (PostgreSQL).
     copy: String,
@@ -553,7 +553,12 @@ mod tests {
         // batches are stored whole, whichever connection they get.
         for round in 0..5 {
             let next: Vec<_> = (0..3)
-                .map(|i| (record(100 + round * 3 + i, TimeDelta::hours(1)), Cost::priced(1.0)))
+                .map(|i| {
+                    (
+                        record(100 + round * 3 + i, TimeDelta::hours(1)),
+                        Cost::priced(1.0),
+                    )
+                })
                 .collect();
             insert_batch(&db, &next, false).await.unwrap();
         }
